@@ -1,0 +1,51 @@
+"""Shared test fixtures: one torch thread, parity fixture discovery."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("OVSS_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+
+
+def parity_dir() -> Path:
+    """Folder of the official parity fixtures (``$OVSS_PARITY_DIR``, default ``../shared/parity``)."""
+    return Path(os.environ.get("OVSS_PARITY_DIR", REPO_ROOT.parent / "shared" / "parity"))
+
+
+def parity_folders(prefix: str) -> list[Path]:
+    """Every fixture folder named ``<prefix>*`` under the parity dir, sorted (may be empty)."""
+    root = parity_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix))
+
+
+def parity_params(prefix: str) -> list:
+    """``pytest.param`` per fixture folder with the folder name as id; a skip marker if none."""
+    folders = parity_folders(prefix)
+    if not folders:
+        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no {prefix}* fixtures in {parity_dir()}"))]
+    return [pytest.param(p, id=p.name) for p in folders]
+
+
+def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """``||ours - ref|| / ||ref||`` in float64 (the parity bar is 1e-4)."""
+    ours = torch.as_tensor(ours).double()
+    ref = torch.as_tensor(ref).double()
+    assert ours.shape == ref.shape, f"shape {tuple(ours.shape)} != reference {tuple(ref.shape)}"
+    return float((ours - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    """The real sample photos (``../shared/data``)."""
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"sample data not found at {DATA_DIR}")
+    return DATA_DIR
