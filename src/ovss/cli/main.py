@@ -1,0 +1,64 @@
+"""``ovss`` command line: one small module per subcommand.
+
+Examples::
+
+    ovss models
+    ovss download san-vit-b16
+    ovss segment photo.jpg --model san-vit-b16 --classes "cat; sofa, couch; wall" --out out/
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ovss import __version__
+from ovss.errors import OvssError
+
+# (name, module) pairs: each module has add_parser(subparsers) and run(args) -> int.
+_COMMANDS = ("models", "download", "convert", "segment", "eval", "prepare", "train", "export", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The root parser with every subcommand registered."""
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="ovss", description="Open-vocabulary semantic segmentation: SAN, CAT-Seg and SED.",
+    )
+    parser.add_argument("--version", action="version", version=f"ovss {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMANDS:
+        try:
+            module = importlib.import_module(f"ovss.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"ovss.cli.{name}":
+                raise
+            continue  # subcommand not shipped in this build
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ovss`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except OvssError as e:
+        if args.debug:
+            raise
+        print(f"ovss: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ovss: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

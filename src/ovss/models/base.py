@@ -1,0 +1,101 @@
+"""The contract between the predictor (``ovss.api``) and every segmentation model.
+
+A model owns the maths: text embeddings for a vocabulary and the official semantic score map for a
+batch of normalised images. The predictor owns reading, resizing, normalising, padding, the
+vocabulary cache, dtype/device and rendering.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from ovss.config import Config
+from ovss.errors import ConfigError
+
+CLIP_MEAN_255 = (122.7709383, 116.7460125, 104.09373615)
+CLIP_STD_255 = (68.5005327, 66.6321579, 70.32316305)
+
+
+@dataclasses.dataclass(kw_only=True)
+class ResizeConfig(Config):
+    """Test-time resize of the original image before normalisation (detectron2 conventions)."""
+
+    mode: Literal["short_side", "fixed", "none"] = "short_side"  # how the size is chosen
+    size: int = 640  # short side ("short_side") or side of the square ("fixed")
+    max_size: int = 2560  # cap on the long side ("short_side" only)
+
+    def __post_init__(self) -> None:
+        if self.size <= 0 or self.max_size <= 0:
+            raise ConfigError(f"ResizeConfig.size/max_size must be positive, got {self.size}/{self.max_size}")
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """Size (h, w) an image of ``height`` x ``width`` is resized to (detectron2 ResizeShortestEdge)."""
+        if self.mode == "none":
+            return height, width
+        if self.mode == "fixed":
+            return self.size, self.size
+        scale = self.size / min(height, width)
+        new_h, new_w = height * scale, width * scale
+        if max(new_h, new_w) > self.max_size:
+            scale = self.max_size / max(new_h, new_w)
+            new_h, new_w = new_h * scale, new_w * scale
+        return int(new_h + 0.5), int(new_w + 0.5)
+
+
+@dataclasses.dataclass(kw_only=True)
+class ModelConfig(Config):
+    """Fields every segmentation model config has (each model adds its own, including ``clip``)."""
+
+    templates: str = "vild"  # prompt template set name (ovss.vocab.templates)
+    synonyms: Literal["verbatim", "mean", "first"] = "mean"  # how "sofa, couch" is embedded
+    test_resize: ResizeConfig = dataclasses.field(default_factory=ResizeConfig)
+    size_divisibility: int = 32  # pad bottom/right to a multiple of this (0 = no padding)
+    pixel_mean: tuple[float, float, float] = CLIP_MEAN_255  # RGB, 0..255 scale
+    pixel_std: tuple[float, float, float] = CLIP_STD_255  # RGB, 0..255 scale
+
+
+class SegmentationModel(nn.Module):
+    """Base class: subclasses set ``self.config`` and implement ``encode_text`` and ``predict``."""
+
+    config: ModelConfig
+
+    def preprocess_size(self, height: int, width: int, **options: Any) -> tuple[int, int]:
+        """Size the predictor resizes an original ``height`` x ``width`` image to."""
+        return self.config.test_resize.output_size(height, width)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Text embeddings of K classes.
+
+        Args:
+            tokens: (P, K, L) int64 token ids, P templates, K classes.
+
+        Returns:
+            (K, ...) float, normalised along the last axis; the layout is model specific.
+        """
+        raise NotImplementedError
+
+    def predict(
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        image_size: tuple[int, int],
+        output_size: tuple[int, int],
+        **options: Any,
+    ) -> torch.Tensor:
+        """Semantic score map.
+
+        Args:
+            images: (B, 3, H, W) float, normalised with pixel_mean/std, padded bottom/right.
+            text: (K, ...) from ``encode_text``.
+            image_size: (h, w) valid (unpadded) size inside ``images``.
+            output_size: (H0, W0) size of the returned map (the original image size).
+            options: model specific switches (e.g. ``inference="slide"``, ``fast=True, topk=8``).
+
+        Returns:
+            (B, K, H0, W0) float scores; the label map is their argmax over K.
+        """
+        raise NotImplementedError

@@ -1,0 +1,162 @@
+"""Named pretrained weights, as data.
+
+Each :class:`WeightSpec` says where a checkpoint comes from (hub repo and file, or a page to download
+it by hand), its sha256 when pinned, its source format (which converter reads it), its licence and
+origin, and which architecture config it fits. Names are ``family-backbone[.tag]``; the first tag is the
+default. ``test-*`` entries are tiny random models built through the same code path, for tests and
+offline demos.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ovss.errors import UnknownModelError
+
+if TYPE_CHECKING:
+    from ovss.models.base import ModelConfig
+
+
+def _san(name: str) -> Callable[[], ModelConfig]:
+    def build() -> ModelConfig:
+        from ovss.models import san
+
+        return getattr(san, name)()
+
+    return build
+
+
+def _catseg(name: str) -> Callable[[], ModelConfig]:
+    def build() -> ModelConfig:
+        from ovss.models import catseg
+
+        return getattr(catseg, name)()
+
+    return build
+
+
+def _sed(name: str) -> Callable[[], ModelConfig]:
+    def build() -> ModelConfig:
+        from ovss.models import sed
+
+        return getattr(sed, name)()
+
+    return build
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSpec:
+    """One named set of weights and the architecture it fits."""
+
+    name: str  # registry name, e.g. "san-vit-b16" or "san-vit-b16.mmseg"
+    family: str  # "san" | "catseg" | "sed"
+    config: Callable[[], ModelConfig]  # builds the architecture config
+    source_format: str  # converter in ovss.weights.formats ("san_d2", ...) or "random"
+    description: str
+    license: str
+    origin: str  # code / paper of the weights
+    hub_repo: str | None = None  # Hugging Face repo id
+    hub_file: str | None = None  # file inside the repo
+    hub_repo_type: str = "model"  # "model" | "space" | "dataset"
+    manual_url: str | None = None  # where to download by hand when there is no hub copy
+    sha256: str | None = None  # pinned digest of the source file (None: recorded on first download)
+    seed: int = 0  # for "random" weights
+
+    @property
+    def downloadable(self) -> bool:
+        return self.hub_repo is not None and self.hub_file is not None
+
+
+_SAN_ORIGIN = "Xu et al., Side Adapter Network, CVPR 2023; github.com/MendelXu/SAN"
+_CATSEG_ORIGIN = "Cho et al., CAT-Seg, CVPR 2024; github.com/KU-CVLAB/CAT-Seg"
+_SED_ORIGIN = "Xie et al., SED, CVPR 2024; github.com/xb534/SED"
+_SED_PAGE = "https://github.com/xb534/SED#models (Google Drive links in the README)"
+
+WEIGHTS: tuple[WeightSpec, ...] = (
+    WeightSpec(
+        name="san-vit-b16", family="san", config=_san("san_vit_b16"), source_format="san_d2",
+        description="SAN, CLIP ViT-B/16, trained on COCO-Stuff-171 (official release)",
+        license="MIT", origin=_SAN_ORIGIN, hub_repo="Mendel192/san", hub_file="san_vit_b_16.pth",
+    ),
+    WeightSpec(
+        name="san-vit-l14", family="san", config=_san("san_vit_l14"), source_format="san_d2",
+        description="SAN, CLIP ViT-L/14@336, trained on COCO-Stuff-171 (official release)",
+        license="MIT", origin=_SAN_ORIGIN, hub_repo="Mendel192/san", hub_file="san_vit_large_14.pth",
+    ),
+    WeightSpec(
+        name="san-vit-b16.mmseg", family="san", config=_san("san_vit_b16"), source_format="san_mmseg",
+        description="SAN ViT-B/16 as released by mmsegmentation (same weights, renamed keys)",
+        license="Apache-2.0", origin=_SAN_ORIGIN + "; open-mmlab/mmsegmentation configs/san",
+        manual_url="https://download.openmmlab.com/mmsegmentation/v0.5/san/"
+        "san-vit-b16_20230906-fd0a7684.pth",
+    ),
+    WeightSpec(
+        name="san-vit-l14.mmseg", family="san", config=_san("san_vit_l14"), source_format="san_mmseg",
+        description="SAN ViT-L/14 as released by mmsegmentation (same weights, renamed keys)",
+        license="Apache-2.0", origin=_SAN_ORIGIN + "; open-mmlab/mmsegmentation configs/san",
+        manual_url="https://download.openmmlab.com/mmsegmentation/v0.5/san/"
+        "san-vit-l14_20230907-a11e098f.pth",
+    ),
+    WeightSpec(
+        name="catseg-vit-b16", family="catseg", config=_catseg("catseg_vit_b16"), source_format="catseg_d2",
+        description="CAT-Seg (CVPR 2024), CLIP ViT-B/16, trained on COCO-Stuff-171",
+        license="MIT", origin=_CATSEG_ORIGIN, hub_repo="hamacojr/CAT-Seg-weights",
+        hub_file="model_base.pth", hub_repo_type="space",
+    ),
+    WeightSpec(
+        name="catseg-vit-l14", family="catseg", config=_catseg("catseg_vit_l14"), source_format="catseg_d2",
+        description="CAT-Seg (CVPR 2024), CLIP ViT-L/14@336, trained on COCO-Stuff-171",
+        license="MIT", origin=_CATSEG_ORIGIN, hub_repo="hamacojr/CAT-Seg-weights",
+        hub_file="model_large.pth", hub_repo_type="space",
+    ),
+    WeightSpec(
+        name="sed-convnext-b", family="sed", config=_sed("sed_convnext_b"), source_format="sed_d2",
+        description="SED, ConvNeXt-B CLIP, trained on COCO-Stuff-171 (download by hand)",
+        license="Apache-2.0", origin=_SED_ORIGIN, manual_url=_SED_PAGE,
+    ),
+    WeightSpec(
+        name="sed-convnext-l", family="sed", config=_sed("sed_convnext_l"), source_format="sed_d2",
+        description="SED, ConvNeXt-L CLIP, trained on COCO-Stuff-171 (download by hand)",
+        license="Apache-2.0", origin=_SED_ORIGIN, manual_url=_SED_PAGE,
+    ),
+    WeightSpec(
+        name="test-san-tiny", family="san", config=_san("san_tiny"), source_format="random",
+        description="tiny random SAN for tests and offline demos (segments nothing meaningful)",
+        license="Apache-2.0", origin="ovss",
+    ),
+    WeightSpec(
+        name="test-catseg-tiny", family="catseg", config=_catseg("catseg_tiny"), source_format="random",
+        description="tiny random CAT-Seg for tests and offline demos",
+        license="Apache-2.0", origin="ovss",
+    ),
+    WeightSpec(
+        name="test-sed-tiny", family="sed", config=_sed("sed_tiny"), source_format="random",
+        description="tiny random SED for tests and offline demos",
+        license="Apache-2.0", origin="ovss",
+    ),
+)
+
+_BY_NAME = {spec.name: spec for spec in WEIGHTS}
+
+
+def list_weights(include_test: bool = True) -> list[str]:
+    """Registered weight names, in registry order."""
+    return [s.name for s in WEIGHTS if include_test or not s.name.startswith("test-")]
+
+
+def get_weight_spec(name: str) -> WeightSpec:
+    """The spec registered as ``name`` (a bare family-backbone name picks its first tag).
+
+    Raises:
+        UnknownModelError: with the list of known names and the closest match.
+    """
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    close = difflib.get_close_matches(name, list(_BY_NAME), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise UnknownModelError(
+        f"unknown model {name!r}{hint}; known: {', '.join(_BY_NAME)} (or pass a checkpoint path)"
+    )

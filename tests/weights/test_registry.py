@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import pytest
+
+import ovss
+from ovss.errors import UnknownModelError
+from ovss.weights.registry import WEIGHTS, get_weight_spec, list_weights
+
+
+def test_names_unique_and_well_formed():
+    names = [s.name for s in WEIGHTS]
+    assert len(names) == len(set(names))
+    for spec in WEIGHTS:
+        assert spec.family in {"san", "catseg", "sed"}
+        assert spec.license and spec.origin and spec.description
+        if spec.source_format == "random":
+            assert spec.name.startswith("test-")
+        else:  # every real checkpoint says where it comes from
+            assert spec.downloadable or spec.manual_url
+
+
+def test_public_list_hides_test_models():
+    assert "san-vit-b16" in ovss.list_models()
+    assert not any(n.startswith("test-") for n in ovss.list_models())
+    assert "test-san-tiny" in list_weights(include_test=True)
+
+
+def test_unknown_name_lists_known_names_and_suggests():
+    with pytest.raises(UnknownModelError) as info:
+        get_weight_spec("san-vit-b17")
+    message = str(info.value)
+    assert "did you mean 'san-vit-b16'" in message
+    assert "catseg-vit-l14" in message and "sed-convnext-b" in message
