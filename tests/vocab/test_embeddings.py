@@ -16,8 +16,15 @@ class CountingEncoder:
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         self.classes += tokens.shape[1]
-        feats = torch.stack([tokens[..., :4].float().sum(-1), tokens[..., 1:5].float().sum(-1) + 1,
-                             tokens.float().mean(-1), torch.ones(tokens.shape[:2])], dim=-1)
+        feats = torch.stack(
+            [
+                tokens[..., :4].float().sum(-1),
+                tokens[..., 1:5].float().sum(-1) + 1,
+                tokens.float().mean(-1),
+                torch.ones(tokens.shape[:2]),
+            ],
+            dim=-1,
+        )
         feats = feats.permute(1, 0, 2)
         return feats / feats.norm(dim=-1, keepdim=True)
 
@@ -32,7 +39,9 @@ def fake_tokenize(texts: list[str]) -> torch.Tensor:
 
 def test_cached_per_class_string(tmp_path):
     enc = CountingEncoder()
-    emb = TextEmbedder(enc, "vild", "mean", cache_id="abc-float32", cache_dir=tmp_path, tokenize=fake_tokenize)
+    emb = TextEmbedder(
+        enc, "vild", "mean", cache_id="abc-float32", cache_dir=tmp_path, tokenize=fake_tokenize
+    )
     a = emb(parse_vocabulary("cat; dog"))
     assert a.shape == (2, 14, 4) and enc.classes == 2
     b = emb(parse_vocabulary("dog; cat; bird"))  # only "bird" is new
@@ -40,11 +49,15 @@ def test_cached_per_class_string(tmp_path):
     torch.testing.assert_close(b[0], a[1], rtol=0, atol=0)
     # a new embedder with the same cache id reads the disk cache and encodes nothing
     enc2 = CountingEncoder()
-    emb2 = TextEmbedder(enc2, "vild", "mean", cache_id="abc-float32", cache_dir=tmp_path, tokenize=fake_tokenize)
+    emb2 = TextEmbedder(
+        enc2, "vild", "mean", cache_id="abc-float32", cache_dir=tmp_path, tokenize=fake_tokenize
+    )
     torch.testing.assert_close(emb2(parse_vocabulary("bird")), b[2:], rtol=0, atol=0)
     assert enc2.calls == 0
     # another weights digest does not reuse it
-    emb3 = TextEmbedder(enc2, "vild", "mean", cache_id="xyz-float32", cache_dir=tmp_path, tokenize=fake_tokenize)
+    emb3 = TextEmbedder(
+        enc2, "vild", "mean", cache_id="xyz-float32", cache_dir=tmp_path, tokenize=fake_tokenize
+    )
     emb3(parse_vocabulary("bird"))
     assert enc2.classes == 1
 
@@ -58,7 +71,9 @@ def test_synonym_policies_match_hand_computation():
     torch.testing.assert_close(mean[0], expected)
     first = TextEmbedder(enc, "single", "first", tokenize=fake_tokenize)(parse_vocabulary("sofa, couch"))
     torch.testing.assert_close(first[0], sofa)
-    verbatim = TextEmbedder(enc, "single", "verbatim", tokenize=fake_tokenize)(parse_vocabulary("sofa, couch"))
+    verbatim = TextEmbedder(enc, "single", "verbatim", tokenize=fake_tokenize)(
+        parse_vocabulary("sofa, couch")
+    )
     whole = enc(fake_tokenize(["a photo of a sofa, couch."]).view(1, 1, -1))[0]
     torch.testing.assert_close(verbatim[0], whole)
 

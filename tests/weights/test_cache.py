@@ -37,7 +37,9 @@ def test_offline_and_missing_is_one_line_with_the_fix(home):
 
 
 def test_manual_download_weights_say_where(home):
-    with pytest.raises(WeightsNotFoundError, match="download it from https://github.com/xb534/SED.*ovss convert"):
+    with pytest.raises(
+        WeightsNotFoundError, match="download it from https://github.com/xb534/SED.*ovss convert"
+    ):
         cache.fetch_source(get_weight_spec("sed-convnext-b"))
 
 

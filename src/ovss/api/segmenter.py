@@ -26,8 +26,14 @@ from ovss.models.base import SegmentationModel
 from ovss.vocab.embeddings import TextEmbedder
 from ovss.vocab.vocabulary import Vocabulary, parse_vocabulary
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -82,7 +88,10 @@ class Segmenter:
         config = model.config
         cache_id = f"{digest[:16]}-{str(self.dtype).removeprefix('torch.')}" if digest else None
         self.embedder = TextEmbedder(
-            self._encode_text, config.templates, config.synonyms, cache_id=cache_id,
+            self._encode_text,
+            config.templates,
+            config.synonyms,
+            cache_id=cache_id,
             cache_dir=Path(cache_dir) if cache_dir else None,
         )
         mean = torch.tensor(config.pixel_mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -107,6 +116,11 @@ class Segmenter:
             self._text = self.embedder(vocab).to(self.device)
             self._vocab = vocab
         return vocab
+
+    @property
+    def text_embeddings(self) -> torch.Tensor | None:
+        """(K, ...) embeddings of the current vocabulary (None before ``set_vocabulary``)."""
+        return self._text
 
     @property
     def vocabulary(self) -> Vocabulary | None:
@@ -164,12 +178,15 @@ class Segmenter:
         h0, w0 = rgb.shape[:2]
         h, w = self.model.preprocess_size(h0, w0, **options)
         if (h, w) != (h0, w0):
-            rgb = np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
+            rgb = np.array(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
         return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float(), (h, w)
 
     @torch.inference_mode()
     def _run(
-        self, items: list[tuple[np.ndarray, torch.Tensor, tuple[int, int]]], return_scores: bool, **options: Any
+        self,
+        items: list[tuple[np.ndarray, torch.Tensor, tuple[int, int]]],
+        return_scores: bool,
+        **options: Any,
     ) -> Iterator[SegmentationResult]:
         h, w = items[0][2]
         batch = torch.stack([t for _, t, _ in items]).to(self.device)
@@ -219,5 +236,11 @@ def load(
     from ovss.weights.cache import load_model, ovss_home
 
     model, info = load_model(name_or_path, weights=weights)
-    return Segmenter(model, name=info["name"], digest=info["digest"], device=device, dtype=dtype,
-                     cache_dir=ovss_home() / "text")
+    return Segmenter(
+        model,
+        name=info["name"],
+        digest=info["digest"],
+        device=device,
+        dtype=dtype,
+        cache_dir=ovss_home() / "text",
+    )

@@ -9,14 +9,28 @@ from typing import Any
 def add_model_args(p: argparse.ArgumentParser, default: str | None = "san-vit-b16") -> None:
     """--model, --weights, --device, --dtype and the model-specific inference options."""
     p.add_argument("--model", default=default, help=f"model name or checkpoint path (default: {default})")
-    p.add_argument("--weights", default=None, help="local checkpoint file for --model (official or converted)")
+    p.add_argument(
+        "--weights", default=None, help="local checkpoint file for --model (official or converted)"
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="compute precision; fp32 is the exact path (default: fp32)")
-    p.add_argument("--inference", default=None, choices=["whole", "slide"],
-                   help="CAT-Seg: whole-image or the official sliding-window protocol")
-    p.add_argument("--fast", action="store_true", default=None,
-                   help="SED: category early rejection (drop classes outside every pixel's top-k)")
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="compute precision; fp32 is the exact path (default: fp32)",
+    )
+    p.add_argument(
+        "--inference",
+        default=None,
+        choices=["whole", "slide"],
+        help="CAT-Seg: whole-image or the official sliding-window protocol",
+    )
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        default=None,
+        help="SED: category early rejection (drop classes outside every pixel's top-k)",
+    )
     p.add_argument("--topk", type=int, default=None, help="SED: classes kept per pixel with --fast")
 
 

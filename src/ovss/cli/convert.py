@@ -8,7 +8,8 @@ from pathlib import Path
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "convert", help="convert an official checkpoint file (e.g. SED from Google Drive) into the cache",
+        "convert",
+        help="convert an official checkpoint file (e.g. SED from Google Drive) into the cache",
     )
     p.add_argument("name", help="model name the file belongs to (see 'ovss models')")
     p.add_argument("file", type=Path, help="the official checkpoint (.pth) or an ovss .safetensors")

@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     parser = argparse.ArgumentParser(
-        prog="ovss", description="Open-vocabulary semantic segmentation: SAN, CAT-Seg and SED.",
+        prog="ovss",
+        description="Open-vocabulary semantic segmentation: SAN, CAT-Seg and SED.",
     )
     parser.add_argument("--version", action="version", version=f"ovss {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")

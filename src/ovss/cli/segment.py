@@ -18,9 +18,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog='example: ovss segment photo.jpg --classes "cat; sofa, couch; wall" --out out/',
     )
     p.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
-    p.add_argument("--classes", required=True,
-                   help='class names: "cat; sofa, couch; wall" (; between classes, , between synonyms), '
-                        "a JSON list or a text file with one class per line")
+    p.add_argument(
+        "--classes",
+        required=True,
+        help='class names: "cat; sofa, couch; wall" (; between classes, , between synonyms), '
+        "a JSON list or a text file with one class per line",
+    )
     p.add_argument("--out", type=Path, default=Path("ovss_out"), help="output folder (default: ovss_out)")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
     add_model_args(p)

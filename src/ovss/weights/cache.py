@@ -43,7 +43,10 @@ def ovss_home() -> Path:
 
 def is_offline() -> bool:
     """True when ``OVSS_OFFLINE`` or ``HF_HUB_OFFLINE`` is set to a true value."""
-    return any(os.environ.get(k, "").lower() in {"1", "true", "yes", "on"} for k in ("OVSS_OFFLINE", "HF_HUB_OFFLINE"))
+    return any(
+        os.environ.get(k, "").lower() in {"1", "true", "yes", "on"}
+        for k in ("OVSS_OFFLINE", "HF_HUB_OFFLINE")
+    )
 
 
 def converted_path(name: str) -> Path:
@@ -75,12 +78,17 @@ def fetch_source(spec: WeightSpec) -> Path:
 
         path = Path(
             hf_hub_download(
-                spec.hub_repo, spec.hub_file, repo_type=spec.hub_repo_type,
-                cache_dir=str(ovss_home() / "hub"), local_files_only=is_offline(),
+                spec.hub_repo,
+                spec.hub_file,
+                repo_type=spec.hub_repo_type,
+                cache_dir=str(ovss_home() / "hub"),
+                local_files_only=is_offline(),
             )
         )
     except Exception as e:  # huggingface_hub raises several unrelated types for offline/network errors
-        how = "offline mode is on (OVSS_OFFLINE=1)" if is_offline() else f"download failed ({type(e).__name__})"
+        how = (
+            "offline mode is on (OVSS_OFFLINE=1)" if is_offline() else f"download failed ({type(e).__name__})"
+        )
         raise WeightsNotFoundError(
             f"{spec.name} is not in the cache ({where}) and {how}: run 'ovss download {spec.name}' with "
             f"network access, or fetch {spec.hub_file} from huggingface.co/{spec.hub_repo} and pass "
@@ -137,7 +145,10 @@ def save_model_file(
     from safetensors.torch import save_file
 
     metadata = {
-        "ovss_format": FORMAT_VERSION, "family": family, "config": config.to_json(), **meta,
+        "ovss_format": FORMAT_VERSION,
+        "family": family,
+        "config": config.to_json(),
+        **meta,
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     return atomic_write(Path(path), lambda p: save_file(tensors, str(p), metadata=metadata))
@@ -171,7 +182,12 @@ def convert_checkpoint(spec: WeightSpec, source: Path, out: Path | None = None) 
     state_dict = convert_state_dict(spec.source_format, read_state_dict(Path(source)))
     _check_fits(state_dict, config, f"{source} as {spec.name}")
     return save_model_file(
-        out, state_dict, config, spec.family, name=spec.name, source_format=spec.source_format,
+        out,
+        state_dict,
+        config,
+        spec.family,
+        name=spec.name,
+        source_format=spec.source_format,
         source_sha256=digest,
     )
 
@@ -210,15 +226,24 @@ def load_model(name_or_path: str | Path, weights: str | Path | None = None) -> t
     if spec.source_format == "random":
         torch.manual_seed(spec.seed)
         model = build_model(spec.config())
-        return model, {"name": spec.name, "family": spec.family, "source": "random", "digest": f"random{spec.seed}"}
+        return model, {
+            "name": spec.name,
+            "family": spec.family,
+            "source": "random",
+            "digest": f"random{spec.seed}",
+        }
     target = converted_path(spec.name)
     if not target.is_file():
         convert_checkpoint(spec, fetch_source(spec), target)
     config, family, state_dict, meta = read_model_file(target)
     model = build_model(config)
     load_strict(model, state_dict, f"{target}")
-    return model, {"name": spec.name, "family": family, "source": str(target),
-                   "digest": meta.get("source_sha256", "")}
+    return model, {
+        "name": spec.name,
+        "family": family,
+        "source": str(target),
+        "digest": meta.get("source_sha256", ""),
+    }
 
 
 def _load_file(path: Path, spec: WeightSpec | None) -> tuple[Any, dict[str, Any]]:
@@ -255,7 +280,9 @@ def _has_ovss_metadata(path: Path) -> bool:
         return "ovss_format" in (f.metadata() or {})
 
 
-def _match_variant(state_dict: dict[str, torch.Tensor], source_format: str, path: Path) -> tuple[ModelConfig, str]:
+def _match_variant(
+    state_dict: dict[str, torch.Tensor], source_format: str, path: Path
+) -> tuple[ModelConfig, str]:
     """The registered config whose parameter shapes equal ``state_dict``'s."""
     from ovss.weights.registry import WEIGHTS
 

@@ -1,0 +1,56 @@
+"""Shared helpers of the bench scripts (never imported by the package)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def timeit(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> float:
+    """Best wall time of ``fn()`` over ``repeat`` runs, in seconds."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of ``fn()`` counted by torch's FlopCounterMode (matmuls, convs, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def print_table(rows: list[dict[str, object]]) -> None:
+    """Print rows (dicts with the same keys) as an aligned text table."""
+    if not rows:
+        return
+    keys = list(rows[0])
+    cells = [[str(k) for k in keys]] + [[_fmt(r[k]) for k in keys] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(keys))]
+    for i, row in enumerate(cells):
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def setup_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (default: all cores) and return the number in use."""
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()

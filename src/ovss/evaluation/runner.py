@@ -1,0 +1,238 @@
+"""Evaluate a Segmenter on a prepared benchmark: sharded across ranks, resumable, both mIoU conventions.
+
+Per rank, the confusion matrix and the indices it covers are checkpointed atomically every
+``save_every`` images (``state-rank<r>-of<w>.pt``) and per-image results are appended to
+``images-rank<r>.jsonl``; a rerun with the same settings continues where it stopped. Ranks take
+images ``r, r + w, r + 2w, ...``; their matrices are summed (all-reduce), so the result equals a
+single-process run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ovss.data.catalog import BenchmarkSpec, get_benchmark
+from ovss.errors import DatasetError
+from ovss.evaluation.metrics import ConfusionMatrix
+from ovss.utils import atomic_write, atomic_write_text
+
+CONVENTIONS = ("detectron2", "mmseg")
+# Class-name lists each family was evaluated with officially (see ovss.data.catalog).
+FAMILY_VARIANT = {"san": "san", "catseg": "catseg", "sed": "catseg"}
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of torch.distributed, or (0, 1) when not initialised."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed_from_env() -> None:
+    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1); gloo on CPU."""
+    dist = torch.distributed
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def evaluate(
+    segmenter: Any,
+    dataset: str,
+    data_root: str | Path,
+    out_dir: str | Path,
+    family: str,
+    limit: int | None = None,
+    save_every: int = 20,
+    progress: bool = True,
+    **options: Any,
+) -> dict[str, Any] | None:
+    """Evaluate ``segmenter`` on the validation split of benchmark ``dataset``.
+
+    Args:
+        segmenter: an :class:`ovss.api.segmenter.Segmenter`.
+        dataset: benchmark name (``ovss.data.catalog``).
+        data_root: the root given to ``ovss prepare --out``.
+        out_dir: folder for the resumable state and the reports (``<out_dir>/<dataset>/``).
+        family: model family, picks the official class-name list (SAN's or CAT-Seg/SED's).
+        limit: evaluate only the first ``limit`` images (quick checks).
+        save_every: checkpoint the confusion matrix every this many images per rank.
+        options: model inference options (``inference="slide"``, ``fast=True, topk=8``).
+
+    Returns:
+        The report dict on rank 0 (None on other ranks): metrics per convention, per-class IoU.
+    """
+    from ovss.data.datasets import BenchmarkDataset
+
+    spec = get_benchmark(dataset)
+    data = BenchmarkDataset(spec.name, data_root)
+    classes = spec.class_names(FAMILY_VARIANT.get(family, "plain"))
+    total = len(data) if limit is None else min(limit, len(data))
+    rank, world = rank_and_world()
+    folder = Path(out_dir) / spec.name
+    state_path = folder / f"state-rank{rank}-of{world}.pt"
+    fingerprint = {
+        "model": segmenter.name,
+        "dataset": spec.name,
+        "total": total,
+        "world": world,
+        "options": {k: options[k] for k in sorted(options)},
+        "dtype": str(segmenter.dtype),
+    }
+    matrix = ConfusionMatrix(spec.num_classes, spec.ignore_index)
+    done = _resume(state_path, fingerprint, matrix)
+    todo = [i for i in range(rank, total, world) if i not in done]
+    segmenter.set_vocabulary(classes)
+
+    bar = _progress(
+        len(todo), len(done), f"{spec.name} rank {rank}" if world > 1 else spec.name, progress and rank == 0
+    )
+    log_path = folder / f"images-rank{rank}.jsonl"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log:
+        for n, index in enumerate(todo, 1):
+            item = data[index]
+            pred = segmenter.predict(item["image"], **options).label_map
+            if spec.merge_from is not None:  # PAS-20b: every extra (background) class scores as one
+                pred = np.minimum(pred, spec.merge_from)
+            gt = item["label"]
+            if pred.shape != gt.shape:
+                raise DatasetError(
+                    f"{item['name']}: prediction {pred.shape} vs label {gt.shape}; corrupt dataset?"
+                )
+            matrix.update(pred, gt)
+            done.add(index)
+            log.write(json.dumps(_image_record(index, item["name"], pred, gt, spec)) + "\n")
+            if n % save_every == 0:
+                log.flush()
+                _save_state(state_path, fingerprint, matrix, done)
+            bar.update(1)
+    bar.close()
+    _save_state(state_path, fingerprint, matrix, done)
+    matrix.all_reduce()
+    if rank != 0:
+        return None
+    report = build_report(matrix, classes, spec, fingerprint)
+    write_report(report, folder)
+    return report
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total + initial, initial=initial, desc=desc, unit="img", disable=not enabled)
+
+
+def _resume(path: Path, fingerprint: dict[str, Any], matrix: ConfusionMatrix) -> set[int]:
+    if not path.is_file():
+        return set()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != json.dumps(fingerprint, sort_keys=True):
+        raise DatasetError(
+            f"{path} belongs to an evaluation with other settings; use another --out or delete {path.parent}"
+        )
+    matrix.load_state_dict(state["matrix"])
+    return set(state["done"].tolist())
+
+
+def _save_state(path: Path, fingerprint: dict[str, Any], matrix: ConfusionMatrix, done: set[int]) -> None:
+    state = {
+        "fingerprint": json.dumps(fingerprint, sort_keys=True),
+        "matrix": matrix.state_dict(),
+        "done": torch.tensor(sorted(done), dtype=torch.int64),
+    }
+    atomic_write(path, lambda p: torch.save(state, p))
+
+
+def _image_record(
+    index: int, name: str, pred: np.ndarray, gt: np.ndarray, spec: BenchmarkSpec
+) -> dict[str, Any]:
+    valid = gt != spec.ignore_index
+    correct = int(np.count_nonzero((pred == gt) & valid))
+    labelled = int(np.count_nonzero(valid))
+    return {
+        "index": index,
+        "name": name,
+        "pixel_acc": correct / labelled if labelled else None,
+        "gt_classes": np.unique(gt[valid]).tolist(),
+        "pred_classes": np.unique(pred).tolist(),
+    }
+
+
+def build_report(
+    matrix: ConfusionMatrix, classes: list[str], spec: BenchmarkSpec, fingerprint: dict[str, Any]
+) -> dict[str, Any]:
+    """Metrics of both conventions plus the run's settings."""
+    names = spec.class_names("plain")
+    report: dict[str, Any] = {
+        "dataset": spec.name,
+        "images": matrix.num_images,
+        "settings": fingerprint,
+        "class_names": names,
+    }
+    for convention in CONVENTIONS:
+        report[convention] = matrix.compute(convention)
+    return report
+
+
+def summary_rows(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (dataset, convention) with the four headline metrics."""
+    rows = []
+    for report in reports:
+        for convention in CONVENTIONS:
+            m = report[convention]
+            rows.append(
+                {
+                    "dataset": report["dataset"],
+                    "convention": convention,
+                    "images": report["images"],
+                    **{k: round(m[k], 2) for k in ("mIoU", "fwIoU", "mACC", "pACC")},
+                }
+            )
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Aligned text table of ``rows`` (dicts with equal keys)."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    cells = [keys] + [[str(r[k]) for k in keys] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(keys))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], folder: Path) -> None:
+    """``metrics.json``, ``metrics.csv`` (headline) and ``per_class.csv`` into ``folder`` (atomic)."""
+    atomic_write_text(folder / "metrics.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(folder / "metrics.csv", _csv(summary_rows([report])))
+    per_class = []
+    for k, name in enumerate(report["class_names"]):
+        row: dict[str, Any] = {"index": k, "class": name}
+        for convention in CONVENTIONS:
+            for metric in ("IoU", "ACC"):
+                value = report[convention][metric][k]
+                row[f"{metric}_{convention}"] = "" if value is None else round(value, 4)
+        per_class.append(row)
+    atomic_write_text(folder / "per_class.csv", _csv(per_class))
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from ovss import __version__
+from ovss.cli.main import main
+from ovss.data.io import read_image, read_label
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_models_table(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("OVSS_HOME", str(tmp_path))
+    assert main(["models", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "san-vit-b16" in out and "hf:Mendel192/san/san_vit_b_16.pth" in out
+    assert "test-san-tiny" in out and str(tmp_path) in out
+    assert main(["models"]) == 0
+    assert "test-san-tiny" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("model", "extra"),
+    [
+        ("test-san-tiny", []),
+        ("test-catseg-tiny", ["--inference", "slide"]),
+        ("test-sed-tiny", ["--fast", "--topk", "2"]),
+    ],
+)
+def test_segment_end_to_end_on_real_photos(model, extra, data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(
+        [
+            "segment",
+            str(data_dir / "voc"),
+            str(data_dir / "quokka.jpg"),
+            "--model",
+            model,
+            "--classes",
+            "person; bottle; sofa, couch; bus; car",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
+    assert code == 0
+    photos = [*sorted((data_dir / "voc").glob("*.jpg")), data_dir / "quokka.jpg"]
+    for photo in photos:
+        h, w = read_image(photo).shape[:2]
+        label = read_label(out / f"{photo.stem}_label.png")
+        assert label.shape == (h, w) and label.max() < 5
+        summary = json.loads((out / f"{photo.stem}.json").read_text())
+        assert summary["model"] == model and (summary["height"], summary["width"]) == (h, w)
+        assert abs(sum(c["fraction"] for c in summary["classes"]) - 1) < 1e-4
+        assert (out / f"{photo.stem}_overlay.png").is_file()
+    assert f"wrote {len(photos)} result(s)" in capsys.readouterr().out
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ovss: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_empty_vocabulary_is_one_line(data_dir, tmp_path, capsys):
+    assert (
+        main(
+            [
+                "segment",
+                str(data_dir / "quokka.jpg"),
+                "--model",
+                "test-san-tiny",
+                "--classes",
+                " ; ",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 1
+    )
+    assert "vocabulary is empty" in _one_line_error(capsys)
+
+
+def test_unreadable_image_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "photo.jpg"
+    bad.write_bytes(b"\x00garbage")
+    assert (
+        main(["segment", str(bad), "--model", "test-san-tiny", "--classes", "a; b", "--out", str(tmp_path)])
+        == 1
+    )
+    assert "photo.jpg" in _one_line_error(capsys)
+
+
+def test_checkpoint_of_the_wrong_model_is_one_line(tmp_path, capsys):
+    from tests.conftest import parity_dir
+
+    catseg = parity_dir() / "catseg_a" / "state_dict.safetensors"
+    if not catseg.is_file():
+        pytest.skip("catseg_a fixture not available")
+    shutil.copy(catseg, tmp_path / "catseg.safetensors")
+    img = tmp_path / "img.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(img)
+    assert (
+        main(
+            [
+                "segment",
+                str(img),
+                "--model",
+                "san-vit-b16",
+                "--weights",
+                str(tmp_path / "catseg.safetensors"),
+                "--classes",
+                "a; b",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 1
+    )
+    assert "not a san checkpoint" in _one_line_error(capsys)
+
+
+def test_unknown_model_and_empty_folder_are_one_line(data_dir, tmp_path, capsys):
+    photo = str(data_dir / "quokka.jpg")
+    assert main(["segment", photo, "--model", "san-vit-b17", "--classes", "a"]) == 1
+    assert "did you mean 'san-vit-b16'" in _one_line_error(capsys)
+    assert main(["segment", str(tmp_path), "--model", "test-san-tiny", "--classes", "a"]) == 1
+    assert "contains no images" in _one_line_error(capsys)
