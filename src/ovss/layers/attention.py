@@ -1,0 +1,145 @@
+"""Multi-head self-attention with the ``nn.MultiheadAttention`` parameter layout, batch-first.
+
+Two storage layouts of the in-projection, numerically identical:
+
+* packed (OpenAI / open_clip): ``in_proj_weight`` (3D, D) and ``in_proj_bias`` (3D,);
+* split (CAT-Seg): ``q_proj_weight``, ``k_proj_weight``, ``v_proj_weight`` (D, D) each and the joint
+  ``in_proj_bias`` (3D,), so q and v can train while k stays frozen.
+
+Both keep ``out_proj`` (Linear D -> D). The split weights are concatenated before one matmul, so
+both layouts give bit-identical outputs for the same values. :func:`split_in_proj` and
+:func:`pack_in_proj` convert a state dict between the two.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_SPLIT_NAMES = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
+class Attention(nn.Module):
+    """Self-attention over (B, L, D) tokens via ``F.scaled_dot_product_attention``.
+
+    Args:
+        width: model width D (divisible by ``heads``).
+        heads: number of heads.
+        split_qkv: store q/k/v projection weights separately (CAT-Seg layout).
+    """
+
+    def __init__(self, width: int, heads: int, split_qkv: bool = False) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"attention width {width} is not divisible by heads={heads}")
+        self.width = width
+        self.heads = heads
+        self.head_dim = width // heads
+        self.split_qkv = split_qkv
+        if split_qkv:
+            self.q_proj_weight = nn.Parameter(torch.empty(width, width))
+            self.k_proj_weight = nn.Parameter(torch.empty(width, width))
+            self.v_proj_weight = nn.Parameter(torch.empty(width, width))
+        else:
+            self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise as ``nn.MultiheadAttention`` does (xavier in-projection, zero biases)."""
+        if self.split_qkv:
+            # Same distribution as xavier on the packed (3D, D) matrix.
+            bound = math.sqrt(6.0 / (4 * self.width))
+            for name in _SPLIT_NAMES:
+                nn.init.uniform_(getattr(self, name), -bound, bound)
+        else:
+            nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def packed_weight(self) -> torch.Tensor:
+        """The (3D, D) in-projection weight, rows ordered q, k, v, in either layout."""
+        if self.split_qkv:
+            return torch.cat([self.q_proj_weight, self.k_proj_weight, self.v_proj_weight], dim=0)
+        return self.in_proj_weight
+
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """In-projection split into heads.
+
+        Args:
+            x: (B, L, D) tokens.
+
+        Returns:
+            q, k, v: each (B, heads, L, head_dim), unscaled.
+        """
+        b, n, _ = x.shape
+        qkv = F.linear(x, self.packed_weight(), self.in_proj_bias)
+        qkv = qkv.reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Attend all tokens to all tokens.
+
+        Args:
+            x: (B, L, D) tokens.
+            attn_mask: optional additive float mask broadcastable to (B, heads, L, L)
+                (0 = attend, -inf = blocked); cast to ``x``'s dtype. Boolean masks are refused
+                because their meaning differs between SDPA and ``nn.MultiheadAttention``.
+
+        Returns:
+            (B, L, D).
+        """
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                raise TypeError(
+                    "Attention takes an additive float attn_mask (0 keeps, -inf blocks), got a bool mask; "
+                    "convert it with torch.zeros_like(m, dtype=x.dtype).masked_fill(m, float('-inf'))"
+                )
+            attn_mask = attn_mask.to(x.dtype)
+        b, n, _ = x.shape
+        q, k, v = self.project_qkv(x)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = out.transpose(1, 2).reshape(b, n, self.width)
+        return self.out_proj(out)
+
+
+def split_in_proj(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Packed -> split layout: every ``*.in_proj_weight`` (3D, D) becomes ``*.{q,k,v}_proj_weight``.
+
+    Pure: returns a new dict; other keys (including ``in_proj_bias``) are passed through.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.endswith("in_proj_weight"):
+            stem = key[: -len("in_proj_weight")]
+            for name, part in zip(_SPLIT_NAMES, value.chunk(3, dim=0)):
+                out[stem + name] = part
+        else:
+            out[key] = value
+    return out
+
+
+def pack_in_proj(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Split -> packed layout: ``*.{q,k,v}_proj_weight`` are concatenated into ``*.in_proj_weight``.
+
+    Pure: returns a new dict, keeping the order of the other keys. Raises ``KeyError`` naming the
+    stem when one of the three parts is missing.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.endswith(_SPLIT_NAMES[0]):
+            stem = key[: -len(_SPLIT_NAMES[0])]
+            missing = [stem + n for n in _SPLIT_NAMES if stem + n not in state_dict]
+            if missing:
+                raise KeyError(f"cannot pack {stem}in_proj_weight: missing {missing}")
+            out[stem + "in_proj_weight"] = torch.cat([state_dict[stem + n] for n in _SPLIT_NAMES], dim=0)
+        elif key.endswith(_SPLIT_NAMES[1:]):
+            continue
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,113 @@
+"""Attention: numerics against nn.MultiheadAttention, packed vs split, masks, dtypes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ovss.layers.attention import Attention, pack_in_proj, split_in_proj
+from ovss.layers.mlp import GELU, QuickGELU, make_activation
+from ovss.layers.transformer import ResidualAttentionBlock
+from tests.towers._clip_reference import RefBlock, randomize_
+
+
+def _mha_pair(width=32, heads=4, seed=0):
+    torch.manual_seed(seed)
+    ref = nn.MultiheadAttention(width, heads)
+    randomize_(ref, seed)
+    ours = Attention(width, heads)
+    ours.load_state_dict(ref.state_dict(), strict=True)  # same names and shapes as torch's layout
+    return ref, ours
+
+
+def test_matches_multihead_attention_no_mask():
+    ref, ours = _mha_pair()
+    x = torch.randn(2, 7, 32)
+    expected = ref(x.transpose(0, 1), x.transpose(0, 1), x.transpose(0, 1), need_weights=False)[0]
+    got = ours(x)
+    torch.testing.assert_close(got, expected.transpose(0, 1), rtol=1e-5, atol=1e-5)
+    assert got.abs().mean() > 1e-2  # non-trivial output
+
+
+def test_matches_multihead_attention_with_additive_mask():
+    ref, ours = _mha_pair(seed=1)
+    x = torch.randn(3, 6, 32)
+    mask = torch.randn(6, 6)
+    mask[0, 3:] = float("-inf")
+    xs = x.transpose(0, 1)
+    expected = ref(xs, xs, xs, need_weights=False, attn_mask=mask)[0].transpose(0, 1)
+    torch.testing.assert_close(ours(x, attn_mask=mask), expected, rtol=1e-5, atol=1e-5)
+    # A per-sample, per-head mask (B, heads, L, L) equals MHA's (B*heads, L, L) form.
+    mask4 = torch.randn(3, 4, 6, 6)
+    expected4 = ref(xs, xs, xs, need_weights=False, attn_mask=mask4.reshape(12, 6, 6))[0].transpose(0, 1)
+    torch.testing.assert_close(ours(x, attn_mask=mask4), expected4, rtol=1e-5, atol=1e-5)
+    # and the mask actually changes the result
+    assert (ours(x, attn_mask=mask4) - ours(x)).abs().max() > 1e-3
+
+
+def test_bool_mask_is_refused():
+    _, ours = _mha_pair()
+    with pytest.raises(TypeError, match="additive float"):
+        ours(torch.randn(1, 4, 32), attn_mask=torch.ones(4, 4, dtype=torch.bool))
+
+
+def test_packed_and_split_are_identical():
+    _, packed = _mha_pair(seed=2)
+    split = Attention(32, 4, split_qkv=True)
+    sd = split_in_proj(packed.state_dict())
+    assert set(sd) == set(split.state_dict())
+    split.load_state_dict(sd, strict=True)
+    x = torch.randn(2, 5, 32)
+    assert torch.equal(split(x), packed(x))
+    for a, b in zip(split.project_qkv(x), packed.project_qkv(x)):
+        assert a.shape == (2, 4, 5, 8)
+        assert torch.equal(a, b)
+    back = pack_in_proj(split.state_dict())
+    assert list(back) == list(packed.state_dict())
+    for k, v in packed.state_dict().items():
+        assert torch.equal(back[k], v)
+
+
+def test_pack_in_proj_reports_missing_part():
+    split = Attention(8, 2, split_qkv=True).state_dict()
+    del split["v_proj_weight"]
+    with pytest.raises(KeyError, match="v_proj_weight"):
+        pack_in_proj(split)
+
+
+def test_project_qkv_scaled_dot_product_by_hand():
+    _, ours = _mha_pair(seed=3)
+    x = torch.randn(1, 4, 32)
+    q, k, v = ours.project_qkv(x)
+    w = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, dim=-1)
+    by_hand = ours.out_proj((w @ v).transpose(1, 2).reshape(1, 4, 32))
+    torch.testing.assert_close(ours(x), by_hand, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("act", ["quick_gelu", "gelu"])
+def test_block_matches_reference(act):
+    ref = randomize_(RefBlock(32, 4, act), 4)
+    ours = ResidualAttentionBlock(32, 4, act=act)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 6, 32)
+    mask = torch.full((6, 6), float("-inf")).triu(1)
+    expected = ref(x.transpose(0, 1), mask).transpose(0, 1)
+    torch.testing.assert_close(ours(x, attn_mask=mask), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_activations():
+    x = torch.linspace(-4, 4, 9)
+    torch.testing.assert_close(QuickGELU()(x), x * torch.sigmoid(1.702 * x))
+    torch.testing.assert_close(GELU()(x), torch.nn.functional.gelu(x))
+    with pytest.raises(ValueError, match="quick_gelu"):
+        make_activation("relu")
+
+
+def test_bfloat16_runs_and_is_close():
+    _, ours = _mha_pair(seed=5)
+    x = torch.randn(2, 5, 32)
+    y32 = ours(x, attn_mask=torch.zeros(5, 5))
+    y16 = ours.to(torch.bfloat16)(x.bfloat16(), attn_mask=torch.zeros(5, 5))  # fp32 mask is cast
+    assert y16.dtype == torch.bfloat16
+    assert (y16.float() - y32).norm() / y32.norm() < 3e-2

@@ -1,0 +1,104 @@
+"""TextTransformer against the OpenAI-style reference (full 77-token context), trimming, dtypes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ovss.errors import ConfigError
+from ovss.towers.text import TextConfig, TextTransformer, causal_mask
+from tests.towers._clip_reference import RefText, randomize_
+
+CFG = TextConfig(context_length=12, vocab_size=50, width=32, heads=4, layers=2, output_dim=16)
+
+
+def _pair(cfg: TextConfig = CFG, seed: int = 0):
+    c = cfg
+    ref = RefText(c.context_length, c.vocab_size, c.width, c.layers, c.heads, c.output_dim, c.act)
+    randomize_(ref, seed)
+    ours = TextTransformer(cfg)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ref.eval(), ours.eval()
+
+
+def _tokens() -> torch.Tensor:
+    # sot=47 ... eot=49 (the largest id), zero padded; the longest prompt ends at position 6
+    rows = [[47, 3, 4, 49], [47, 5, 6, 7, 8, 9, 49], [47, 49]]
+    out = torch.zeros(len(rows), CFG.context_length, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r)
+    return out
+
+
+def test_matches_reference_and_trimming_is_exact():
+    ref, ours = _pair()
+    tokens = _tokens()
+    out = ours(tokens)
+    assert out.shape == (3, 16)
+    torch.testing.assert_close(out, ref(tokens), rtol=1e-5, atol=1e-5)
+    # the untrimmed path (full context, as under export) gives the same embedding
+    full = ours.forward_tokens(tokens)[torch.arange(3), tokens.argmax(-1)] @ ours.text_projection
+    torch.testing.assert_close(out, full, rtol=1e-5, atol=1e-6)
+    # so does passing a shorter (already trimmed) sequence
+    torch.testing.assert_close(ours(tokens[:, :7]), out, rtol=1e-5, atol=1e-6)
+
+
+def test_result_is_per_row_independent_of_batch():
+    _, ours = _pair(seed=1)
+    tokens = _tokens()
+    alone = ours(tokens[2:3])  # trimmed to length 2 on its own
+    torch.testing.assert_close(ours(tokens)[2:3], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_too_long_is_refused():
+    _, ours = _pair()
+    with pytest.raises(ValueError, match="context_length"):
+        ours(torch.arange(13).reshape(1, 13))  # EOT (largest id) at position 12
+
+
+def test_causal_mask_dtype_device():
+    m = causal_mask(3, torch.zeros(1, dtype=torch.bfloat16))
+    assert m.dtype == torch.bfloat16
+    assert torch.equal(m.isinf(), torch.ones(3, 3, dtype=torch.bool).triu(1))
+    assert (m[~m.isinf()] == 0).all()
+
+
+def test_split_qkv_and_bfloat16():
+    from ovss.layers.attention import split_in_proj
+
+    _, ours = _pair(seed=2)
+    split = TextTransformer(CFG.override("split_qkv=true"))
+    split.load_state_dict(split_in_proj(ours.state_dict()), strict=True)
+    tokens = _tokens()
+    y = ours(tokens)
+    assert torch.equal(split(tokens), y)
+    y16 = ours.to(torch.bfloat16)(tokens)
+    assert y16.dtype == torch.bfloat16
+    assert (y16.float() - y).norm() / y.norm() < 5e-2
+
+
+def test_config_validation():
+    assert TextConfig.from_json(CFG.to_json()) == CFG
+    with pytest.raises(ConfigError, match="heads"):
+        TextConfig(width=30, heads=4)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_onnx_export_runs_the_full_context(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    _, ours = _pair(seed=3)
+    tokens = _tokens()
+    path = tmp_path / "text.onnx"
+    torch.onnx.export(ours, (tokens,), str(path), dynamo=False, input_names=["tokens"])
+    session = ort.InferenceSession(str(path))
+    torch.testing.assert_close(
+        torch.from_numpy(session.run(None, {"tokens": tokens.numpy()})[0]), ours(tokens).detach(),
+        rtol=1e-4, atol=1e-5,
+    )
+    # the exported graph is not trimmed to this batch: a longer prompt gives the eager result too
+    longer = tokens.clone()
+    longer[0, :11] = torch.tensor([47, 1, 2, 3, 4, 5, 6, 7, 8, 9, 49])
+    torch.testing.assert_close(
+        torch.from_numpy(session.run(None, {"tokens": longer.numpy()})[0]), ours(longer).detach(),
+        rtol=1e-4, atol=1e-5,
+    )

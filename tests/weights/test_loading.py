@@ -1,0 +1,125 @@
+"""read_state_dict (safetensors, torch.save wrappers, TorchScript) and load_strict error reporting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ovss.errors import CheckpointMismatchError, WeightsNotFoundError
+from ovss.weights.loading import load_strict, read_state_dict
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 4)
+        self.norm = nn.LayerNorm(4)
+        self.register_buffer("scale", torch.ones(2))
+
+    def forward(self, x):
+        return self.norm(self.a(x)) * self.scale[0]
+
+
+def _sd() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {k: torch.randn_like(v) for k, v in Tiny().state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("wrap", ["bare", "model", "state_dict", "nested"])
+def test_torch_save_wrappers(tmp_path, wrap):
+    sd = _sd()
+    obj = {
+        "bare": sd,
+        "model": {"model": sd, "iteration": 5},
+        "state_dict": {"state_dict": sd, "epoch": 1},
+        "nested": {"state_dict": {"model": sd}},
+    }[wrap]
+    path = tmp_path / "w.pth"
+    torch.save(obj, path)
+    assert _same(read_state_dict(path), sd)
+
+
+def test_safetensors(tmp_path):
+    sd = _sd()
+    save_file(sd, str(tmp_path / "w.safetensors"))
+    got = read_state_dict(tmp_path / "w.safetensors")  # safetensors stores keys sorted
+    assert _same(dict(sorted(got.items())), dict(sorted(sd.items())))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torchscript_archive(tmp_path):
+    model = Tiny().half()  # the OpenAI archives are float16
+    model.load_state_dict({k: v.half() for k, v in _sd().items()})
+    traced = torch.jit.trace(model.float(), torch.randn(1, 3)).half()
+    path = tmp_path / "ViT-B-16.pt"
+    traced.save(str(path))
+    got = read_state_dict(path)
+    assert list(got) == list(Tiny().state_dict())
+    assert all(v.dtype == torch.float16 for v in got.values())
+    target = load_strict(Tiny(), got, str(path))  # fp16 values are cast into the fp32 module
+    assert target.a.weight.dtype == torch.float32
+    assert torch.equal(target.a.weight, _sd()["a.weight"].half().float())
+
+
+def test_unreadable_and_missing_files(tmp_path):
+    with pytest.raises(WeightsNotFoundError, match="does not exist"):
+        read_state_dict(tmp_path / "nope.pth")
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointMismatchError, match=r"cannot read checkpoint .*bad\.pth"):
+        read_state_dict(bad)
+    torch.save({"model": _sd(), "junk": 1, "weights": "x"}, tmp_path / "ok.pth")  # extra metadata is fine
+    assert _same(read_state_dict(tmp_path / "ok.pth"), _sd())
+    torch.save({"a": torch.zeros(1), "b": 3}, tmp_path / "mixed.pth")
+    with pytest.raises(CheckpointMismatchError, match="non-tensor entries \\(b\\)"):
+        read_state_dict(tmp_path / "mixed.pth")
+    torch.save([torch.zeros(1)], tmp_path / "list.pth")
+    with pytest.raises(CheckpointMismatchError, match="holds a list"):
+        read_state_dict(tmp_path / "list.pth")
+
+
+def test_load_strict_loads_everything():
+    sd = _sd()
+    model = load_strict(Tiny(), sd, "tiny.pth")
+    assert _same(model.state_dict(), sd)
+
+
+def test_load_strict_reports_every_offender_in_one_error():
+    sd = _sd()
+    del sd["norm.bias"]  # missing
+    sd["extra.weight"] = torch.zeros(1)  # unexpected
+    sd["a.weight"] = torch.zeros(5, 3)  # wrong shape
+    model = Tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_strict(model, sd, "weights/foo.pth", model="SAN(vit-b16)")
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert "weights/foo.pth" in msg and "SAN(vit-b16)" in msg
+    assert "1 missing [norm.bias]" in msg
+    assert "1 unexpected [extra.weight]" in msg
+    assert "1 wrong shape [a.weight ckpt (5, 3) != model (4, 3)]" in msg
+    assert _same(model.state_dict(), before)  # nothing was loaded
+    with pytest.raises(CheckpointMismatchError, match="does not fit Tiny"):
+        load_strict(model, {}, "empty")
+
+
+def test_long_lists_are_truncated():
+    sd = {f"k{i}": torch.zeros(1) for i in range(20)}
+    pattern = r"20 unexpected \[k0, k1, .*k7, \.\.\. \(\+12 more\)\]"
+    with pytest.raises(CheckpointMismatchError, match=pattern):
+        load_strict(Tiny(), {**_sd(), **sd}, "x")
+
+
+def test_assign_onto_meta_module():
+    with torch.device("meta"):
+        model = Tiny()
+    load_strict(model, _sd(), "x", assign=True)
+    assert model.a.weight.device.type == "cpu"
+    assert torch.equal(model.a.weight, _sd()["a.weight"])
