@@ -45,9 +45,7 @@ class Config:
         names = {f.name: f for f in dataclasses.fields(cls) if f.init}
         unknown = sorted(set(data) - set(names))
         if unknown:
-            raise ConfigError(
-                f"unknown {cls.__name__} key(s) {unknown}; valid keys: {sorted(names)}"
-            )
+            raise ConfigError(f"unknown {cls.__name__} key(s) {unknown}; valid keys: {sorted(names)}")
         hints = typing.get_type_hints(cls)
         kwargs = {k: _from_plain(hints[k], v, f"{cls.__name__}.{k}") for k, v in data.items()}
         return cls(**kwargs)
@@ -84,7 +82,9 @@ class Config:
                 if not isinstance(node, dict) or part not in node:
                     where = ".".join(parts[:i]) or "<root>"
                     valid = sorted(node) if isinstance(node, dict) else []
-                    raise ConfigError(f"unknown config key {key!r} (no {part!r} under {where}); valid: {valid}")
+                    raise ConfigError(
+                        f"unknown config key {key!r} (no {part!r} under {where}); valid: {valid}"
+                    )
                 if i == len(parts) - 1:
                     node[part] = value
                 else:

@@ -52,6 +52,4 @@ class MissingDependencyError(OvssError, ImportError):
 
 def missing_dependency(package: str, extra: str) -> MissingDependencyError:
     """Build the error for an optional dependency that is not installed."""
-    return MissingDependencyError(
-        f"{package} is not installed; install it with: pip install 'ovss[{extra}]'"
-    )
+    return MissingDependencyError(f"{package} is not installed; install it with: pip install 'ovss[{extra}]'")
