@@ -38,11 +38,11 @@ def test_models_table(capsys, tmp_path, monkeypatch):
 )
 def test_segment_end_to_end_on_real_photos(model, extra, data_dir, tmp_path, capsys):
     out = tmp_path / "out"
+    photos = [*sorted((data_dir / "voc").glob("*.jpg")), data_dir / "quokka.jpg"]
     code = main(
         [
             "segment",
-            str(data_dir / "voc"),
-            str(data_dir / "quokka.jpg"),
+            *map(str, photos),
             "--model",
             model,
             "--classes",
@@ -53,7 +53,6 @@ def test_segment_end_to_end_on_real_photos(model, extra, data_dir, tmp_path, cap
         ]
     )
     assert code == 0
-    photos = [*sorted((data_dir / "voc").glob("*.jpg")), data_dir / "quokka.jpg"]
     for photo in photos:
         h, w = read_image(photo).shape[:2]
         label = read_label(out / f"{photo.stem}_label.png")

@@ -1,0 +1,485 @@
+"""SAN: Side Adapter Network for open-vocabulary semantic segmentation (Xu et al., CVPR 2023).
+
+A frozen CLIP ViT is split at block ``split``. Its first part runs on a down-scaled copy of the image
+(``clip_resolution``); a small side ViT (with ``num_queries`` learnable query tokens, no class token,
+no final norm) runs on the full image, with CLIP maps added into its patch tokens (``fusion_map``).
+From the side outputs an MLP decoder predicts mask logits and per-head attention biases; the last CLIP
+blocks then run on ``[Q copies of the CLS token; CLS; patches]`` with the max-pooled biases as an
+additive mask, giving one region embedding per query, classified against the text embeddings plus a
+learned void embedding. Behaviour, numeric quirks included, follows MendelXu/SAN @ e19262d.
+
+Reads: config -> blocks (fusion, MLP, decoder, side adapter) -> model -> builders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ovss.errors import ConfigError
+from ovss.layers.pos_embed import resize_pos_embed
+from ovss.layers.transformer import ResidualAttentionBlock
+from ovss.models.base import ModelConfig, SegmentationModel
+from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
+from ovss.towers.text import TextConfig
+from ovss.towers.vit import VisionConfig
+
+SOS_BLOCKED = -100.0  # the official additive value for "blocked" (not -inf), see spec 1.7
+
+
+@dataclasses.dataclass(kw_only=True)
+class SANConfig(ModelConfig):
+    """SAN architecture; defaults are the official ViT-B/16 model (``san_clip_vit_res4_coco.yaml``)."""
+
+    clip: ClipConfig = dataclasses.field(default_factory=vit_b_16)  # CLIP towers (ViT image tower)
+    synonyms: Literal["verbatim", "mean", "first"] = "verbatim"  # official: "a, b" is ONE class string
+    clip_resolution: float = 0.5  # CLIP input = bilinear x this of the padded side input
+    split: int = 9  # FEATURE_LAST_LAYER_IDX: CLIP blocks [0, split) extract, [split, depth) recognise
+    fusion_map: tuple[tuple[int, int], ...] = ((0, 0), (3, 1), (6, 2), (9, 3))  # (CLIP record, side idx)
+    side_width: int = 240  # side ViT token width
+    side_depth: int = 8  # side ViT blocks
+    side_heads: int = 6  # side ViT attention heads
+    side_mlp_ratio: float = 4.0  # side ViT MLP hidden / width
+    side_patch_size: int = 16  # side ViT patch size (mask logits are at 1/side_patch_size)
+    side_image_size: int = 640  # side pos_embed grid = side_image_size // side_patch_size
+    side_ln_eps: float = 1e-6  # LayerNorm eps of the side blocks and of the fusion layers
+    num_queries: int = 100  # query tokens = mask proposals = SOS tokens
+    deep_supervision: tuple[int, ...] = (7, 8)  # 1-based side blocks emitting outputs (last = main)
+    attn_bias_heads: int = 12  # ATTN_BIAS.NUM_HEADS: 1 or the CLIP heads
+    attn_bias_layers: int = 1  # ATTN_BIAS.NUM_LAYERS: 1 (shared) or one per recognition block
+    embed_channels: int = 256  # ATTN_BIAS.EMBED_CHANNELS: query/pixel/bias embedding width
+    mlp_channels: int = 256  # ATTN_BIAS.MLP_CHANNELS: hidden width of the decoder MLPs
+    mlp_layers: int = 3  # ATTN_BIAS.MLP_NUM_LAYERS
+    rescale_attn_bias: bool = True  # learned scalar affine w*A+b on the attention bias
+    rec_downsample: Literal["max", "avg", "bilinear", "bicubic", "nearest"] = "max"  # bias -> CLIP grid
+
+    def __post_init__(self) -> None:
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:
+            parent()
+        v = self.clip.vision
+        if v is None:
+            raise ConfigError("SANConfig.clip needs a ViT image tower (`vision`); SAN cannot use ConvNeXt")
+        positive = ("side_width", "side_depth", "side_heads", "side_patch_size", "side_image_size",
+                    "num_queries", "attn_bias_heads", "attn_bias_layers", "embed_channels",
+                    "mlp_channels", "mlp_layers")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"SANConfig.{name} must be a positive integer, got {value!r}")
+        if not 0 < self.clip_resolution <= 4:
+            raise ConfigError(f"SANConfig.clip_resolution must be in (0, 4], got {self.clip_resolution}")
+        if not 1 <= self.split < v.layers:
+            raise ConfigError(f"SANConfig.split={self.split} must be in 1..{v.layers - 1} (CLIP depth)")
+        if self.side_width % self.side_heads:
+            raise ConfigError(f"SANConfig.side_width={self.side_width} is not divisible by side_heads")
+        if self.side_image_size % self.side_patch_size:
+            raise ConfigError(
+                f"SANConfig.side_image_size={self.side_image_size} is not a multiple of side_patch_size"
+            )
+        sides = [s for _, s in self.fusion_map]
+        if len(set(sides)) != len(sides) or any(len(p) != 2 for p in self.fusion_map):
+            raise ConfigError(f"SANConfig.fusion_map={self.fusion_map} needs unique (clip, side) pairs")
+        for c, s in self.fusion_map:
+            if not (0 <= c <= self.split and 0 <= s <= self.side_depth):
+                raise ConfigError(
+                    f"SANConfig.fusion_map pair ({c}, {s}) is out of range: CLIP record 0..{self.split}, "
+                    f"side index 0..{self.side_depth}"
+                )
+        ds = list(self.deep_supervision)
+        if not ds or ds != sorted(set(ds)) or ds[0] < 1 or ds[-1] > self.side_depth:
+            raise ConfigError(
+                f"SANConfig.deep_supervision={self.deep_supervision} must be increasing side blocks in "
+                f"1..{self.side_depth}"
+            )
+        if self.attn_bias_heads not in (1, v.heads):
+            raise ConfigError(
+                f"SANConfig.attn_bias_heads={self.attn_bias_heads} must be 1 or the CLIP heads ({v.heads})"
+            )
+        if self.attn_bias_layers not in (1, v.layers - self.split):
+            raise ConfigError(
+                f"SANConfig.attn_bias_layers={self.attn_bias_layers} must be 1 or the recognition depth "
+                f"{v.layers - self.split}"
+            )
+
+
+# ------------------------------------------------------------------------------------------- blocks
+class MLP(nn.Module):
+    """``layers`` Linear layers with ReLU between them (none after the last), on (..., in_dim)."""
+
+    def __init__(self, in_dim: int, hidden: int, out_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [in_dim] + [hidden] * (num_layers - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_dim) -> (..., out_dim)."""
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class FusionLayer(nn.Module):
+    """Adds a CLIP token map into the side patch tokens: LayerNorm, linear projection, bilinear resize.
+
+    (The official LayerNorm2d + 1x1 conv are applied channels-last; same maths.)
+    """
+
+    def __init__(self, clip_width: int, side_width: int, eps: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(clip_width, eps=eps)
+        self.proj = nn.Linear(clip_width, side_width)
+        nn.init.kaiming_uniform_(self.proj.weight, a=1)  # detectron2 c2_xavier_fill
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(
+        self, patches: torch.Tensor, clip_patches: torch.Tensor, clip_grid: tuple[int, int],
+        side_grid: tuple[int, int],
+    ) -> torch.Tensor:
+        """Fuse.
+
+        Args:
+            patches: (B, h_s*w_s, C_s) side patch tokens.
+            clip_patches: (B, g_h*g_w, D_c) CLIP patch tokens (no class token).
+            clip_grid: (g_h, g_w); side_grid: (h_s, w_s).
+
+        Returns:
+            (B, h_s*w_s, C_s) ``patches`` plus the resized projection.
+        """
+        y = self.proj(self.norm(clip_patches))  # (B, g_h*g_w, C_s)
+        y = y.transpose(1, 2).reshape(y.shape[0], -1, *clip_grid)
+        y = F.interpolate(y, size=side_grid, mode="bilinear", align_corners=False)
+        return patches + y.flatten(2).transpose(1, 2)
+
+
+class MaskDecoder(nn.Module):
+    """Mask logits and attention biases from a side output (the official ``MLPMaskDecoder``)."""
+
+    def __init__(self, cfg: SANConfig) -> None:
+        super().__init__()
+        c, e, h, n = cfg.side_width, cfg.embed_channels, cfg.mlp_channels, cfg.mlp_layers
+        self.heads, self.layers, self.channels = cfg.attn_bias_heads, cfg.attn_bias_layers, e
+        self.query_mlp = MLP(c, h, e, n)
+        self.pix_mlp = MLP(c, h, e, n)
+        self.attn_mlp = MLP(c, h, e * self.heads * self.layers, n)
+        self.bias_scaling = nn.Linear(1, 1) if cfg.rescale_attn_bias else nn.Identity()
+
+    def forward(
+        self, query: torch.Tensor, patches: torch.Tensor, grid: tuple[int, int]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Decode.
+
+        Args:
+            query: (B, Q, C_s) query tokens; patches: (B, h*w, C_s) patch tokens; grid: (h, w).
+
+        Returns:
+            mask logits (B, Q, h, w) and ``attn_bias_layers`` biases, each (B, heads, Q, h, w).
+        """
+        b, n_pix = patches.shape[:2]
+        q = self.query_mlp(query)  # (B, Q, E)
+        masks = (q @ self.pix_mlp(patches).transpose(1, 2)).reshape(b, -1, *grid)
+        a = self.attn_mlp(patches).reshape(b, n_pix, self.layers * self.heads, self.channels)
+        bias = q.unsqueeze(1) @ a.permute(0, 2, 3, 1)  # (B, layers*heads, Q, h*w)
+        bias = self.bias_scaling(bias.unsqueeze(-1)).squeeze(-1)
+        bias = bias.reshape(b, self.layers, self.heads, -1, *grid)
+        return masks, list(bias.unbind(1))
+
+
+class SideAdapter(nn.Module):
+    """The side ViT (queries prepended, CLIP fusion, positional embeddings re-added) and its decoder."""
+
+    def __init__(self, cfg: SANConfig) -> None:
+        super().__init__()
+        c, clip_width = cfg.side_width, cfg.clip.vision.width
+        grid = cfg.side_image_size // cfg.side_patch_size
+        self.deep_supervision = tuple(cfg.deep_supervision)
+        self.query_embed = nn.Parameter(torch.empty(cfg.num_queries, c))
+        self.query_pos_embed = nn.Parameter(torch.empty(cfg.num_queries, c))
+        self.patch_embed = nn.Conv2d(3, c, kernel_size=cfg.side_patch_size, stride=cfg.side_patch_size)
+        self.pos_embed = nn.Parameter(torch.empty(grid * grid, c))
+        self.blocks = nn.ModuleList(
+            ResidualAttentionBlock(c, cfg.side_heads, cfg.side_mlp_ratio, act="gelu", ln_eps=cfg.side_ln_eps)
+            for _ in range(cfg.side_depth)
+        )
+        sides = sorted(s for _, s in cfg.fusion_map)
+        self.fusion = nn.ModuleDict({str(s): FusionLayer(clip_width, c, cfg.side_ln_eps) for s in sides})
+        self.decoder = MaskDecoder(cfg)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """timm ViT defaults (trunc-normal 0.02 linears/pos, zero biases); queries N(0, 0.02)."""
+        nn.init.normal_(self.query_embed, std=0.02)
+        nn.init.normal_(self.query_pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for block in self.blocks:
+            attn, mlp = block.attn, block.mlp
+            for w in (attn.in_proj_weight, attn.out_proj.weight, mlp.c_fc.weight, mlp.c_proj.weight):
+                nn.init.trunc_normal_(w, std=0.02)
+            for b in (attn.in_proj_bias, attn.out_proj.bias, mlp.c_fc.bias, mlp.c_proj.bias):
+                nn.init.zeros_(b)
+
+    def forward(
+        self, images: torch.Tensor, clip_patches: dict[int, torch.Tensor], clip_grid: tuple[int, int]
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], tuple[int, int]]:
+        """Run the side ViT.
+
+        Args:
+            images: (B, 3, H, W) normalised, padded side input.
+            clip_patches: side index -> (B, g_h*g_w, D_c) CLIP patch tokens to fuse there.
+            clip_grid: (g_h, g_w).
+
+        Returns:
+            one (query (B, Q, C_s), patches (B, h_s*w_s, C_s)) per ``deep_supervision`` block, and the
+            side grid (h_s, w_s).
+        """
+        x = self.patch_embed(images)
+        grid = (int(x.shape[-2]), int(x.shape[-1]))
+        x = x.flatten(2).transpose(1, 2)  # (B, L, C)
+        b, n = x.shape[:2]
+        pos = resize_pos_embed(self.pos_embed, grid, num_prefix=0)
+        pos = torch.cat([self.query_pos_embed, pos], dim=0).to(x.dtype).unsqueeze(0)
+        x = torch.cat([self.query_embed.to(x.dtype).unsqueeze(0).expand(b, -1, -1), x], dim=1) + pos
+        x = self._fuse(0, x, n, clip_patches, clip_grid, grid)
+        outputs = []
+        for i, block in enumerate(self.blocks, start=1):
+            x = self._fuse(i, block(x), n, clip_patches, clip_grid, grid)
+            if i in self.deep_supervision:
+                outputs.append((x[:, :-n], x[:, -n:]))
+            if i < len(self.blocks):
+                x = x + pos  # positions (queries included) are re-added before every later block
+        return outputs, grid
+
+    def _fuse(self, idx: int, x: torch.Tensor, n: int, clip_patches: dict[int, torch.Tensor],
+              clip_grid: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+        key = str(idx)
+        if key not in self.fusion:
+            return x
+        fused = self.fusion[key](x[:, -n:], clip_patches[idx], clip_grid, grid)
+        return torch.cat([x[:, :-n], fused], dim=1)
+
+
+# -------------------------------------------------------------------------------------------- model
+class SAN(SegmentationModel):
+    """SAN on one CLIP (``clip``), the side adapter (``side``) and the void embedding (``bg_embed``).
+
+    The CLIP image tower is used in two slices of the same module: blocks ``[0, split)`` extract
+    features, blocks ``[split, depth)`` plus ``ln_post``/``proj`` recognise the masks.
+    """
+
+    def __init__(self, config: SANConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.clip = CLIP(config.clip)
+        self.side = SideAdapter(config)
+        e = config.clip.embed_dim
+        self.bg_embed = nn.Parameter(torch.randn(e) * e**-0.5)
+        self.freeze()
+
+    # ---------------------------------------------------------------------------------- training
+    def freeze(self) -> SAN:
+        """SAN's freezing: only ``side``, ``bg_embed`` and the CLIP visual positional embedding train."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for p in self.side.parameters():
+            p.requires_grad_(True)
+        self.bg_embed.requires_grad_(True)
+        self.clip.visual.positional_embedding.requires_grad_(True)
+        return self
+
+    def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """(name, parameter) of every parameter with ``requires_grad`` (after :meth:`freeze`: SAN's set)."""
+        return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
+
+    # ---------------------------------------------------------------------------------- text
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Prompt-ensembled class embeddings (official ``get_classifier_by_vocabulary``).
+
+        Args:
+            tokens: (P, K, L) int64 token ids, P templates, K classes.
+
+        Returns:
+            (K, E): per-template L2-normalised embeddings, averaged over P, L2-normalised again.
+        """
+        p, k, length = tokens.shape
+        flat = tokens.reshape(p * k, length)
+        chunks = [self.clip.encode_text(c, normalize=True) for c in flat.split(512)]
+        per_template = torch.cat(chunks).reshape(p, k, -1)
+        return F.normalize(per_template.mean(0), dim=-1)
+
+    def classifier(self, text: torch.Tensor) -> torch.Tensor:
+        """(K, E) class embeddings -> (K+1, E) with the void embedding last, every row L2-normalised."""
+        return F.normalize(torch.cat([text, self.bg_embed.to(text.dtype).unsqueeze(0)]), dim=-1)
+
+    # ---------------------------------------------------------------------------------- image
+    def clip_features(self, images: torch.Tensor) -> tuple[dict[int, torch.Tensor], tuple[int, int]]:
+        """Run the extraction slice of CLIP on the down-scaled images.
+
+        Args:
+            images: (B, 3, H, W) normalised, padded side input.
+
+        Returns:
+            record index -> (B, 1+g_h*g_w, D_c) tokens (class token first; 0 = after ln_pre, i =
+            after block i) for every fused record and ``split``, and the grid (g_h, g_w).
+        """
+        cfg = self.config
+        # scale_factor (not size) so that the sampling grid matches the official call exactly.
+        x = F.interpolate(images, scale_factor=cfg.clip_resolution, mode="bilinear", align_corners=False)
+        visual = self.clip.visual
+        x, grid = visual.embed(x)
+        wanted = {c for c, _ in cfg.fusion_map} | {cfg.split}
+        records = {0: x} if 0 in wanted else {}
+        for i in range(cfg.split):
+            x = visual.run_blocks(x, i, i + 1)
+            if i + 1 in wanted:
+                records[i + 1] = x
+        return records, grid
+
+    def rec_attn_mask(self, bias: torch.Tensor, grid: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+        """Additive mask of the recognition blocks, built block by block.
+
+        Args:
+            bias: (B, heads or 1, Q, h_s, w_s) attention bias at the side resolution.
+            grid: CLIP grid (g_h, g_w) the bias is pooled to.
+            dtype: mask dtype (that of the tokens).
+
+        Returns:
+            (B, heads, T, T), T = Q + 1 + g_h*g_w. SOS rows: 0 on the diagonal, -100 on other SOS
+            and the CLS column, the pooled bias on patch columns; other rows: -100 on SOS columns.
+        """
+        b, h, q = bias.shape[:3]
+        pooled = _downsample(bias.flatten(1, 2), grid, self.config.rec_downsample).reshape(b, h, q, -1)
+        heads = self.config.clip.vision.heads
+        n = pooled.shape[-1]
+        t = q + 1 + n
+        mask = torch.zeros(b, heads, t, t, dtype=dtype, device=bias.device)
+        # SOS x [SOS; CLS]: 0 on the diagonal, blocked elsewhere (eye(q, q+1) leaves the CLS column 0)
+        sos = SOS_BLOCKED * (1.0 - torch.eye(q, q + 1, dtype=dtype, device=bias.device))
+        mask[:, :, :q, : q + 1] = sos
+        mask[:, :, :q, q + 1 :] = pooled.to(dtype)  # broadcasts when the bias has one head
+        mask[:, :, q:, :q] = SOS_BLOCKED
+        return mask
+
+    def recognize(
+        self, tokens: torch.Tensor, biases: list[torch.Tensor], grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """Region embeddings from the recognition slice of CLIP.
+
+        Args:
+            tokens: (B, 1+g_h*g_w, D_c) CLIP record ``split`` (class token first).
+            biases: ``attn_bias_layers`` tensors (B, heads, Q, h_s, w_s) from the decoder.
+            grid: CLIP grid (g_h, g_w).
+
+        Returns:
+            (B, Q, E) L2-normalised embeddings of the SOS tokens after ``ln_post`` and ``proj``.
+        """
+        visual, split = self.clip.visual, self.config.split
+        q = biases[0].shape[2]
+        x = torch.cat([tokens[:, :1].expand(-1, q, -1), tokens], dim=1)
+        masks = [self.rec_attn_mask(b, grid, x.dtype) for b in biases]
+        if len(masks) == 1:
+            x = visual.run_blocks(x, split, None, attn_mask=masks[0])
+        else:
+            for i, mask in enumerate(masks):
+                x = visual.run_blocks(x, split + i, split + i + 1, attn_mask=mask)
+        return F.normalize(visual.head(x[:, :q]), dim=-1)
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor) -> dict[str, Any]:
+        """Mask and class logits of every decoded side output.
+
+        Args:
+            images: (B, 3, H, W) normalised, padded (H, W multiples of ``size_divisibility``).
+            text: (K, E) from :meth:`encode_text`.
+
+        Returns:
+            ``{"pred_masks": (B, Q, h_s, w_s), "pred_logits": (B, Q, K+1), "aux_outputs": [...]}``;
+            the main output is the last side output; in training ``aux_outputs`` holds the earlier
+            ``deep_supervision`` outputs as ``{"pred_masks", "pred_logits"}`` dicts (empty in eval).
+        """
+        records, clip_grid = self.clip_features(images)
+        fused = {s: records[c][:, 1:] for c, s in self.config.fusion_map}
+        outputs, side_grid = self.side(images, fused, clip_grid)
+        if not self.training:
+            outputs = outputs[-1:]
+        weight = self.clip.logit_scale.exp() * self.classifier(text)  # (K+1, E)
+        results = []
+        for query, patches in outputs:
+            masks, biases = self.side.decoder(query, patches, side_grid)
+            regions = self.recognize(records[self.config.split], biases, clip_grid)
+            results.append({"pred_masks": masks, "pred_logits": regions @ weight.to(regions.dtype).T})
+        return {**results[-1], "aux_outputs": results[:-1]}
+
+    def predict(
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        image_size: tuple[int, int],
+        output_size: tuple[int, int],
+        **options: Any,
+    ) -> torch.Tensor:
+        """Official semantic inference (``SAN.semantic_inference`` after ``sem_seg_postprocess``).
+
+        Args:
+            images: (B, 3, H, W) normalised, padded bottom/right.
+            text: (K, E) from :meth:`encode_text`.
+            image_size: (h, w) valid region inside ``images``.
+            output_size: (H0, W0) of the returned map.
+
+        Returns:
+            (B, K, H0, W0): sum over queries of softmax(class logits)[:K] x sigmoid(mask logits).
+        """
+        if options:
+            raise ConfigError(f"SAN.predict takes no options, got {sorted(options)}; remove them")
+        out = self.forward(images, text)
+        masks = F.interpolate(out["pred_masks"], size=images.shape[-2:], mode="bilinear", align_corners=False)
+        masks = masks[..., : image_size[0], : image_size[1]]
+        masks = F.interpolate(masks, size=tuple(output_size), mode="bilinear", align_corners=False)
+        probs = out["pred_logits"].softmax(-1)[..., :-1]
+        return torch.einsum("bqk,bqhw->bkhw", probs, masks.sigmoid())
+
+
+def _downsample(x: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, *size) with the official ``downsample2d`` methods."""
+    if method == "max":
+        return F.adaptive_max_pool2d(x, size)
+    if method == "avg":
+        return F.adaptive_avg_pool2d(x, size)
+    return F.interpolate(x, size=size, mode=method, align_corners=None if method == "nearest" else False)
+
+
+# ------------------------------------------------------------------------------------------ builders
+def san_vit_b16() -> SANConfig:
+    """Official SAN ViT-B/16 (``san_clip_vit_res4_coco.yaml``): CLIP at 0.5x, split 9, 12 bias heads."""
+    return SANConfig(clip=vit_b_16())
+
+
+def san_vit_l14() -> SANConfig:
+    """Official SAN ViT-L/14 (``san_clip_vit_large_res4_coco.yaml``): ViT-L/14@336 at 0.7x, split 18."""
+    return SANConfig(
+        clip=vit_l_14_336(),
+        clip_resolution=0.7,
+        split=18,
+        fusion_map=((0, 0), (6, 1), (12, 2), (18, 3)),
+        attn_bias_heads=16,
+    )
+
+
+def san_tiny() -> SANConfig:
+    """Tiny random SAN shaped like the parity fixture ``san_a`` (for tests and offline demos)."""
+    clip = ClipConfig(
+        embed_dim=32,
+        vision=VisionConfig(image_size=48, patch_size=16, width=64, layers=5, heads=4, output_dim=32),
+        text=TextConfig(width=32, heads=2, layers=2, output_dim=32),
+    )
+    return SANConfig(
+        clip=clip, split=3, fusion_map=((0, 0), (1, 1), (2, 2), (3, 3)), side_width=48, side_depth=4,
+        side_heads=4, side_image_size=96, num_queries=10, deep_supervision=(3, 4), attn_bias_heads=4,
+        embed_channels=32, mlp_channels=32,
+    )
