@@ -1,0 +1,438 @@
+"""CAT-Seg, CVPR 2024 version (cost aggregation over a dense CLIP cost volume).
+
+Reads: config -> dense CLIP block -> model -> builders. The aggregator lives in
+:mod:`ovss.models.catseg_aggregator`. Official reference: cvlab-kaist/CAT-Seg @ 6d3a188
+(``cat_seg/cat_seg_model.py``, ``modeling/transformer/{model.py,cat_seg_predictor.py}``,
+``third_party/model_vpt.py``).
+
+Pipeline for a batch of CLIP-normalised images resized to ``clip_resolution`` (384 or 336):
+
+1. dense CLIP: blocks 1..N-1 as usual (outputs of two of them are kept as guidance), the last block
+   keeps only its value path plus the class token's residual stream, then ``ln_post`` and ``proj``
+   on every token -> (B, E, 24, 24) image embedding;
+2. guidance upsamplers: transposed convs on the two kept block outputs -> (B, 256, 48, 48) and
+   (B, 128, 96, 96);
+3. aggregator: cosine cost volume against the (K, P, E) text, spatial/class aggregation, decoder
+   -> (B, K, 96, 96) logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ovss.errors import ConfigError
+from ovss.layers.transformer import ResidualAttentionBlock
+from ovss.models.base import ModelConfig, SegmentationModel
+from ovss.models.catseg_aggregator import Aggregator
+from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
+from ovss.towers.text import TextConfig
+from ovss.towers.vit import VisionConfig
+
+INFERENCE_MODES = ("whole", "slide")
+
+
+def _split_qkv(cfg: ClipConfig) -> ClipConfig:
+    """``cfg`` with the q/k/v projection weights of both towers stored separately (CAT-Seg layout)."""
+    return cfg.override("vision.split_qkv=true", "text.split_qkv=true")
+
+
+@dataclasses.dataclass(kw_only=True)
+class CATSegConfig(ModelConfig):
+    """Architecture and inference protocol of CAT-Seg (CVPR 2024). Defaults are the ViT-B/16 model.
+
+    Official config names are given in brackets (``MODEL.SEM_SEG_HEAD.*`` unless stated).
+    """
+
+    clip: ClipConfig = dataclasses.field(default_factory=lambda: _split_qkv(vit_b_16()))  # CLIP, split q/k/v
+    templates: str = "catseg"  # one template, "A photo of a {} in the scene" [PROMPT_ENSEMBLE_TYPE single]
+    synonyms: Literal["verbatim", "mean", "first"] = "first"  # "sofa, couch" -> "sofa" (CVPR text path)
+    clip_resolution: int = 384  # square CLIP input side: 384 (ViT-B/16) or 336 (ViT-L/14@336)
+    guidance_layers: tuple[int, int] = (4, 8)  # 1-based CLIP blocks whose outputs feed the upsamplers
+    # (official 0-based hook indices 3, 7 for ViT-B and 7, 15 for ViT-L)
+    guidance_dims: tuple[int, int] = (256, 128)  # upsample1 (x2) / upsample2 (x4) out [DECODER_GUIDANCE_DIMS]
+    guidance_proj_dims: tuple[int, int] = (32, 16)  # their projections [DECODER_GUIDANCE_PROJ_DIMS]
+    decoder_dims: tuple[int, int] = (64, 32)  # decoder block widths, multiples of 16 [DECODER_DIMS]
+    hidden_dim: int = 128  # cost embedding width [HIDDEN_DIMS]
+    appearance_proj_dim: int = 128  # appearance guidance projection [APPEARANCE_GUIDANCE_PROJ_DIM]
+    text_proj_dim: int = 128  # text guidance projection [TEXT_GUIDANCE_PROJ_DIM]
+    num_layers: int = 2  # aggregator layers (spatial + class) [NUM_LAYERS]
+    num_heads: int = 4  # heads of the Swin and class attentions [NUM_HEADS]
+    window_size: int = 12  # Swin window side on the cost grid [WINDOW_SIZES]
+    pooling_train: tuple[int, int] = (2, 2)  # class-aggregation pooling in training [POOLING_SIZES]
+    pooling_test: tuple[int, int] = (1, 1)  # ... at inference (eval.sh sets POOLING_SIZES [1,1])
+    attention: Literal["linear", "full"] = "linear"  # class attention kind [ATTENTION_TYPE]
+    prompt_channels: int = 1  # templates per class P (cost-embedding conv input channels)
+    pad_len: int = 256  # class budget: pad below, per-image top-k above (hard-coded officially)
+    inference: Literal["whole", "slide"] = "slide"  # default protocol (eval.sh: slide [TEST.SLIDING_WINDOW])
+    slide_size: int = 640  # slide: canvas side the image is resized to (aspect ratio ignored)
+    slide_crop: int = 384  # slide: crop side
+    slide_overlap: float = 0.333  # slide: overlap; stride = int(crop * (1 - overlap)) = 256
+
+    def __post_init__(self) -> None:
+        v = self.clip.vision
+        if v is None:
+            raise ConfigError("CATSegConfig.clip needs a ViT image tower (clip.vision), got a ConvNeXt tower")
+        if not (v.split_qkv and self.clip.text.split_qkv):
+            raise ConfigError(
+                "CATSegConfig.clip must store q/k/v separately; set clip.vision.split_qkv=true and "
+                "clip.text.split_qkv=true"
+            )
+        if self.clip_resolution <= 0 or self.clip_resolution % v.patch_size:
+            raise ConfigError(
+                f"CATSegConfig.clip_resolution={self.clip_resolution} must be a positive multiple of "
+                f"the patch size {v.patch_size}"
+            )
+        if not all(1 <= i < v.layers for i in self.guidance_layers):
+            raise ConfigError(
+                f"CATSegConfig.guidance_layers={self.guidance_layers} must lie in 1..{v.layers - 1} "
+                "(the last block is the dense one)"
+            )
+        grid = self.feature_resolution
+        if grid > self.window_size and grid % self.window_size:
+            raise ConfigError(
+                f"CATSegConfig.window_size={self.window_size} must divide the cost grid {grid} "
+                f"(clip_resolution / patch_size)"
+            )
+        for name in ("hidden_dim", "appearance_proj_dim", "text_proj_dim", "num_layers", "num_heads",
+                     "prompt_channels", "slide_size", "slide_crop"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"CATSegConfig.{name} must be a positive integer, got {value!r}")
+        if self.hidden_dim % self.num_heads:
+            raise ConfigError(
+                f"CATSegConfig.hidden_dim={self.hidden_dim} is not divisible by num_heads={self.num_heads}"
+            )
+        for d in self.decoder_dims:
+            if d < 16 or d % (d // 16):
+                raise ConfigError(
+                    f"CATSegConfig.decoder_dims={self.decoder_dims}: each must be >= 16 and divisible by "
+                    "its GroupNorm group count (dim // 16), e.g. 64, 32"
+                )
+        ins = (self.hidden_dim, self.decoder_dims[0])
+        if any(not 0 < p < c for p, c in zip(self.guidance_proj_dims, ins)):
+            raise ConfigError(
+                f"CATSegConfig.guidance_proj_dims={self.guidance_proj_dims} must be positive and smaller "
+                f"than the decoder inputs {ins}"
+            )
+        for name in ("pooling_train", "pooling_test"):
+            pool = getattr(self, name)
+            if any(p <= 0 or grid % p for p in pool):
+                raise ConfigError(f"CATSegConfig.{name}={pool} must divide the cost grid {grid}")
+        if self.pad_len < 0:
+            raise ConfigError(f"CATSegConfig.pad_len must be >= 0 (0 = no class budget), got {self.pad_len}")
+        if not 0.0 <= self.slide_overlap < 1.0:
+            raise ConfigError(f"CATSegConfig.slide_overlap must be in [0, 1), got {self.slide_overlap}")
+        stride = self.slide_stride
+        if self.slide_crop > self.slide_size or stride <= 0 or (self.slide_size - self.slide_crop) % stride:
+            raise ConfigError(
+                f"CATSegConfig slide geometry size={self.slide_size} crop={self.slide_crop} stride={stride} "
+                "leaves pixels uncovered; use crops that tile the canvas (e.g. 640/384/0.333)"
+            )
+
+    @property
+    def feature_resolution(self) -> int:
+        """Side of the cost grid (24 for both released models)."""
+        return self.clip_resolution // self.clip.vision.patch_size
+
+    @property
+    def slide_stride(self) -> int:
+        """Stride between slide crops, ``int(crop * (1 - overlap))`` as officially computed."""
+        return int(self.slide_crop * (1 - self.slide_overlap))
+
+
+def dense_last_block(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
+    """CAT-Seg's last CLIP block: value path plus the class token's residual stream, no token mixing.
+
+    ``v_i = out_proj(W_v ln_1(x_i) + b_v) + x_cls``, then ``v_i + mlp(ln_2(v_i))`` (model_vpt.py,
+    ``ResidualAttentionBlock.forward_dense``; v1 added ``x_i`` instead of ``x_cls``).
+
+    Args:
+        block: a CLIP residual attention block.
+        x: (B, 1 + L, D) tokens, class token first.
+
+    Returns:
+        (B, 1 + L, D).
+    """
+    attn = block.attn
+    d = x.shape[-1]
+    weight = attn.v_proj_weight if attn.split_qkv else attn.in_proj_weight[2 * d :]
+    v = F.linear(block.ln_1(x), weight, attn.in_proj_bias[2 * d :])
+    v = attn.out_proj(v) + x[:, :1]
+    return v + block.mlp(block.ln_2(v))
+
+
+class CATSeg(SegmentationModel):
+    """CAT-Seg (CVPR 2024): dense CLIP, guidance upsamplers and the cost aggregator.
+
+    All parameters CAT-Seg does not train are frozen at construction (see :meth:`freeze`).
+    """
+
+    def __init__(self, config: CATSegConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.clip = CLIP(config.clip)
+        width = config.clip.vision.width
+        self.guidance_up = nn.ModuleList(
+            [
+                nn.ConvTranspose2d(width, config.guidance_dims[0], kernel_size=2, stride=2),
+                nn.ConvTranspose2d(width, config.guidance_dims[1], kernel_size=4, stride=4),
+            ]
+        )
+        grid = config.feature_resolution
+        self.aggregator = Aggregator(
+            embed_dim=config.clip.embed_dim,
+            prompt_channels=config.prompt_channels,
+            hidden_dim=config.hidden_dim,
+            appearance_proj_dim=config.appearance_proj_dim,
+            text_proj_dim=config.text_proj_dim,
+            guidance_dims=config.guidance_dims,
+            guidance_proj_dims=config.guidance_proj_dims,
+            decoder_dims=config.decoder_dims,
+            num_layers=config.num_layers,
+            heads=config.num_heads,
+            resolution=(grid, grid),
+            window=config.window_size,
+            attention=config.attention,
+            pad_len=config.pad_len,
+        )
+        self.freeze()
+
+    # ------------------------------------------------------------------ training rule
+    @staticmethod
+    def is_trainable(name: str) -> bool:
+        """CAT-Seg's rule: q and v projection weights of both CLIP towers, and everything not CLIP.
+
+        Officially (cat_seg_model.py ``__init__``) a CLIP parameter trains when its name contains
+        "transformer", "attn" and "q_proj" or "v_proj"; the joint ``in_proj_bias``, k, ``out_proj``,
+        MLPs, norms and embeddings stay frozen.
+        """
+        if not name.startswith("clip."):
+            return True
+        return ".transformer." in name and ".attn." in name and ("q_proj" in name or "v_proj" in name)
+
+    def freeze(self) -> CATSeg:
+        """Set ``requires_grad`` of every parameter by :meth:`is_trainable`; returns ``self``."""
+        for name, param in self.named_parameters():
+            param.requires_grad_(self.is_trainable(name))
+        return self
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) pairs CAT-Seg trains (the CLIP ones take lr x CLIP_MULTIPLIER 0.01)."""
+        return [(n, p) for n, p in self.named_parameters() if self.is_trainable(n)]
+
+    # ------------------------------------------------------------------ encoders
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Normalised text embeddings.
+
+        Args:
+            tokens: (P, K, L) int64 token ids (P templates, K classes; P = 1 for the released models).
+
+        Returns:
+            (K, P, E) float, L2-normalised along E.
+        """
+        p, k, length = tokens.shape
+        emb = self.clip.encode_text(tokens.reshape(p * k, length))
+        return F.normalize(emb.reshape(p, k, -1).transpose(0, 1), dim=-1)
+
+    def encode_image_dense(
+        self, images: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], tuple[int, int]]:
+        """Dense CLIP tokens and the guidance block outputs.
+
+        Args:
+            images: (B, 3, R, R) CLIP-normalised, R = ``clip_resolution``.
+
+        Returns:
+            tokens (B, 1 + h*w, E): ``ln_post`` + ``proj`` of every token after the dense last block;
+            guidance: the outputs of blocks ``guidance_layers`` (B, 1 + h*w, D), raw residual stream;
+            the grid (h, w).
+        """
+        visual = self.clip.visual
+        x, grid = visual.embed(images)
+        blocks = visual.transformer.resblocks
+        kept: dict[int, torch.Tensor] = {}
+        for i, block in enumerate(blocks[:-1]):
+            x = block(x)
+            if i + 1 in self.config.guidance_layers:
+                kept[i + 1] = x
+        x = dense_last_block(blocks[-1], x)
+        return visual.head(x), [kept[i] for i in self.config.guidance_layers], grid
+
+    def _logits(self, images: torch.Tensor, text: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
+        """(B, 3, R, R) images and (K, P, E) text -> (B, K, 4h, 4w) logits."""
+        if text.ndim != 3 or text.shape[1] != self.config.prompt_channels:
+            raise ConfigError(
+                f"CAT-Seg text must be (K, P={self.config.prompt_channels}, E) from encode_text, got "
+                f"{tuple(text.shape)}; embed the vocabulary with templates={self.config.templates!r}"
+            )
+        tokens, guidance, (h, w) = self.encode_image_dense(images)
+        b = images.shape[0]
+
+        def to_map(t: torch.Tensor) -> torch.Tensor:
+            return t[:, 1:].transpose(1, 2).reshape(b, -1, h, w)
+
+        image = to_map(tokens)
+        maps = [up(to_map(g)) for up, g in zip(self.guidance_up, guidance)]
+        text = text.to(image.dtype).unsqueeze(0).expand(b, *text.shape)
+        return self.aggregator(image, text, maps, pool)
+
+    def _resize(self, images: torch.Tensor, size: int) -> torch.Tensor:
+        if images.shape[-2:] == (size, size):
+            return images
+        return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Training / raw logits.
+
+        Args:
+            images: (B, 3, H, W) CLIP-normalised (384 x 384 training crops), resized to
+                ``clip_resolution``.
+            text: (K, P, E) from :meth:`encode_text` (recomputed with gradient in training).
+
+        Returns:
+            (B, K, h, w) logits at stride 4 of the CLIP input (96 x 96 for both released models);
+            the pooling is ``pooling_train`` in training mode and ``pooling_test`` otherwise.
+        """
+        pool = self.config.pooling_train if self.training else self.config.pooling_test
+        return self._logits(self._resize(images, self.config.clip_resolution), text, pool)
+
+    # ------------------------------------------------------------------ inference
+    def _mode(self, options: dict[str, Any]) -> str:
+        mode = options.pop("inference", None) or self.config.inference
+        if options:
+            raise ConfigError(f"unknown CAT-Seg option(s) {sorted(options)}; the only one is inference=")
+        if mode not in INFERENCE_MODES:
+            raise ConfigError(f"CAT-Seg inference={mode!r} is not one of {list(INFERENCE_MODES)}")
+        return mode
+
+    def preprocess_size(self, height: int, width: int, **options: Any) -> tuple[int, int]:
+        """Slide: straight to ``slide_size`` x ``slide_size``; whole: short side 640, long side <= 2560."""
+        if self._mode(dict(options)) == "slide":
+            return self.config.slide_size, self.config.slide_size
+        return self.config.test_resize.output_size(height, width)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        image_size: tuple[int, int],
+        output_size: tuple[int, int],
+        **options: Any,
+    ) -> torch.Tensor:
+        """Official semantic score map (sigmoid probabilities).
+
+        Args:
+            images: (B, 3, H, W) CLIP-normalised, padded bottom/right (to 32).
+            text: (K, P, E) from :meth:`encode_text`.
+            image_size: (h, w) valid size inside ``images``.
+            output_size: (H0, W0) of the returned map.
+            options: ``inference="whole" | "slide"`` (default ``config.inference``).
+
+        Returns:
+            (B, K, H0, W0) probabilities in [0, 1].
+        """
+        if self._mode(dict(options)) == "slide":
+            return self._predict_slide(images, text, image_size, output_size)
+        return self._predict_whole(images, text, image_size, output_size)
+
+    def _predict_whole(
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        image_size: tuple[int, int],
+        output_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Padded image -> CLIP resolution -> sigmoid -> detectron2 ``sem_seg_postprocess``.
+
+        Official quirk kept: the padded image (border included) is resized, and the crop to
+        ``image_size`` happens on the small (96 x 96) output, where it is a no-op for images larger
+        than 96 px; so the padding is stretched into the prediction (cat_seg_model.py ``forward``).
+        """
+        x = self._resize(images, self.config.clip_resolution)
+        probs = self._logits(x, text, self.config.pooling_test).sigmoid()
+        probs = probs[..., : image_size[0], : image_size[1]]
+        return F.interpolate(probs, size=tuple(output_size), mode="bilinear", align_corners=False)
+
+    def slide_windows(self) -> list[tuple[int, int]]:
+        """Top-left corners (y, x) of the slide crops on the canvas, row-major ([0, 256]^2 officially)."""
+        c = self.config
+        starts = range(0, c.slide_size - c.slide_crop + 1, c.slide_stride)
+        return [(y, x) for y in starts for x in starts]
+
+    def _predict_slide(
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        image_size: tuple[int, int],
+        output_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Official sliding window (cat_seg_model.py ``inference_sliding_window``).
+
+        The valid image is resized to a square canvas (640), cut into overlapping crops (384, stride
+        256: 4 crops) plus one global view (the image resized to 384); each view's logits are resized
+        to the crop size and passed through a sigmoid; the crops are fold-averaged on the canvas, then
+        averaged with the global view resized to the canvas; the result is resized to ``output_size``.
+        """
+        c = self.config
+        b = images.shape[0]
+        valid = images[..., : image_size[0], : image_size[1]]
+        canvas_img = self._resize(valid, c.slide_size)
+        corners = self.slide_windows()
+        crop = c.slide_crop
+        views = [canvas_img[..., y : y + crop, x : x + crop] for y, x in corners]
+        views.append(self._resize(valid, crop))
+        batch = torch.stack(views, dim=1).flatten(0, 1)  # (B * V, 3, crop, crop), image-major
+        logits = self._logits(self._resize(batch, c.clip_resolution), text, c.pooling_test)
+        probs = F.interpolate(logits, size=(crop, crop), mode="bilinear", align_corners=False).sigmoid()
+        probs = probs.reshape(b, len(views), *probs.shape[1:])  # (B, V, K, crop, crop)
+
+        size = c.slide_size
+        total = probs.new_zeros(b, probs.shape[2], size, size)
+        count = probs.new_zeros(size, size)
+        for i, (y, x) in enumerate(corners):
+            total[..., y : y + crop, x : x + crop] += probs[:, i]
+            count[y : y + crop, x : x + crop] += 1
+        glob = F.interpolate(probs[:, -1], size=(size, size), mode="bilinear", align_corners=False)
+        out = (total / count + glob) / 2.0
+        return F.interpolate(out, size=tuple(output_size), mode="bilinear", align_corners=False)
+
+
+# ---------------------------------------------------------------------------------------- builders
+def catseg_vit_b16() -> CATSegConfig:
+    """CAT-Seg (B): OpenAI CLIP ViT-B/16 at 384 px (``configs/vitb_384.yaml``)."""
+    return CATSegConfig(clip=_split_qkv(vit_b_16()), clip_resolution=384, guidance_layers=(4, 8))
+
+
+def catseg_vit_l14() -> CATSegConfig:
+    """CAT-Seg (L): OpenAI CLIP ViT-L/14@336px at 336 px (``configs/vitl_336.yaml``)."""
+    return CATSegConfig(clip=_split_qkv(vit_l_14_336()), clip_resolution=336, guidance_layers=(8, 16))
+
+
+def catseg_tiny() -> CATSegConfig:
+    """Tiny CAT-Seg shaped like the ``catseg_a`` parity fixture (for tests and offline demos)."""
+    clip = ClipConfig(
+        embed_dim=32,
+        vision=VisionConfig(
+            image_size=224, patch_size=16, width=64, layers=9, heads=4, output_dim=32, split_qkv=True
+        ),
+        text=TextConfig(width=32, heads=4, layers=2, output_dim=32, split_qkv=True),
+    )
+    return CATSegConfig(
+        clip=clip,
+        clip_resolution=384,
+        guidance_layers=(4, 8),
+        guidance_dims=(256, 128),
+        guidance_proj_dims=(8, 8),
+        decoder_dims=(32, 16),
+        hidden_dim=32,
+        appearance_proj_dim=16,
+        text_proj_dim=16,
+        num_layers=2,
+        num_heads=4,
+    )

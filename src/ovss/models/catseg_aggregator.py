@@ -1,0 +1,510 @@
+"""CAT-Seg (CVPR 2024) cost aggregation: cost volume, spatial + class aggregation, upsampling decoder.
+
+Reads: pure functions (cost volume, windows, shift mask, linear attention) -> blocks -> Aggregator.
+Official reference: ``cat_seg/modeling/transformer/model.py`` of cvlab-kaist/CAT-Seg @ 6d3a188.
+
+Internal cost layout is channels-last ``(B, T, H, W, C)`` (T classes); the official code keeps
+``(B, C, T, H, W)``. Every op is per class, per pixel or per window, so the numerics are the same.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def cost_volume(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every pixel embedding with every class/template text embedding.
+
+    Args:
+        image: (B, E, H, W) dense image embeddings (any norm).
+        text: (B, T, P, E) text embeddings (any norm).
+
+    Returns:
+        (B, P, T, H, W) cosine similarities in [-1, 1], no temperature.
+    """
+    image = F.normalize(image, dim=1)
+    text = F.normalize(text, dim=-1)
+    return torch.einsum("bchw,btpc->bpthw", image, text)
+
+
+def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
+    """(N, H, W, C) -> (N, nW, window*window, C), windows in row-major order."""
+    n, h, w, c = x.shape
+    x = x.reshape(n, h // window, window, w // window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, (h // window) * (w // window), window * window, c)
+
+
+def window_merge(x: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: (N, nW, window*window, C) -> (N, H, W, C)."""
+    n, c = x.shape[0], x.shape[-1]
+    x = x.reshape(n, h // window, w // window, window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, h, w, c)
+
+
+def shift_window_mask(
+    h: int, w: int, window: int, shift: int, dtype: torch.dtype, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Additive Swin mask for cyclically shifted windows (-100 between tokens of different regions).
+
+    Equals the ``attn_mask`` buffer the official ``SwinTransformerBlock`` registers (and stores in
+    its checkpoints), so the buffer is derivable and is not kept as model state.
+
+    Returns:
+        (nW, window*window, window*window) in ``dtype`` on ``device``; values 0 or -100.
+    """
+    labels = torch.zeros(1, h, w, 1, device=device)
+    bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    region = 0
+    for hs in bounds:
+        for ws in bounds:
+            labels[:, hs, ws, :] = region
+            region += 1
+    labels = window_partition(labels, window)[0, :, :, 0]  # (nW, N)
+    diff = labels[:, None, :] - labels[:, :, None]
+    return torch.zeros(diff.shape, dtype=dtype, device=device).masked_fill(diff != 0, -100.0)
+
+
+def linear_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    eps: float = 1e-6,
+    pad: tuple[torch.Tensor, torch.Tensor, int] | None = None,
+) -> torch.Tensor:
+    """Kernelised attention of Katharopoulos et al. with feature map elu(x) + 1.
+
+    ``out_l = phi(q_l) . sum_s phi(k_s) v_s^T / (phi(q_l) . sum_s phi(k_s) + eps)``. As in the
+    official code, v is divided by the sequence length S before the sums and the result multiplied
+    back afterwards (keeps half-precision sums in range; identical maths).
+
+    Args:
+        q: (N, heads, L, D); k: (N, heads, S, D); v: (N, heads, S, Dv).
+        eps: added to the normaliser.
+        pad: optional ``(k_pad, v_pad, n)``: ``n`` further identical key/value pairs, each
+            broadcastable to (N, heads, 1, D) / (N, heads, 1, Dv); they count in S. Equivalent to
+            concatenating them ``n`` times to ``k`` and ``v``, at the cost of one.
+
+    Returns:
+        (N, heads, L, Dv).
+    """
+    q = F.elu(q) + 1
+    k = F.elu(k) + 1
+    length = v.shape[-2] + (pad[2] if pad is not None else 0)
+    kv = k.transpose(-1, -2) @ (v / length)  # (N, heads, D, Dv)
+    k_sum = k.sum(dim=-2, keepdim=True)  # (N, heads, 1, D)
+    if pad is not None:
+        k_pad = F.elu(pad[0]) + 1
+        kv = kv + pad[2] * (k_pad.transpose(-1, -2) @ (pad[1] / length))
+        k_sum = k_sum + pad[2] * k_pad
+    norm = 1.0 / ((q @ k_sum.transpose(-1, -2)) + eps)  # (N, heads, L, 1)
+    return (q @ kv) * norm * length
+
+
+class GuidedWindowAttention(nn.Module):
+    """Window self-attention whose queries and keys also see a guidance feature; no position bias.
+
+    Args:
+        dim: feature width C.
+        guidance_dim: guidance width G (concatenated to the normalised features for q and k).
+        heads: attention heads (C divisible by heads).
+    """
+
+    def __init__(self, dim: int, guidance_dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim + guidance_dim, dim)
+        self.k = nn.Linear(dim + guidance_dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, guidance: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attend within windows.
+
+        Args:
+            x: (N, nW, L, C) windowed features; guidance: (N, nW, L, G).
+            mask: optional additive (nW, L, L).
+
+        Returns:
+            (N, nW, L, C).
+        """
+        n, nw, length, c = x.shape
+        xg = torch.cat([x, guidance], dim=-1)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(n, nw, length, self.heads, -1).transpose(2, 3)  # (N, nW, heads, L, d)
+
+        q, k, v = heads(self.q(xg)), heads(self.k(xg)), heads(self.v(x))
+        if mask is not None:  # (nW, 1, L, L) broadcasts over N and heads; SDPA wants q's dtype
+            mask = mask.unsqueeze(1).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(2, 3).reshape(n, nw, length, c))
+
+
+class _MLP(nn.Module):
+    """fc1 -> activation -> fc2."""
+
+    def __init__(self, dim: int, hidden: int, act: type[nn.Module]) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = act()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., dim) -> (..., dim)."""
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwinBlock(nn.Module):
+    """Pre-LN Swin block with appearance guidance: window attention (optionally shifted) + GELU MLP.
+
+    Args:
+        dim: feature width C; guidance_dim: G; heads: attention heads.
+        resolution: (H, W) token grid; window: window side; shift: cyclic shift (0 = none).
+            As in Swin, a grid no larger than the window uses one unshifted window.
+    """
+
+    def __init__(
+        self, dim: int, guidance_dim: int, heads: int, resolution: tuple[int, int], window: int, shift: int
+    ) -> None:
+        super().__init__()
+        if min(resolution) <= window:
+            window, shift = min(resolution), 0
+        self.window = window
+        self.shift = shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = GuidedWindowAttention(dim, guidance_dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = _MLP(dim, 4 * dim, nn.GELU)
+
+    def forward(self, x: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        """(N, H, W, C) features, (N, H, W, G) guidance -> (N, H, W, C)."""
+        _, h, w, _ = x.shape
+        y = torch.cat([self.norm1(x), guidance], dim=-1)
+        mask = None
+        if self.shift:
+            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
+            mask = shift_window_mask(h, w, self.window, self.shift, x.dtype, x.device)
+        y = window_partition(y, self.window)
+        c = x.shape[-1]
+        y = self.attn(y[..., :c], y[..., c:], mask)
+        y = window_merge(y, self.window, h, w)
+        if self.shift:
+            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
+        x = x + y
+        return x + self.mlp(self.norm2(x))
+
+
+class SpatialAggregation(nn.Module):
+    """Two Swin blocks (unshifted, then shifted by window // 2) on each class slice of the cost."""
+
+    def __init__(
+        self, dim: int, guidance_dim: int, heads: int, resolution: tuple[int, int], window: int
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            SwinBlock(dim, guidance_dim, heads, resolution, window, shift) for shift in (0, window // 2)
+        )
+        self.guidance_norm = nn.LayerNorm(guidance_dim)
+
+    def forward(self, cost: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        """Aggregate over space.
+
+        Args:
+            cost: (B, T, H, W, C).
+            guidance: (B, G, H, W) projected appearance guidance.
+
+        Returns:
+            (B, T, H, W, C).
+        """
+        b, t, h, w, c = cost.shape
+        g = self.guidance_norm(guidance.permute(0, 2, 3, 1))  # (B, H, W, G), same for every class
+        g = g.unsqueeze(1).expand(b, t, h, w, g.shape[-1]).reshape(b * t, h, w, -1)
+        x = cost.reshape(b * t, h, w, c)
+        for block in self.blocks:
+            x = block(x, g)
+        return x.reshape(b, t, h, w, c)
+
+
+class ClassAttention(nn.Module):
+    """Attention across the class axis at each pixel; q and k also see the text guidance."""
+
+    def __init__(self, dim: int, guidance_dim: int, heads: int, kind: str) -> None:
+        super().__init__()
+        self.heads = heads
+        self.kind = kind
+        self.q = nn.Linear(dim + guidance_dim, dim)
+        self.k = nn.Linear(dim + guidance_dim, dim)
+        self.v = nn.Linear(dim, dim)
+
+    def _guided(self, linear: nn.Linear, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """``linear(cat([x, g], -1))`` without materialising the concatenation: g is per class, x per pixel.
+
+        x: (B, P, T, C), g: (B, 1, T, G) -> (B, P, T, out).
+        """
+        c = x.shape[-1]
+        return F.linear(x, linear.weight[:, :c]) + F.linear(g, linear.weight[:, c:], linear.bias)
+
+    def forward(
+        self, x: torch.Tensor, guidance: torch.Tensor, pad: tuple[torch.Tensor, torch.Tensor, int] | None
+    ) -> torch.Tensor:
+        """Attend over the classes of every pixel.
+
+        Args:
+            x: (B, P, T, C) normalised features of P pixels; guidance: (B, T, G).
+            pad: optional ``(x_pad (C,), g_pad (G,), n)``: ``n`` extra class tokens, all equal to the
+                (normalised) padding token with the padding guidance. They are attended to but
+                produce no output (the official code drops them afterwards).
+
+        Returns:
+            (B, P, T, C).
+        """
+        b, p, t, c = x.shape
+        g = guidance.unsqueeze(1)
+
+        def heads(y: torch.Tensor) -> torch.Tensor:
+            return y.reshape(*y.shape[:-1], self.heads, -1).transpose(-2, -3)  # (..., heads, T, d)
+
+        q, k, v = heads(self._guided(self.q, x, g)), heads(self._guided(self.k, x, g)), heads(self.v(x))
+        extra = None
+        if pad is not None:
+            xg = torch.cat(pad[:2], dim=-1).reshape(1, 1, 1, -1)
+            extra = (heads(self.k(xg)), heads(self.v(pad[0].reshape(1, 1, 1, -1))), pad[2])
+        if self.kind == "linear":
+            out = linear_attention(q, k, v, pad=extra)
+        else:
+            mask = None
+            if extra is not None:  # one pad key weighted by its multiplicity: + log(n) on its logits
+                k = torch.cat([k, extra[0].expand(b, p, -1, -1, -1)], dim=-2)
+                v = torch.cat([v, extra[1].expand(b, p, -1, -1, -1)], dim=-2)
+                mask = torch.zeros(t + 1, dtype=q.dtype, device=q.device)
+                mask[-1] = math.log(extra[2])
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return out.transpose(-2, -3).reshape(b, p, t, c)
+
+
+class ClassAggregation(nn.Module):
+    """Class aggregation on an average-pooled cost, padded to a fixed class budget.
+
+    The sequence of classes at each pooled pixel is padded to ``pad_len`` with one learned token
+    (and the guidance with one learned vector); padded positions are dropped after the block. All
+    padded positions are identical, so they are folded into the attention as one key/value with
+    multiplicity ``pad_len - T`` (exact; see :func:`linear_attention`) instead of being materialised.
+    Official quirk kept on purpose: the output is ``x + Up(pool(x) + delta)``, not ``x + Up(delta)``
+    (model.py ``ClassTransformerLayer.forward``: ``x = x + x_pool`` after the residual updates).
+
+    Args:
+        dim: cost width C; guidance_dim: text guidance width G; heads: attention heads.
+        kind: "linear" (released models) or "full" softmax attention.
+        pad_len: class budget (0 disables padding).
+    """
+
+    def __init__(self, dim: int, guidance_dim: int, heads: int, kind: str, pad_len: int) -> None:
+        super().__init__()
+        self.pad_len = pad_len
+        self.attn = ClassAttention(dim, guidance_dim, heads, kind)
+        self.mlp = _MLP(dim, 4 * dim, nn.ReLU)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.pad_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pad_guidance = nn.Parameter(torch.zeros(1, 1, guidance_dim))
+
+    def forward(self, cost: torch.Tensor, guidance: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
+        """Aggregate over classes.
+
+        Args:
+            cost: (B, T, H, W, C).
+            guidance: (B, T, G) projected text guidance.
+            pool: (kh, kw) average-pooling window and stride ((1, 1) at test time).
+
+        Returns:
+            (B, T, H, W, C).
+        """
+        b, t, h, w, c = cost.shape
+        x = cost
+        if tuple(pool) != (1, 1):
+            x = F.avg_pool2d(cost.reshape(b * t, h, w, c).permute(0, 3, 1, 2), pool)
+            x = x.permute(0, 2, 3, 1).reshape(b, t, x.shape[-2], x.shape[-1], c)
+        hp, wp = x.shape[2], x.shape[3]
+        x = x.permute(0, 2, 3, 1, 4).reshape(b, hp * wp, t, c)  # (B, pixels, T, C)
+        pad = None
+        if t < self.pad_len:
+            dtype = x.dtype
+            pad_x = self.norm1(self.pad_token.to(dtype)).reshape(c)
+            pad = (pad_x, self.pad_guidance.to(dtype).reshape(-1), self.pad_len - t)
+        x = x + self.attn(self.norm1(x), guidance, pad)
+        x = x + self.mlp(self.norm2(x))
+        x = x.reshape(b, hp, wp, t, c).permute(0, 3, 1, 2, 4)  # (B, T, h, w, C)
+        if (hp, wp) != (h, w):
+            x = x.reshape(b * t, hp, wp, c).permute(0, 3, 1, 2)
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=True)
+            x = x.permute(0, 2, 3, 1).reshape(b, t, h, w, c)
+        return cost + x
+
+
+class AggregatorLayer(nn.Module):
+    """Spatial aggregation then class aggregation."""
+
+    def __init__(
+        self,
+        dim: int,
+        appearance_dim: int,
+        text_dim: int,
+        heads: int,
+        resolution: tuple[int, int],
+        window: int,
+        kind: str,
+        pad_len: int,
+    ) -> None:
+        super().__init__()
+        self.spatial = SpatialAggregation(dim, appearance_dim, heads, resolution, window)
+        self.classes = ClassAggregation(dim, text_dim, heads, kind, pad_len)
+
+    def forward(
+        self, cost: torch.Tensor, appearance: torch.Tensor, text: torch.Tensor, pool: tuple[int, int]
+    ) -> torch.Tensor:
+        """(B, T, H, W, C) cost, (B, Ga, H, W) appearance, (B, T, Gt) text guidance -> (B, T, H, W, C)."""
+        return self.classes(self.spatial(cost, appearance), text, pool)
+
+
+class UpBlock(nn.Module):
+    """x2 transposed conv, concatenation of a guidance map, then [conv3x3, GroupNorm, ReLU] x 2.
+
+    Args:
+        in_dim: input channels; out_dim: output channels (GroupNorm uses out_dim // 16 groups);
+        guidance_dim: channels of the concatenated guidance (the transposed conv gives
+            ``in_dim - guidance_dim`` so the concatenation has ``in_dim`` channels).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, guidance_dim: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_dim, in_dim - guidance_dim, kernel_size=2, stride=2)
+        self.conv1 = nn.Conv2d(in_dim, out_dim, kernel_size=3, padding=1, bias=False)
+        self.norm1 = nn.GroupNorm(out_dim // 16, out_dim)
+        self.conv2 = nn.Conv2d(out_dim, out_dim, kernel_size=3, padding=1, bias=False)
+        self.norm2 = nn.GroupNorm(out_dim // 16, out_dim)
+
+    def forward(self, x: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        """(B*T, in_dim, h, w) and (B, G, 2h, 2w) guidance -> (B*T, out_dim, 2h, 2w)."""
+        x = self.up(x)
+        t = x.shape[0] // guidance.shape[0]
+        g = guidance.unsqueeze(1).expand(-1, t, -1, -1, -1).reshape(x.shape[0], *guidance.shape[1:])
+        x = torch.cat([x, g], dim=1)
+        x = F.relu(self.norm1(self.conv1(x)))
+        return F.relu(self.norm2(self.conv2(x)))
+
+
+def _conv_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel_size=3, padding=1), nn.ReLU())
+
+
+class Aggregator(nn.Module):
+    """Cost volume -> embedding -> N x (spatial, class) aggregation -> upsampling decoder -> logits.
+
+    Args:
+        embed_dim: CLIP joint embedding width E (image and text features).
+        prompt_channels: P, templates per class (1 for the released models).
+        hidden_dim: cost embedding width C.
+        appearance_proj_dim / text_proj_dim: projected guidance widths.
+        guidance_dims: channels of the two decoder guidance maps (stride 8 and stride 4).
+        guidance_proj_dims: their projected widths.
+        decoder_dims: output channels of the two decoder blocks.
+        num_layers, heads, resolution, window: aggregator depth, heads, cost grid, Swin window.
+        attention: class attention kind, "linear" or "full".
+        pad_len: class budget (see :meth:`forward`).
+    """
+
+    def __init__(
+        self,
+        *,
+        embed_dim: int,
+        prompt_channels: int,
+        hidden_dim: int,
+        appearance_proj_dim: int,
+        text_proj_dim: int,
+        guidance_dims: tuple[int, int],
+        guidance_proj_dims: tuple[int, int],
+        decoder_dims: tuple[int, int],
+        num_layers: int,
+        heads: int,
+        resolution: tuple[int, int],
+        window: int,
+        attention: str,
+        pad_len: int,
+    ) -> None:
+        super().__init__()
+        self.pad_len = pad_len
+        self.cost_embed = nn.Conv2d(prompt_channels, hidden_dim, kernel_size=7, padding=3)
+        self.appearance_proj = _conv_relu(embed_dim, appearance_proj_dim)
+        self.text_proj = nn.Sequential(nn.Linear(embed_dim, text_proj_dim), nn.ReLU())
+        self.decoder_guidance_proj = nn.ModuleList(
+            _conv_relu(d, p) for d, p in zip(guidance_dims, guidance_proj_dims)
+        )
+        self.layers = nn.ModuleList(
+            AggregatorLayer(
+                hidden_dim, appearance_proj_dim, text_proj_dim, heads, resolution, window, attention, pad_len
+            )
+            for _ in range(num_layers)
+        )
+        self.decoder = nn.ModuleList(
+            [
+                UpBlock(hidden_dim, decoder_dims[0], guidance_proj_dims[0]),
+                UpBlock(decoder_dims[0], decoder_dims[1], guidance_proj_dims[1]),
+            ]
+        )
+        self.head = nn.Conv2d(decoder_dims[1], 1, kernel_size=3, padding=1)
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        guidance: tuple[torch.Tensor, torch.Tensor],
+        pool: tuple[int, int] = (1, 1),
+    ) -> torch.Tensor:
+        """Per-class logits.
+
+        Class budget: with more than ``pad_len`` classes, each image keeps the ``pad_len`` classes
+        with the highest maximum cosine (over templates and pixels); the others get logit -100.
+        With fewer, the class aggregation pads to ``pad_len`` with learned tokens.
+
+        Args:
+            image: (B, E, h, w) dense CLIP image embedding (also the appearance guidance).
+            text: (B, T, P, E) text embeddings.
+            guidance: decoder guidance maps (B, guidance_dims[0], 2h, 2w), (B, guidance_dims[1], 4h, 4w).
+            pool: class-aggregation pooling window ((2, 2) in training, (1, 1) at test).
+
+        Returns:
+            (B, T, 4h, 4w) logits.
+        """
+        b, t = text.shape[:2]
+        corr = cost_volume(image, text)  # (B, P, T, h, w)
+        keep = None
+        if 0 < self.pad_len < t:
+            score = corr.amax(dim=(1, 3, 4))  # (B, T)
+            keep = score.topk(self.pad_len, dim=1).indices  # (B, pad_len)
+            index = keep[:, :, None, None].expand(-1, -1, *text.shape[2:])
+            text = torch.gather(F.normalize(text, dim=-1), 1, index)
+            index = keep[:, None, :, None, None].expand(-1, corr.shape[1], -1, *corr.shape[3:])
+            corr = torch.gather(corr, 2, index)
+        tk, (h, w) = corr.shape[2], corr.shape[-2:]
+        cost = self.cost_embed(corr.transpose(1, 2).reshape(b * tk, -1, h, w))  # (B*T, C, h, w)
+        cost = cost.reshape(b, tk, -1, h, w).permute(0, 1, 3, 4, 2)  # (B, T, h, w, C)
+
+        appearance = self.appearance_proj(image)
+        decoder_guidance = [proj(g) for proj, g in zip(self.decoder_guidance_proj, guidance)]
+        text_guidance = self.text_proj(F.normalize(text.mean(dim=2), dim=-1))  # (B, T, Gt)
+
+        for layer in self.layers:
+            cost = layer(cost, appearance, text_guidance, pool)
+
+        x = cost.permute(0, 1, 4, 2, 3).reshape(b * tk, -1, h, w)
+        for block, g in zip(self.decoder, decoder_guidance):
+            x = block(x, g)
+        logits = self.head(x).reshape(b, tk, *x.shape[-2:])
+        if keep is None:
+            return logits
+        full = logits.new_full((b, t, *logits.shape[-2:]), -100.0)
+        return full.scatter(1, keep[:, :, None, None].expand(-1, -1, *logits.shape[-2:]), logits)
