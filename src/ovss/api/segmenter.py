@@ -67,8 +67,8 @@ class Segmenter:
         name: model name (for results and the cache key).
         digest: identifies the weights (sha256 of the source checkpoint); keys the text cache.
         device: where to run.
-        dtype: compute dtype: float32 is the exact path; bfloat16/float16 run matrix products under
-            ``torch.autocast`` (weights stay float32).
+        dtype: compute dtype: float32 is the exact path; bfloat16/float16 cast the weights once and
+            run the whole network in that dtype (4x faster matrix products on CPUs with AMX/AVX512-BF16).
         cache_dir: folder of the on-disk text-embedding cache (None: memory only).
     """
 
@@ -83,7 +83,7 @@ class Segmenter:
     ) -> None:
         self.device = parse_device(device)
         self.dtype = parse_dtype(dtype)
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device, self.dtype).eval()
         self.name = name
         config = model.config
         cache_id = f"{digest[:16]}-{str(self.dtype).removeprefix('torch.')}" if digest else None
@@ -101,19 +101,15 @@ class Segmenter:
         self._text: torch.Tensor | None = None
 
     # ------------------------------------------------------------------------------ vocabulary
-    def _autocast(self):
-        enabled = self.dtype != torch.float32
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)
-
     def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode():
             return self.model.encode_text(tokens.to(self.device)).float()
 
     def set_vocabulary(self, classes: str | Path | Sequence[str | Sequence[str]] | Vocabulary) -> Vocabulary:
         """Parse ``classes`` and embed them (once per class string; cached in memory and on disk)."""
         vocab = parse_vocabulary(classes)
         if vocab != self._vocab:
-            self._text = self.embedder(vocab).to(self.device)
+            self._text = self.embedder(vocab).to(self.device, self.dtype)
             self._vocab = vocab
         return vocab
 
@@ -190,13 +186,12 @@ class Segmenter:
     ) -> Iterator[SegmentationResult]:
         h, w = items[0][2]
         batch = torch.stack([t for _, t, _ in items]).to(self.device)
-        batch = (batch - self._mean) / self._std
+        batch = ((batch - self._mean) / self._std).to(self.dtype)
         div = self.model.config.size_divisibility
         if div > 1:
             batch = F.pad(batch, (0, (-w) % div, 0, (-h) % div))
         out_size = items[0][0].shape[:2]  # a batch holds images of one original size
-        with self._autocast():
-            scores = self.model.predict(batch, self._text, (h, w), out_size, **options)
+        scores = self.model.predict(batch, self._text, (h, w), out_size, **options)
         for i, (rgb, _, _) in enumerate(items):
             yield self._to_result(rgb, scores[i].float(), return_scores)
 
