@@ -1,0 +1,249 @@
+"""SED model: configs, parameter counts, text layout, CER fast inference, training forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovss.errors import ConfigError
+from ovss.models.sed import SED, SEDConfig, SEDOutput, postprocess, sed_convnext_b, sed_convnext_l, sed_tiny
+from ovss.models.sed_decoder import ClassAttention, cer_survivors
+from ovss.towers.clip import vit_b_16
+
+S = 128  # small CLIP input for the tiny model: stride-32 map 4x4, output 32x32
+
+
+@pytest.fixture(scope="module")
+def model() -> SED:
+    torch.manual_seed(0)
+    m = SED(sed_tiny().override(f"image_size={S}")).eval()
+    with torch.no_grad():  # random but non-trivial: default inits leave some parts near identity
+        for p in m.decoder.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return m
+
+
+def _text(k: int, model: SED, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    e = model.config.clip.embed_dim
+    return F.normalize(torch.randn(k, model.config.num_templates, e, generator=g), dim=-1)
+
+
+def _images(b: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(b, 3, S, S, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    ("builder", "total", "trainable", "decoder"),
+    [
+        (sed_convnext_b, 180_761_741, 89_598_220, 1_376_396),
+        (sed_convnext_l, 353_245_773, 201_243_980, 1_473_164),
+    ],
+)
+def test_full_size_parameter_counts(builder, total: int, trainable: int, decoder: int) -> None:
+    """Totals equal the official models' (manifest_sed_convnext_{b,l}.json; spec §4.5)."""
+    with torch.device("meta"):
+        m = SED(builder())
+    assert sum(p.numel() for p in m.parameters()) == total
+    assert sum(p.numel() for _, p in m.trainable_parameters()) == trainable
+    assert sum(p.numel() for p in m.parameters() if p.requires_grad) == trainable
+    assert sum(p.numel() for p in m.decoder.parameters()) == decoder
+    cfg = builder()
+    assert (cfg.decoder_dims, cfg.kernel_sizes, cfg.num_templates, cfg.image_size) == (
+        (64, 32, 16),
+        (9, 9, 9),
+        80,
+        768,
+    )
+    assert cfg.templates == "imagenet" and cfg.topk == 8 and cfg.pool_test == (1, 1)
+
+
+def test_config_round_trip_and_validation() -> None:
+    cfg = sed_convnext_l()
+    assert SEDConfig.from_json(cfg.to_json()) == cfg
+    assert cfg.guidance_dims == (768, 384, 192)
+    with pytest.raises(ConfigError, match="decoder_dims"):
+        sed_tiny().override("decoder_dims=[32,16,8]")
+    with pytest.raises(ConfigError, match="num_templates"):
+        sed_tiny().override("templates=vild")
+    with pytest.raises(ConfigError, match="guidance_proj_dims"):
+        sed_tiny().override("guidance_proj_dims=[64,16,8]")
+    with pytest.raises(ConfigError, match="ConvNeXt"):
+        SEDConfig(clip=vit_b_16())
+
+
+def test_freeze_rule(model: SED) -> None:
+    """Image tower and decoder train; text tower and logit_scale are frozen (CLIP_FINETUNE full)."""
+    names = {n for n, _ in model.trainable_parameters()}
+    assert names and all(n.startswith(("clip.visual.", "decoder.")) for n in names)
+    assert not model.clip.logit_scale.requires_grad
+    assert not any(p.requires_grad for p in model.clip.text.parameters())
+    assert all(p.requires_grad for p in model.clip.visual.parameters())
+
+
+def test_encode_text_layout(model: SED) -> None:
+    """(P, K, L) tokens -> (K, P, E), unit norm, row [k, p] = normalised text tower of tokens[p, k]."""
+    g = torch.Generator().manual_seed(3)
+    p, k, length = 3, 2, 9
+    tokens = torch.randint(1, 1000, (p, k, length), generator=g)
+    tokens[..., 5] = 49407  # EOT (largest id) then padding
+    tokens[..., 6:] = 0
+    out = model.encode_text(tokens)
+    assert out.shape == (k, p, model.config.clip.embed_dim)
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(k, p))
+    ref = F.normalize(model.clip.text(tokens[2, 1][None]), dim=-1)[0]
+    torch.testing.assert_close(out[1, 2], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_cer_survivors_is_union_of_per_pixel_topk() -> None:
+    """Same set as the official argsort[:, :k] + bincount > 0 rule."""
+    logits = torch.randn(1, 30, 5, 6, generator=torch.Generator().manual_seed(4))
+    for k in (1, 3, 40):
+        ref = torch.bincount(logits.argsort(dim=1, descending=True)[:, :k].reshape(-1), minlength=30) > 0
+        assert cer_survivors(logits, k).tolist() == ref.nonzero().squeeze(1).tolist()
+
+
+def test_class_attention_matches_formula() -> None:
+    """Linear attention (elu+1), MLP, and the official x + up(pool(x) + delta) residual, both pools."""
+    torch.manual_seed(5)
+    attn = ClassAttention(16, 4, pool_train=(2, 2), pool_test=(1, 1))
+    x = torch.randn(2 * 3, 16, 4, 6)  # B=2, K=3
+
+    def reference(x: torch.Tensor, pool: int) -> torch.Tensor:
+        xp = F.avg_pool2d(x, pool)
+        b, k, c, h, w = 2, 3, 16, *xp.shape[-2:]
+        seq = xp.view(b, k, c, h, w).permute(0, 3, 4, 1, 2).reshape(-1, k, c)
+        y = attn.norm1(seq)
+        q = (F.elu(attn.q(y)) + 1).view(-1, k, 4, 4)
+        kk = (F.elu(attn.k(y)) + 1).view(-1, k, 4, 4)
+        v = attn.v(y).view(-1, k, 4, 4)
+        num = torch.einsum("nlhd,nshd,nshe->nlhe", q, kk, v)
+        den = torch.einsum("nlhd,nshd->nlh", q, kk)[..., None] + 1e-6
+        seq = seq + (num / den).reshape(-1, k, c)
+        seq = seq + attn.fc2(F.relu(attn.fc1(attn.norm2(seq))))
+        y = seq.view(b, h, w, k, c).permute(0, 3, 4, 1, 2).reshape(b * k, c, h, w)
+        return x + F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=True)
+
+    with torch.no_grad():
+        attn.eval()
+        torch.testing.assert_close(attn(x, batch=2), reference(x, 1), rtol=1e-5, atol=1e-5)
+        attn.train()
+        torch.testing.assert_close(attn(x, batch=2), reference(x, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_fast_keeps_every_class_when_topk_covers_all(model: SED) -> None:
+    """topk >= K rejects nothing, so CER equals normal inference."""
+    images, text = _images(1), _text(5, model)
+    normal = model.predict(images, text, (S, S), (40, 50))
+    fast = model.predict(images, text, (S, S), (40, 50), fast=True, topk=5)
+    assert normal.shape == (1, 5, 40, 50)
+    torch.testing.assert_close(fast, normal, rtol=1e-5, atol=1e-6)
+
+
+def _official_fast(model: SED, images: torch.Tensor, text: torch.Tensor, topk: int) -> torch.Tensor:
+    """The official fast_conv_decoder, literally: boolean masks on the class axis, cost guidance for
+    all classes then indexed, survivors from argsort + bincount."""
+    dec = model.decoder
+    dense, feats = model.encode_image(images)
+    skips = [feats[2], feats[1], feats[0]]
+    k = text.shape[0]
+
+    def valid(logits: torch.Tensor) -> torch.Tensor:
+        n = logits.shape[1]
+        return torch.bincount(logits.argsort(dim=1, descending=True)[:, :topk].reshape(-1), minlength=n) > 0
+
+    cost = dec.cost_volume(dense, text)
+    x = dec.cost_embed(cost)
+    guides = [F.relu(proj(s)) for proj, s in zip(dec.image_guidance, skips)]
+    cost_guides = []
+    for proj in dec.cost_guidance:
+        cost = F.relu(proj(cost))
+        cost_guides.append(cost)
+    masks = []
+    for i, stage in enumerate(dec.stages):
+        m = valid(dec.cer_heads[i](x).view(1, x.shape[0], *x.shape[-2:]))
+        masks.append(m)
+        cg = cost_guides[i]
+        for mm in masks:
+            cg = cg[mm]
+        x = stage(x[m], guides[i], cg, 1)
+    idx = masks[0].clone()
+    inner = masks[1].clone()
+    inner[masks[1]] = masks[2]
+    idx[masks[0]] = inner
+    out = torch.zeros(1, k, *x.shape[-2:])
+    out[:, idx] = dec.head(x)[:, 0].sigmoid()
+    return out
+
+
+def test_fast_drops_rejected_classes_like_the_official_code(model: SED) -> None:
+    """K=24 classes, top-1 over 16 stage-1 pixels: classes are rejected, stages run on survivors only,
+    output equals the official algorithm, rejected classes score exactly 0."""
+    images, text = _images(1, seed=7), _text(24, model, seed=8)
+    rows = []
+    hooks = [
+        s.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0])) for s in model.decoder.stages
+    ]
+    with torch.no_grad():
+        dense, feats = model.encode_image(images)
+        probs, survivors = model.decoder.forward_fast(dense, text, [feats[2], feats[1], feats[0]], topk=1)
+        for h in hooks:
+            h.remove()
+        ref = _official_fast(model, images, text, topk=1)
+    assert rows == [len(s) for s in survivors]
+    assert len(survivors[0]) <= 16 < 24 and len(survivors[2]) <= len(survivors[1]) <= len(survivors[0])
+    assert set(survivors[2].tolist()) <= set(survivors[1].tolist()) <= set(survivors[0].tolist())
+    torch.testing.assert_close(probs, ref, rtol=1e-5, atol=1e-6)
+    rejected = sorted(set(range(24)) - set(survivors[2].tolist()))
+    assert rejected and torch.all(probs[0, rejected] == 0)
+    assert torch.all(probs[0, survivors[2]] > 0)
+
+
+def test_fast_batch_is_per_image(model: SED) -> None:
+    images, text = _images(2, seed=9), _text(24, model)
+    both = model.predict(images, text, (S, S), (S, S), fast=True, topk=2)
+    one = [model.predict(images[i : i + 1], text, (S, S), (S, S), fast=True, topk=2) for i in range(2)]
+    torch.testing.assert_close(both, torch.cat(one), rtol=1e-5, atol=1e-6)
+
+
+def test_training_forward_and_stop_gradients() -> None:
+    """forward returns main + 3 CER logits; CER heads train on detached features (no encoder grad);
+    the main loss reaches the encoder only through the cost map (the skips are detached)."""
+    torch.manual_seed(0)
+    m = SED(sed_tiny().override(f"image_size={S}")).train()
+    text = _text(3, m)
+    out = m(_images(2), text)
+    assert isinstance(out, SEDOutput)
+    assert out.logits.shape == (2, 3, S // 4, S // 4)
+    assert [tuple(a.shape) for a in out.aux] == [
+        (2, 3, S // 32, S // 32),
+        (2, 3, S // 16, S // 16),
+        (2, 3, S // 8, S // 8),
+    ]
+    sum(a.square().mean() for a in out.aux).backward(retain_graph=True)
+    assert all(p.grad is None for p in m.clip.visual.parameters())
+    assert m.decoder.cer_heads[2].weight.grad is not None
+    assert m.decoder.head.weight.grad is None
+    out.logits.square().mean().backward()
+    stem = m.clip.visual.trunk.stem[0].weight.grad
+    assert stem is not None and stem.abs().sum() > 0
+    assert all(p.grad is None for p in m.clip.text.parameters())
+
+
+def test_postprocess_crops_the_padded_fraction() -> None:
+    probs = torch.arange(64.0).view(1, 1, 8, 8)
+    out = postprocess(probs, (64, 64), (32, 64), (30, 60))
+    ref = F.interpolate(probs[..., :4, :], size=(30, 60), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, ref)
+    full = postprocess(probs, (64, 64), (64, 64), (16, 16))
+    torch.testing.assert_close(
+        full, F.interpolate(probs, size=(16, 16), mode="bilinear", align_corners=False)
+    )
+
+
+def test_predict_rejects_unknown_options(model: SED) -> None:
+    with pytest.raises(ConfigError, match="inference"):
+        model.predict(_images(1), _text(2, model), (S, S), (S, S), inference="slide")
+    with pytest.raises(ConfigError, match="topk"):
+        model.predict(_images(1), _text(2, model), (S, S), (S, S), fast=True, topk=0)
