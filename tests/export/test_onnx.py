@@ -4,10 +4,10 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-import ovss  # noqa: E402
-from ovss.cli.main import main  # noqa: E402
-from ovss.errors import OvssError  # noqa: E402
-from ovss.export.onnx import export_onnx  # noqa: E402
+import ovss
+from ovss.cli.main import main
+from ovss.errors import OvssError
+from ovss.export.onnx import export_onnx
 
 CASES = [("test-san-tiny", {}), ("test-catseg-tiny", {"inference": "whole"}), ("test-sed-tiny", {})]
 
@@ -48,6 +48,21 @@ def test_export_size_must_fit_the_model(tmp_path):
 
 def test_export_cli(tmp_path, capsys):
     out = tmp_path / "san.onnx"
-    assert main(["export", "--model", "test-san-tiny", "--classes", "a; b", "--size", "64", "64",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                "test-san-tiny",
+                "--classes",
+                "a; b",
+                "--size",
+                "64",
+                "64",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert out.is_file() and "onnxruntime vs eager" in capsys.readouterr().out
