@@ -253,8 +253,10 @@ def _load_file(path: Path, spec: WeightSpec | None) -> tuple[Any, dict[str, Any]
     if not path.is_file():
         raise WeightsNotFoundError(f"checkpoint file {path} does not exist; check the path")
     digest = sha256_file(path)
+    name = spec.name if spec else path.stem
     if path.suffix == ".safetensors" and _has_ovss_metadata(path):
-        config, family, state_dict, _ = read_model_file(path)
+        config, family, state_dict, meta = read_model_file(path)
+        name = meta.get("name", name) if spec is None else name
         if spec is not None and family != spec.family:
             raise CheckpointMismatchError(
                 f"{path} holds a {family} model, not {spec.name}; drop --model or pass a {spec.family} file"
@@ -269,7 +271,6 @@ def _load_file(path: Path, spec: WeightSpec | None) -> tuple[Any, dict[str, Any]
             config, family = _match_variant(state_dict, source_format, path)
     model = build_model(config)
     load_strict(model, state_dict, str(path))
-    name = spec.name if spec else path.stem
     return model, {"name": name, "family": family, "source": str(path), "digest": digest}
 
 
