@@ -9,27 +9,27 @@ and every recorded tensor is compared (relative error <= 1e-4 in float32).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from safetensors.torch import load_file
 
 from ovss.models.catseg import CATSeg, CATSegConfig
-from ovss.towers.clip import ClipConfig
-from ovss.towers.text import TextConfig
-from ovss.towers.vit import VisionConfig
 from ovss.vocab.templates import get_templates
 from ovss.weights.formats import catseg_d2
 from ovss.weights.loading import load_strict
 from tests.conftest import parity_params, relative_error
-
-TOL = 1e-4
+from tests.parity._common import (
+    TOL,
+    normalized_png,
+    official_state_dict,
+    read_array,
+    read_config,
+    reference_outputs,
+    vit_clip_config,
+)
 
 
 def fixture_config(cfg: dict) -> CATSegConfig:
@@ -43,29 +43,7 @@ def fixture_config(cfg: dict) -> CATSegConfig:
     for name, k in (("upsample1", 2), ("upsample2", 4)):
         assert a[name].startswith(f"ConvTranspose2d({c['vision_width']},") and f"k{k},s{k}" in a[name]
     assert list(get_templates("catseg")) == cfg["templates"], "fixture template is not CAT-Seg's"
-    clip = ClipConfig(
-        embed_dim=embed,
-        vision=VisionConfig(
-            image_size=c["native_image_size"],
-            patch_size=c["patch_size"],
-            width=c["vision_width"],
-            layers=c["vision_layers"],
-            heads=c["vision_heads"],  # structural patch: officially width // 64
-            output_dim=embed,
-            ln_eps=c["ln_eps"],
-            split_qkv=True,
-        ),
-        text=TextConfig(
-            context_length=c["context_length"],
-            vocab_size=c["vocab_size"],
-            width=c["text_width"],
-            heads=c["text_heads"],
-            layers=c["text_layers"],
-            output_dim=embed,
-            ln_eps=c["ln_eps"],
-            split_qkv=True,
-        ),
-    )
+    clip = vit_clip_config(c, split_qkv=True)  # vision heads: structural patch (officially width // 64)
     res = c["clip_resolution"]
     assert res[0] == res[1] and tuple(a["FEATURE_RESOLUTION"]) == (res[0] // c["patch_size"],) * 2
     pre = cfg["preprocessing"]
@@ -99,15 +77,11 @@ def _load(folder: Path) -> dict:
     """Model loaded from the fixture, its references, and our tensors for every recorded name."""
     if folder in _CACHE:
         return _CACHE[folder]
-    cfg = json.loads((folder / "config.json").read_text())
-    config = fixture_config(cfg)
-    model = CATSeg(config).eval()
-    load_strict(model, catseg_d2.convert(load_file(str(folder / "state_dict.safetensors"))), str(folder))
-    refs: dict[str, torch.Tensor] = {}
-    for name in {spec["file"] for spec in cfg["tensors"].values()}:
-        refs.update(load_file(str(folder / name)))
-    images = torch.from_numpy(np.load(folder / "input.npy"))
-    tokens = torch.from_numpy(np.load(folder / "tokens.npy"))
+    cfg = read_config(folder)
+    model = CATSeg(fixture_config(cfg)).eval()
+    load_strict(model, catseg_d2.convert(official_state_dict(folder)), str(folder))
+    refs = reference_outputs(folder)
+    images, tokens = read_array(folder, "input.npy"), read_array(folder, "tokens.npy")
 
     ours: dict[str, torch.Tensor] = {}
     b, t = images.shape[0], tokens.shape[0]
@@ -177,16 +151,6 @@ def test_every_recorded_intermediate_matches(folder: Path) -> None:
     assert not bad, f"relative errors above {TOL}: {bad}"
 
 
-def _image_tensor(folder: Path, cfg: dict) -> torch.Tensor:
-    """input.png normalised with the fixture's CLIP statistics: (1, 3, H, W)."""
-    rgb = np.asarray(Image.open(folder / "input.png").convert("RGB"), dtype=np.float32)
-    x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
-    pre = cfg["preprocessing"]
-    mean = torch.tensor(pre["clip_pixel_mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(pre["clip_pixel_std"]).view(1, 3, 1, 1)
-    return (x - mean) / std
-
-
 @pytest.mark.parametrize("folder", parity_params("catseg_"))
 def test_sem_seg_from_network_input(folder: Path) -> None:
     run = _load(folder)
@@ -205,7 +169,8 @@ def test_sem_seg_from_image_through_the_protocol(folder: Path) -> None:
     """input.png -> normalise -> (whole: zero-pad to 32) -> predict: CLIP input and sem_seg match."""
     run = _load(folder)
     cfg, model = run["cfg"], run["model"]
-    x = _image_tensor(folder, cfg)
+    pre = cfg["preprocessing"]
+    x = normalized_png(folder, pre["clip_pixel_mean"], pre["clip_pixel_std"])
     h, w = x.shape[-2:]
     mode = model.config.inference
     if mode == "whole":

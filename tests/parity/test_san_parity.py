@@ -9,25 +9,27 @@ two released models without downloading them.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from ovss.errors import CheckpointMismatchError
 from ovss.models.san import SAN, SANConfig, san_vit_b16, san_vit_l14
-from ovss.towers.clip import ClipConfig
-from ovss.towers.text import TextConfig
-from ovss.towers.vit import VisionConfig
 from ovss.vocab.templates import get_templates
 from ovss.weights.formats import san_d2
 from ovss.weights.loading import load_strict
-from tests.conftest import parity_dir, parity_params, relative_error
-
-TOL = 1e-4
+from tests.conftest import parity_params, relative_error
+from tests.parity._common import (
+    TOL,
+    meta_state_dict,
+    official_state_dict,
+    read_array,
+    read_config,
+    read_manifest,
+    reference_outputs,
+    vit_clip_config,
+)
 
 
 def fixture_config(cfg: dict) -> SANConfig:
@@ -37,18 +39,7 @@ def fixture_config(cfg: dict) -> SANConfig:
     assert c["act"].startswith("QuickGELU") and side["act"].startswith("GELU"), "unexpected activations"
     assert san["REC_CROSS_ATTN"] is False and san["SOS_TOKEN_FORMAT"] == "cls_token"
     assert list(get_templates("vild")) == cfg["templates"], "fixture templates are not the 14 ViLD ones"
-    clip = ClipConfig(
-        embed_dim=c["embed_dim"],
-        vision=VisionConfig(
-            image_size=c["native_image_size"], patch_size=c["patch_size"], width=c["vision_width"],
-            layers=c["vision_layers"], heads=c["vision_heads"], mlp_ratio=c["vision_mlp_ratio"],
-            output_dim=c["embed_dim"], ln_eps=c["ln_eps"],
-        ),
-        text=TextConfig(
-            context_length=c["context_length"], vocab_size=c["vocab_size"], width=c["text_width"],
-            heads=c["text_heads"], layers=c["text_layers"], output_dim=c["embed_dim"], ln_eps=c["ln_eps"],
-        ),
-    )
+    clip = vit_clip_config(c)
     pairs = tuple(tuple(int(v) for v in item.split("->")) for item in san["FUSION_MAP"])
     return SANConfig(
         clip=clip,
@@ -78,9 +69,9 @@ def fixture_config(cfg: dict) -> SANConfig:
 
 
 def load_fixture_model(folder: Path) -> tuple[SAN, dict]:
-    cfg = json.loads((folder / "config.json").read_text())
+    cfg = read_config(folder)
     model = SAN(fixture_config(cfg)).eval()
-    load_strict(model, san_d2.convert(load_file(str(folder / "state_dict.safetensors"))), str(folder))
+    load_strict(model, san_d2.convert(official_state_dict(folder)), str(folder))
     return model, cfg
 
 
@@ -140,12 +131,8 @@ def run_with_intermediates(model: SAN, images: torch.Tensor, tokens: torch.Tenso
 @pytest.mark.parametrize("folder", parity_params("san_"))
 def test_every_recorded_tensor_matches(folder: Path):
     model, cfg = load_fixture_model(folder)
-    images = torch.from_numpy(np.load(folder / "input.npy"))
-    tokens = torch.from_numpy(np.load(folder / "tokens.npy"))
-    ref = load_file(str(folder / "outputs.safetensors"))
-    large = folder / "outputs_large.safetensors"
-    if large.is_file():
-        ref.update(load_file(str(large)))
+    images, tokens = read_array(folder, "input.npy"), read_array(folder, "tokens.npy")
+    ref = reference_outputs(folder)
     out_hw = tuple(ref["sem_seg"].shape[-2:])
     got = run_with_intermediates(model, images, tokens, out_hw)
     names = sorted(cfg["tensors"])
@@ -165,8 +152,7 @@ def test_every_recorded_tensor_matches(folder: Path):
 @pytest.mark.parametrize("folder", parity_params("san_"))
 def test_bf16_forward_close_to_fp32(folder: Path):
     model, _ = load_fixture_model(folder)
-    images = torch.from_numpy(np.load(folder / "input.npy"))
-    tokens = torch.from_numpy(np.load(folder / "tokens.npy"))
+    images, tokens = read_array(folder, "input.npy"), read_array(folder, "tokens.npy")
     with torch.no_grad():
         text = model.encode_text(tokens)
         ref = model.predict(images, text, tuple(images.shape[-2:]), (64, 64))
@@ -182,16 +168,13 @@ MANIFESTS = {"san_vit_b16": san_vit_b16, "san_vit_l14_336": san_vit_l14}
 
 @pytest.mark.parametrize("name", sorted(MANIFESTS))
 def test_converter_consumes_full_size_manifest(name: str):
-    path = parity_dir() / f"manifest_{name}.json"
-    if not path.is_file():
-        pytest.skip(f"no manifest {path}")
-    manifest = json.loads(path.read_text())
-    official = {key: torch.empty(shape, device="meta") for key, shape, _ in manifest["keys"]}
+    manifest = read_manifest(f"manifest_{name}.json")
+    official = meta_state_dict(manifest)
     assert len(official) == manifest["num_keys"]
     converted = san_d2.convert({"model": official})
     with torch.device("meta"):
         model = SAN(MANIFESTS[name]())
-    load_strict(model, converted, str(path), assign=True)  # every key consumed, every shape equal
+    load_strict(model, converted, name, assign=True)  # every key consumed, every shape equal
     assert len(converted) == len(official) - len(san_d2.DROPPED)
     assert sum(p.numel() for p in model.parameters()) == manifest["total_params"]
     assert sum(p.numel() for _, p in model.trainable_parameters()) == manifest["trainable_params"]
@@ -200,7 +183,7 @@ def test_converter_consumes_full_size_manifest(name: str):
 @pytest.mark.parametrize("folder", parity_params("san_"))
 def test_wrong_checkpoints_are_refused(folder: Path):
     model, _ = load_fixture_model(folder)
-    official = load_file(str(folder / "state_dict.safetensors"))
+    official = official_state_dict(folder)
     catseg_like = {"sem_seg_head.predictor.clip_model.visual.conv1.weight": torch.zeros(1),
                    "sem_seg_head.predictor.transformer.conv1.weight": torch.zeros(1)}
     for bad in (catseg_like, {"foo": torch.zeros(1)}, {}):

@@ -8,49 +8,38 @@ config.json, loaded through ``sed_d2.convert`` + strict loading, and every recor
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from safetensors import safe_open
 
 from ovss.models.sed import SED, SEDConfig
 from ovss.towers.clip import ClipConfig
-from ovss.towers.convnext import ConvNeXtConfig
 from ovss.towers.text import TextConfig
 from ovss.vocab.templates import get_templates
 from ovss.weights.formats import sed_d2
 from ovss.weights.loading import load_strict
 from tests.conftest import parity_params, relative_error
-
-TOL = 1e-4
+from tests.parity._common import (
+    TOL,
+    convnext_config,
+    normalized_png,
+    official_state_dict,
+    read_array,
+    read_config,
+    reference_outputs,
+)
 
 
 def fixture_config(cfg: dict) -> SEDConfig:
     """SEDConfig from a fixture's config.json (explicit hyper-parameters, official names aside)."""
     oc = cfg["clip"]["open_clip_model_config"]
-    vision, text_cfg, trunk = oc["vision_cfg"], oc["text_cfg"], cfg["clip"]["timm_trunk"]
-    dec = cfg["decoder"]
-    embed = oc["embed_dim"]
+    text_cfg, dec, embed = oc["text_cfg"], cfg["decoder"], oc["embed_dim"]
     act = "quick_gelu" if cfg["clip"]["text"]["act"].lower().startswith("quick") else "gelu"
     clip = ClipConfig(
         embed_dim=embed,
-        convnext=ConvNeXtConfig(
-            depths=tuple(trunk["depths"]),
-            dims=tuple(trunk["dims"]),
-            kernel_size=trunk["kernel_size"],
-            patch_size=trunk["patch_size (stem)"],
-            ls_init_value=trunk["ls_init_value"],
-            image_size=vision["image_size"],
-            output_dim=embed,
-            proj=vision["timm_proj"],
-            drop_path=trunk["drop_path_rate"] or 0.0,
-            head_drop=vision.get("timm_drop", 0.0),
-        ),
+        convnext=convnext_config(cfg["clip"]),
         text=TextConfig(
             context_length=text_cfg["context_length"],
             vocab_size=text_cfg["vocab_size"],
@@ -136,23 +125,14 @@ def _hook_decoder(rec: Recorder, model: SED) -> None:
 def run(request) -> dict:
     """Build, load and run one fixture folder once (both modes); returns config, refs and results."""
     folder: Path = request.param
-    cfg = json.loads((folder / "config.json").read_text())
+    cfg = read_config(folder)
     model = SED(fixture_config(cfg)).eval()
-    with safe_open(str(folder / "state_dict.safetensors"), "pt") as f:
-        official = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    load_strict(model, sed_d2.convert(official), str(folder))
-    refs = {}
-    for name in ("outputs.safetensors", "outputs_large.safetensors"):
-        if (folder / name).is_file():
-            with safe_open(str(folder / name), "pt") as f:
-                refs.update({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118
-    tokens = torch.from_numpy(np.load(folder / "tokens.npy")).long()
-    clip_input = torch.from_numpy(np.load(folder / "input.npy")).float()
+    load_strict(model, sed_d2.convert(official_state_dict(folder)), str(folder))
+    refs = reference_outputs(folder)
+    tokens = read_array(folder, "tokens.npy").long()
+    clip_input = read_array(folder, "input.npy").float()
     # The predictor path: the uint8 image, CLIP-normalised; the model resizes it to 768.
-    rgb = torch.from_numpy(np.array(Image.open(folder / "input.png").convert("RGB"))).permute(2, 0, 1).float()
-    mean = torch.tensor(model.config.pixel_mean).view(3, 1, 1)
-    std = torch.tensor(model.config.pixel_std).view(3, 1, 1)
-    image = ((rgb - mean) / std)[None]
+    image = normalized_png(folder, model.config.pixel_mean, model.config.pixel_std)
     size = tuple(image.shape[-2:])
     out_size = (cfg["input"]["batched_inputs"]["height"], cfg["input"]["batched_inputs"]["width"])
 
@@ -251,7 +231,7 @@ def _fast_tensor(name: str, o: dict, model: SED) -> torch.Tensor | None:
 def test_every_recorded_tensor_matches(run: dict, mode: str) -> None:
     """Every tensor of this mode in config.json "tensors" within 1e-4; CER masks exactly."""
     refs, ours, model = run["refs"], run["ours"], run["model"]
-    clip_input = torch.from_numpy(np.load(run["folder"] / "input.npy")).float()  # "file": "input.npy"
+    clip_input = read_array(run["folder"], "input.npy").float()  # "file": "input.npy"
     names = [n for n in run["cfg"]["tensors"] if n.startswith("fast.") == (mode == "fast")]
     errors, failures = {}, []
     for name in names:

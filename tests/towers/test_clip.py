@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -14,7 +12,7 @@ from ovss.towers.text import TextConfig
 from ovss.towers.vit import VisionConfig, VisionTransformer
 from ovss.weights.formats import open_clip, openai_clip, strip_prefix
 from ovss.weights.loading import mismatches
-from tests.conftest import parity_dir
+from tests.parity._common import meta_state_dict, read_manifest
 
 
 def _meta(name: str, **kw) -> CLIP:
@@ -51,12 +49,7 @@ def test_convnext_towers_match_sed_manifest_counts():
 
 
 def _manifest(name: str) -> dict[str, torch.Tensor]:
-    path = parity_dir() / name
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    keys = json.loads(path.read_text())["keys"]
-    sd = {k: torch.empty(shape, device="meta") for k, shape, _ in keys}
-    return strip_prefix(sd, "sem_seg_head.predictor.clip_model.")
+    return strip_prefix(meta_state_dict(read_manifest(name)), "sem_seg_head.predictor.clip_model.")
 
 
 @pytest.mark.parametrize(

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from ovss.errors import ConfigError
 from ovss.towers.convnext import (
@@ -22,7 +19,8 @@ from ovss.towers.convnext import (
     convnext_base_w_320,
     convnext_large_d_320,
 )
-from tests.conftest import parity_dir, parity_params, relative_error
+from tests.conftest import parity_params, relative_error
+from tests.parity._common import convnext_config, official_state_dict, read_array, read_config, read_manifest
 
 # prefix of the CLIP image tower in the official SED state dict (detectron2 checkpoint "model")
 SED_VISUAL_PREFIX = "sem_seg_head.predictor.clip_model.visual."
@@ -88,10 +86,7 @@ def test_override_is_typed() -> None:
 
 @pytest.mark.parametrize("variant, builder", [("b", convnext_base_w_320), ("l", convnext_large_d_320)])
 def test_full_size_keys_shapes_and_counts_match_sed_manifest(variant: str, builder) -> None:
-    path = parity_dir() / f"manifest_sed_convnext_{variant}.json"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    manifest = json.loads(path.read_text())
+    manifest = read_manifest(f"manifest_sed_convnext_{variant}.json")
     n = len(SED_VISUAL_PREFIX)
     ref = [(k[n:], tuple(s)) for k, s, _ in manifest["keys"] if k.startswith(SED_VISUAL_PREFIX)]
     with torch.device("meta"):
@@ -107,22 +102,6 @@ def test_full_size_keys_shapes_and_counts_match_sed_manifest(variant: str, build
 # SED parity (official timm/open_clip trunk with tiny random weights)
 
 
-def _fixture_config(folder: Path) -> ConvNeXtConfig:
-    clip = json.loads((folder / "config.json").read_text())["clip"]
-    trunk = clip["timm_trunk"]
-    vision = clip["open_clip_model_config"]["vision_cfg"]
-    return ConvNeXtConfig(
-        depths=tuple(trunk["depths"]),
-        dims=tuple(trunk["dims"]),
-        kernel_size=trunk["kernel_size"],
-        patch_size=trunk["patch_size (stem)"],
-        ls_init_value=trunk["ls_init_value"],
-        image_size=vision["image_size"],
-        output_dim=clip["open_clip_model_config"]["embed_dim"],
-        proj=vision["timm_proj"],
-    )
-
-
 def _fixture_tensor(folder: Path, meta: dict, name: str) -> torch.Tensor:
     with safe_open(str(folder / meta[name]["file"]), "pt") as f:
         return f.get_tensor(name)
@@ -130,14 +109,15 @@ def _fixture_tensor(folder: Path, meta: dict, name: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("folder", parity_params("sed_"))
 def test_sed_fixture_loads_strictly_and_matches_encoder_outputs(folder: Path) -> None:
-    model = ConvNeXt(_fixture_config(folder)).eval()
-    full = load_file(str(folder / "state_dict.safetensors"))
+    cfg = read_config(folder)
+    model = ConvNeXt(convnext_config(cfg["clip"])).eval()
+    full = official_state_dict(folder)
     visual = {k[len(SED_VISUAL_PREFIX) :]: v for k, v in full.items() if k.startswith(SED_VISUAL_PREFIX)}
     assert visual, f"no {SED_VISUAL_PREFIX}* keys in the fixture"
     model.load_state_dict(visual, strict=True)
 
-    meta = json.loads((folder / "config.json").read_text())["tensors"]
-    images = torch.from_numpy(np.load(folder / "input.npy"))
+    meta = cfg["tensors"]
+    images = read_array(folder, "input.npy")
     with torch.no_grad():
         feats = model.forward_features(images)
         dense = model.dense_embedding(feats[-1])

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from ovss.errors import CheckpointMismatchError
 from ovss.models.catseg import CATSeg, catseg_tiny, catseg_vit_b16, catseg_vit_l14
@@ -14,29 +11,23 @@ from ovss.models.catseg_aggregator import shift_window_mask
 from ovss.weights.formats import catseg_d2
 from ovss.weights.loading import mismatches
 from tests.conftest import parity_dir
+from tests.parity._common import meta_state_dict, official_state_dict, read_manifest
 
 MANIFESTS = {"vit_b16": catseg_vit_b16, "vit_l14_336": catseg_vit_l14}
 MASK_KEY = "sem_seg_head.predictor.transformer.layers.0.swin_block.block_2.attn_mask"
 
 
-def _manifest(name: str) -> dict:
-    path = parity_dir() / f"manifest_catseg_{name}.json"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return json.loads(path.read_text())
-
-
 def _fixture_state_dict() -> dict[str, torch.Tensor]:
-    path = parity_dir() / "catseg_a" / "state_dict.safetensors"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return load_file(str(path))
+    folder = parity_dir() / "catseg_a"
+    if not (folder / "state_dict.safetensors").is_file():
+        pytest.skip(f"{folder / 'state_dict.safetensors'} not found")
+    return official_state_dict(folder)
 
 
 @pytest.mark.parametrize("name", sorted(MANIFESTS))
 def test_full_size_manifest_converts_to_the_model_layout(name: str) -> None:
-    manifest = _manifest(name)
-    sd = {key: torch.empty(shape, device="meta") for key, shape, _ in manifest["keys"]}
+    manifest = read_manifest(f"manifest_catseg_{name}.json")
+    sd = meta_state_dict(manifest)
     assert catseg_d2.detect(sd) and catseg_d2.detect({"model": sd})
     out = catseg_d2.convert(sd)
     # Every official key is consumed; only the derivable shift-mask buffers are dropped.

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from ovss.errors import CheckpointMismatchError
 from ovss.towers.clip import CLIP, ClipConfig
@@ -24,6 +20,13 @@ from ovss.weights.formats import (
 )
 from ovss.weights.loading import load_strict
 from tests.conftest import parity_params, relative_error
+from tests.parity._common import (
+    official_state_dict,
+    read_array,
+    read_config,
+    reference_outputs,
+    vit_clip_config,
+)
 from tests.towers._clip_reference import RefCLIP, randomize_
 
 VIS = dict(image_size=32, patch=8, width=32, layers=2, heads=4, out_dim=16)
@@ -210,24 +213,8 @@ def test_converters_are_pure():
 
 
 # ------------------------------------------------------------------ official fixtures (tiny, random)
-def _vit_clip_config(c: dict, split: bool) -> ClipConfig:
-    """ClipConfig from a fixture's explicit "clip" hyper-parameters."""
-    e = c["embed_dim"]
-    vision = VisionConfig(
-        image_size=c["native_image_size"], patch_size=c["patch_size"], width=c["vision_width"],
-        layers=c["vision_layers"], heads=c["vision_heads"], output_dim=e, split_qkv=split,
-    )
-    text = TextConfig(
-        context_length=c["context_length"], vocab_size=c["vocab_size"], width=c["text_width"],
-        heads=c["text_heads"], layers=c["text_layers"], output_dim=e, split_qkv=split,
-    )
-    return ClipConfig(embed_dim=e, vision=vision, text=text)
-
-
 def _fixture(folder):
-    cfg = json.loads((folder / "config.json").read_text())
-    sd = load_file(str(folder / "state_dict.safetensors"))
-    return cfg, sd, load_file(str(folder / "outputs.safetensors"))
+    return read_config(folder), official_state_dict(folder), reference_outputs(folder)
 
 
 @pytest.mark.parametrize("folder", parity_params("san_"))
@@ -246,8 +233,8 @@ def test_san_fixture_clip_towers(folder):
     text = {k: v for k, v in strip_prefix(sd, "ov_classifier.").items() if k != "bg_embed"}
     sd_clip = {"visual." + k.replace("resblocks.", "transformer.resblocks."): v for k, v in visual.items()}
     sd_clip.update(text)
-    model = load_strict(CLIP(_vit_clip_config(c, False)), open_clip.convert(sd_clip), str(folder)).eval()
-    tokens = torch.from_numpy(np.load(folder / "tokens.npy"))  # (P, K, 77)
+    model = load_strict(CLIP(vit_clip_config(c)), open_clip.convert(sd_clip), str(folder)).eval()
+    tokens = read_array(folder, "tokens.npy")  # (P, K, 77)
     p, k, n = tokens.shape
     with torch.no_grad():
         per_template = model.encode_text(tokens.reshape(p * k, n), normalize=True).reshape(p, k, -1)
@@ -265,11 +252,11 @@ def test_san_fixture_clip_towers(folder):
 def test_catseg_fixture_split_qkv_towers(folder):
     """The OpenAI CLIP (split q/k/v) inside the official CAT-Seg state dict."""
     cfg, sd, out = _fixture(folder)
-    model_cfg = _vit_clip_config(cfg["clip"], True)
+    model_cfg = vit_clip_config(cfg["clip"], split_qkv=True)
     clip_sd = strip_prefix(sd, "sem_seg_head.predictor.clip_model.")
     assert openai_clip.detect(clip_sd)
     model = load_strict(CLIP(model_cfg), openai_clip.convert(clip_sd), str(folder)).eval()
-    tokens = torch.from_numpy(np.load(folder / "tokens.npy"))  # (T, 77)
+    tokens = read_array(folder, "tokens.npy")  # (T, 77)
     with torch.no_grad():
         text = model.encode_text(tokens, normalize=True)
         feats, _ = model.visual.forward_intermediates(out["clip_input"], [4, 8])  # hooks on blocks 3 and 7
@@ -294,7 +281,7 @@ def test_sed_fixture_open_clip_convnext(folder):
     clip_sd = strip_prefix(sd, "sem_seg_head.predictor.clip_model.")
     assert detect_clip_format(clip_sd) == "open_clip"
     model = load_strict(CLIP(model_cfg), open_clip.convert(clip_sd), str(folder)).eval()
-    tokens = torch.from_numpy(np.load(folder / "tokens.npy"))
+    tokens = read_array(folder, "tokens.npy")
     rows = cfg["token_rows"]
     if any(r[2] != 1 for r in rows):
         pytest.skip("synonym averaging is the SED model's job")

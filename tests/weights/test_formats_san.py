@@ -7,19 +7,17 @@ of the converter under test; converting it back must give exactly the same model
 
 from __future__ import annotations
 
-import json
 import re
 
-import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from ovss.errors import CheckpointMismatchError
 from ovss.models.san import SAN, san_tiny, san_vit_b16, san_vit_l14
 from ovss.weights.formats import san_d2, san_mmseg
 from ovss.weights.loading import load_strict
 from tests.conftest import parity_dir
+from tests.parity._common import meta_state_dict, official_state_dict, read_array, read_manifest
 
 FIXTURE = parity_dir() / "san_a"
 needs_fixture = pytest.mark.skipif(
@@ -87,7 +85,7 @@ def to_mmseg(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _official() -> dict[str, torch.Tensor]:
-    return load_file(str(FIXTURE / "state_dict.safetensors"))
+    return official_state_dict(FIXTURE)
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -144,8 +142,8 @@ def test_mmseg_round_trip_gives_the_same_model():
     with pytest.raises(CheckpointMismatchError, match=r"decode_head\.side_adapter_network\.bogus"):
         san_mmseg.convert({**mmseg, "decode_head.side_adapter_network.bogus": torch.zeros(1)})
     # identical outputs end to end
-    images = torch.from_numpy(np.load(FIXTURE / "input.npy"))
-    tokens = torch.from_numpy(np.load(FIXTURE / "tokens.npy"))[:2]
+    images = read_array(FIXTURE, "input.npy")
+    tokens = read_array(FIXTURE, "tokens.npy")[:2]
     scores = []
     for sd in (san_d2.convert(official), san_mmseg.convert(mmseg)):
         model = load_strict(SAN(san_tiny()).eval(), sd, "fixture")
@@ -156,11 +154,7 @@ def test_mmseg_round_trip_gives_the_same_model():
 
 @pytest.mark.parametrize("name,build", [("san_vit_b16", san_vit_b16), ("san_vit_l14_336", san_vit_l14)])
 def test_mmseg_converter_consumes_full_size_layout(name, build):
-    path = parity_dir() / f"manifest_{name}.json"
-    if not path.is_file():
-        pytest.skip(f"no manifest {path}")
-    keys = json.loads(path.read_text())["keys"]
-    official = {k: torch.empty(shape, device="meta") for k, shape, _ in keys}
+    official = meta_state_dict(read_manifest(f"manifest_{name}.json"))
     with torch.device("meta"):
         model = SAN(build())
     load_strict(model, san_mmseg.convert(to_mmseg(official)), name, assign=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -11,7 +9,7 @@ from ovss.errors import CheckpointMismatchError
 from ovss.models.sed import SED, sed_convnext_b, sed_convnext_l
 from ovss.weights.formats import sed_d2
 from ovss.weights.loading import load_strict
-from tests.conftest import parity_dir
+from tests.parity._common import meta_state_dict, read_manifest
 
 MANIFESTS = {
     "b": ("manifest_sed_convnext_b.json", sed_convnext_b),
@@ -19,24 +17,12 @@ MANIFESTS = {
 }
 
 
-def _manifest(variant: str) -> dict:
-    path = parity_dir() / MANIFESTS[variant][0]
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return json.loads(path.read_text())
-
-
-def _official_state_dict(manifest: dict) -> dict[str, torch.Tensor]:
-    """Shape-only (meta) tensors in the official key layout and order."""
-    return {key: torch.empty(shape, device="meta") for key, shape, _ in manifest["keys"]}
-
-
 @pytest.fixture(scope="module", params=sorted(MANIFESTS))
 def case(request) -> tuple[dict, dict[str, torch.Tensor], SED]:
-    manifest = _manifest(request.param)
+    manifest = read_manifest(MANIFESTS[request.param][0])
     with torch.device("meta"):
         model = SED(MANIFESTS[request.param][1]())
-    return manifest, _official_state_dict(manifest), model
+    return manifest, meta_state_dict(manifest), model
 
 
 def test_converter_consumes_every_manifest_key(case) -> None:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ovss.errors import CheckpointMismatchError, WeightsNotFoundError
+from ovss.weights.formats import unwrap_checkpoint
 
 _WRAPPER_KEYS = ("model", "state_dict")
 _SHOW = 8  # keys shown per category in mismatch messages
@@ -34,10 +35,7 @@ def _is_torchscript(path: Path) -> bool:
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     """Bare state dict out of ``{"model": sd}``, ``{"state_dict": sd}`` or ``sd``."""
     for _ in range(2):  # e.g. {"state_dict": {"model": sd}} is unwrapped too
-        if isinstance(obj, Mapping):
-            inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-            if inner is not None:
-                obj = inner
+        obj = unwrap_checkpoint(obj, _WRAPPER_KEYS)  # type: ignore[arg-type]
     if not isinstance(obj, Mapping):
         raise CheckpointMismatchError(
             f"{path} holds a {type(obj).__name__}, not a state dict; save model.state_dict() instead"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -20,29 +21,11 @@ if TYPE_CHECKING:
     from ovss.models.base import ModelConfig
 
 
-def _san(name: str) -> Callable[[], ModelConfig]:
+def _config(family: str, builder: str) -> Callable[[], ModelConfig]:
+    """Lazy ``ovss.models.<family>.<builder>()`` (the model modules are imported on first use)."""
+
     def build() -> ModelConfig:
-        from ovss.models import san
-
-        return getattr(san, name)()
-
-    return build
-
-
-def _catseg(name: str) -> Callable[[], ModelConfig]:
-    def build() -> ModelConfig:
-        from ovss.models import catseg
-
-        return getattr(catseg, name)()
-
-    return build
-
-
-def _sed(name: str) -> Callable[[], ModelConfig]:
-    def build() -> ModelConfig:
-        from ovss.models import sed
-
-        return getattr(sed, name)()
+        return getattr(importlib.import_module(f"ovss.models.{family}"), builder)()
 
     return build
 
@@ -79,7 +62,7 @@ WEIGHTS: tuple[WeightSpec, ...] = (
     WeightSpec(
         name="san-vit-b16",
         family="san",
-        config=_san("san_vit_b16"),
+        config=_config("san", "san_vit_b16"),
         source_format="san_d2",
         description="SAN, CLIP ViT-B/16, trained on COCO-Stuff-171 (official release)",
         license="MIT",
@@ -90,7 +73,7 @@ WEIGHTS: tuple[WeightSpec, ...] = (
     WeightSpec(
         name="san-vit-l14",
         family="san",
-        config=_san("san_vit_l14"),
+        config=_config("san", "san_vit_l14"),
         source_format="san_d2",
         description="SAN, CLIP ViT-L/14@336, trained on COCO-Stuff-171 (official release)",
         license="MIT",
@@ -101,7 +84,7 @@ WEIGHTS: tuple[WeightSpec, ...] = (
     WeightSpec(
         name="san-vit-b16.mmseg",
         family="san",
-        config=_san("san_vit_b16"),
+        config=_config("san", "san_vit_b16"),
         source_format="san_mmseg",
         description="SAN ViT-B/16 as released by mmsegmentation (same weights, renamed keys)",
         license="Apache-2.0",
@@ -111,7 +94,7 @@ WEIGHTS: tuple[WeightSpec, ...] = (
     WeightSpec(
         name="san-vit-l14.mmseg",
         family="san",
-        config=_san("san_vit_l14"),
+        config=_config("san", "san_vit_l14"),
         source_format="san_mmseg",
         description="SAN ViT-L/14 as released by mmsegmentation (same weights, renamed keys)",
         license="Apache-2.0",
@@ -121,7 +104,7 @@ WEIGHTS: tuple[WeightSpec, ...] = (
     WeightSpec(
         name="catseg-vit-b16",
         family="catseg",
-        config=_catseg("catseg_vit_b16"),
+        config=_config("catseg", "catseg_vit_b16"),
         source_format="catseg_d2",
         description="CAT-Seg (CVPR 2024), CLIP ViT-B/16, trained on COCO-Stuff-171",
         license="MIT",
@@ -133,7 +116,7 @@ WEIGHTS: tuple[WeightSpec, ...] = (
     WeightSpec(
         name="catseg-vit-l14",
         family="catseg",
-        config=_catseg("catseg_vit_l14"),
+        config=_config("catseg", "catseg_vit_l14"),
         source_format="catseg_d2",
         description="CAT-Seg (CVPR 2024), CLIP ViT-L/14@336, trained on COCO-Stuff-171",
         license="MIT",
@@ -145,7 +128,7 @@ WEIGHTS: tuple[WeightSpec, ...] = (
     WeightSpec(
         name="sed-convnext-b",
         family="sed",
-        config=_sed("sed_convnext_b"),
+        config=_config("sed", "sed_convnext_b"),
         source_format="sed_d2",
         description="SED, ConvNeXt-B CLIP, trained on COCO-Stuff-171 (download by hand)",
         license="Apache-2.0",
@@ -155,7 +138,7 @@ WEIGHTS: tuple[WeightSpec, ...] = (
     WeightSpec(
         name="sed-convnext-l",
         family="sed",
-        config=_sed("sed_convnext_l"),
+        config=_config("sed", "sed_convnext_l"),
         source_format="sed_d2",
         description="SED, ConvNeXt-L CLIP, trained on COCO-Stuff-171 (download by hand)",
         license="Apache-2.0",
@@ -165,7 +148,7 @@ WEIGHTS: tuple[WeightSpec, ...] = (
     WeightSpec(
         name="test-san-tiny",
         family="san",
-        config=_san("san_tiny"),
+        config=_config("san", "san_tiny"),
         source_format="random",
         description="tiny random SAN for tests and offline demos (segments nothing meaningful)",
         license="Apache-2.0",
@@ -174,7 +157,7 @@ WEIGHTS: tuple[WeightSpec, ...] = (
     WeightSpec(
         name="test-catseg-tiny",
         family="catseg",
-        config=_catseg("catseg_tiny"),
+        config=_config("catseg", "catseg_tiny"),
         source_format="random",
         description="tiny random CAT-Seg for tests and offline demos",
         license="Apache-2.0",
@@ -183,7 +166,7 @@ WEIGHTS: tuple[WeightSpec, ...] = (
     WeightSpec(
         name="test-sed-tiny",
         family="sed",
-        config=_sed("sed_tiny"),
+        config=_config("sed", "sed_tiny"),
         source_format="random",
         description="tiny random SED for tests and offline demos",
         license="Apache-2.0",

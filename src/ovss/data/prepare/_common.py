@@ -146,6 +146,26 @@ def save_label(label: np.ndarray, dst: str | Path) -> None:
         write_label_png(dst, label.astype(np.uint8), bit_depth=8)
 
 
+def write_pair(task: Task, label: np.ndarray) -> str:
+    """Save the converted (H, W) ``label`` and place the raw image unchanged (both atomic); WRITTEN."""
+    save_label(label, task.label_out)
+    place_image(task.image_in, task.image_out)
+    return WRITTEN
+
+
+def read_label_u8(path: str | Path, what: str) -> np.ndarray:
+    """(H, W) uint8 of a raw label PNG.
+
+    Raises:
+        DatasetError: the file is not 8-bit single-channel (``what`` names the expected annotation).
+    """
+    with Image.open(path) as im:
+        raw = np.asarray(im)
+    if raw.dtype != np.uint8 or raw.ndim != 2:
+        raise DatasetError(f"{path} is not an 8-bit single-channel {what}")
+    return raw
+
+
 def lookup_table(size: int, fill: int, pairs: dict[int, int], dtype: type) -> np.ndarray:
     """(size,) array: ``fill`` everywhere, ``table[src] = dst`` for the given pairs."""
     table = np.full(size, fill, dtype=dtype)

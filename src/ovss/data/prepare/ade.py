@@ -30,11 +30,12 @@ from ovss.data.prepare._common import (
     check_found,
     find_root,
     make_task,
-    place_image,
+    read_label_u8,
     require_dir,
     run_tasks,
     save_jpeg,
     save_label,
+    write_pair,
 )
 from ovss.errors import DatasetError
 
@@ -50,13 +51,7 @@ def convert_ade150(raw: np.ndarray) -> np.ndarray:
 
 
 def _convert_150(task: Task) -> str:
-    with Image.open(task.label_in) as im:
-        raw = np.asarray(im)
-    if raw.dtype != np.uint8 or raw.ndim != 2:
-        raise DatasetError(f"{task.label_in} is not an 8-bit single-channel ADE20K-150 annotation")
-    save_label(convert_ade150(raw), task.label_out)
-    place_image(task.image_in, task.image_out)
-    return WRITTEN
+    return write_pair(task, convert_ade150(read_label_u8(task.label_in, "ADE20K-150 annotation")))
 
 
 def prepare_ade150(

@@ -11,19 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ovss.data.catalog import BenchmarkSpec
 from ovss.data.prepare._common import (
-    WRITTEN,
     PrepareReport,
     Task,
     check_found,
     lookup_table,
     make_task,
-    place_image,
+    read_label_u8,
     run_tasks,
-    save_label,
+    write_pair,
 )
 from ovss.errors import DatasetError
 
@@ -46,13 +44,7 @@ def convert_label(raw: np.ndarray) -> np.ndarray:
 
 
 def _convert(task: Task) -> str:
-    with Image.open(task.label_in) as im:
-        raw = np.asarray(im)
-    if raw.dtype != np.uint8 or raw.ndim != 2:
-        raise DatasetError(f"{task.label_in} is not an 8-bit single-channel stuffthingmaps PNG")
-    save_label(convert_label(raw), task.label_out)
-    place_image(task.image_in, task.image_out)
-    return WRITTEN
+    return write_pair(task, convert_label(read_label_u8(task.label_in, "stuffthingmaps PNG")))
 
 
 def _find_dirs(raw: Path, folder: str) -> tuple[Path, Path] | None:

@@ -22,18 +22,16 @@ import numpy as np
 
 from ovss.data.catalog import BenchmarkSpec
 from ovss.data.prepare._common import (
-    WRITTEN,
     PrepareReport,
     Task,
     check_found,
     find_root,
     lookup_table,
     make_task,
-    place_image,
     read_id_list,
     require_dir,
     run_tasks,
-    save_label,
+    write_pair,
 )
 from ovss.errors import DatasetError
 
@@ -75,15 +73,11 @@ def load_label_map(path: str | Path) -> np.ndarray:
 
 
 def _convert_59(task: Task) -> str:
-    save_label(convert_pc59(load_label_map(task.label_in)), task.label_out)
-    place_image(task.image_in, task.image_out)
-    return WRITTEN
+    return write_pair(task, convert_pc59(load_label_map(task.label_in)))
 
 
 def _convert_459(task: Task) -> str:
-    save_label(convert_pc459(load_label_map(task.label_in)), task.label_out)
-    place_image(task.image_in, task.image_out)
-    return WRITTEN
+    return write_pair(task, convert_pc459(load_label_map(task.label_in)))
 
 
 def val_ids(root: Path) -> list[str]:

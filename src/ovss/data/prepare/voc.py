@@ -14,6 +14,7 @@ Any other value becomes 255. Images are linked unchanged.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +23,16 @@ from PIL import Image
 from ovss.data.catalog import BenchmarkSpec
 from ovss.data.prepare._common import (
     DROPPED,
-    WRITTEN,
     PrepareReport,
     Task,
     check_found,
     find_root,
     lookup_table,
     make_task,
-    place_image,
     read_id_list,
     require_dir,
     run_tasks,
-    save_label,
+    write_pair,
 )
 from ovss.errors import DatasetError
 
@@ -58,24 +57,7 @@ def _convert(task: Task, name: str) -> str:
         label = convert_voc(np.asarray(im).astype(np.uint8), name)
     if name == "voc20" and bool(np.all(label == 255)):
         return DROPPED
-    save_label(label, task.label_out)
-    place_image(task.image_in, task.image_out)
-    return WRITTEN
-
-
-def _convert_voc20(task: Task) -> str:
-    return _convert(task, "voc20")
-
-
-def _convert_voc20b(task: Task) -> str:
-    return _convert(task, "voc20b")
-
-
-def _convert_voc21(task: Task) -> str:
-    return _convert(task, "voc21")
-
-
-_CONVERTERS = {"voc20": _convert_voc20, "voc20b": _convert_voc20b, "voc21": _convert_voc21}
+    return write_pair(task, label)
 
 
 def prepare_voc(
@@ -103,4 +85,5 @@ def prepare_voc(
             f"(first: {missing[0]}); extract {VOC2012_DOWNLOAD} completely"
         )
     check_found(spec, split, len(tasks), label_dir, check_counts)
-    return run_tasks(spec, split, tasks, _CONVERTERS[spec.name], out, workers, progress)
+    convert = partial(_convert, name=spec.name)  # picklable for the worker processes
+    return run_tasks(spec, split, tasks, convert, out, workers, progress)

@@ -33,14 +33,20 @@ from collections.abc import Mapping
 import torch
 
 from ovss.errors import CheckpointMismatchError
+from ovss.weights.formats import (
+    D2_CLIP_PREFIX,
+    Rule,
+    apply_rules,
+    map_d2_clip_key,
+    rename_entries,
+    unwrap_checkpoint,
+)
 
-CLIP_PREFIX = "sem_seg_head.predictor.clip_model."
 AGG_PREFIX = "sem_seg_head.predictor.transformer."
-_TEXT_ROOTS = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection")
 _SENTINELS = (
     AGG_PREFIX + "conv1.weight",
     AGG_PREFIX + "layers.0.attention.padding_tokens",
-    CLIP_PREFIX + "visual.transformer.resblocks.0.attn.q_proj_weight",
+    D2_CLIP_PREFIX + "visual.transformer.resblocks.0.attn.q_proj_weight",
     "upsample1.weight",
 )
 _MASK = re.compile(r"layers\.\d+\.swin_block\.block_2\.attn_mask")
@@ -50,7 +56,7 @@ _CLASS = {"attention.q": "attn.q", "attention.k": "attn.k", "attention.v": "attn
 _WB = r"(weight|bias)"
 
 # (pattern on the key after AGG_PREFIX, replacement builder) -> key after "aggregator."
-_AGG_RULES: tuple[tuple[re.Pattern[str], object], ...] = (
+_AGG_RULES: tuple[Rule, ...] = (
     (re.compile(rf"conv1\.{_WB}"), lambda m: f"cost_embed.{m[1]}"),
     (re.compile(rf"guidance_projection\.0\.{_WB}"), lambda m: f"appearance_proj.0.{m[1]}"),
     (re.compile(rf"text_guidance_projection\.0\.{_WB}"), lambda m: f"text_proj.0.{m[1]}"),
@@ -71,38 +77,29 @@ _AGG_RULES: tuple[tuple[re.Pattern[str], object], ...] = (
 )
 
 
-def _unwrap(state_dict: Mapping[str, object]) -> Mapping[str, object]:
-    """The state dict inside a detectron2 checkpoint ({"model": sd, ...}) or the bare state dict."""
-    inner = state_dict.get("model") if isinstance(state_dict, Mapping) else None
-    return inner if isinstance(inner, Mapping) else state_dict
-
-
 def detect(state_dict: Mapping[str, object]) -> bool:
     """True if ``state_dict`` (bare or ``{"model": sd}``) is an official CAT-Seg CVPR checkpoint."""
-    sd = _unwrap(state_dict)
+    sd = unwrap_checkpoint(state_dict)
     return all(key in sd for key in _SENTINELS)
 
 
 def _map_key(key: str) -> str | None:
-    if key.startswith(CLIP_PREFIX):
-        rest = key[len(CLIP_PREFIX) :]
-        if rest.startswith("visual."):
-            return "clip." + rest
-        if rest == "logit_scale":
-            return "clip.logit_scale"
-        if rest.startswith(_TEXT_ROOTS):
-            return "clip.text." + rest
-        return None
+    if key.startswith(D2_CLIP_PREFIX):
+        return map_d2_clip_key(key[len(D2_CLIP_PREFIX) :])
     match = re.fullmatch(rf"upsample([12])\.{_WB}", key)
     if match:
         return f"guidance_up.{int(match[1]) - 1}.{match[2]}"
-    if key.startswith(AGG_PREFIX):
-        rest = key[len(AGG_PREFIX) :]
-        for pattern, build in _AGG_RULES:
-            match = pattern.fullmatch(rest)
-            if match:
-                return "aggregator." + build(match)  # type: ignore[operator]
-    return None
+    return apply_rules(key, AGG_PREFIX, _AGG_RULES, "aggregator.")
+
+
+def _rename(key: str, value: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+    """(ovss key, tensor) for one official entry, or None when no rule applies."""
+    new = _map_key(key)
+    return None if new is None else (new, value)
+
+
+def _is_shift_mask(key: str) -> bool:
+    return key.startswith(AGG_PREFIX) and _MASK.fullmatch(key[len(AGG_PREFIX) :]) is not None
 
 
 def _mask_is_derivable(key: str, mask: torch.Tensor) -> bool:
@@ -136,37 +133,23 @@ def convert(state_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:
         CheckpointMismatchError: a CAT-Seg v1 checkpoint, keys outside the CVPR layout (all listed),
             or a stored shift mask that differs from the derived one.
     """
-    sd = _unwrap(state_dict)
+    sd = unwrap_checkpoint(state_dict)
     if any(k.startswith("backbone.") or k.endswith("attn.in_proj_weight") for k in sd):
         raise CheckpointMismatchError(
             "this is a CAT-Seg v1 checkpoint (backbone.* / joint attn.in_proj_weight keys); ovss implements "
             "the CVPR 2024 version: use model_base.pth or model_large.pth from hamacojr/CAT-Seg-weights"
         )
-    out: dict[str, torch.Tensor] = {}
-    unknown: list[str] = []
-    bad_masks: list[str] = []
-    for key, value in sd.items():
-        if not isinstance(value, torch.Tensor):
-            unknown.append(key)
-            continue
-        if key.startswith(AGG_PREFIX) and _MASK.fullmatch(key[len(AGG_PREFIX) :]):
-            if not _mask_is_derivable(key, value):
-                bad_masks.append(key)
-            continue
-        new = _map_key(key)
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = value
+    masks = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor) and _is_shift_mask(k)}
+    bad_masks = [key for key, mask in masks.items() if not _mask_is_derivable(key, mask)]
     if bad_masks:
         raise CheckpointMismatchError(
             f"stored Swin shift mask(s) {bad_masks} differ from the standard one (window 12, shift 6); "
             "the checkpoint is not an official CAT-Seg CVPR file"
         )
-    if unknown:
-        shown = ", ".join(unknown[:20]) + (f" ... (+{len(unknown) - 20} more)" if len(unknown) > 20 else "")
-        raise CheckpointMismatchError(
-            f"{len(unknown)} key(s) are not part of the official CAT-Seg CVPR layout: {shown}; "
-            "pass model_base.pth / model_large.pth (hamacojr/CAT-Seg-weights) or its 'model' state dict"
-        )
-    return out
+    return rename_entries(
+        sd,
+        _rename,
+        "official CAT-Seg CVPR",
+        "pass model_base.pth / model_large.pth (hamacojr/CAT-Seg-weights) or its 'model' state dict",
+        skip=masks,
+    )

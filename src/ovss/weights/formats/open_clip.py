@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ovss.weights.formats import is_text_root, set_qkv_layout
+from ovss.weights.formats import move_text_tower
 
 _DROP = ("attn_mask", "text.attn_mask")
 
@@ -25,20 +25,8 @@ def detect(state_dict: Mapping[str, torch.Tensor]) -> bool:
 
 
 def convert(state_dict: Mapping[str, torch.Tensor], split_qkv: bool | None = None) -> dict[str, torch.Tensor]:
-    """Rename to the ovss ``CLIP`` layout (pure; tensors are shared, not copied).
+    """Rename an open_clip model ``state_dict()`` to the ovss ``CLIP`` layout.
 
-    Args:
-        state_dict: an open_clip model ``state_dict()``.
-        split_qkv: True -> split q/k/v attention weights (CAT-Seg layout), False -> packed
-            ``in_proj_weight``, None -> keep the file's layout.
-
-    Returns:
-        ``visual.*``, ``text.*`` and ``logit_scale``; unknown keys pass through unchanged so that
-        strict loading reports them.
+    Pure (tensors shared); ``split_qkv`` and the result as in :func:`ovss.weights.formats.move_text_tower`.
     """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if key in _DROP:
-            continue
-        out["text." + key if is_text_root(key) else key] = value
-    return set_qkv_layout(out, split_qkv)
+    return move_text_tower(state_dict, _DROP, split_qkv)

@@ -42,7 +42,13 @@ from collections.abc import Mapping
 
 import torch
 
-from ovss.errors import CheckpointMismatchError
+from ovss.weights.formats import (
+    D2_TEXT_PREFIXES,
+    missing_keys,
+    rename_entries,
+    require_keys,
+    unwrap_checkpoint,
+)
 
 DROPPED = ("criterion.empty_weight", "ov_classifier.attn_mask")
 _SENTINELS = (
@@ -52,7 +58,6 @@ _SENTINELS = (
     "clip_rec_head.proj",
     "ov_classifier.bg_embed",
 )
-_TEXT_ROOTS = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection")
 _SIDE_BLOCK = {"norm1": "ln_1", "norm2": "ln_2", "attn.qkv.weight": "attn.in_proj_weight",
                "attn.qkv.bias": "attn.in_proj_bias", "attn.proj": "attn.out_proj", "mlp.fc1": "mlp.c_fc",
                "mlp.fc2": "mlp.c_proj"}
@@ -70,16 +75,9 @@ _RE_DECODER = re.compile(
 )
 
 
-def _unwrap(state_dict: Mapping[str, object]) -> Mapping[str, object]:
-    """The state dict inside a detectron2 checkpoint ({"model": sd, ...}) or the bare state dict."""
-    inner = state_dict.get("model") if isinstance(state_dict, Mapping) else None
-    return inner if isinstance(inner, Mapping) else state_dict
-
-
 def detect(state_dict: Mapping[str, object]) -> bool:
     """True if ``state_dict`` (bare or ``{"model": sd}``) is an official SAN checkpoint."""
-    sd = _unwrap(state_dict)
-    return isinstance(sd, Mapping) and all(key in sd for key in _SENTINELS)
+    return not missing_keys(unwrap_checkpoint(state_dict), _SENTINELS)
 
 
 def _split_index(sd: Mapping[str, object]) -> int:
@@ -106,7 +104,7 @@ def _map(key: str, value: torch.Tensor, split: int) -> tuple[str, torch.Tensor] 
             return "clip.logit_scale", value
         if rest == "bg_embed":
             return "bg_embed", value.reshape(-1)
-        if rest.startswith(_TEXT_ROOTS):
+        if rest.startswith(D2_TEXT_PREFIXES):
             return "clip.text." + rest, value
         return None
     if key in ("side_adapter_network.query_embed", "side_adapter_network.query_pos_embed"):
@@ -143,28 +141,18 @@ def convert(state_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:
         CheckpointMismatchError: not a SAN checkpoint, or some keys are not part of the SAN layout
             (all are listed).
     """
-    sd = _unwrap(state_dict)
-    if not detect(sd):
-        missing = [k for k in _SENTINELS if not isinstance(sd, Mapping) or k not in sd]
-        raise CheckpointMismatchError(
-            f"not an official SAN (detectron2) checkpoint: missing {', '.join(missing)}; pass "
-            "san_vit_b_16.pth / san_vit_large_14.pth from Mendel192/san (or its 'model' state dict)"
-        )
+    sd = unwrap_checkpoint(state_dict)
+    require_keys(
+        sd,
+        _SENTINELS,
+        "an official SAN (detectron2)",
+        "pass san_vit_b_16.pth / san_vit_large_14.pth from Mendel192/san (or its 'model' state dict)",
+    )
     split = _split_index(sd)
-    out: dict[str, torch.Tensor] = {}
-    unknown = []
-    for key, value in sd.items():
-        if key in DROPPED:
-            continue
-        mapped = _map(key, value, split) if isinstance(value, torch.Tensor) else None
-        if mapped is None:
-            unknown.append(key)
-        else:
-            out[mapped[0]] = mapped[1]
-    if unknown:
-        shown = ", ".join(unknown[:20]) + (f" ... (+{len(unknown) - 20} more)" if len(unknown) > 20 else "")
-        raise CheckpointMismatchError(
-            f"{len(unknown)} key(s) are not part of the official SAN layout: {shown}; "
-            "pass an unmodified MendelXu/SAN checkpoint"
-        )
-    return out
+    return rename_entries(
+        sd,
+        lambda key, value: _map(key, value, split),
+        "official SAN",
+        "pass an unmodified MendelXu/SAN checkpoint",
+        skip=DROPPED,
+    )

@@ -39,8 +39,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ovss.errors import CheckpointMismatchError
-from ovss.weights.formats import san_d2
+from ovss.weights.formats import missing_keys, rename_entries, require_keys, san_d2, unwrap_checkpoint
 
 _SAN = "decode_head.side_adapter_network."
 _REC = "decode_head.rec_with_attnbias."
@@ -76,20 +75,12 @@ _TEXT_ROOTS = ("token_embedding.", "positional_embedding", "ln_final.", "text_pr
                "bg_embed", "attn_mask")
 
 
-def _unwrap(state_dict: Mapping[str, object]) -> Mapping[str, object]:
-    """The state dict inside ``{"state_dict": sd}`` / ``{"model": sd}``, or the bare state dict."""
-    if isinstance(state_dict, Mapping):
-        for key in ("state_dict", "model"):
-            inner = state_dict.get(key)
-            if isinstance(inner, Mapping):
-                return inner
-    return state_dict
+_CONTAINERS = ("state_dict", "model")  # mmseg / detectron2-style checkpoint wrappers
 
 
 def detect(state_dict: Mapping[str, object]) -> bool:
     """True if ``state_dict`` (bare or wrapped) is an mmsegmentation SAN checkpoint."""
-    sd = _unwrap(state_dict)
-    return isinstance(sd, Mapping) and all(key in sd for key in _SENTINELS)
+    return not missing_keys(unwrap_checkpoint(state_dict, _CONTAINERS), _SENTINELS)
 
 
 def _official_key(key: str, value: torch.Tensor) -> tuple[str, torch.Tensor] | None:
@@ -136,28 +127,16 @@ def to_official(state_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:
     Raises:
         CheckpointMismatchError: not an mmseg SAN checkpoint, or keys no rule maps (all listed).
     """
-    sd = _unwrap(state_dict)
-    if not detect(sd):
-        missing = [k for k in _SENTINELS if not isinstance(sd, Mapping) or k not in sd]
-        raise CheckpointMismatchError(
-            f"not an mmsegmentation SAN checkpoint: missing {', '.join(missing)}; pass "
-            "san-vit-b16_20230906-fd0a7684.pth / san-vit-l14_20230907-a11e098f.pth"
-        )
-    out: dict[str, torch.Tensor] = {}
-    unknown = []
-    for key, value in sd.items():
-        mapped = _official_key(key, value) if isinstance(value, torch.Tensor) else None
-        if mapped is None:
-            unknown.append(key)
-        else:
-            out[mapped[0]] = mapped[1]
-    if unknown:
-        shown = ", ".join(unknown[:20]) + (f" ... (+{len(unknown) - 20} more)" if len(unknown) > 20 else "")
-        raise CheckpointMismatchError(
-            f"{len(unknown)} key(s) are not part of the mmsegmentation SAN layout: {shown}; "
-            "pass an unmodified mmseg SAN checkpoint"
-        )
-    return out
+    sd = unwrap_checkpoint(state_dict, _CONTAINERS)
+    require_keys(
+        sd,
+        _SENTINELS,
+        "an mmsegmentation SAN",
+        "pass san-vit-b16_20230906-fd0a7684.pth / san-vit-l14_20230907-a11e098f.pth",
+    )
+    return rename_entries(
+        sd, _official_key, "mmsegmentation SAN", "pass an unmodified mmseg SAN checkpoint"
+    )
 
 
 def convert(state_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:

@@ -19,19 +19,24 @@ every such key. Shapes are checked when the result is loaded into the model.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 
-from ovss.errors import CheckpointMismatchError
+from ovss.weights.formats import (
+    D2_CLIP_PREFIX,
+    Rule,
+    apply_rules,
+    map_d2_clip_key,
+    rename_entries,
+    unwrap_checkpoint,
+)
 
-CLIP_PREFIX = "sem_seg_head.predictor.clip_model."
 DECODER_PREFIX = "sem_seg_head.predictor.transformer."
-_TEXT_ROOTS = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection")
 _SENTINELS = (
     DECODER_PREFIX + "decoder1.cnext.dwconv.weight",
     DECODER_PREFIX + "decoder_corr_guidance_projection.0.0.weight",
-    CLIP_PREFIX + "visual.trunk.stem.0.weight",
+    D2_CLIP_PREFIX + "visual.trunk.stem.0.weight",
 )
 _FUSE = {"0": "conv1", "1": "norm1", "3": "conv2", "4": "norm2"}
 _ATTN = {
@@ -50,7 +55,7 @@ def _stage(n: str) -> str:
 
 
 # (pattern on the key after DECODER_PREFIX, replacement builder) -> key after "decoder."
-_DECODER_RULES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
+_DECODER_RULES: tuple[Rule, ...] = (
     (re.compile(r"conv1\.(weight|bias)"), lambda m: f"cost_embed.{m[1]}"),
     (
         re.compile(r"decoder_guidance_projection\.(\d)\.0\.(weight|bias)"),
@@ -81,35 +86,19 @@ _DECODER_RULES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ..
 )
 
 
-def _unwrap(state_dict: Mapping[str, object]) -> Mapping[str, object]:
-    """The state dict inside a detectron2 checkpoint ({"model": sd, ...}) or the bare state dict."""
-    inner = state_dict.get("model") if isinstance(state_dict, Mapping) else None
-    return inner if isinstance(inner, Mapping) else state_dict
-
-
 def detect(state_dict: Mapping[str, object]) -> bool:
     """True if ``state_dict`` (bare or ``{"model": sd}``) is an official SED checkpoint."""
-    sd = _unwrap(state_dict)
+    sd = unwrap_checkpoint(state_dict)
     return all(key in sd for key in _SENTINELS)
 
 
-def _map_key(key: str) -> str | None:
-    if key.startswith(CLIP_PREFIX):
-        rest = key[len(CLIP_PREFIX) :]
-        if rest.startswith("visual."):
-            return "clip." + rest
-        if rest == "logit_scale":
-            return "clip.logit_scale"
-        if rest.startswith(_TEXT_ROOTS):
-            return "clip.text." + rest
-        return None
-    if key.startswith(DECODER_PREFIX):
-        rest = key[len(DECODER_PREFIX) :]
-        for pattern, build in _DECODER_RULES:
-            match = pattern.fullmatch(rest)
-            if match:
-                return "decoder." + build(match)
-    return None
+def _rename(key: str, value: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+    """(ovss key, tensor) for one official entry, or None when no rule applies."""
+    if key.startswith(D2_CLIP_PREFIX):
+        new = map_d2_clip_key(key[len(D2_CLIP_PREFIX) :])
+    else:
+        new = apply_rules(key, DECODER_PREFIX, _DECODER_RULES, "decoder.")
+    return None if new is None else (new, value)
 
 
 def convert(state_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:
@@ -124,19 +113,9 @@ def convert(state_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:
     Raises:
         CheckpointMismatchError: some keys are not part of the SED layout (all are listed).
     """
-    sd = _unwrap(state_dict)
-    out: dict[str, torch.Tensor] = {}
-    unknown = []
-    for key, value in sd.items():
-        new = _map_key(key)
-        if new is None or not isinstance(value, torch.Tensor):
-            unknown.append(key)
-        else:
-            out[new] = value
-    if unknown:
-        shown = ", ".join(unknown[:20]) + (f" ... (+{len(unknown) - 20} more)" if len(unknown) > 20 else "")
-        raise CheckpointMismatchError(
-            f"{len(unknown)} key(s) are not part of the official SED layout: {shown}; "
-            "pass an xb534/SED checkpoint (model_final.pth) or its 'model' state dict"
-        )
-    return out
+    return rename_entries(
+        unwrap_checkpoint(state_dict),
+        _rename,
+        "official SED",
+        "pass an xb534/SED checkpoint (model_final.pth) or its 'model' state dict",
+    )

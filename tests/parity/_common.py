@@ -1,0 +1,124 @@
+"""Reading the official parity fixtures and manifests (``$OVSS_PARITY_DIR``, see its README.md).
+
+A fixture folder holds ``config.json`` (hyper-parameters and the recorded tensor names),
+``state_dict.safetensors`` (official key layout, tiny random weights), ``input.npy`` / ``input.png``
+/ ``tokens.npy`` (the official inputs) and ``outputs.safetensors`` (plus ``outputs_large.safetensors``
+for the bigger tensors). A manifest ``manifest_<model>.json`` lists the keys and shapes of a released
+full-size checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from ovss.towers.clip import ClipConfig
+from ovss.towers.convnext import ConvNeXtConfig
+from ovss.towers.text import TextConfig
+from ovss.towers.vit import VisionConfig
+from tests.conftest import parity_dir
+
+TOL = 1e-4  # the parity bar: relative error in float32
+OUTPUT_FILES = ("outputs.safetensors", "outputs_large.safetensors")
+
+
+def read_config(folder: Path) -> dict:
+    """The fixture's ``config.json``."""
+    return json.loads((folder / "config.json").read_text())
+
+
+def official_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """The fixture's official state dict (``state_dict.safetensors``)."""
+    return load_file(str(folder / "state_dict.safetensors"))
+
+
+def reference_outputs(folder: Path) -> dict[str, torch.Tensor]:
+    """Every recorded official tensor: ``outputs.safetensors`` plus ``outputs_large`` when present."""
+    refs: dict[str, torch.Tensor] = {}
+    for name in OUTPUT_FILES:
+        if name == OUTPUT_FILES[0] or (folder / name).is_file():
+            refs.update(load_file(str(folder / name)))
+    return refs
+
+
+def read_array(folder: Path, name: str) -> torch.Tensor:
+    """A ``.npy`` file of the fixture (``input.npy``, ``tokens.npy``) as a tensor of its dtype."""
+    return torch.from_numpy(np.load(folder / name))
+
+
+def normalized_png(folder: Path, mean, std) -> torch.Tensor:
+    """``input.png`` as (1, 3, H, W) float32, ``(rgb - mean) / std`` with 0..255 statistics."""
+    rgb = torch.from_numpy(np.asarray(Image.open(folder / "input.png").convert("RGB"), dtype=np.float32))
+    mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (rgb.permute(2, 0, 1)[None] - mean) / std
+
+
+def read_manifest(name: str) -> dict:
+    """``<parity dir>/<name>`` (a full-size checkpoint manifest); skips the test when it is absent."""
+    path = parity_dir() / name
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return json.loads(path.read_text())
+
+
+def meta_state_dict(manifest: dict) -> dict[str, torch.Tensor]:
+    """Shape-only (meta) tensors in the manifest's official key layout and order."""
+    return {key: torch.empty(shape, device="meta") for key, shape, _ in manifest["keys"]}
+
+
+def vit_clip_config(c: dict, split_qkv: bool = False) -> ClipConfig:
+    """ClipConfig of an OpenAI-layout ViT CLIP from a fixture's ``config.json["clip"]`` (SAN, CAT-Seg).
+
+    ``split_qkv`` selects the split q/k/v attention layout (CAT-Seg).
+    """
+    embed = c["embed_dim"]
+    return ClipConfig(
+        embed_dim=embed,
+        vision=VisionConfig(
+            image_size=c["native_image_size"],
+            patch_size=c["patch_size"],
+            width=c["vision_width"],
+            layers=c["vision_layers"],
+            heads=c["vision_heads"],  # CAT-Seg structural patch: officially width // 64
+            mlp_ratio=c.get("vision_mlp_ratio", VisionConfig.mlp_ratio),
+            output_dim=embed,
+            ln_eps=c["ln_eps"],
+            split_qkv=split_qkv,
+        ),
+        text=TextConfig(
+            context_length=c["context_length"],
+            vocab_size=c["vocab_size"],
+            width=c["text_width"],
+            heads=c["text_heads"],
+            layers=c["text_layers"],
+            output_dim=embed,
+            ln_eps=c["ln_eps"],
+            split_qkv=split_qkv,
+        ),
+    )
+
+
+def convnext_config(clip: dict) -> ConvNeXtConfig:
+    """ConvNeXtConfig of the open_clip/timm image tower from a SED fixture's ``config.json["clip"]``."""
+    trunk = clip["timm_trunk"]
+    oc = clip["open_clip_model_config"]
+    vision = oc["vision_cfg"]
+    return ConvNeXtConfig(
+        depths=tuple(trunk["depths"]),
+        dims=tuple(trunk["dims"]),
+        kernel_size=trunk["kernel_size"],
+        patch_size=trunk["patch_size (stem)"],
+        ls_init_value=trunk["ls_init_value"],
+        image_size=vision["image_size"],
+        output_dim=oc["embed_dim"],
+        proj=vision["timm_proj"],
+        drop_path=trunk["drop_path_rate"] or 0.0,
+        head_drop=vision.get("timm_drop", 0.0),
+    )
