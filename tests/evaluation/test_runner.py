@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 import ovss
+from ovss.cli.main import main
 from ovss.data.io import read_label
 from ovss.evaluation.metrics import ConfusionMatrix
-from ovss.evaluation.runner import evaluate
+from ovss.evaluation.runner import benchmark, evaluate
 from tests.conftest import REPO_ROOT
 
 
@@ -32,6 +33,11 @@ def voc20_root(data_dir, tmp_path):
     return root
 
 
+def _run(seg, root, out, **kwargs):
+    data, classes, merge_from = benchmark("voc20", root, "san")
+    return evaluate(seg, data, out, classes, merge_from=merge_from, progress=False, **kwargs)
+
+
 def _reference_matrix(seg, root) -> np.ndarray:
     from ovss.data.catalog import get_benchmark
 
@@ -43,14 +49,14 @@ def _reference_matrix(seg, root) -> np.ndarray:
     return cm.matrix
 
 
-def _saved_matrix(out, name="state-rank0-of1.pt") -> np.ndarray:
-    state = torch.load(out / "voc20" / name, weights_only=True)
+def _saved_matrix(out, name="state-rank0-of1.pt", dataset="voc20") -> np.ndarray:
+    state = torch.load(out / dataset / name, weights_only=True)
     return state["matrix"]["matrix"].numpy()
 
 
 def test_eval_end_to_end_matches_direct_predictions(voc20_root, tmp_path):
     seg = ovss.load("test-san-tiny")
-    report = evaluate(seg, "voc20", voc20_root, tmp_path / "out", "san", progress=False)
+    report = _run(seg, voc20_root, tmp_path / "out")
     assert report["images"] == 3
     np.testing.assert_array_equal(_saved_matrix(tmp_path / "out"), _reference_matrix(seg, voc20_root))
     for convention in ("detectron2", "mmseg"):
@@ -86,9 +92,9 @@ def test_interrupted_eval_resumes_where_it_stopped(voc20_root, tmp_path):
     seg = ovss.load("test-san-tiny")
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        evaluate(FailingSegmenter(seg, 2), "voc20", voc20_root, out, "san", save_every=1, progress=False)
+        _run(FailingSegmenter(seg, 2), voc20_root, out, save_every=1)
     resumed = FailingSegmenter(seg, 99)
-    report = evaluate(resumed, "voc20", voc20_root, out, "san", save_every=1, progress=False)
+    report = _run(resumed, voc20_root, out, save_every=1)
     assert resumed.calls == 1  # only the third image was left
     assert report["images"] == 3
     np.testing.assert_array_equal(_saved_matrix(out), _reference_matrix(seg, voc20_root))
@@ -98,9 +104,9 @@ def test_resume_with_other_settings_is_refused(voc20_root, tmp_path):
     from ovss.errors import DatasetError
 
     seg = ovss.load("test-san-tiny")
-    evaluate(seg, "voc20", voc20_root, tmp_path / "out", "san", limit=1, progress=False)
+    _run(seg, voc20_root, tmp_path / "out", limit=1)
     with pytest.raises(DatasetError, match="other settings"):
-        evaluate(seg, "voc20", voc20_root, tmp_path / "out", "san", limit=2, progress=False)
+        _run(seg, voc20_root, tmp_path / "out", limit=2)
 
 
 def test_two_process_gloo_equals_one_process(voc20_root, tmp_path):
@@ -142,3 +148,31 @@ def test_two_process_gloo_equals_one_process(voc20_root, tmp_path):
     a = (tmp_path / "one" / "voc20" / "metrics.csv").read_text()
     b = (tmp_path / "two" / "voc20" / "metrics.csv").read_text()
     assert a == b
+
+
+def test_folder_dataset_eval_cli(voc20_root, tmp_path, capsys):
+    """Custom data: the same three photos as a folder dataset with a class file."""
+    from ovss.data.catalog import get_benchmark
+
+    folder = tmp_path / "custom"
+    shutil.copytree(voc20_root / "voc20" / "images" / "val", folder / "images")
+    shutil.copytree(voc20_root / "voc20" / "labels" / "val", folder / "labels")
+    (folder / "classes.txt").write_text("\n".join(get_benchmark("voc20").class_names("san")) + "\n")
+    code = main(
+        [
+            "eval",
+            "--model",
+            "test-san-tiny",
+            "--folder",
+            str(folder),
+            "--classes",
+            "classes.txt",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 0
+    assert "detectron2" in capsys.readouterr().out
+    custom = _saved_matrix(tmp_path / "out", "state-rank0-of1.pt", "custom")
+    np.testing.assert_array_equal(custom, _reference_matrix(ovss.load("test-san-tiny"), voc20_root))
+    assert main(["eval", "--model", "test-san-tiny", "--folder", str(folder)]) == 1

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ovss.data.catalog import BenchmarkSpec, get_benchmark
+from ovss.data.catalog import get_benchmark
 from ovss.errors import DatasetError
 from ovss.evaluation.metrics import ConfusionMatrix
 from ovss.utils import atomic_write, atomic_write_text
@@ -47,25 +47,35 @@ def init_distributed_from_env() -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def benchmark(name: str, data_root: str | Path, family: str) -> tuple[Any, list[str], int | None]:
+    """(dataset, vocabulary, merge_from) of benchmark ``name`` with the class names ``family`` used."""
+    from ovss.data.datasets import BenchmarkDataset
+
+    spec = get_benchmark(name)
+    data = BenchmarkDataset(spec.name, data_root)
+    return data, spec.class_names(FAMILY_VARIANT.get(family, "plain")), spec.merge_from
+
+
 def evaluate(
     segmenter: Any,
-    dataset: str,
-    data_root: str | Path,
+    data: Any,
     out_dir: str | Path,
-    family: str,
+    classes: list[str] | None = None,
+    merge_from: int | None = None,
     limit: int | None = None,
     save_every: int = 20,
     progress: bool = True,
     **options: Any,
 ) -> dict[str, Any] | None:
-    """Evaluate ``segmenter`` on the validation split of benchmark ``dataset``.
+    """Evaluate ``segmenter`` on a dataset (a prepared benchmark or a custom folder).
 
     Args:
         segmenter: an :class:`ovss.api.segmenter.Segmenter`.
-        dataset: benchmark name (``ovss.data.catalog``).
-        data_root: the root given to ``ovss prepare --out``.
-        out_dir: folder for the resumable state and the reports (``<out_dir>/<dataset>/``).
-        family: model family, picks the official class-name list (SAN's or CAT-Seg/SED's).
+        data: an :class:`ovss.data.datasets.SegmentationDataset` (``benchmark()`` or ``FolderDataset``).
+        out_dir: folder for the resumable state and the reports (``<out_dir>/<data.name>/``).
+        classes: the vocabulary given to the model (default: ``data.class_names``). It may be longer
+            than the ground-truth classes when ``merge_from`` is set.
+        merge_from: predicted indices >= this are scored as this one (PAS-20b's background classes).
         limit: evaluate only the first ``limit`` images (quick checks).
         save_every: checkpoint the confusion matrix every this many images per rank.
         options: model inference options (``inference="slide"``, ``fast=True, topk=8``).
@@ -73,39 +83,34 @@ def evaluate(
     Returns:
         The report dict on rank 0 (None on other ranks): metrics per convention, per-class IoU.
     """
-    from ovss.data.datasets import BenchmarkDataset
-
-    spec = get_benchmark(dataset)
-    data = BenchmarkDataset(spec.name, data_root)
-    classes = spec.class_names(FAMILY_VARIANT.get(family, "plain"))
+    classes = list(data.class_names if classes is None else classes)
     total = len(data) if limit is None else min(limit, len(data))
     rank, world = rank_and_world()
-    folder = Path(out_dir) / spec.name
+    folder = Path(out_dir) / data.name
     state_path = folder / f"state-rank{rank}-of{world}.pt"
     fingerprint = {
         "model": segmenter.name,
-        "dataset": spec.name,
+        "dataset": data.name,
         "total": total,
         "world": world,
         "options": {k: options[k] for k in sorted(options)},
         "dtype": str(segmenter.dtype),
     }
-    matrix = ConfusionMatrix(spec.num_classes, spec.ignore_index)
+    matrix = ConfusionMatrix(data.num_classes, data.ignore_index)
     done = _resume(state_path, fingerprint, matrix)
     todo = [i for i in range(rank, total, world) if i not in done]
     segmenter.set_vocabulary(classes)
 
-    bar = _progress(
-        len(todo), len(done), f"{spec.name} rank {rank}" if world > 1 else spec.name, progress and rank == 0
-    )
+    desc = f"{data.name} rank {rank}" if world > 1 else data.name
+    bar = _progress(len(todo), len(done), desc, progress and rank == 0)
     log_path = folder / f"images-rank{rank}.jsonl"
     folder.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log:
         for n, index in enumerate(todo, 1):
             item = data[index]
             pred = segmenter.predict(item["image"], **options).label_map
-            if spec.merge_from is not None:  # PAS-20b: every extra (background) class scores as one
-                pred = np.minimum(pred, spec.merge_from)
+            if merge_from is not None:  # PAS-20b: every extra (background) class scores as one
+                pred = np.minimum(pred, merge_from)
             gt = item["label"]
             if pred.shape != gt.shape:
                 raise DatasetError(
@@ -113,7 +118,7 @@ def evaluate(
                 )
             matrix.update(pred, gt)
             done.add(index)
-            log.write(json.dumps(_image_record(index, item["name"], pred, gt, spec)) + "\n")
+            log.write(json.dumps(_image_record(index, item["name"], pred, gt, data.ignore_index)) + "\n")
             if n % save_every == 0:
                 log.flush()
                 _save_state(state_path, fingerprint, matrix, done)
@@ -123,7 +128,8 @@ def evaluate(
     matrix.all_reduce()
     if rank != 0:
         return None
-    report = build_report(matrix, classes, spec, fingerprint)
+    names = list(data.class_names)[: data.num_classes]
+    report = build_report(matrix, names, data.name, fingerprint)
     write_report(report, folder)
     return report
 
@@ -155,10 +161,8 @@ def _save_state(path: Path, fingerprint: dict[str, Any], matrix: ConfusionMatrix
     atomic_write(path, lambda p: torch.save(state, p))
 
 
-def _image_record(
-    index: int, name: str, pred: np.ndarray, gt: np.ndarray, spec: BenchmarkSpec
-) -> dict[str, Any]:
-    valid = gt != spec.ignore_index
+def _image_record(index: int, name: str, pred: np.ndarray, gt: np.ndarray, ignore: int) -> dict[str, Any]:
+    valid = gt != ignore
     correct = int(np.count_nonzero((pred == gt) & valid))
     labelled = int(np.count_nonzero(valid))
     return {
@@ -171,15 +175,14 @@ def _image_record(
 
 
 def build_report(
-    matrix: ConfusionMatrix, classes: list[str], spec: BenchmarkSpec, fingerprint: dict[str, Any]
+    matrix: ConfusionMatrix, class_names: list[str], dataset: str, fingerprint: dict[str, Any]
 ) -> dict[str, Any]:
     """Metrics of both conventions plus the run's settings."""
-    names = spec.class_names("plain")
     report: dict[str, Any] = {
-        "dataset": spec.name,
+        "dataset": dataset,
         "images": matrix.num_images,
         "settings": fingerprint,
-        "class_names": names,
+        "class_names": class_names,
     }
     for convention in CONVENTIONS:
         report[convention] = matrix.compute(convention)
