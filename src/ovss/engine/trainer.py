@@ -1,0 +1,265 @@
+"""The training loop: one readable function, iteration based.
+
+Run it::
+
+    # one process (one GPU, or the CPU)
+    ovss train --config san-vit-b16 --set data.root=/data model.clip_weights=ViT-B-16.pt --out runs/san
+
+    # 8 GPUs on one machine (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK)
+    torchrun --standalone --nproc_per_node=8 -m ovss.cli.main train --config san-vit-b16 \\
+        --set data.root=/data model.clip_weights=ViT-B-16.pt --out runs/san
+
+    # 2 machines x 8 GPUs: the same command on each machine, node_rank 0 and 1
+    torchrun --nnodes=2 --node_rank=$NODE_RANK --nproc_per_node=8 --master_addr=$HOST --master_port=29500 \\
+        -m ovss.cli.main train --config san-vit-b16 --set data.root=/data ... --out runs/san
+
+    # continue exactly where the newest checkpoint in runs/san/checkpoints left off
+    ovss train --config san-vit-b16 --set data.root=/data --out runs/san --resume
+
+One iteration, in order: set the lr of iteration ``it`` (pure function of ``it``); for each of the
+``accumulation`` micro-batches, forward under autocast and backward the weighted loss (DDP reduces
+gradients on the last one only); unscale (fp16), clip the full-model gradient norm, optimizer step,
+scaler update. Then, counting ``done = it + 1`` completed iterations: log (losses averaged over
+ranks), checkpoint, and evaluate -- evaluation comes after checkpointing so a failed evaluation
+still leaves a checkpoint behind (detectron2 ``build_hooks`` order). The final model is exported
+as ``OUT/model_final.safetensors``, loadable with ``ovss.load(PATH)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ovss.engine import checkpoint as ckpt
+from ovss.engine.build import build_training_model
+from ovss.engine.config import TrainConfig
+from ovss.engine.data import TrainDataset, collate, image_label_pairs, vocabulary
+from ovss.engine.distributed import all_gather_object, all_reduce_mean, barrier, init_distributed
+from ovss.engine.evaluate import evaluate
+from ovss.engine.logging import MetricLogger
+from ovss.engine.optim import build_optimizer, clip_gradients, lr_factor, set_lr
+from ovss.engine.sampler import ResumableSampler
+from ovss.engine.tasks import Task, build_task
+from ovss.errors import ConfigError
+from ovss.models.losses import weighted_sum
+
+_AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype
+
+
+def _changed_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _changed_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def data_parallel(task: Task, device: torch.device, find_unused_parameters: bool = False) -> torch.nn.Module:
+    """``task`` in DistributedDataParallel (buffers are not re-broadcast: they never change)."""
+    with warnings.catch_warnings():  # newer torch renames broadcast_buffers; the meaning is unchanged
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+        return torch.nn.parallel.DistributedDataParallel(
+            task, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+            find_unused_parameters=find_unused_parameters,
+        )
+
+
+def _check_all_used(model: torch.nn.Module) -> None:
+    """DDP without ``find_unused_parameters`` silently skips the gradient all-reduce of any bucket
+    holding a trainable parameter that got no gradient; refuse to go on (checked once, collective)."""
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    if unused:
+        raise ConfigError(
+            f"{len(unused)} trainable parameter(s) get no gradient ({', '.join(unused[:3])}); with several "
+            "processes set find_unused_parameters=true (the CAT-Seg recipes do)"
+        )
+
+
+def forward_backward(
+    net: torch.nn.Module,
+    task: Task,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    weights: dict[str, float],
+    scaler: torch.amp.GradScaler,
+    amp_dtype: torch.dtype | None = None,
+    accumulation: int = 1,
+    sync: bool = True,
+) -> dict[str, torch.Tensor]:
+    """One micro-batch: forward under autocast, weighted loss, backward of ``loss / accumulation``.
+
+    Args:
+        net: ``task`` or its DDP wrapper; task: the adapter (for the losses).
+        images: (b, 3, S, S) uint8 crops; labels: (b, S, S) int64, on the training device.
+        weights: loss weights; scaler: GradScaler (disabled unless fp16).
+        amp_dtype: autocast dtype, None for float32.
+        accumulation: micro-batches per optimizer step.
+        sync: False skips DDP's gradient all-reduce (``no_sync``) for all but the last micro-batch.
+
+    Returns:
+        detached float32 loss terms and their weighted sum ``"loss"``.
+    """
+    context = contextlib.nullcontext() if sync or not hasattr(net, "no_sync") else net.no_sync()
+    with context:
+        with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            outputs = net(images)
+        parts = task.losses(outputs, labels)
+        loss = weighted_sum(parts, weights)
+        scaler.scale(loss / accumulation).backward()
+    return {name: value.detach().float() for name, value in {**parts, "loss": loss}.items()}
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+    """Train (or, with ``resume``, continue) the run described by ``cfg``, writing to ``out_dir``.
+
+    Collective: with torchrun every rank calls it with the same arguments.
+
+    Returns:
+        ``{"iteration", "model", "metrics", "eval"}``: completed iterations, the exported model file,
+        the last logged metrics and the last evaluation (empty without one).
+    """
+    dist = init_distributed(cfg.device)
+    device, rank, world = dist.device, dist.rank, dist.world_size
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    micro = cfg.micro_batch(world)
+    accum = cfg.solver.accumulation
+
+    state = None
+    if resume:
+        latest = ckpt.latest_checkpoint(ckpt_dir)
+        if latest is None:
+            raise ConfigError(f"--resume: no checkpoint in {ckpt_dir}; run without --resume to start")
+        state = ckpt.load_checkpoint(latest)
+        changed = _changed_keys(TrainConfig.from_json(state["config"]).to_dict(), cfg.to_dict())
+        if changed and dist.is_main:
+            print(f"resume: the config differs from the checkpoint's in {', '.join(changed)}", flush=True)
+    if cfg.tf32 and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # Model, text, optimizer. The same seed on every rank gives the same initial weights.
+    torch.manual_seed(cfg.seed)
+    section = cfg.model
+    if state is not None and section.weights is None:  # the checkpoint overwrites every weight anyway
+        section = dataclasses.replace(section, clip_weights=None, random_init=True)
+    model, family = build_training_model(section)
+    model.to(device)
+    vocab = vocabulary(cfg.data)
+    task = build_task(family, model, vocab, cfg.loss, cfg.data.ignore_index).to(device)
+    weights = task.loss_weights()
+    optimizer = build_optimizer(model, cfg.solver)
+    amp_dtype = _AMP[cfg.precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    start = 0
+    torch.manual_seed(cfg.seed + rank)  # per-rank stream (point sampling, drop path)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start = int(state["iteration"])
+        rngs = state["rng"]
+        if len(rngs) == world:
+            ckpt.set_rng_state(rngs[rank])
+        else:  # a different number of processes cannot continue the same random streams
+            torch.manual_seed(cfg.seed + rank + 1_000_003 * start)
+            if dist.is_main:
+                print(f"resume: {len(rngs)} saved RNG streams for {world} ranks; reseeding", flush=True)
+    net = data_parallel(task, device, cfg.find_unused_parameters) if world > 1 else task
+
+    # Data: an endless, seeded stream; resuming skips the samples already consumed.
+    pairs = image_label_pairs(cfg.data)
+    sampler = ResumableSampler(len(pairs), micro, cfg.seed, rank, world, start=start * micro * accum)
+    loader = torch.utils.data.DataLoader(
+        TrainDataset(pairs, cfg.augment, cfg.seed), batch_sampler=sampler, num_workers=cfg.workers,
+        collate_fn=collate, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
+        generator=torch.Generator(),  # keeps the DataLoader off the global RNG (exact resume)
+    )
+    batches = iter(loader)
+    eval_data = cfg.eval.data  # empty fields fall back to the training data's
+    classes = eval_data.classes or (None if eval_data.benchmark else cfg.data.classes)
+    eval_data = dataclasses.replace(eval_data, root=eval_data.root or cfg.data.root, classes=classes)
+    eval_pairs = image_label_pairs(eval_data) if cfg.eval.period else []
+    if cfg.eval.max_images:
+        eval_pairs = eval_pairs[: cfg.eval.max_images]
+    eval_vocab = vocabulary(eval_data) if cfg.eval.period else None
+
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cfg.to_json(out_dir / "config.json")
+    logger = MetricLogger(out_dir, dist.is_main, cfg.tensorboard, cfg.wandb_project, cfg.to_dict(),
+                          resume_from=start if state is not None else None)
+    metrics: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    done = logged_at = start
+    tic = time.perf_counter()
+    net.train()
+    for it in range(start, cfg.solver.iterations):
+        factor = lr_factor(it, cfg.solver)
+        set_lr(optimizer, cfg.solver.lr, factor)
+        sums: dict[str, torch.Tensor] = {}
+        data_time = 0.0
+        for step in range(accum):
+            t0 = time.perf_counter()
+            images, labels = next(batches)
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            data_time += time.perf_counter() - t0
+            # DDP reduces the gradients in the backward of the last micro-batch only
+            sync = step == accum - 1 or world == 1
+            parts = forward_backward(net, task, images, labels, weights, scaler, amp_dtype, accum, sync)
+            for name, value in parts.items():
+                sums[name] = sums.get(name, 0.0) + value / accum
+        if it == start and world > 1 and not cfg.find_unused_parameters:
+            _check_all_used(model)
+        scaler.unscale_(optimizer)
+        grad_norm = clip_gradients(optimizer, cfg.solver.clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        done = it + 1
+
+        if done % cfg.log_period == 0 or done == cfg.solver.iterations or done == 1:
+            metrics = all_reduce_mean({k: float(v) for k, v in sums.items()})
+            elapsed, tic = time.perf_counter() - tic, time.perf_counter()
+            metrics.update(lr=cfg.solver.lr * factor, grad_norm=float(grad_norm), data_time=data_time,
+                           sec_per_iter=elapsed / (done - logged_at))
+            logged_at = done
+            logger.log(done, metrics)
+        if done % cfg.checkpoint_period == 0 or done == cfg.solver.iterations:
+            rngs = all_gather_object(ckpt.rng_state())  # collective: every rank's random streams
+            if dist.is_main:
+                path = ckpt.save_checkpoint(ckpt.checkpoint_path(ckpt_dir, done), {
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(), "iteration": done, "rng": rngs,
+                    # the schedule is a pure function of the iteration; its next factor, for reference
+                    "scheduler": {"next_iteration": done, "lr_factor": lr_factor(done, cfg.solver)},
+                    "data_position": done * micro * accum,  # samples consumed per rank
+                    "world_size": world, "config": cfg.to_json(),
+                })
+                ckpt.prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
+                print(f"saved checkpoint {path} (iteration {done})", flush=True)
+            barrier()
+        if cfg.eval.period and (done % cfg.eval.period == 0 or done == cfg.solver.iterations):
+            last_eval = evaluate(model, eval_pairs, eval_vocab, device, eval_data.ignore_index, rank, world,
+                                 cfg.precision, cfg.eval.convention, cfg.eval.options)
+            logger.log(done, {f"eval/{k}": v for k, v in last_eval.items()})
+
+    final = out_dir / "model_final.safetensors"
+    if dist.is_main:
+        from ovss.weights.cache import save_model_file
+
+        save_model_file(final, model.state_dict(), model.config, family, name=cfg.name or family,
+                        source_format="ovss_train", iteration=str(done))
+        print(f"wrote {final}", flush=True)
+    logger.close()
+    barrier()
+    return {"iteration": done, "model": final, "metrics": metrics, "eval": last_eval}

@@ -1,0 +1,80 @@
+"""Checkpoint files, RNG state round trip, metrics log truncation."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from ovss.engine import checkpoint as ckpt
+from ovss.engine.logging import MetricLogger, read_metrics, truncate_metrics
+from ovss.errors import CheckpointMismatchError, MissingDependencyError
+
+
+def _draws() -> tuple[float, float, float]:
+    return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+
+def test_rng_state_round_trip_through_a_checkpoint(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    _draws()
+    path = ckpt.save_checkpoint(tmp_path / "iter_0000001.pt", {
+        "model": {}, "optimizer": {}, "iteration": 1, "rng": [ckpt.rng_state()], "config": "{}",
+    })
+    expected = _draws()
+    _draws()
+    ckpt.set_rng_state(ckpt.load_checkpoint(path)["rng"][0])
+    assert _draws() == expected
+
+
+def test_latest_prune_and_temp_files_ignored(tmp_path):
+    for it in (5, 10, 15):
+        ckpt.save_checkpoint(ckpt.checkpoint_path(tmp_path, it), {"iteration": it})
+    (tmp_path / ".iter_0000020.pt.abc.tmp").write_bytes(b"half written")  # a kill during a save
+    assert ckpt.latest_checkpoint(tmp_path).name == "iter_0000015.pt"
+    ckpt.prune_checkpoints(tmp_path, keep=2)
+    assert [it for it, _ in ckpt.list_checkpoints(tmp_path)] == [10, 15]
+    ckpt.prune_checkpoints(tmp_path, keep=0)
+    assert len(ckpt.list_checkpoints(tmp_path)) == 2
+    assert ckpt.latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_load_rejects_corrupt_or_foreign_files(tmp_path):
+    bad = tmp_path / "iter_0000001.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointMismatchError, match="cannot read training checkpoint"):
+        ckpt.load_checkpoint(bad)
+    torch.save({"model": {}}, bad)
+    with pytest.raises(CheckpointMismatchError, match="not an ovss training checkpoint"):
+        ckpt.load_checkpoint(bad)
+
+
+def test_metrics_log_truncated_on_resume(tmp_path):
+    log = MetricLogger(tmp_path, enabled=True, tensorboard=False)
+    for it in range(1, 6):
+        log.log(it, {"loss": float(it)}, echo=False)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"iteration": 6, "lo')  # cut by a kill
+    truncate_metrics(tmp_path / "metrics.jsonl", 3)
+    assert [e["iteration"] for e in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+    resumed = MetricLogger(tmp_path, enabled=True, tensorboard=False, resume_from=2)
+    resumed.log(3, {"loss": 30.0}, echo=False)
+    assert [e["loss"] for e in read_metrics(tmp_path / "metrics.jsonl")] == [1.0, 2.0, 30.0]
+    MetricLogger(tmp_path, enabled=False).log(9, {"loss": 1.0})  # other ranks write nothing
+    assert len(read_metrics(tmp_path / "metrics.jsonl")) == 3
+
+
+def test_required_tensorboard_without_the_package(tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(MissingDependencyError, match=r"ovss\[train\]"):
+            MetricLogger(tmp_path, enabled=True, tensorboard=True)
+        optional = MetricLogger(tmp_path, enabled=True, tensorboard=None)  # None: used only when installed
+        optional.log(1, {"x": 1.0}, echo=False)
+    else:
+        MetricLogger(tmp_path, enabled=True, tensorboard=True).close()
