@@ -142,8 +142,8 @@ class FolderDataset(SegmentationDataset):
             if not folder.is_dir():
                 raise DatasetError(f"{what} folder {folder} does not exist; expected {layout}")
         items = pair_by_stem(
-            _list_files(image_dir, IMAGE_EXTENSIONS),
-            _list_files(label_dir, LABEL_EXTENSIONS),
+            list_files(image_dir, IMAGE_EXTENSIONS),
+            list_files(label_dir, LABEL_EXTENSIONS),
             where=str(root),
             expected=layout,
         )
@@ -193,8 +193,8 @@ class BenchmarkDataset(SegmentationDataset):
                 )
         layout = f"{image_dir}/<stem>{spec.image_ext} with {label_dir}/<stem>{spec.label_ext}"
         items = pair_by_stem(
-            _list_files(image_dir, (spec.image_ext,)),
-            _list_files(label_dir, (spec.label_ext,)),
+            list_files(image_dir, (spec.image_ext,)),
+            list_files(label_dir, (spec.label_ext,)),
             where=f"{spec.name}/{split} under {root}",
             expected=layout,
             fix=f"re-run `{command}` (it resumes and completes missing files)",
@@ -246,7 +246,7 @@ def pair_by_stem(
     return [(image_by_stem[s], label_by_stem[s]) for s in sorted(image_by_stem)]
 
 
-def _list_files(folder: Path, extensions: Sequence[str]) -> list[Path]:
+def list_files(folder: Path, extensions: Sequence[str]) -> list[Path]:
     """Plain files of ``folder`` (not recursive, hidden and temporary files skipped) by ending."""
     allowed = {e.lower() for e in extensions}
     return [

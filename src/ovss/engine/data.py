@@ -17,50 +17,44 @@ import numpy as np
 import torch
 
 from ovss.data.augment import AugmentConfig, augment
+from ovss.data.datasets import (
+    IMAGE_EXTENSIONS,
+    LABEL_EXTENSIONS,
+    BenchmarkDataset,
+    list_files,
+    pair_by_stem,
+)
 from ovss.data.io import read_image, read_label
 from ovss.engine.config import DataSection
 from ovss.errors import DatasetError
 from ovss.vocab.vocabulary import Vocabulary, parse_vocabulary
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-LABEL_EXTS = (".png", ".tif", ".tiff")
-
-
-def _folders(cfg: DataSection) -> tuple[Path, Path, tuple[str, ...], tuple[str, ...]]:
-    root = Path(cfg.root).expanduser()
-    if not cfg.root:
-        raise DatasetError("data.root is not set; pass --set data.root=DIR (prepared data or dataset folder)")
-    if cfg.benchmark is None:
-        return root / cfg.image_dir, root / cfg.label_dir, IMAGE_EXTS, LABEL_EXTS
-    from ovss.data.catalog import get_benchmark
-
-    spec = get_benchmark(cfg.benchmark)
-    image_dir, label_dir = spec.split_dirs(cfg.split)
-    return root / image_dir, root / label_dir, (spec.image_ext,), (spec.label_ext,)
-
 
 def image_label_pairs(cfg: DataSection) -> list[tuple[Path, Path]]:
-    """(image, label) paths paired by file stem, sorted by stem.
+    """(image, label) paths paired by file stem, sorted by stem (``cfg.max_images`` first ones).
 
     Raises:
-        DatasetError: a folder is missing, holds no images, or an image has no label map.
+        DatasetError: data.root unset, a folder is missing or empty, or files are unpaired.
     """
-    image_dir, label_dir, image_exts, label_exts = _folders(cfg)
-    for folder, what in ((image_dir, "image"), (label_dir, "label")):
-        if not folder.is_dir():
-            hint = "run 'ovss prepare'" if cfg.benchmark else f"create {cfg.image_dir}/ and {cfg.label_dir}/"
-            raise DatasetError(f"{what} folder {folder} does not exist; check data.root ({hint})")
-    images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in image_exts)
-    if not images:
-        raise DatasetError(f"{image_dir} holds no images ({', '.join(image_exts)})")
-    labels = {p.stem: p for p in label_dir.iterdir() if p.suffix.lower() in label_exts}
-    missing = [p.name for p in images if p.stem not in labels]
-    if missing:
-        raise DatasetError(
-            f"{len(missing)} image(s) in {image_dir} have no label map in {label_dir} (first: {missing[0]}); "
-            "every image needs <stem>.png there"
+    if not cfg.root:
+        raise DatasetError("data.root is not set; pass --set data.root=DIR (prepared data or dataset folder)")
+    root = Path(cfg.root).expanduser()
+    if cfg.benchmark is not None:
+        pairs = BenchmarkDataset(cfg.benchmark, root, split=cfg.split).items
+    else:
+        image_dir, label_dir = root / cfg.image_dir, root / cfg.label_dir
+        for folder, what in ((image_dir, "image"), (label_dir, "label")):
+            if not folder.is_dir():
+                raise DatasetError(
+                    f"{what} folder {folder} does not exist; check data.root "
+                    f"(create {cfg.image_dir}/ and {cfg.label_dir}/)"
+                )
+        pairs = pair_by_stem(
+            list_files(image_dir, IMAGE_EXTENSIONS),
+            list_files(label_dir, LABEL_EXTENSIONS),
+            where=str(root),
+            expected=f"{image_dir}/<stem>.jpg with {label_dir}/<stem>.png",
         )
-    pairs = [(p, labels[p.stem]) for p in images]
     return pairs[: cfg.max_images] if cfg.max_images else pairs
 
 
