@@ -46,8 +46,7 @@ def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_ovss_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never read or write the user's cache (~/.cache/ovss): each session gets its own."""
-    if "OVSS_HOME" not in os.environ or os.environ.get("CI"):
-        os.environ["OVSS_HOME"] = str(tmp_path_factory.mktemp("ovss_home"))
+    os.environ["OVSS_HOME"] = str(tmp_path_factory.mktemp("ovss_home"))
 
 
 @pytest.fixture
