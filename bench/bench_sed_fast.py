@@ -13,8 +13,8 @@ the parity fixtures do): the dense embedding gets a pixel-independent part, pixe
 class ranking and CER rejects more. Each class's 80 template embeddings are one random class
 direction plus ``--template-spread`` noise (real CLIP templates of a class are close).
 
-    python bench/bench_sed_fast.py --threads 2
-    python bench/bench_sed_fast.py --width half --size 512   # quicker, smaller encoder
+    python -m bench.bench_sed_fast --threads 2
+    python -m bench.bench_sed_fast --width half --size 512   # quicker, smaller encoder
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import ovss
-from ovss.api.segmenter import Segmenter
+from ovss.api.segmenter import Segmenter, reduce_scores
 from ovss.data.io import read_image, read_label
 from ovss.errors import ImageReadError, OvssError, VocabularyError
 from ovss.models.base import ModelConfig, ResizeConfig, SegmentationModel
@@ -136,3 +136,80 @@ def test_result_dataclass_is_plain():
         "class_scores",
         "scores",
     }
+
+
+@pytest.mark.parametrize("split", [(7, 3), (2, 50), (50, 1)])
+def test_reduce_scores_over_blocks_equals_whole_map_reductions(split):
+    kc, rc = split  # classes and rows per block
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (2, 9, 11, 5), generator=gen).float() / 4  # many ties across classes
+    blocks = [
+        (k0, r0, scores[:, k0 : k0 + kc, r0 : r0 + rc])
+        for r0 in range(0, 11, rc)
+        for k0 in range(0, 9, kc)
+    ]
+    reduced = reduce_scores(blocks, tuple(scores.shape), keep_scores=True)
+    value, label = scores.max(dim=1)  # ties: the first class
+    assert torch.equal(reduced.labels, label) and torch.equal(reduced.confidence, value)
+    assert torch.equal(reduced.class_scores, scores.amax(dim=(2, 3)))
+    assert torch.equal(reduced.scores, scores)
+    assert reduce_scores(blocks, tuple(scores.shape)).scores is None
+
+
+class PredictOnly(SegmentationModel):
+    """A model without ``predict_blocks``: the Segmenter reduces ``predict``'s whole map."""
+
+    def __init__(self, model: SegmentationModel) -> None:
+        super().__init__()
+        self.inner, self.config = model, model.config
+
+    def preprocess_size(self, height, width, **options):
+        return self.inner.preprocess_size(height, width, **options)
+
+    def encode_text(self, tokens):
+        return self.inner.encode_text(tokens)
+
+    def predict(self, images, text, image_size, output_size, **options):
+        return self.inner.predict(images, text, image_size, output_size, **options)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_blocked_scores_give_the_results_of_the_whole_map(name, data_dir):
+    photo, classes = data_dir / "voc" / "2011_000025.jpg", "bus; car; road; sky; person; tree; building"
+    blocked = ovss.load(name)
+    blocked.block_mb = 0.01  # a few rows or classes per block
+    whole = Segmenter(PredictOnly(blocked.model))
+    a = blocked.predict(photo, classes, return_scores=True)
+    b = whole.predict(photo, classes, return_scores=True)
+    np.testing.assert_array_equal(a.label_map, b.label_map)
+    np.testing.assert_array_equal(a.confidence, b.confidence)
+    np.testing.assert_array_equal(a.class_scores, b.class_scores)
+    np.testing.assert_array_equal(a.scores, b.scores)
+    assert a.scores.std() > 0 and len(np.unique(a.confidence)) > 100
+    lean = blocked.predict(photo, return_scores=False)
+    assert lean.scores is None
+    np.testing.assert_array_equal(lean.label_map, a.label_map)
+
+
+def test_block_budget_and_precomputed_embeddings_are_checked():
+    with pytest.raises(OvssError, match="block_mb"):
+        Segmenter(ColourModel(ResizeConfig(size=64)), block_mb=0)
+    model = ColourModel(ResizeConfig(size=64))
+    seg = Segmenter(model)
+    seg.set_vocabulary("red; green; blue", embeddings=torch.zeros(3, 2))
+    assert model.encoded == 0 and seg.text_embeddings.shape == (3, 2)
+    assert (seg.predict(_halves(40, 60)).label_map[:, :20] == 0).all()
+    with pytest.raises(OvssError, match="3 classes"):
+        seg.set_vocabulary("red; green; blue", embeddings=torch.zeros(2, 2))
+
+
+def test_tune_cpu_allocator_applies_on_glibc():
+    import ctypes.util
+    import subprocess
+    import sys
+
+    code = "from ovss.api.segmenter import tune_cpu_allocator; print(tune_cpu_allocator())"  # own process
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = run.stdout.strip()
+    glibc = sys.platform.startswith("linux") and ctypes.util.find_library("c") is not None
+    assert out == "True" if glibc else out in ("True", "False")

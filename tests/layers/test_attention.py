@@ -111,3 +111,16 @@ def test_bfloat16_runs_and_is_close():
     y16 = ours.to(torch.bfloat16)(x.bfloat16(), attn_mask=torch.zeros(5, 5))  # fp32 mask is cast
     assert y16.dtype == torch.bfloat16
     assert (y16.float() - y32).norm() / y32.norm() < 3e-2
+
+
+def test_is_causal_equals_the_materialised_causal_mask():
+    _, ours = _mha_pair(seed=3)
+    block = ResidualAttentionBlock(32, 4)
+    randomize_(block, 3)
+    x = torch.randn(3, 9, 32)
+    mask = torch.full((9, 9), float("-inf")).triu(1)
+    torch.testing.assert_close(ours(x, is_causal=True), ours(x, attn_mask=mask), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(block(x, is_causal=True), block(x, attn_mask=mask), rtol=1e-6, atol=1e-6)
+    assert (ours(x, is_causal=True) - ours(x)).abs().max() > 1e-3  # the mask matters
+    with pytest.raises(ValueError, match="not both"):
+        ours(x, attn_mask=mask, is_causal=True)

@@ -21,8 +21,15 @@ from ovss.models.catseg import (
     catseg_vit_l14,
     dense_last_block,
 )
-from ovss.models.catseg_aggregator import Aggregator, ClassAggregation, linear_attention, shift_window_mask
+from ovss.models.catseg_aggregator import (
+    Aggregator,
+    ClassAggregation,
+    SpatialAggregation,
+    linear_attention,
+    shift_window_mask,
+)
 from tests.conftest import relative_error
+from tests.models._blocks import check_blocks
 
 
 def _small() -> CATSegConfig:
@@ -150,6 +157,50 @@ def _reference_class_aggregation(mod: ClassAggregation, cost, guidance, pool):
     return cost + out.reshape(b, t, c, h, w).permute(0, 1, 3, 4, 2)
 
 
+def _reference_spatial_aggregation(mod: SpatialAggregation, cost, guidance):
+    """The official Swin path, literally: guidance repeated per class and concatenated before the
+    shift and window partition, q/k on the concatenation, explicit softmax attention per window."""
+    b, t, h, w, c = cost.shape
+    g = mod.guidance_norm(guidance.permute(0, 2, 3, 1))
+    g = g[:, None].expand(b, t, h, w, -1).reshape(b * t, h, w, -1)
+    x = cost.reshape(b * t, h, w, c)
+    for blk in mod.blocks:
+        y = torch.cat([blk.norm1(x), g], dim=-1)
+        win, shift = blk.window, blk.shift
+        if shift:
+            y = torch.roll(y, (-shift, -shift), (1, 2))
+        n = y.shape[0]
+        y = y.reshape(n, h // win, win, w // win, win, -1).permute(0, 1, 3, 2, 4, 5)
+        y = y.reshape(n, -1, win * win, y.shape[-1])
+        heads, d = blk.attn.heads, c // blk.attn.heads
+        q = blk.attn.q(y).reshape(*y.shape[:3], heads, d).transpose(2, 3)
+        k = blk.attn.k(y).reshape(*y.shape[:3], heads, d).transpose(2, 3)
+        v = blk.attn.v(y[..., :c]).reshape(*y.shape[:3], heads, d).transpose(2, 3)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(d)
+        if shift:
+            logits = logits + shift_window_mask(h, w, win, shift, logits.dtype)[None, :, None]
+        out = (logits.softmax(-1) @ v).transpose(2, 3).reshape(n, -1, win * win, c)
+        out = blk.attn.proj(out).reshape(n, h // win, w // win, win, win, c).permute(0, 1, 3, 2, 4, 5)
+        out = out.reshape(n, h, w, c)
+        if shift:
+            out = torch.roll(out, (shift, shift), (1, 2))
+        x = x + out
+        x = x + blk.mlp(blk.norm2(x))
+    return x.reshape(b, t, h, w, c)
+
+
+def test_spatial_aggregation_equals_the_official_algorithm() -> None:
+    """Guidance projected once per image, 4-D SDPA per window: same numbers as the literal form."""
+    torch.manual_seed(0)
+    mod = _randomize(SpatialAggregation(16, 8, 4, (12, 12), 6), seed=3).double()
+    cost = torch.randn(2, 3, 12, 12, 16, dtype=torch.float64)
+    guidance = torch.randn(2, 8, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        got, ref = mod(cost, guidance), _reference_spatial_aggregation(mod, cost, guidance)
+    assert mod.blocks[1].shift == 3 and (got - cost).abs().max() > 1e-2
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("kind", ["linear", "full"])
 @pytest.mark.parametrize("pool, pad_len", [((1, 1), 16), ((2, 2), 16), ((2, 2), 0), ((1, 1), 5)])
 def test_class_aggregation_equals_the_official_algorithm(kind: str, pool, pad_len: int) -> None:
@@ -193,6 +244,22 @@ def test_class_budget_keeps_the_top_classes_per_image_and_fills_the_rest_with_mi
             # T == pad_len: no top-k and no padding; must equal the kept classes' logits.
             alone = agg(image[b : b + 1], text[b : b + 1, classes], tuple(g[b : b + 1] for g in guidance))
             assert relative_error(logits[b, classes], alone[0]) < 1e-5
+
+
+def test_decoder_class_chunks_do_not_change_the_logits(monkeypatch) -> None:
+    import ovss.models.catseg_aggregator as module
+
+    agg = _randomize(_aggregator(pad_len=0), seed=4)
+    gen = torch.Generator().manual_seed(3)
+    text = F.normalize(torch.randn(2, 7, 1, 16, generator=gen), dim=-1)
+    image = torch.randn(2, 16, 12, 12, generator=gen)
+    guidance = (torch.randn(2, 12, 24, 24, generator=gen), torch.randn(2, 6, 48, 48, generator=gen))
+    with torch.no_grad():
+        whole = agg(image, text, guidance)
+        monkeypatch.setattr(module, "DECODER_CHUNK", 3)  # chunks of 3, 3 and 1 classes
+        chunked = agg(image, text, guidance)
+    assert whole.shape == (2, 7, 48, 48) and whole.std() > 0
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
 
 
 def test_padding_below_the_budget_changes_the_result() -> None:
@@ -339,3 +406,39 @@ def test_bfloat16_forward_runs_and_tracks_float32() -> None:
                                                inference="whole")
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
     assert relative_error(out.float(), ref) < 5e-2
+
+
+def test_whole_blocks_are_row_bands_of_predict_and_match_the_official_resize() -> None:
+    model = _randomize(CATSeg(_small())).eval()
+    images = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        text = model.encode_text(_tokens(1, 5))
+        full = check_blocks(model, images, text, (90, 120), (45, 61), inference="whole")
+        logits = model._logits(model._resize(images, 192), text, (1, 1))
+    expected = F.interpolate(logits.sigmoid()[..., :90, :120], size=(45, 61), mode="bilinear")
+    assert relative_error(full, expected) < 1e-6  # F.interpolate's weights, float32 rounding only
+
+
+def test_slide_blocks_are_class_chunks_bit_identical_to_all_classes_at_once() -> None:
+    model = CATSeg(catseg_tiny())
+
+    def logits(images, text, pool):  # fixed random per-view, per-class logits instead of the network
+        return torch.randn(images.shape[0], text.shape[0], 96, 96, generator=torch.Generator().manual_seed(5))
+
+    model._logits = logits
+    images, text = torch.randn(1, 3, 640, 640), torch.zeros(7, 1, 32)
+    with torch.no_grad():
+        full = check_blocks(model, images, text, (600, 640), (50, 70), budgets=(1, 10**9), inference="slide")
+        blocks = list(model.predict_blocks(images, text, (600, 640), (50, 70), 1, inference="slide"))
+        assert [k0 for k0, _, _ in blocks] == list(range(7))  # one class per block at the smallest budget
+        gen = torch.Generator().manual_seed(5)  # the official post-processing, all classes at once
+        probs = F.interpolate(torch.randn(5, 7, 96, 96, generator=gen), size=(384, 384), mode="bilinear")
+        probs = probs.sigmoid()
+        total, count = torch.zeros(7, 640, 640), torch.zeros(640, 640)
+        for i, (y, x) in enumerate(model.slide_windows()):
+            total[:, y : y + 384, x : x + 384] += probs[i]
+            count[y : y + 384, x : x + 384] += 1
+        glob = F.interpolate(probs[4:], size=(640, 640), mode="bilinear")[0]
+        expected = F.interpolate(((total / count + glob) / 2.0)[None], size=(50, 70), mode="bilinear")
+        again = model.predict(images, text, (600, 640), (50, 70), inference="slide")
+    assert torch.equal(again, expected) and full.shape == (1, 7, 50, 70)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from ovss.errors import ConfigError
 from ovss.models.san import SAN, SANConfig, san_tiny, san_vit_b16, san_vit_l14
 from ovss.towers.clip import convnext_b_w_320
+from tests.models._blocks import check_blocks
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +140,23 @@ def test_predict_is_the_official_semantic_inference(model):
         model.predict(images, text, (64, 96), (64, 96), inference="slide")
 
 
+@pytest.mark.parametrize(("image_size", "output_size"), [((64, 96), (64, 96)), ((50, 70), (47, 33))])
+def test_predict_blocks_are_row_bands_of_predict(model, image_size, output_size):
+    images, text = torch.randn(2, 3, 64, 96), F.normalize(torch.randn(4, 32), dim=-1)
+    full = check_blocks(model, images, text, image_size, output_size)
+    one_row = 2 * (10 + 4) * output_size[1]  # B x (Q + K) x W0
+    with torch.no_grad():
+        bands = list(model.predict_blocks(images, text, image_size, output_size, one_row))
+        out = model(images, text)
+    assert [(k0, r0, b.shape[2]) for k0, r0, b in bands][:2] == [(0, 0, 1), (0, 1, 1)]  # 1 row per band
+    # the chained official resizes, to float32 rounding (the two resizes and the crop are composed)
+    masks = F.interpolate(out["pred_masks"], size=(64, 96), mode="bilinear")
+    masks = masks[..., : image_size[0], : image_size[1]]
+    masks = F.interpolate(masks, size=output_size, mode="bilinear").sigmoid()
+    expected = torch.einsum("bqk,bqhw->bkhw", out["pred_logits"].softmax(-1)[..., :-1], masks)
+    assert ((full - expected).norm() / expected.norm()) < 1e-6
+
+
 def test_padding_does_not_change_the_valid_region_path(model):
     # the mask logits used inside the valid region come from the same computation: cropping happens
     # after upsampling to the padded size (spec 1.9), so predict only depends on image_size there.
@@ -199,3 +217,6 @@ def test_bf16_forward_runs_and_is_close(model):
         got = m16.predict(images.bfloat16(), m16.encode_text(tokens), (64, 64), (32, 32))
     assert got.dtype == torch.bfloat16 and torch.isfinite(got).all()
     assert (got.float() - ref).norm() / ref.norm() < 0.05
+    with torch.no_grad():  # the full-resolution work (resize, sigmoid, class sum) is float32 anyway
+        _, _, block = next(m16.predict_blocks(images.bfloat16(), m16.encode_text(tokens), (64, 64), (32, 32)))
+    assert block.dtype == torch.float32

@@ -10,6 +10,7 @@ from ovss.errors import ConfigError
 from ovss.models.sed import SED, SEDConfig, SEDOutput, postprocess, sed_convnext_b, sed_convnext_l, sed_tiny
 from ovss.models.sed_decoder import ClassAttention, cer_survivors
 from ovss.towers.clip import vit_b_16
+from tests.models._blocks import check_blocks
 
 S = 128  # small CLIP input for the tiny model: stride-32 map 4x4, output 32x32
 
@@ -247,3 +248,22 @@ def test_predict_rejects_unknown_options(model: SED) -> None:
         model.predict(_images(1), _text(2, model), (S, S), (S, S), inference="slide")
     with pytest.raises(ConfigError, match="topk"):
         model.predict(_images(1), _text(2, model), (S, S), (S, S), fast=True, topk=0)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_predict_blocks_are_row_bands_of_predict_and_match_postprocess(model: SED, fast: bool) -> None:
+    images, text = _images(2, seed=7), _text(24, model, seed=8)
+    full = check_blocks(model, images, text, (S - 28, S), (45, 37), fast=fast, topk=1)
+    with torch.no_grad():
+        dense, skips = model.image_features(images)
+        if fast:
+            one = [model.decoder.forward_fast(dense[i : i + 1], text, [s[i : i + 1] for s in skips], 1)[0]
+                   for i in range(2)]
+            probs = torch.cat(one)
+        else:
+            probs = model.decoder(dense, text, skips)[0].sigmoid()
+    expected = postprocess(probs, (S, S), (S - 28, S), (45, 37))  # the official F.interpolate form
+    torch.testing.assert_close(full, expected, rtol=1e-5, atol=1e-6)
+    assert ((full - expected).norm() / expected.norm()) < 1e-6
+    if fast:  # rejected classes stay exactly 0 through the banded resize
+        assert torch.equal(full == 0, expected == 0) and (full == 0).any()

@@ -63,6 +63,15 @@ def test_causal_mask_dtype_device():
     assert (m[~m.isinf()] == 0).all()
 
 
+def test_is_causal_path_equals_the_additive_causal_mask():
+    _, ours = _pair(seed=2)
+    tokens = _tokens()
+    with torch.no_grad():
+        x = ours.token_embedding(tokens) + ours.positional_embedding
+        masked = ours.ln_final(ours.transformer(x, attn_mask=causal_mask(CFG.context_length, x)))
+        torch.testing.assert_close(ours.forward_tokens(tokens), masked, rtol=1e-6, atol=1e-6)
+
+
 def test_split_qkv_and_bfloat16():
     from ovss.layers.attention import split_in_proj
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -70,6 +70,10 @@ class Segmenter:
         dtype: compute dtype: float32 is the exact path; bfloat16/float16 cast the weights once and
             run the whole network in that dtype (4x faster matrix products on CPUs with AMX/AVX512-BF16).
         cache_dir: folder of the on-disk text-embedding cache (None: memory only).
+        block_mb: working-set budget (MiB) of the full-resolution scores: models with
+            ``predict_blocks`` hand the score map over in blocks of about this size and only the
+            label map, the per-pixel and the per-class maxima are kept (plus the map itself when
+            ``return_scores=True``); the numbers are those of ``predict``.
     """
 
     def __init__(
@@ -80,7 +84,11 @@ class Segmenter:
         device: str | torch.device | None = "cpu",
         dtype: str | torch.dtype = "fp32",
         cache_dir: str | Path | None = None,
+        block_mb: float = 32.0,
     ) -> None:
+        if not block_mb > 0:
+            raise OvssError(f"block_mb must be > 0 (MiB of scores per block), got {block_mb}")
+        self.block_mb = float(block_mb)
         self.device = parse_device(device)
         self.dtype = parse_dtype(dtype)
         self.model = model.to(self.device, self.dtype).eval()
@@ -105,10 +113,28 @@ class Segmenter:
         with torch.inference_mode():
             return self.model.encode_text(tokens.to(self.device)).float()
 
-    def set_vocabulary(self, classes: str | Path | Sequence[str | Sequence[str]] | Vocabulary) -> Vocabulary:
-        """Parse ``classes`` and embed them (once per class string; cached in memory and on disk)."""
+    def set_vocabulary(
+        self,
+        classes: str | Path | Sequence[str | Sequence[str]] | Vocabulary,
+        embeddings: torch.Tensor | None = None,
+    ) -> Vocabulary:
+        """Parse ``classes`` and embed them (once per class string; cached in memory and on disk).
+
+        Args:
+            classes: ``"cat; sofa, couch; wall"``, a list, a file or a :class:`Vocabulary`.
+            embeddings: optional precomputed (K, ...) text embeddings of these K classes in the layout
+                the model's ``encode_text`` returns; the text tower is then not run.
+        """
         vocab = parse_vocabulary(classes)
-        if vocab != self._vocab:
+        if embeddings is not None:
+            if embeddings.shape[0] != len(vocab):
+                raise OvssError(
+                    f"embeddings have {embeddings.shape[0]} rows for {len(vocab)} classes; pass one row "
+                    "per class"
+                )
+            self._text = embeddings.to(self.device, self.dtype)
+            self._vocab = vocab
+        elif vocab != self._vocab:
             self._text = self.embedder(vocab).to(self.device, self.dtype)
             self._vocab = vocab
         return vocab
@@ -190,27 +216,112 @@ class Segmenter:
         div = self.model.config.size_divisibility
         if div > 1:
             batch = F.pad(batch, (0, (-w) % div, 0, (-h) % div))
-        out_size = items[0][0].shape[:2]  # a batch holds images of one original size
-        scores = self.model.predict(batch, self._text, (h, w), out_size, **options)
+        out_size = tuple(items[0][0].shape[:2])  # a batch holds images of one original size
+        shape = (len(items), len(self._vocab), *out_size)
+        blocks = self._score_blocks(batch, (h, w), out_size, **options)
+        reduced = reduce_scores(blocks, shape, return_scores, self.device)
         for i, (rgb, _, _) in enumerate(items):
-            yield self._to_result(rgb, scores[i].float(), return_scores)
+            yield self._to_result(rgb, reduced, i)
 
-    def _to_result(self, rgb: np.ndarray, scores: torch.Tensor, return_scores: bool) -> SegmentationResult:
+    def _score_blocks(
+        self, batch: torch.Tensor, size: tuple[int, int], out_size: tuple[int, int], **options: Any
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """The model's score map as blocks: ``predict_blocks`` when the model has it, else one block."""
+        blocks = getattr(self.model, "predict_blocks", None)
+        if blocks is not None:
+            max_elements = max(1, int(self.block_mb * 2**20) // 4)
+            return blocks(batch, self._text, size, out_size, max_elements, **options)
+        return iter([(0, 0, self.model.predict(batch, self._text, size, out_size, **options))])
+
+    def _to_result(self, rgb: np.ndarray, reduced: ReducedScores, i: int) -> SegmentationResult:
         assert self._vocab is not None
-        confidence, labels = scores.max(dim=0)
-        k = scores.shape[0]
-        label_map = labels.cpu().numpy().astype(np.int64)
+        label_map = reduced.labels[i].cpu().numpy().astype(np.int64, copy=False)
+        k = reduced.class_scores.shape[1]
         counts = np.bincount(label_map.ravel(), minlength=k)
         return SegmentationResult(
             label_map=label_map,
             class_names=self._vocab.names,
-            confidence=confidence.cpu().numpy().astype(np.float32),
-            class_scores=scores.flatten(1).amax(dim=1).cpu().numpy().astype(np.float32),
+            confidence=reduced.confidence[i].cpu().numpy().astype(np.float32, copy=False),
+            class_scores=reduced.class_scores[i].cpu().numpy().astype(np.float32, copy=False),
             fractions=counts / max(label_map.size, 1),
             image=rgb,
-            scores=scores.cpu().numpy() if return_scores else None,
+            scores=reduced.scores[i].cpu().numpy() if reduced.scores is not None else None,
             model=self.name,
         )
+
+
+class ReducedScores(NamedTuple):
+    """What the predictor keeps of a (B, K, H0, W0) score map."""
+
+    labels: torch.Tensor  # (B, H0, W0) int64 argmax over K (the first class among ties)
+    confidence: torch.Tensor  # (B, H0, W0) float32 max over K
+    class_scores: torch.Tensor  # (B, K) float32 max over pixels
+    scores: torch.Tensor | None  # (B, K, H0, W0) float32, only when asked for
+
+
+def reduce_scores(
+    blocks: Iterable[tuple[int, int, torch.Tensor]],
+    shape: tuple[int, int, int, int],
+    keep_scores: bool = False,
+    device: str | torch.device = "cpu",
+) -> ReducedScores:
+    """Reduce a score map handed over in blocks (the ``predict_blocks`` contract), never holding it whole.
+
+    Args:
+        blocks: ``(class_start, row_start, scores)`` with scores (B, k, r, W0) covering the map exactly
+            once, classes ascending within each band of rows; any float dtype (reduced in float32).
+        shape: (B, K, H0, W0) of the whole map.
+        keep_scores: also assemble the whole (B, K, H0, W0) float32 map.
+        device: where the blocks are (and the results stay).
+
+    Returns:
+        the same labels / maxima as ``scores.max(dim=1)`` and ``scores.amax(dim=(2, 3))`` on the whole
+        map (finite scores; among equal scores the first class wins).
+    """
+    b, k, h0, w0 = shape
+    confidence = torch.full((b, h0, w0), float("-inf"), device=device)
+    labels = torch.zeros((b, h0, w0), dtype=torch.int64, device=device)
+    class_scores = torch.full((b, k), float("-inf"), device=device)
+    scores = torch.empty(shape, device=device) if keep_scores else None
+    for k0, r0, block in blocks:
+        block = block.float()
+        k1, r1 = k0 + block.shape[1], r0 + block.shape[2]
+        value, label = block.max(dim=1)  # (B, r, W0), first class among ties
+        best = confidence[:, r0:r1]
+        better = value > best  # strictly: an earlier class chunk keeps its ties
+        confidence[:, r0:r1] = torch.where(better, value, best)
+        labels[:, r0:r1] = torch.where(better, label + k0, labels[:, r0:r1])
+        class_scores[:, k0:k1] = torch.maximum(class_scores[:, k0:k1], block.amax(dim=(2, 3)))
+        if scores is not None:
+            scores[:, k0:k1, r0:r1] = block
+    return ReducedScores(labels, confidence, class_scores, scores)
+
+
+def tune_cpu_allocator() -> bool:
+    """Let glibc reuse freed memory instead of unmapping every large block (Linux/glibc, process-wide).
+
+    By default every tensor above 32 MiB is a fresh ``mmap`` whose pages the kernel zeroes on first
+    touch; CAT-Seg and SED create many such (B*K, C, H, W) activations, and these page faults cost
+    them 1.6-1.9x on CPU (docs/performance.md). After this call all blocks come from the heap and
+    freed memory stays mapped for reuse (``mallopt(M_MMAP_MAX, 0)``, ``M_TRIM_THRESHOLD`` 2 GiB; the
+    same as ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` in the environment), so the
+    resident size stays at its peak. Call it once at start-up in processes that run inference.
+
+    Returns:
+        True when applied, False where it does not apply (no glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
 
 
 def load(

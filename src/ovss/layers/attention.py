@@ -82,18 +82,24 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)
         return q, k, v
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Attend all tokens to all tokens.
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        """Attend all tokens to all tokens (or, with ``is_causal``, each token to itself and earlier ones).
 
         Args:
             x: (B, L, D) tokens.
             attn_mask: optional additive float mask broadcastable to (B, heads, L, L)
                 (0 = attend, -inf = blocked); cast to ``x``'s dtype. Boolean masks are refused
                 because their meaning differs between SDPA and ``nn.MultiheadAttention``.
+            is_causal: causal attention without a materialised mask (same result as an additive
+                mask with -inf above the diagonal); cannot be combined with ``attn_mask``.
 
         Returns:
             (B, L, D).
         """
+        if is_causal and attn_mask is not None:
+            raise ValueError("pass attn_mask or is_causal=True, not both; fold the causal part into the mask")
         if attn_mask is not None:
             if attn_mask.dtype == torch.bool:
                 raise TypeError(
@@ -103,7 +109,7 @@ class Attention(nn.Module):
             attn_mask = attn_mask.to(x.dtype)
         b, n, _ = x.shape
         q, k, v = self.project_qkv(x)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
         out = out.transpose(1, 2).reshape(b, n, self.width)
         return self.out_proj(out)
 

@@ -36,9 +36,12 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(width, eps=ln_eps)
         self.mlp = Mlp(width, int(width * mlp_ratio), act)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, L, D) -> (B, L, D); ``attn_mask`` additive float, broadcastable to (B, heads, L, L)."""
-        x = x + self.attn(self.ln_1(x), attn_mask=attn_mask)
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D); ``attn_mask`` additive float, broadcastable to (B, heads, L, L);
+        ``is_causal``: causal attention without a materialised mask."""
+        x = x + self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -68,8 +71,13 @@ class Transformer(nn.Module):
         attn_mask: torch.Tensor | None = None,
         start: int = 0,
         stop: int | None = None,
+        is_causal: bool = False,
     ) -> torch.Tensor:
-        """Run ``resblocks[start:stop]`` on (B, L, D) tokens; returns (B, L, D)."""
+        """Run ``resblocks[start:stop]`` on (B, L, D) tokens; returns (B, L, D).
+
+        ``attn_mask``: additive float mask broadcastable to (B, heads, L, L); ``is_causal``: causal
+        attention without a materialised mask (exclusive with ``attn_mask``).
+        """
         for block in self.resblocks[start:stop]:
-            x = block(x, attn_mask=attn_mask)
+            x = block(x, attn_mask=attn_mask, is_causal=is_causal)
         return x

@@ -19,6 +19,7 @@ Pipeline for a batch of CLIP-normalised images resized to ``clip_resolution`` (3
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovss.errors import ConfigError
+from ovss.layers.resize import BandedResize, assemble_blocks, bands_to_blocks, bilinear_matrix
 from ovss.layers.transformer import ResidualAttentionBlock
 from ovss.models.base import ModelConfig, SegmentationModel
 from ovss.models.catseg_aggregator import Aggregator
@@ -34,6 +36,7 @@ from ovss.towers.text import TextConfig
 from ovss.towers.vit import VisionConfig
 
 INFERENCE_MODES = ("whole", "slide")
+BLOCK_ELEMENTS = 1 << 22  # default float32 working set of one output block, see CATSeg.predict_blocks
 
 
 def _split_qkv(cfg: ClipConfig) -> ClipConfig:
@@ -316,7 +319,6 @@ class CATSeg(SegmentationModel):
             return self.config.slide_size, self.config.slide_size
         return self.config.test_resize.output_size(height, width)
 
-    @torch.no_grad()
     def predict(
         self,
         images: torch.Tensor,
@@ -335,19 +337,53 @@ class CATSeg(SegmentationModel):
             options: ``inference="whole" | "slide"`` (default ``config.inference``).
 
         Returns:
-            (B, K, H0, W0) probabilities in [0, 1].
+            (B, K, H0, W0) probabilities in [0, 1], in the dtype of ``images``; the concatenation of
+            :meth:`predict_blocks`.
         """
-        if self._mode(dict(options)) == "slide":
-            return self._predict_slide(images, text, image_size, output_size)
-        return self._predict_whole(images, text, image_size, output_size)
+        blocks = self.predict_blocks(images, text, image_size, output_size, BLOCK_ELEMENTS, **options)
+        shape = (images.shape[0], text.shape[0], *output_size)
+        return assemble_blocks(blocks, shape, images.dtype, images.device)
 
-    def _predict_whole(
+    @torch.no_grad()
+    def predict_blocks(
         self,
         images: torch.Tensor,
         text: torch.Tensor,
         image_size: tuple[int, int],
         output_size: tuple[int, int],
-    ) -> torch.Tensor:
+        max_elements: int = BLOCK_ELEMENTS,
+        **options: Any,
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """The :meth:`predict` score map in blocks, never holding (B, K, H0, W0).
+
+        The network runs once on all classes; what follows runs in float32 whatever the model dtype.
+        Whole: the sigmoid and crop on the small (96 x 96) map, then the bilinear resize to
+        ``output_size`` (``F.interpolate``'s weights, :class:`~ovss.layers.resize.BandedResize`) one
+        band of rows at a time. Slide: the per-view resizes, sigmoid, fold and final resize are per
+        class and run one chunk of classes at a time (bit-identical to all classes at once).
+
+        Args:
+            images, text, image_size, output_size, options: as in :meth:`predict`.
+            max_elements: bound on the float32 elements of one block (at least one row / one class).
+
+        Yields:
+            whole: ``(0, row_start, scores)`` with scores (B, K, r, W0) (a channels-last view) for
+            output rows ``[row_start, row_start + r)``, top to bottom; slide: ``(class_start, 0,
+            scores)`` with scores (B, k, H0, W0) for classes ``[class_start, class_start + k)``.
+        """
+        if self._mode(dict(options)) == "slide":
+            yield from self._slide_blocks(images, text, image_size, output_size, max_elements)
+        else:
+            yield from self._whole_blocks(images, text, image_size, output_size, max_elements)
+
+    def _whole_blocks(
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        image_size: tuple[int, int],
+        output_size: tuple[int, int],
+        max_elements: int,
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
         """Padded image -> CLIP resolution -> sigmoid -> detectron2 ``sem_seg_postprocess``.
 
         Official quirk kept: the padded image (border included) is resized, and the crop to
@@ -355,9 +391,15 @@ class CATSeg(SegmentationModel):
         than 96 px; so the padding is stretched into the prediction (cat_seg_model.py ``forward``).
         """
         x = self._resize(images, self.config.clip_resolution)
-        probs = self._logits(x, text, self.config.pooling_test).sigmoid()
-        probs = probs[..., : image_size[0], : image_size[1]]
-        return F.interpolate(probs, size=tuple(output_size), mode="bilinear", align_corners=False)
+        logits = self._logits(x, text, self.config.pooling_test)
+        probs = logits[..., : image_size[0], : image_size[1]].float().sigmoid()
+        (b, k, h, w), (h0, w0) = probs.shape, output_size
+        resize = BandedResize(bilinear_matrix(h, h0), bilinear_matrix(w, w0))
+        cols = resize.columns(probs)  # (h, B, W0, K)
+        rows = max(1, int(max_elements) // (b * k * w0))
+        for start in range(0, h0, rows):
+            stop = min(start + rows, h0)
+            yield 0, start, bands_to_blocks(resize.band(cols, start, stop))
 
     def slide_windows(self) -> list[tuple[int, int]]:
         """Top-left corners (y, x) of the slide crops on the canvas, row-major ([0, 256]^2 officially)."""
@@ -365,13 +407,14 @@ class CATSeg(SegmentationModel):
         starts = range(0, c.slide_size - c.slide_crop + 1, c.slide_stride)
         return [(y, x) for y in starts for x in starts]
 
-    def _predict_slide(
+    def _slide_blocks(
         self,
         images: torch.Tensor,
         text: torch.Tensor,
         image_size: tuple[int, int],
         output_size: tuple[int, int],
-    ) -> torch.Tensor:
+        max_elements: int,
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
         """Official sliding window (cat_seg_model.py ``inference_sliding_window``).
 
         The valid image is resized to a square canvas (640), cut into overlapping crops (384, stride
@@ -384,23 +427,35 @@ class CATSeg(SegmentationModel):
         valid = images[..., : image_size[0], : image_size[1]]
         canvas_img = self._resize(valid, c.slide_size)
         corners = self.slide_windows()
-        crop = c.slide_crop
+        crop, size = c.slide_crop, c.slide_size
         views = [canvas_img[..., y : y + crop, x : x + crop] for y, x in corners]
         views.append(self._resize(valid, crop))
         batch = torch.stack(views, dim=1).flatten(0, 1)  # (B * V, 3, crop, crop), image-major
         logits = self._logits(self._resize(batch, c.clip_resolution), text, c.pooling_test)
-        probs = F.interpolate(logits, size=(crop, crop), mode="bilinear", align_corners=False).sigmoid()
-        probs = probs.reshape(b, len(views), *probs.shape[1:])  # (B, V, K, crop, crop)
-
-        size = c.slide_size
-        total = probs.new_zeros(b, probs.shape[2], size, size)
-        count = probs.new_zeros(size, size)
-        for i, (y, x) in enumerate(corners):
-            total[..., y : y + crop, x : x + crop] += probs[:, i]
+        logits = logits.unflatten(0, (b, len(views)))  # (B, V, K, h, w)
+        k = logits.shape[2]
+        count = logits.new_zeros(size, size, dtype=torch.float32)
+        for y, x in corners:
             count[y : y + crop, x : x + crop] += 1
-        glob = F.interpolate(probs[:, -1], size=(size, size), mode="bilinear", align_corners=False)
-        out = (total / count + glob) / 2.0
-        return F.interpolate(out, size=tuple(output_size), mode="bilinear", align_corners=False)
+
+        def resize(x: torch.Tensor, to: tuple[int, int]) -> torch.Tensor:
+            return F.interpolate(x, size=to, mode="bilinear", align_corners=False)
+
+        def one_class(view_logits: torch.Tensor) -> torch.Tensor:  # (B, V, h, w) -> (B, H0, W0)
+            probs = resize(view_logits.float(), (crop, crop)).sigmoid()  # (B, V, crop, crop)
+            total = probs.new_zeros(b, size, size)
+            for i, (y, x) in enumerate(corners):
+                total[:, y : y + crop, x : x + crop] += probs[:, i]
+            glob = resize(probs[:, -1:], (size, size))[:, 0]
+            return resize(((total / count + glob) / 2.0)[:, None], tuple(output_size))[:, 0]
+
+        # One class at a time, always the same shapes: a class's values never depend on the chunking
+        # (vectorised kernels round their tail elements differently). Chunks only group the output.
+        per_class = b * output_size[0] * output_size[1]
+        step = max(1, int(max_elements) // per_class)
+        for start in range(0, k, step):
+            classes = range(start, min(start + step, k))
+            yield start, 0, torch.stack([one_class(logits[:, :, j]) for j in classes], dim=1)
 
 
 # ---------------------------------------------------------------------------------------- builders

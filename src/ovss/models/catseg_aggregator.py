@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+DECODER_CHUNK = 32  # classes per pass through the upsampling decoder (memory bound, exact)
+
 
 def cost_volume(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of every pixel embedding with every class/template text embedding.
@@ -121,27 +123,51 @@ class GuidedWindowAttention(nn.Module):
         self.v = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
 
+    def _guided(self, linear: nn.Linear, x: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        """``linear(cat([x, g], -1))`` without the concatenation; the guidance part once per image.
+
+        x: (B, T, nW, L, C), guidance: (B, nW, L, G) -> (B, T, nW, L, C).
+        """
+        c = x.shape[-1]
+        y = F.linear(x, linear.weight[:, :c])
+        return y.add_(F.linear(guidance, linear.weight[:, c:], linear.bias).unsqueeze(1))
+
     def forward(self, x: torch.Tensor, guidance: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """Attend within windows.
 
         Args:
-            x: (N, nW, L, C) windowed features; guidance: (N, nW, L, G).
+            x: (N, nW, L, C) windowed features of N = B*T class slices (image index outer).
+            guidance: (B, nW, L, G) windowed guidance, shared by the T class slices of an image.
             mask: optional additive (nW, L, L).
 
         Returns:
             (N, nW, L, C).
         """
         n, nw, length, c = x.shape
-        xg = torch.cat([x, guidance], dim=-1)
+        b = guidance.shape[0]
+        xt = x.reshape(b, n // b, nw, length, c)
 
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(n, nw, length, self.heads, -1).transpose(2, 3)  # (N, nW, heads, L, d)
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (N*nW, heads, L, d): 4-D keeps SDPA on its fast kernel
+            return t.reshape(n * nw, length, self.heads, -1).transpose(1, 2)
 
-        q, k, v = heads(self.q(xg)), heads(self.k(xg)), heads(self.v(x))
-        if mask is not None:  # (nW, 1, L, L) broadcasts over N and heads; SDPA wants q's dtype
-            mask = mask.unsqueeze(1).to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(out.transpose(2, 3).reshape(n, nw, length, c))
+        q, k = heads(self._guided(self.q, xt, guidance)), heads(self._guided(self.k, xt, guidance))
+        v = heads(self.v(x))
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v)
+            out = out.transpose(1, 2).reshape(n, nw, length, c)
+        else:  # one call per window: the (L, L) mask broadcasts over the N slices without a copy
+            mask = mask.to(q.dtype).unsqueeze(1)  # (nW, 1, L, L): SDPA's fast CPU kernel wants 4-D masks
+            q, k, v = (t.unflatten(0, (n, nw)) for t in (q, k, v))
+            out = torch.stack(
+                [
+                    F.scaled_dot_product_attention(q[:, i], k[:, i], v[:, i], attn_mask=mask[i : i + 1])
+                    .transpose(1, 2)
+                    .reshape(n, length, c)
+                    for i in range(nw)
+                ],
+                dim=1,
+            )
+        return self.proj(out)
 
 
 class _MLP(nn.Module):
@@ -181,16 +207,20 @@ class SwinBlock(nn.Module):
         self.mlp = _MLP(dim, 4 * dim, nn.GELU)
 
     def forward(self, x: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        """(N, H, W, C) features, (N, H, W, G) guidance -> (N, H, W, C)."""
+        """(N, H, W, C) features of N = B*T class slices, (B, H, W, G) guidance -> (N, H, W, C).
+
+        Officially the normalised features and the guidance are concatenated before the shift and
+        the window partition; both are pure data movement, so they are applied to each part alone
+        and the guidance is processed once per image instead of once per class.
+        """
         _, h, w, _ = x.shape
-        y = torch.cat([self.norm1(x), guidance], dim=-1)
+        y, g = self.norm1(x), guidance
         mask = None
         if self.shift:
             y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
+            g = torch.roll(g, shifts=(-self.shift, -self.shift), dims=(1, 2))
             mask = shift_window_mask(h, w, self.window, self.shift, x.dtype, x.device)
-        y = window_partition(y, self.window)
-        c = x.shape[-1]
-        y = self.attn(y[..., :c], y[..., c:], mask)
+        y = self.attn(window_partition(y, self.window), window_partition(g, self.window), mask)
         y = window_merge(y, self.window, h, w)
         if self.shift:
             y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
@@ -222,7 +252,6 @@ class SpatialAggregation(nn.Module):
         """
         b, t, h, w, c = cost.shape
         g = self.guidance_norm(guidance.permute(0, 2, 3, 1))  # (B, H, W, G), same for every class
-        g = g.unsqueeze(1).expand(b, t, h, w, g.shape[-1]).reshape(b * t, h, w, -1)
         x = cost.reshape(b * t, h, w, c)
         for block in self.blocks:
             x = block(x, g)
@@ -500,10 +529,17 @@ class Aggregator(nn.Module):
         for layer in self.layers:
             cost = layer(cost, appearance, text_guidance, pool)
 
-        x = cost.permute(0, 1, 4, 2, 3).reshape(b * tk, -1, h, w)
-        for block, g in zip(self.decoder, decoder_guidance):
-            x = block(x, g)
-        logits = self.head(x).reshape(b, tk, *x.shape[-2:])
+        # The decoder is per class (convolutions and GroupNorm see one class slice at a time): run it
+        # on fixed chunks of classes so its (B*T, C, 4h, 4w) activations stay small.
+        x = cost.permute(0, 1, 4, 2, 3)  # (B, T, C, h, w)
+        chunks = []
+        for start in range(0, tk, DECODER_CHUNK):
+            y = x[:, start : start + DECODER_CHUNK]
+            y = y.reshape(-1, *y.shape[2:])  # (B*t, C, h, w), image index outer
+            for block, g in zip(self.decoder, decoder_guidance):
+                y = block(y, g)
+            chunks.append(self.head(y).reshape(b, -1, *y.shape[-2:]))
+        logits = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
         if keep is None:
             return logits
         full = logits.new_full((b, t, *logits.shape[-2:]), -100.0)

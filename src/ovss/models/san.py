@@ -24,6 +24,7 @@ from torch import nn
 
 from ovss.errors import ConfigError
 from ovss.layers.pos_embed import resize_pos_embed
+from ovss.layers.resize import BandedResize, assemble_blocks, bands_to_blocks, bilinear_matrix
 from ovss.layers.transformer import ResidualAttentionBlock
 from ovss.models.base import ModelConfig, SegmentationModel
 from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
@@ -31,6 +32,7 @@ from ovss.towers.text import TextConfig
 from ovss.towers.vit import VisionConfig
 
 SOS_BLOCKED = -100.0  # the official additive value for "blocked" (not -inf), see spec 1.7
+BLOCK_ELEMENTS = 1 << 22  # default working set of one output band (elements), see SAN.predict_blocks
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -433,16 +435,57 @@ class SAN(SegmentationModel):
             output_size: (H0, W0) of the returned map.
 
         Returns:
-            (B, K, H0, W0): sum over queries of softmax(class logits)[:K] x sigmoid(mask logits).
+            (B, K, H0, W0) in the dtype of ``images``: sum over queries of softmax(class logits)[:K] x
+            sigmoid(mask logits); the concatenation of :meth:`predict_blocks` (see there for how).
+        """
+        blocks = self.predict_blocks(images, text, image_size, output_size, BLOCK_ELEMENTS, **options)
+        shape = (images.shape[0], text.shape[0], *output_size)
+        return assemble_blocks(blocks, shape, images.dtype, images.device)
+
+    def predict_blocks(
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        image_size: tuple[int, int],
+        output_size: tuple[int, int],
+        max_elements: int = BLOCK_ELEMENTS,
+        **options: Any,
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """The :meth:`predict` score map in bands of output rows, all classes per band.
+
+        Officially the (B, Q, h_s, w_s) mask logits are resized (bilinear) to the padded input, cropped
+        to ``image_size``, resized to ``output_size``, passed through a sigmoid and summed over the
+        queries weighted by the class probabilities. Here both resizes and the crop are one separable
+        linear map (:class:`~ovss.layers.resize.BandedResize`, same weights to float32 rounding) applied
+        band by band, so neither (B, Q, H0, W0) nor (B, K, H0, W0) is ever held; the mask maps and the
+        class combination are float32 whatever the model dtype.
+
+        Args:
+            images, text, image_size, output_size: as in :meth:`predict`.
+            max_elements: bound on the band working set (Q + K) x rows x W0 per image (at least one row).
+
+        Yields:
+            ``(0, row_start, scores)``: scores (B, K, r, W0) float32 (a channels-last view) for output
+            rows ``[row_start, row_start + r)``, top to bottom.
         """
         if options:
             raise ConfigError(f"SAN.predict takes no options, got {sorted(options)}; remove them")
         out = self.forward(images, text)
-        masks = F.interpolate(out["pred_masks"], size=images.shape[-2:], mode="bilinear", align_corners=False)
-        masks = masks[..., : image_size[0], : image_size[1]]
-        masks = F.interpolate(masks, size=tuple(output_size), mode="bilinear", align_corners=False)
-        probs = out["pred_logits"].softmax(-1)[..., :-1]
-        return torch.einsum("bqk,bqhw->bkhw", probs, masks.sigmoid())
+        masks, logits = out["pred_masks"], out["pred_logits"]
+        (hs, ws), (hp, wp) = masks.shape[-2:], images.shape[-2:]
+        (h, w), (h0, w0) = image_size, output_size
+        resize = BandedResize(
+            bilinear_matrix(h, h0) @ bilinear_matrix(hs, hp)[:h],
+            bilinear_matrix(w, w0) @ bilinear_matrix(ws, wp)[:w],
+        )
+        probs = logits.float().softmax(-1)[..., :-1]  # (B, Q, K)
+        cols = resize.columns(masks)  # (h_s, B, W0, Q)
+        b, q, k = probs.shape
+        rows = max(1, int(max_elements) // (b * (q + k) * w0))
+        for start in range(0, h0, rows):
+            stop = min(start + rows, h0)
+            sig = resize.band(cols, start, stop, rowwise=torch.Tensor.sigmoid_)  # (r, B, W0, Q)
+            yield 0, start, bands_to_blocks(torch.matmul(sig, probs))  # (r, B, W0, K) as (B, K, r, W0)
 
 
 def _downsample(x: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:

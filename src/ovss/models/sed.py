@@ -14,6 +14,7 @@ Reads: config -> model -> builders. The decoder lives in :mod:`ovss.models.sed_d
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -21,11 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovss.errors import ConfigError
+from ovss.layers.resize import BandedResize, assemble_blocks, bands_to_blocks, bilinear_matrix
 from ovss.models.base import ModelConfig, SegmentationModel
 from ovss.models.sed_decoder import SEDDecoder
 from ovss.towers.clip import CLIP, ClipConfig, convnext_b_w_320, convnext_l_d_320
 from ovss.towers.convnext import ConvNeXtConfig
 from ovss.towers.text import TextConfig
+
+BLOCK_ELEMENTS = 1 << 22  # default float32 working set of one output band, see SED.predict_blocks
 
 # ----------------------------------------------------------------------------------------------
 # config
@@ -253,8 +257,42 @@ class SED(SegmentationModel):
             topk: classes kept per pixel by CER (default ``config.topk``).
 
         Returns:
-            (B, K, H0, W0) float probabilities: sigmoid of the final logits (normal), or the official
-            CER output (sigmoid at surviving classes, 0 elsewhere).
+            (B, K, H0, W0) probabilities in the dtype of ``images``: sigmoid of the final logits
+            (normal), or the official CER output (sigmoid at surviving classes, 0 elsewhere); the
+            concatenation of :meth:`predict_blocks`.
+        """
+        blocks = self.predict_blocks(
+            images, text, image_size, output_size, BLOCK_ELEMENTS, fast=fast, topk=topk, **options
+        )
+        shape = (images.shape[0], text.shape[0], *output_size)
+        return assemble_blocks(blocks, shape, images.dtype, images.device)
+
+    @torch.no_grad()
+    def predict_blocks(
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        image_size: tuple[int, int],
+        output_size: tuple[int, int],
+        max_elements: int = BLOCK_ELEMENTS,
+        fast: bool | None = None,
+        topk: int | None = None,
+        **options: Any,
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """The :meth:`predict` score map in bands of output rows.
+
+        The network runs once; the crop and sigmoid run on the small (S/4) map and the bilinear
+        resize to ``output_size`` (``F.interpolate``'s weights, :class:`~ovss.layers.resize.BandedResize`)
+        one band of rows at a time, all in float32 whatever the model dtype, so (B, K, H0, W0) is never
+        held.
+
+        Args:
+            images, text, image_size, output_size, fast, topk: as in :meth:`predict`.
+            max_elements: bound on the float32 elements of one band, B x K x rows x W0 (at least a row).
+
+        Yields:
+            ``(0, row_start, scores)``: scores (B, K, r, W0) float32 (a channels-last view) for output
+            rows ``[row_start, row_start + r)``, top to bottom.
         """
         if options:
             raise ConfigError(
@@ -265,20 +303,52 @@ class SED(SegmentationModel):
         topk = self.config.topk if topk is None else topk
         if topk < 1:
             raise ConfigError(f"SED topk must be >= 1 (classes kept per pixel), got {topk}")
-        with torch.no_grad():
-            dense, skips = self.image_features(images)
-            if fast:
-                probs = torch.cat(
-                    [
-                        self.decoder.forward_fast(
-                            dense[b : b + 1], text, [s[b : b + 1] for s in skips], topk
-                        )[0]
-                        for b in range(images.shape[0])
-                    ]
-                )
-            else:
-                probs = self.decoder(dense, text, skips)[0].sigmoid()
-            return postprocess(probs, tuple(images.shape[-2:]), image_size, output_size)
+        dense, skips = self.image_features(images)
+        if fast:  # probabilities already (0 at rejected classes)
+            scores = torch.cat(
+                [
+                    self.decoder.forward_fast(dense[b : b + 1], text, [s[b : b + 1] for s in skips], topk)[0]
+                    for b in range(images.shape[0])
+                ]
+            )
+        else:  # logits; the sigmoid follows on the small map, in float32
+            scores = self.decoder(dense, text, skips)[0]
+        probs = valid_region(scores, tuple(images.shape[-2:]), image_size).float()
+        if not fast:
+            probs = probs.sigmoid()
+        (h, w), (h0, w0) = probs.shape[-2:], output_size
+        resize = BandedResize(bilinear_matrix(h, h0), bilinear_matrix(w, w0))
+        cols = resize.columns(probs)  # (h, B, W0, K)
+        rows = max(1, int(max_elements) // (probs.shape[0] * probs.shape[1] * w0))
+        for start in range(0, h0, rows):
+            stop = min(start + rows, h0)
+            yield 0, start, bands_to_blocks(resize.band(cols, start, stop))
+
+
+def valid_region(
+    probs: torch.Tensor, padded_size: tuple[int, int], image_size: tuple[int, int]
+) -> torch.Tensor:
+    """Crop the part of a score map that covers the valid (unpadded) image.
+
+    The whole (padded) input was squashed to the square CLIP resolution, so the valid region is the
+    same fraction of the map. Unpadded inputs are not cropped; this equals the official
+    ``sem_seg_postprocess`` crop for images of at least S/4 pixels a side (the official code crops
+    image coordinates out of the S/4 map, which only bites for smaller images).
+
+    Args:
+        probs: (B, K, h', w') score map.
+        padded_size: (H, W) of the network input.
+        image_size: (h, w) valid region of the input.
+
+    Returns:
+        (B, K, rows, cols) view of ``probs``.
+    """
+    (ph, pw), (h, w) = padded_size, image_size
+    if (h, w) == (ph, pw):
+        return probs
+    rows = max(1, min(probs.shape[-2], round(probs.shape[-2] * h / ph)))
+    cols = max(1, min(probs.shape[-1], round(probs.shape[-1] * w / pw)))
+    return probs[..., :rows, :cols]
 
 
 def postprocess(
@@ -287,12 +357,10 @@ def postprocess(
     image_size: tuple[int, int],
     output_size: tuple[int, int],
 ) -> torch.Tensor:
-    """Crop the valid region of the score map and resize it to the output size.
+    """Crop the valid region of the score map (:func:`valid_region`) and resize it to the output size.
 
-    The whole (padded) input was squashed to the square CLIP resolution, so the valid region is the
-    same fraction of the map. Unpadded inputs are not cropped; this equals the official
-    ``sem_seg_postprocess`` for images of at least S/4 pixels a side (the official code crops image
-    coordinates out of the S/4 map, which only bites for smaller images).
+    This is the official ``sem_seg_postprocess`` with ``F.interpolate``; :meth:`SED.predict_blocks`
+    applies the same bilinear weights in bands of rows (equal to float32 rounding).
 
     Args:
         probs: (B, K, h', w') score map.
@@ -303,11 +371,7 @@ def postprocess(
     Returns:
         (B, K, H0, W0), bilinear (align_corners=False).
     """
-    (ph, pw), (h, w) = padded_size, image_size
-    if (h, w) != (ph, pw):
-        rows = max(1, min(probs.shape[-2], round(probs.shape[-2] * h / ph)))
-        cols = max(1, min(probs.shape[-1], round(probs.shape[-1] * w / pw)))
-        probs = probs[..., :rows, :cols]
+    probs = valid_region(probs, padded_size, image_size)
     return F.interpolate(probs, size=tuple(output_size), mode="bilinear", align_corners=False)
 
 

@@ -97,7 +97,7 @@ class TextTransformer(nn.Module):
             )
         x = self.token_embedding(tokens)
         x = x + self.positional_embedding[:length].to(x.dtype)
-        x = self.transformer(x, attn_mask=causal_mask(length, x))
+        x = self.transformer(x, is_causal=True)  # = additive causal_mask(length, x), not materialised
         return self.ln_final(x)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,138 @@
+"""Separable bilinear resizing as per-axis matrices, so full-resolution maps can be made in row bands.
+
+``F.interpolate(mode="bilinear", align_corners=False)`` is separable: along each axis an output
+position is a weighted sum of (at most) two input positions. Chains of such resizes and crops (SAN
+resizes its mask logits to the padded input, crops the valid region, then resizes to the original
+image size) are still separable, with a few input positions per output position. :class:`BandedResize`
+holds the composed matrices of both axes and applies them to any band of output rows. Every element is
+computed the same way whatever the band, so a map built band by band is bit-identical to the same map
+built in one go. The composed weights start from the float32 weights ``F.interpolate`` uses; results
+agree with the chained ``F.interpolate`` calls to float32 rounding (relative error ~1e-7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _tracing() -> bool:
+    """True under tracing / ONNX export / torch.compile."""
+    is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.5
+    return bool(
+        torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+        or is_exporting()
+    )
+
+
+def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """Weights of a 1-D bilinear resize (align_corners=False), exactly as ``F.interpolate`` uses them.
+
+    Returns:
+        (out_size, in_size) float64 array; row i holds the weights of output position i (an
+        identity matrix when the sizes are equal).
+    """
+    with torch.no_grad():  # one-hot columns through the real kernel: its float32 weights, no re-derivation
+        eye = torch.eye(in_size, dtype=torch.float32).reshape(1, in_size, in_size, 1)
+        cols = F.interpolate(eye, size=(out_size, 1), mode="bilinear", align_corners=False)
+    return cols[0, :, :, 0].numpy().T.astype(np.float64)
+
+
+class BandedResize:
+    """A separable linear resize of (B, C, h, w) maps to (B, C, H, W), computed in bands of output rows.
+
+    The column axis is resized once (a matrix product over w); each output row is then a product of
+    its few non-zero weights with the matching input rows, computed the same way whatever band it is
+    asked for in. Bands are channels-last, (r, B, W, C): reductions over the channels (classes) are
+    then over the innermost axis, which is the fast case on CPUs.
+
+    Args:
+        rows: (H, h) matrix of the row axis (e.g. ``bilinear_matrix(h, H)`` or a product of them).
+        cols: (W, w) matrix of the column axis.
+    """
+
+    def __init__(self, rows: np.ndarray, cols: np.ndarray) -> None:
+        rows, cols = np.asarray(rows, dtype=np.float64), np.asarray(cols, dtype=np.float64)
+        self.size = (int(rows.shape[0]), int(cols.shape[0]))
+        self.rows = torch.from_numpy(rows.astype(np.float32))  # (H, h)
+        self.cols = torch.from_numpy(cols.astype(np.float32))  # (W, w)
+        nonzero = rows != 0
+        has = nonzero.any(axis=1)
+        # first / last input row with a non-zero weight (row 0 with weight 0 for an all-zero row)
+        self._first = np.where(has, nonzero.argmax(axis=1), 0)
+        self._last = np.where(has, rows.shape[1] - 1 - nonzero[:, ::-1].argmax(axis=1), 0)
+
+    def columns(self, x: torch.Tensor) -> torch.Tensor:
+        """Resize the column axis: (B, C, h, w) -> (h, B, W, C) float32."""
+        x = x.float().permute(2, 0, 3, 1)  # (h, B, w, C)
+        return torch.matmul(self.cols.to(x.device), x)
+
+    def band(
+        self,
+        cols: torch.Tensor,
+        start: int,
+        stop: int,
+        rowwise: Callable[[torch.Tensor], object] | None = None,
+    ) -> torch.Tensor:
+        """Output rows ``[start, stop)`` from :meth:`columns`' result: (h, B, W, C) -> (r, B, W, C).
+
+        Each row is its own (1, taps) @ (taps, B*W*C) product over exactly the input rows its weights
+        touch, so its value never depends on the band (a matrix product's rounding can depend on its
+        shape).
+
+        Args:
+            cols: :meth:`columns` output.
+            start, stop: the band of output rows.
+            rowwise: optional in-place elementwise op (e.g. ``torch.Tensor.sigmoid_``) applied to each
+                row on its own: vectorised kernels round their tail elements differently, so applying
+                it to the whole band would make the result depend on the band size.
+        """
+        flat = cols.reshape(cols.shape[0], -1)
+        weights = self.rows.to(cols.device)
+        if _tracing():  # export: one dense product (a fixed-size graph), no per-row loop
+            row = weights[start:stop] @ flat
+            if rowwise is not None:
+                rowwise(row)
+            return row.reshape(stop - start, *cols.shape[1:])
+        out = flat.new_empty(stop - start, flat.shape[1])
+        for i in range(start, stop):
+            lo, hi = int(self._first[i]), int(self._last[i]) + 1
+            row = out[i - start : i - start + 1]
+            torch.mm(weights[i : i + 1, lo:hi], flat[lo:hi], out=row)
+            if rowwise is not None:
+                rowwise(row)
+        return out.reshape(stop - start, *cols.shape[1:])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The whole resized map: (B, C, h, w) -> (B, C, H, W) float32 (a channels-last view)."""
+        return self.band(self.columns(x), 0, self.size[0]).permute(1, 3, 0, 2)
+
+
+def bands_to_blocks(band: torch.Tensor) -> torch.Tensor:
+    """(r, B, W, C) band -> (B, C, r, W) view (the block layout of ``predict_blocks``)."""
+    return band.permute(1, 3, 0, 2)
+
+
+def assemble_blocks(
+    blocks: Iterable[tuple[int, int, torch.Tensor]],
+    shape: tuple[int, int, int, int],
+    dtype: torch.dtype,
+    device: torch.device | str,
+) -> torch.Tensor:
+    """Write ``(class_start, row_start, (B, k, r, W))`` blocks into one (B, K, H, W) map of ``dtype``.
+
+    Peak memory is the map plus one block (the blocks are consumed as they come).
+    """
+    if _tracing():  # export: a concatenation traces to a fixed graph, slice assignment does not
+        parts = list(blocks)
+        dim = 1 if any(k0 for k0, _, _ in parts) else 2
+        return torch.cat([block.to(dtype) for _, _, block in parts], dim=dim)
+    out = torch.empty(shape, dtype=dtype, device=device)
+    for k0, r0, block in blocks:
+        out[:, k0 : k0 + block.shape[1], r0 : r0 + block.shape[2]] = block
+    return out

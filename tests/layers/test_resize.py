@@ -1,0 +1,68 @@
+"""Banded separable bilinear resizing against F.interpolate, and band-size independence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), [(5, 5), (4, 13), (13, 4), (40, 640), (853, 640), (7, 8)])
+def test_bilinear_matrix_is_f_interpolate_along_one_axis(n_in: int, n_out: int) -> None:
+    x = torch.randn(3, n_in, generator=torch.Generator().manual_seed(0))
+    m = bilinear_matrix(n_in, n_out)
+    assert m.shape == (n_out, n_in)
+    np.testing.assert_allclose(m.sum(1), 1.0, atol=1e-6)  # a partition of unity
+    assert ((m != 0).sum(1) <= 2).all()  # two taps at most
+    ref = F.interpolate(x.view(1, 3, n_in, 1), size=(n_out, 1), mode="bilinear", align_corners=False)
+    # the float32 kernel's own weights: equal up to the rounding of its float32 sums
+    np.testing.assert_allclose(x.double().numpy() @ m.T, ref[0, :, :, 0].numpy(), rtol=1e-6, atol=1e-6)
+    if n_in == n_out:
+        assert (m == np.eye(n_in)).all()
+
+
+# (h_s, w_s) -> padded (H, W) -> crop (h, w) -> output (H0, W0): SAN's mask post-processing
+CHAINS = [
+    (4, 6, 64, 96, 50, 70, 25, 35),
+    (10, 14, 160, 224, 160, 220, 480, 640),
+    (6, 6, 96, 96, 96, 96, 96, 96),
+]
+
+
+@pytest.mark.parametrize("chain", CHAINS)
+def test_composed_resize_matches_chained_interpolate(chain) -> None:
+    hs, ws, hp, wp, h, w, h0, w0 = chain
+    x = torch.randn(2, 5, hs, ws, generator=torch.Generator().manual_seed(1))
+    ref = F.interpolate(x, size=(hp, wp), mode="bilinear", align_corners=False)[..., :h, :w]
+    ref = F.interpolate(ref, size=(h0, w0), mode="bilinear", align_corners=False)
+    rows = bilinear_matrix(h, h0) @ bilinear_matrix(hs, hp)[:h]
+    resize = BandedResize(rows, bilinear_matrix(w, w0) @ bilinear_matrix(ws, wp)[:w])
+    out = resize(x)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert ((out - ref).norm() / ref.norm()) < 1e-6  # same weights, float32 rounding only
+    assert (out - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("step", [1, 3, 16, 1000])
+def test_any_banding_is_bit_identical_to_one_band(step: int) -> None:
+    x = torch.randn(2, 7, 9, 11, generator=torch.Generator().manual_seed(2))
+    rows = bilinear_matrix(5, 61) @ bilinear_matrix(9, 5)  # down then up: 3-4 taps per row
+    resize = BandedResize(rows, bilinear_matrix(11, 47))
+    cols = resize.columns(x)
+    assert cols.shape == (9, 2, 47, 7)  # channels-last columns
+    whole = resize.band(cols, 0, 61)
+    bands = torch.cat([resize.band(cols, i, min(i + step, 61)) for i in range(0, 61, step)])
+    assert torch.equal(bands, whole)
+    assert torch.equal(bands_to_blocks(whole), resize(x))
+    assert resize(x).shape == (2, 7, 61, 47)
+
+
+def test_bf16_input_is_resized_in_float32() -> None:
+    x = torch.rand(1, 3, 4, 4)
+    resize = BandedResize(bilinear_matrix(4, 16), bilinear_matrix(4, 16))
+    out = resize(x.bfloat16())
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, resize(x.bfloat16().float()))
