@@ -94,7 +94,9 @@ class Segmenter:
         self.model = model.to(self.device, self.dtype).eval()
         self.name = name
         config = model.config
-        cache_id = f"{digest[:16]}-{str(self.dtype).removeprefix('torch.')}" if digest else None
+        # Only real checkpoints (a sha256) key the disk cache; random test weights have no stable identity.
+        is_sha256 = len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
+        cache_id = f"{digest[:16]}-{str(self.dtype).removeprefix('torch.')}" if is_sha256 else None
         self.embedder = TextEmbedder(
             self._encode_text,
             config.templates,
