@@ -44,3 +44,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def is_tracing() -> bool:
+    """True under tracing / ONNX export / torch.compile, where shapes must not depend on data."""
+    import torch
+
+    is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.5
+    return bool(
+        torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+        or is_exporting()
+    )

@@ -18,16 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def _tracing() -> bool:
-    """True under tracing / ONNX export / torch.compile."""
-    is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.5
-    return bool(
-        torch.jit.is_tracing()
-        or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_compiling()
-        or is_exporting()
-    )
+from ovss.utils import is_tracing
 
 
 def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
@@ -94,7 +85,7 @@ class BandedResize:
         """
         flat = cols.reshape(cols.shape[0], -1)
         weights = self.rows.to(cols.device)
-        if _tracing():  # export: one dense product (a fixed-size graph), no per-row loop
+        if is_tracing():  # export: one dense product (a fixed-size graph), no per-row loop
             row = weights[start:stop] @ flat
             if rowwise is not None:
                 rowwise(row)
@@ -128,7 +119,7 @@ def assemble_blocks(
 
     Peak memory is the map plus one block (the blocks are consumed as they come).
     """
-    if _tracing():  # export: a concatenation traces to a fixed graph, slice assignment does not
+    if is_tracing():  # export: a concatenation traces to a fixed graph, slice assignment does not
         parts = list(blocks)
         dim = 1 if any(k0 for k0, _, _ in parts) else 2
         return torch.cat([block.to(dtype) for _, _, block in parts], dim=dim)

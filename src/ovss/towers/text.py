@@ -11,6 +11,7 @@ from ovss.config import Config
 from ovss.errors import ConfigError
 from ovss.layers.mlp import ACTIVATIONS
 from ovss.layers.transformer import Transformer
+from ovss.utils import is_tracing
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -47,17 +48,6 @@ def causal_mask(length: int, like: torch.Tensor) -> torch.Tensor:
     """(length, length) additive mask, -inf above the diagonal, in ``like``'s dtype and device."""
     mask = torch.full((length, length), float("-inf"), dtype=like.dtype, device=like.device)
     return mask.triu(1)
-
-
-def _exporting() -> bool:
-    """True under tracing / ONNX export / torch.compile, where shapes must not depend on data."""
-    is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)  # torch >= 2.5
-    return bool(
-        torch.jit.is_tracing()
-        or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_compiling()
-        or is_exporting()
-    )
 
 
 class TextTransformer(nn.Module):
@@ -113,7 +103,7 @@ class TextTransformer(nn.Module):
             (N, output_dim).
         """
         eot = tokens.argmax(dim=-1)  # (N,)
-        if not _exporting() and tokens.shape[0] > 0:
+        if not is_tracing() and tokens.shape[0] > 0:
             tokens = tokens[:, : int(eot.max()) + 1]
         x = self.forward_tokens(tokens)
         x = x[torch.arange(x.shape[0], device=x.device), eot]
