@@ -228,12 +228,9 @@ class Segmenter:
     def _score_blocks(
         self, batch: torch.Tensor, size: tuple[int, int], out_size: tuple[int, int], **options: Any
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """The model's score map as blocks: ``predict_blocks`` when the model has it, else one block."""
-        blocks = getattr(self.model, "predict_blocks", None)
-        if blocks is not None:
-            max_elements = max(1, int(self.block_mb * 2**20) // 4)
-            return blocks(batch, self._text, size, out_size, max_elements, **options)
-        return iter([(0, 0, self.model.predict(batch, self._text, size, out_size, **options))])
+        """The model's score map as blocks (``SegmentationModel.predict_blocks``)."""
+        max_elements = max(1, int(self.block_mb * 2**20) // 4)
+        return self.model.predict_blocks(batch, self._text, size, out_size, max_elements, **options)
 
     def _to_result(self, rgb: np.ndarray, reduced: ReducedScores, i: int) -> SegmentationResult:
         assert self._vocab is not None

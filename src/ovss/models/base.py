@@ -8,6 +8,7 @@ vocabulary cache, dtype/device and rendering.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -58,8 +59,13 @@ class ModelConfig(Config):
     pixel_std: tuple[float, float, float] = CLIP_STD_255  # RGB, 0..255 scale
 
 
+# Default working set (elements) of one block of the full-resolution score map; see predict_blocks.
+BLOCK_ELEMENTS = 1 << 22
+
+
 class SegmentationModel(nn.Module):
-    """Base class: subclasses set ``self.config`` and implement ``encode_text`` and ``predict``."""
+    """Base class: subclasses set ``self.config`` and implement ``encode_text`` and ``predict_blocks``
+    (bounded memory; ``predict`` assembles it) or, for simple models, ``predict`` (one block)."""
 
     config: ModelConfig
 
@@ -86,7 +92,7 @@ class SegmentationModel(nn.Module):
         output_size: tuple[int, int],
         **options: Any,
     ) -> torch.Tensor:
-        """Semantic score map.
+        """Semantic score map: the concatenation of :meth:`predict_blocks`.
 
         Args:
             images: (B, 3, H, W) float, normalised with pixel_mean/std, padded bottom/right.
@@ -96,6 +102,31 @@ class SegmentationModel(nn.Module):
             options: model specific switches (e.g. ``inference="slide"``, ``fast=True, topk=8``).
 
         Returns:
-            (B, K, H0, W0) float scores; the label map is their argmax over K.
+            (B, K, H0, W0) scores in the dtype of ``images``; the label map is their argmax over K.
+            What the scores are is model specific (see each model's ``predict_blocks``).
         """
-        raise NotImplementedError
+        from ovss.layers.resize import assemble_blocks
+
+        blocks = self.predict_blocks(images, text, image_size, output_size, BLOCK_ELEMENTS, **options)
+        shape = (images.shape[0], text.shape[0], *output_size)
+        return assemble_blocks(blocks, shape, images.dtype, images.device)
+
+    def predict_blocks(
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        image_size: tuple[int, int],
+        output_size: tuple[int, int],
+        max_elements: int = BLOCK_ELEMENTS,
+        **options: Any,
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """The score map of :meth:`predict` in blocks of at most about ``max_elements`` elements.
+
+        Yields:
+            (class_start, row_start, scores (B, k, r, W0)) blocks that tile the (B, K, H0, W0) map;
+            the numbers equal :meth:`predict`'s. The predictor reduces them as they come (argmax,
+            maxima), so peak memory stays bounded for large vocabularies.
+        """
+        if type(self).predict is SegmentationModel.predict:
+            raise NotImplementedError(f"{type(self).__name__} must implement predict_blocks or predict")
+        yield 0, 0, self.predict(images, text, image_size, output_size, **options)

@@ -27,16 +27,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovss.errors import ConfigError
-from ovss.layers.resize import BandedResize, assemble_blocks, bands_to_blocks, bilinear_matrix
+from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
 from ovss.layers.transformer import ResidualAttentionBlock
-from ovss.models.base import ModelConfig, SegmentationModel
+from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, SegmentationModel
 from ovss.models.catseg_aggregator import Aggregator
 from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
 from ovss.towers.text import TextConfig
 from ovss.towers.vit import VisionConfig
 
 INFERENCE_MODES = ("whole", "slide")
-BLOCK_ELEMENTS = 1 << 22  # default float32 working set of one output block, see CATSeg.predict_blocks
 
 
 def _split_qkv(cfg: ClipConfig) -> ClipConfig:
@@ -319,31 +318,6 @@ class CATSeg(SegmentationModel):
             return self.config.slide_size, self.config.slide_size
         return self.config.test_resize.output_size(height, width)
 
-    def predict(
-        self,
-        images: torch.Tensor,
-        text: torch.Tensor,
-        image_size: tuple[int, int],
-        output_size: tuple[int, int],
-        **options: Any,
-    ) -> torch.Tensor:
-        """Official semantic score map (sigmoid probabilities).
-
-        Args:
-            images: (B, 3, H, W) CLIP-normalised, padded bottom/right (to 32).
-            text: (K, P, E) from :meth:`encode_text`.
-            image_size: (h, w) valid size inside ``images``.
-            output_size: (H0, W0) of the returned map.
-            options: ``inference="whole" | "slide"`` (default ``config.inference``).
-
-        Returns:
-            (B, K, H0, W0) probabilities in [0, 1], in the dtype of ``images``; the concatenation of
-            :meth:`predict_blocks`.
-        """
-        blocks = self.predict_blocks(images, text, image_size, output_size, BLOCK_ELEMENTS, **options)
-        shape = (images.shape[0], text.shape[0], *output_size)
-        return assemble_blocks(blocks, shape, images.dtype, images.device)
-
     @torch.no_grad()
     def predict_blocks(
         self,
@@ -354,7 +328,7 @@ class CATSeg(SegmentationModel):
         max_elements: int = BLOCK_ELEMENTS,
         **options: Any,
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """The :meth:`predict` score map in blocks, never holding (B, K, H0, W0).
+        """The score map of :meth:`predict` in blocks, never holding (B, K, H0, W0).
 
         The network runs once on all classes; what follows runs in float32 whatever the model dtype.
         Whole: the sigmoid and crop on the small (96 x 96) map, then the bilinear resize to
@@ -363,13 +337,18 @@ class CATSeg(SegmentationModel):
         class and run one chunk of classes at a time (bit-identical to all classes at once).
 
         Args:
-            images, text, image_size, output_size, options: as in :meth:`predict`.
+            images: (B, 3, H, W) CLIP-normalised, padded bottom/right (to 32).
+            text: (K, P, E) from :meth:`encode_text`.
+            image_size: (h, w) valid region inside ``images``.
+            output_size: (H0, W0) of the score map.
+            options: ``inference="whole"|"slide"`` (default ``config.inference``).
             max_elements: bound on the float32 elements of one block (at least one row / one class).
 
         Yields:
             whole: ``(0, row_start, scores)`` with scores (B, K, r, W0) (a channels-last view) for
             output rows ``[row_start, row_start + r)``, top to bottom; slide: ``(class_start, 0,
-            scores)`` with scores (B, k, H0, W0) for classes ``[class_start, class_start + k)``.
+            scores)`` with scores (B, k, H0, W0) for classes ``[class_start, class_start + k)``. Scores
+            are sigmoid probabilities in [0, 1].
         """
         if self._mode(dict(options)) == "slide":
             yield from self._slide_blocks(images, text, image_size, output_size, max_elements)

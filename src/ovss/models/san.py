@@ -24,15 +24,14 @@ from torch import nn
 
 from ovss.errors import ConfigError
 from ovss.layers.pos_embed import resize_pos_embed
-from ovss.layers.resize import BandedResize, assemble_blocks, bands_to_blocks, bilinear_matrix
+from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
 from ovss.layers.transformer import ResidualAttentionBlock
-from ovss.models.base import ModelConfig, SegmentationModel
+from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, SegmentationModel
 from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
 from ovss.towers.text import TextConfig
 from ovss.towers.vit import VisionConfig
 
 SOS_BLOCKED = -100.0  # the official additive value for "blocked" (not -inf), see spec 1.7
-BLOCK_ELEMENTS = 1 << 22  # default working set of one output band (elements), see SAN.predict_blocks
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -418,30 +417,6 @@ class SAN(SegmentationModel):
             results.append({"pred_masks": masks, "pred_logits": regions @ weight.to(regions.dtype).T})
         return {**results[-1], "aux_outputs": results[:-1]}
 
-    def predict(
-        self,
-        images: torch.Tensor,
-        text: torch.Tensor,
-        image_size: tuple[int, int],
-        output_size: tuple[int, int],
-        **options: Any,
-    ) -> torch.Tensor:
-        """Official semantic inference (``SAN.semantic_inference`` after ``sem_seg_postprocess``).
-
-        Args:
-            images: (B, 3, H, W) normalised, padded bottom/right.
-            text: (K, E) from :meth:`encode_text`.
-            image_size: (h, w) valid region inside ``images``.
-            output_size: (H0, W0) of the returned map.
-
-        Returns:
-            (B, K, H0, W0) in the dtype of ``images``: sum over queries of softmax(class logits)[:K] x
-            sigmoid(mask logits); the concatenation of :meth:`predict_blocks` (see there for how).
-        """
-        blocks = self.predict_blocks(images, text, image_size, output_size, BLOCK_ELEMENTS, **options)
-        shape = (images.shape[0], text.shape[0], *output_size)
-        return assemble_blocks(blocks, shape, images.dtype, images.device)
-
     def predict_blocks(
         self,
         images: torch.Tensor,
@@ -451,7 +426,7 @@ class SAN(SegmentationModel):
         max_elements: int = BLOCK_ELEMENTS,
         **options: Any,
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """The :meth:`predict` score map in bands of output rows, all classes per band.
+        """The score map of :meth:`predict` in bands of output rows, all classes per band.
 
         Officially the (B, Q, h_s, w_s) mask logits are resized (bilinear) to the padded input, cropped
         to ``image_size``, resized to ``output_size``, passed through a sigmoid and summed over the
@@ -461,12 +436,16 @@ class SAN(SegmentationModel):
         class combination are float32 whatever the model dtype.
 
         Args:
-            images, text, image_size, output_size: as in :meth:`predict`.
+            images: (B, 3, H, W) normalised, padded bottom/right.
+            text: (K, E) from :meth:`encode_text`.
+            image_size: (h, w) valid region inside ``images``.
+            output_size: (H0, W0) of the score map.
             max_elements: bound on the band working set (Q + K) x rows x W0 per image (at least one row).
 
         Yields:
             ``(0, row_start, scores)``: scores (B, K, r, W0) float32 (a channels-last view) for output
-            rows ``[row_start, row_start + r)``, top to bottom.
+            rows ``[row_start, row_start + r)``, top to bottom. A score is the sum over queries of
+            softmax(class logits)[:K] x sigmoid(mask logits) (official semantic inference).
         """
         if options:
             raise ConfigError(f"SAN.predict takes no options, got {sorted(options)}; remove them")

@@ -22,14 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovss.errors import ConfigError
-from ovss.layers.resize import BandedResize, assemble_blocks, bands_to_blocks, bilinear_matrix
-from ovss.models.base import ModelConfig, SegmentationModel
+from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
+from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, SegmentationModel
 from ovss.models.sed_decoder import SEDDecoder
 from ovss.towers.clip import CLIP, ClipConfig, convnext_b_w_320, convnext_l_d_320
 from ovss.towers.convnext import ConvNeXtConfig
 from ovss.towers.text import TextConfig
-
-BLOCK_ELEMENTS = 1 << 22  # default float32 working set of one output band, see SED.predict_blocks
 
 # ----------------------------------------------------------------------------------------------
 # config
@@ -235,38 +233,6 @@ class SED(SegmentationModel):
         return SEDOutput(logits, aux)
 
     # -- inference -------------------------------------------------------------------------------
-    def predict(
-        self,
-        images: torch.Tensor,
-        text: torch.Tensor,
-        image_size: tuple[int, int],
-        output_size: tuple[int, int],
-        fast: bool | None = None,
-        topk: int | None = None,
-        **options: Any,
-    ) -> torch.Tensor:
-        """Official semantic score map (probabilities).
-
-        Args:
-            images: (B, 3, H, W) CLIP-normalised; padded bottom/right if ``image_size`` is smaller.
-            text: (K, P, E) from :meth:`encode_text`.
-            image_size: (h, w) valid region of ``images``.
-            output_size: (H0, W0) size of the returned map.
-            fast: category early rejection (default ``config.fast_inference``): rejected classes are
-                dropped from the decoder and score exactly 0.
-            topk: classes kept per pixel by CER (default ``config.topk``).
-
-        Returns:
-            (B, K, H0, W0) probabilities in the dtype of ``images``: sigmoid of the final logits
-            (normal), or the official CER output (sigmoid at surviving classes, 0 elsewhere); the
-            concatenation of :meth:`predict_blocks`.
-        """
-        blocks = self.predict_blocks(
-            images, text, image_size, output_size, BLOCK_ELEMENTS, fast=fast, topk=topk, **options
-        )
-        shape = (images.shape[0], text.shape[0], *output_size)
-        return assemble_blocks(blocks, shape, images.dtype, images.device)
-
     @torch.no_grad()
     def predict_blocks(
         self,
@@ -279,7 +245,7 @@ class SED(SegmentationModel):
         topk: int | None = None,
         **options: Any,
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """The :meth:`predict` score map in bands of output rows.
+        """The score map of :meth:`predict` in bands of output rows.
 
         The network runs once; the crop and sigmoid run on the small (S/4) map and the bilinear
         resize to ``output_size`` (``F.interpolate``'s weights, :class:`~ovss.layers.resize.BandedResize`)
@@ -287,12 +253,19 @@ class SED(SegmentationModel):
         held.
 
         Args:
-            images, text, image_size, output_size, fast, topk: as in :meth:`predict`.
+            images: (B, 3, H, W) CLIP-normalised; padded bottom/right if ``image_size`` is smaller.
+            text: (K, P, E) from :meth:`encode_text`.
+            image_size: (h, w) valid region of ``images``.
+            output_size: (H0, W0) size of the score map.
+            fast: category early rejection (default ``config.fast_inference``): rejected classes are
+                dropped from the decoder and score exactly 0.
+            topk: classes kept per pixel by CER (default ``config.topk``).
             max_elements: bound on the float32 elements of one band, B x K x rows x W0 (at least a row).
 
         Yields:
             ``(0, row_start, scores)``: scores (B, K, r, W0) float32 (a channels-last view) for output
-            rows ``[row_start, row_start + r)``, top to bottom.
+            rows ``[row_start, row_start + r)``, top to bottom: sigmoid of the final logits (normal), or
+            the official CER output (sigmoid at surviving classes, 0 elsewhere).
         """
         if options:
             raise ConfigError(
