@@ -46,18 +46,30 @@ def test_composed_resize_matches_chained_interpolate(chain) -> None:
     assert (out - ref).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("step", [1, 3, 16, 1000])
-def test_any_banding_is_bit_identical_to_one_band(step: int) -> None:
+@pytest.mark.parametrize(("group", "rows"), [(1, 1), (1, 3), (4, 1), (4, 16), (8, 1000)])
+def test_any_banding_is_bit_identical_to_one_band(group: int, rows: int) -> None:
     x = torch.randn(2, 7, 9, 11, generator=torch.Generator().manual_seed(2))
-    rows = bilinear_matrix(5, 61) @ bilinear_matrix(9, 5)  # down then up: 3-4 taps per row
-    resize = BandedResize(rows, bilinear_matrix(11, 47))
+    matrix = bilinear_matrix(5, 61) @ bilinear_matrix(9, 5)  # down then up: 3-4 taps per row
+    resize = BandedResize(matrix, bilinear_matrix(11, 47), group=group)
+    step = resize.band_rows(rows)
+    assert step % group == 0 and step >= group
     cols = resize.columns(x)
     assert cols.shape == (9, 2, 47, 7)  # channels-last columns
-    whole = resize.band(cols, 0, 61)
-    bands = torch.cat([resize.band(cols, i, min(i + step, 61)) for i in range(0, 61, step)])
+    whole = resize.band(cols, 0, 61, rowwise=torch.Tensor.sigmoid_)
+    bands = torch.cat(
+        [resize.band(cols, i, min(i + step, 61), rowwise=torch.Tensor.sigmoid_) for i in range(0, 61, step)]
+    )
     assert torch.equal(bands, whole)
-    assert torch.equal(bands_to_blocks(whole), resize(x))
+    assert torch.equal(bands_to_blocks(resize.band(cols, 0, 61)), resize(x))
     assert resize(x).shape == (2, 7, 61, 47)
+
+
+def test_bands_must_follow_the_row_groups() -> None:
+    resize = BandedResize(bilinear_matrix(4, 20), bilinear_matrix(4, 6), group=8)
+    cols = resize.columns(torch.randn(1, 2, 4, 4))
+    assert resize.band(cols, 16, 20).shape == (4, 1, 6, 2)  # the last, shorter group
+    with pytest.raises(ValueError, match="multiples of group=8"):
+        resize.band(cols, 4, 12)
 
 
 def test_bf16_input_is_resized_in_float32() -> None:

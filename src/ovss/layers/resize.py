@@ -37,19 +37,23 @@ def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
 class BandedResize:
     """A separable linear resize of (B, C, h, w) maps to (B, C, H, W), computed in bands of output rows.
 
-    The column axis is resized once (a matrix product over w); each output row is then a product of
-    its few non-zero weights with the matching input rows, computed the same way whatever band it is
-    asked for in. Bands are channels-last, (r, B, W, C): reductions over the channels (classes) are
-    then over the innermost axis, which is the fast case on CPUs.
+    The column axis is resized once (a matrix product over w); the output rows are then made in fixed
+    groups of ``group`` rows (rows ``[0, group)``, ``[group, 2 group)``, ...), each one product of its
+    weights with the few input rows they touch. Bands are unions of whole groups, so a row's value
+    never depends on the band it is asked for in (a matrix product's rounding can depend on its
+    shape). Bands are channels-last, (r, B, W, C): reductions over the channels (classes) are then
+    over the innermost axis, which is the fast case on CPUs.
 
     Args:
         rows: (H, h) matrix of the row axis (e.g. ``bilinear_matrix(h, H)`` or a product of them).
         cols: (W, w) matrix of the column axis.
+        group: rows per product; band boundaries must be multiples of it.
     """
 
-    def __init__(self, rows: np.ndarray, cols: np.ndarray) -> None:
+    def __init__(self, rows: np.ndarray, cols: np.ndarray, group: int = 8) -> None:
         rows, cols = np.asarray(rows, dtype=np.float64), np.asarray(cols, dtype=np.float64)
         self.size = (int(rows.shape[0]), int(cols.shape[0]))
+        self.group = int(group)
         self.rows = torch.from_numpy(rows.astype(np.float32))  # (H, h)
         self.cols = torch.from_numpy(cols.astype(np.float32))  # (W, w)
         nonzero = rows != 0
@@ -57,6 +61,10 @@ class BandedResize:
         # first / last input row with a non-zero weight (row 0 with weight 0 for an all-zero row)
         self._first = np.where(has, nonzero.argmax(axis=1), 0)
         self._last = np.where(has, rows.shape[1] - 1 - nonzero[:, ::-1].argmax(axis=1), 0)
+
+    def band_rows(self, max_rows: int) -> int:
+        """The largest band height (a multiple of ``group``, at least one group) within ``max_rows``."""
+        return max(self.group, int(max_rows) // self.group * self.group)
 
     def columns(self, x: torch.Tensor) -> torch.Tensor:
         """Resize the column axis: (B, C, h, w) -> (h, B, W, C) float32."""
@@ -72,31 +80,33 @@ class BandedResize:
     ) -> torch.Tensor:
         """Output rows ``[start, stop)`` from :meth:`columns`' result: (h, B, W, C) -> (r, B, W, C).
 
-        Each row is its own (1, taps) @ (taps, B*W*C) product over exactly the input rows its weights
-        touch, so its value never depends on the band (a matrix product's rounding can depend on its
-        shape).
-
         Args:
             cols: :meth:`columns` output.
-            start, stop: the band of output rows.
+            start, stop: the band of output rows; multiples of ``group`` (``stop`` may be H).
             rowwise: optional in-place elementwise op (e.g. ``torch.Tensor.sigmoid_``) applied to each
-                row on its own: vectorised kernels round their tail elements differently, so applying
-                it to the whole band would make the result depend on the band size.
+                group of rows on its own: vectorised kernels round their tail elements differently, so
+                applying it to a whole band would make the result depend on the band size.
         """
+        if start % self.group or (stop % self.group and stop != self.size[0]):
+            raise ValueError(
+                f"band [{start}, {stop}) must start and end on multiples of group={self.group} (or at "
+                f"the last row {self.size[0]}); use band_rows() to size bands"
+            )
         flat = cols.reshape(cols.shape[0], -1)
         weights = self.rows.to(cols.device)
-        if is_tracing():  # export: one dense product (a fixed-size graph), no per-row loop
-            row = weights[start:stop] @ flat
+        if is_tracing():  # export: one dense product (a fixed-size graph), no loop
+            out = weights[start:stop] @ flat
             if rowwise is not None:
-                rowwise(row)
-            return row.reshape(stop - start, *cols.shape[1:])
+                rowwise(out)
+            return out.reshape(stop - start, *cols.shape[1:])
         out = flat.new_empty(stop - start, flat.shape[1])
-        for i in range(start, stop):
-            lo, hi = int(self._first[i]), int(self._last[i]) + 1
-            row = out[i - start : i - start + 1]
-            torch.mm(weights[i : i + 1, lo:hi], flat[lo:hi], out=row)
+        for g0 in range(start, stop, self.group):
+            g1 = min(g0 + self.group, stop)
+            lo, hi = int(self._first[g0:g1].min()), int(self._last[g0:g1].max()) + 1
+            part = out[g0 - start : g1 - start]
+            torch.mm(weights[g0:g1, lo:hi], flat[lo:hi], out=part)
             if rowwise is not None:
-                rowwise(row)
+                rowwise(part)
         return out.reshape(stop - start, *cols.shape[1:])
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

@@ -342,7 +342,7 @@ class CATSeg(SegmentationModel):
             image_size: (h, w) valid region inside ``images``.
             output_size: (H0, W0) of the score map.
             options: ``inference="whole"|"slide"`` (default ``config.inference``).
-            max_elements: bound on the float32 elements of one block (at least one row / one class).
+            max_elements: bound on the float32 elements of one block (at least 8 rows / one class).
 
         Yields:
             whole: ``(0, row_start, scores)`` with scores (B, K, r, W0) (a channels-last view) for
@@ -375,7 +375,7 @@ class CATSeg(SegmentationModel):
         (b, k, h, w), (h0, w0) = probs.shape, output_size
         resize = BandedResize(bilinear_matrix(h, h0), bilinear_matrix(w, w0))
         cols = resize.columns(probs)  # (h, B, W0, K)
-        rows = max(1, int(max_elements) // (b * k * w0))
+        rows = resize.band_rows(int(max_elements) // (b * k * w0))
         for start in range(0, h0, rows):
             stop = min(start + rows, h0)
             yield 0, start, bands_to_blocks(resize.band(cols, start, stop))

@@ -440,7 +440,7 @@ class SAN(SegmentationModel):
             text: (K, E) from :meth:`encode_text`.
             image_size: (h, w) valid region inside ``images``.
             output_size: (H0, W0) of the score map.
-            max_elements: bound on the band working set (Q + K) x rows x W0 per image (at least one row).
+            max_elements: bound on the band working set B x (Q + K) x rows x W0 (at least 8 rows).
 
         Yields:
             ``(0, row_start, scores)``: scores (B, K, r, W0) float32 (a channels-last view) for output
@@ -460,7 +460,7 @@ class SAN(SegmentationModel):
         probs = logits.float().softmax(-1)[..., :-1]  # (B, Q, K)
         cols = resize.columns(masks)  # (h_s, B, W0, Q)
         b, q, k = probs.shape
-        rows = max(1, int(max_elements) // (b * (q + k) * w0))
+        rows = resize.band_rows(int(max_elements) // (b * (q + k) * w0))
         for start in range(0, h0, rows):
             stop = min(start + rows, h0)
             sig = resize.band(cols, start, stop, rowwise=torch.Tensor.sigmoid_)  # (r, B, W0, Q)

@@ -260,7 +260,7 @@ class SED(SegmentationModel):
             fast: category early rejection (default ``config.fast_inference``): rejected classes are
                 dropped from the decoder and score exactly 0.
             topk: classes kept per pixel by CER (default ``config.topk``).
-            max_elements: bound on the float32 elements of one band, B x K x rows x W0 (at least a row).
+            max_elements: bound on the float32 elements of one band, B x K x rows x W0 (at least 8 rows).
 
         Yields:
             ``(0, row_start, scores)``: scores (B, K, r, W0) float32 (a channels-last view) for output
@@ -292,7 +292,7 @@ class SED(SegmentationModel):
         (h, w), (h0, w0) = probs.shape[-2:], output_size
         resize = BandedResize(bilinear_matrix(h, h0), bilinear_matrix(w, w0))
         cols = resize.columns(probs)  # (h, B, W0, K)
-        rows = max(1, int(max_elements) // (probs.shape[0] * probs.shape[1] * w0))
+        rows = resize.band_rows(int(max_elements) // (probs.shape[0] * probs.shape[1] * w0))
         for start in range(0, h0, rows):
             stop = min(start + rows, h0)
             yield 0, start, bands_to_blocks(resize.band(cols, start, stop))
