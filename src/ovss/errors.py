@@ -34,12 +34,24 @@ class CheckpointMismatchError(OvssError):
     """A state dict does not fit the model: missing, unexpected or wrongly shaped keys."""
 
 
+class WeightsFileError(OvssError):
+    """A weights file is truncated, corrupt, fails its integrity check, has bad metadata or is not a file."""
+
+
+class CacheError(OvssError):
+    """``$OVSS_HOME`` or one of its folders/files is the wrong kind of object or cannot be created."""
+
+
 class VocabularyError(OvssError, ValueError):
     """A class list is empty or malformed."""
 
 
 class ImageReadError(OvssError):
     """A file is missing or is not an image Pillow can decode."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """An image has more pixels than the configured limit (``max_pixels`` / ``$OVSS_MAX_PIXELS``)."""
 
 
 class DatasetError(OvssError):

@@ -1,30 +1,97 @@
-"""Small helpers shared across the package (atomic file writes, hashing)."""
+"""Small helpers shared across the package (atomic file writes, stale temp files, hashing)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import re
+import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+# Temporary files of atomic_write: ".<target name>.<pid>-<8 hex>.tmp" beside the target. The pid lets
+# remove_stale_temp_files tell a file of a live writer from the leftover of a killed one.
+_TMP_RE = re.compile(r"^\..+\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
+_LEGACY_TMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # mkstemp names of ovss <= 0.x
+_LEGACY_TMP_AGE_S = 3600.0
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
 
-    A crash leaves either the old file or the new one, never a half-written file.
+    A crash leaves either the old file or the new one, never a half-written file (a killed process
+    leaves at most its temporary file, which :func:`remove_stale_temp_files` recognises). The file
+    is created with mode ``0o666`` minus the process umask, like ``open(path, "w")`` would.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    while True:
+        tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+        except FileExistsError:
+            continue
+        os.close(fd)
+        break
     try:
-        write(Path(tmp))
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's process) or unknown: keep the file
+    return True
+
+
+def is_stale_temp_file(path: Path) -> bool:
+    """True for a temporary file of :func:`atomic_write` whose writer is gone.
+
+    Names with a pid count as stale when no process of that pid exists on this machine; the older
+    names without a pid when they are more than an hour old.
+    """
+    name = Path(path).name
+    match = _TMP_RE.match(name)
+    if match:
+        return not _pid_alive(int(match["pid"]))
+    if _LEGACY_TMP_RE.match(name):
+        try:
+            return time.time() - Path(path).stat().st_mtime > _LEGACY_TMP_AGE_S
+        except OSError:
+            return False
+    return False
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete the leftovers of killed :func:`atomic_write` calls in ``folder`` (not recursive).
+
+    Only files named like ovss's own temporary files whose writer process is gone are removed
+    (see :func:`is_stale_temp_file`); anything else is left alone. Returns the removed paths.
+    """
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in entries:
+        if entry.name.endswith(".tmp") and entry.is_file() and is_stale_temp_file(entry):
+            try:
+                entry.unlink()
+                removed.append(entry)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

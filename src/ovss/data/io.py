@@ -19,10 +19,20 @@ Decisions (documented here once):
 * **Multi-frame files** (GIF, TIFF stacks) give their first frame.
 * **Label maps** are the stored integers: the palette *index* of a palette PNG (not its colour),
   the 8/16/32-bit value otherwise. RGB label images are refused (convert colours to indices first).
+* **Pixel limit**: images (files, PIL images and arrays) above ``max_pixels`` are refused with an
+  :class:`~ovss.errors.ImageTooLargeError` before anything is decoded. The default is
+  ``DEFAULT_MAX_PIXELS`` (100 million pixels, e.g. 12000 x 8000), overridden by the environment
+  variable ``OVSS_MAX_PIXELS`` or the ``max_pixels`` argument (0 = no limit). Pillow's own
+  decompression-bomb check is raised along with it when needed, never lowered.
+* **Only regular files** are read: a named pipe, socket or device is refused at once (reading one
+  would block forever or never end).
 """
 
 from __future__ import annotations
 
+import os
+import stat
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -30,15 +40,46 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ovss.errors import ImageReadError
-from ovss.utils import atomic_write
+from ovss.data.png import row_bands, save_png
+from ovss.errors import ConfigError, ImageReadError, ImageTooLargeError
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
+DEFAULT_MAX_PIXELS = 100_000_000
+MAX_PIXELS_ENV = "OVSS_MAX_PIXELS"
 
-def read_image(src: ImageInput) -> np.ndarray:
+
+def resolve_max_pixels(max_pixels: int | None = None) -> int | None:
+    """The pixel limit in force: ``max_pixels`` if given, else ``$OVSS_MAX_PIXELS``, else
+    ``DEFAULT_MAX_PIXELS``; 0 (or a negative value) means no limit and gives None."""
+    if max_pixels is None:
+        value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if not value:
+            return DEFAULT_MAX_PIXELS
+        try:
+            max_pixels = int(float(value)) if "e" in value.lower() else int(value.replace("_", ""))
+        except ValueError:
+            raise ConfigError(
+                f"{MAX_PIXELS_ENV}={value!r} is not a number of pixels; set it to an integer such as "
+                "200000000 (0 = no limit)"
+            ) from None
+    return int(max_pixels) if max_pixels > 0 else None
+
+
+def check_pixels(width: int, height: int, name: str, max_pixels: int | None = None) -> None:
+    """Raise :class:`ImageTooLargeError` when ``width * height`` exceeds the limit in force."""
+    limit = resolve_max_pixels(max_pixels)
+    if limit is not None and width * height > limit:
+        raise ImageTooLargeError(
+            f"{name} is {width}x{height} = {width * height / 1e6:.1f} million pixels, above the limit "
+            f"of {limit / 1e6:g} million (max_pixels); raise it with --max-pixels N, "
+            f"{MAX_PIXELS_ENV}=N or Segmenter(max_pixels=N) (0 = no limit), or downscale the image"
+        )
+
+
+def read_image(src: ImageInput, max_pixels: int | None = None) -> np.ndarray:
     """Read any image Pillow can decode (or an array / PIL image) as RGB.
 
     Args:
@@ -46,21 +87,27 @@ def read_image(src: ImageInput) -> np.ndarray:
             (OpenCV users: convert BGR first), one of ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or
             ``(H, W, 4)`` (alpha dropped), dtype ``uint8`` or float in [0, 1] (scaled by 255
             and rounded).
+        max_pixels: refuse images of more pixels (None: ``$OVSS_MAX_PIXELS`` or
+            ``DEFAULT_MAX_PIXELS``; 0: no limit). Files are checked before they are decoded.
 
     Returns:
         (H, W, 3) uint8 RGB, C-contiguous and writable. A uint8 (H, W, 3) contiguous array input
         is returned as is (no copy).
 
     Raises:
-        ImageReadError: the file is missing or not a decodable image, or the array has an
-            unsupported shape, dtype or value range.
+        ImageReadError: the file is missing, not a regular file or not a decodable image, or the
+            array has an unsupported shape, dtype or value range, or no pixels.
+        ImageTooLargeError: the image has more than ``max_pixels`` pixels.
     """
     if isinstance(src, np.ndarray):
+        if src.ndim in (2, 3):
+            check_pixels(src.shape[1], src.shape[0], f"image array {src.shape}", max_pixels)
         return _array_to_rgb(src)
     if isinstance(src, Image.Image):
+        check_pixels(*src.size, "PIL image", max_pixels)
         return _pil_to_rgb(src, name="PIL image")
     if isinstance(src, str | Path):
-        with _open(Path(src)) as image:
+        with _open(Path(src), max_pixels) as image:
             return _pil_to_rgb(image, name=str(src))
     raise ImageReadError(
         f"cannot read an image from a {type(src).__name__}; pass a file path, a PIL.Image or a "
@@ -68,11 +115,12 @@ def read_image(src: ImageInput) -> np.ndarray:
     )
 
 
-def read_label(src: str | Path | Image.Image) -> np.ndarray:
+def read_label(src: str | Path | Image.Image, max_pixels: int | None = None) -> np.ndarray:
     """Read a single-channel label map (palette/8-bit/16-bit PNG, TIFF, ...).
 
     Args:
         src: a file path or a ``PIL.Image.Image``.
+        max_pixels: the pixel limit, as for :func:`read_image`.
 
     Returns:
         (H, W) int64 class indices as stored: the palette index for palette images, the raw
@@ -85,7 +133,7 @@ def read_label(src: str | Path | Image.Image) -> np.ndarray:
     if isinstance(src, Image.Image):
         return _pil_to_label(src, name="PIL image")
     if isinstance(src, str | Path):
-        with _open(Path(src)) as image:
+        with _open(Path(src), max_pixels) as image:
             return _pil_to_label(image, name=str(src))
     raise ImageReadError(f"cannot read a label map from a {type(src).__name__}; pass a file path")
 
@@ -111,6 +159,8 @@ def write_label_png(
 
     Raises:
         ValueError: the label is not 2-D integers in range, or the palette is malformed.
+
+    Written band by band (:mod:`ovss.data.png`): memory stays bounded whatever the image size.
     """
     label = np.asarray(label)
     if label.ndim != 2 or not (np.issubdtype(label.dtype, np.integer) or label.dtype == bool):
@@ -127,14 +177,17 @@ def write_label_png(
     if bit_depth == 8:
         if hi > 255:
             raise ValueError(f"label max {hi} does not fit an 8-bit PNG; use bit_depth=16")
-        image = Image.fromarray(label.astype(np.uint8))  # mode "L"
-        image.putpalette(_palette_bytes(palette))  # turns "L" into "P", indices unchanged
+        colours = np.asarray(_palette_bytes(palette), dtype=np.uint8).reshape(256, 3)
+        mode, dtype = "P", np.uint8
     elif bit_depth == 16:
-        image = Image.fromarray(label.astype(np.uint16))
+        colours, mode, dtype = None, "L16", np.uint16
     else:
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth!r}")
-    path = Path(path)
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    h, w = label.shape
+    if h == 0 or w == 0:
+        raise ValueError(f"label has shape {label.shape}; a PNG needs at least one pixel")
+    bands = (label[r0:r1].astype(dtype) for r0, r1 in row_bands(h, w))  # one band in memory at a time
+    return save_png(path, w, h, bands, mode, colours)
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
@@ -151,15 +204,40 @@ def voc_palette(n: int = 256) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-def _open(path: Path) -> Image.Image:
+def _open(path: Path, max_pixels: int | None = None) -> Image.Image:
     """Open and fully decode ``path``; every failure becomes one ``ImageReadError`` line."""
-    if not path.exists():
-        raise ImageReadError(f"image file not found: {path}; check the path (relative to {Path.cwd()})")
-    if path.is_dir():
-        raise ImageReadError(f"expected an image file but {path} is a directory; pass a file inside it")
     try:
-        image = Image.open(path)
-        image.load()  # decode now so truncated files fail here, not later
+        st = path.stat()
+    except FileNotFoundError:
+        raise ImageReadError(
+            f"image file not found: {path}; check the path (relative to {Path.cwd()})"
+        ) from None
+    except OSError as exc:
+        raise ImageReadError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageReadError(f"expected an image file but {path} is a directory; pass a file inside it")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+        raise ImageReadError(f"{path} is {kind}; pass an image file (save the stream to a file first)")
+    limit = resolve_max_pixels(max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            pil_limit = Image.MAX_IMAGE_PIXELS
+            if pil_limit is not None and (limit is None or limit > 2 * pil_limit):
+                Image.MAX_IMAGE_PIXELS = limit  # Pillow's bomb check must not refuse what we allow
+            image = Image.open(path)
+            try:
+                check_pixels(*image.size, f"image {path}", limit or 0)
+                image.load()  # decode now so truncated files fail here, not later
+            except BaseException:
+                image.close()
+                raise
+    except Image.DecompressionBombError as exc:  # above Pillow's limit, so above ours too
+        raise ImageTooLargeError(
+            f"image {path} is too large ({exc}); raise the limit with --max-pixels N, "
+            f"{MAX_PIXELS_ENV}=N or Segmenter(max_pixels=N) (0 = no limit), or downscale the image"
+        ) from None
     except UnidentifiedImageError:
         raise ImageReadError(
             f"cannot decode {path}: not an image format Pillow recognises; pass a JPEG/PNG/TIFF/"
@@ -204,6 +282,10 @@ def _gray_to_rgb(gray: np.ndarray) -> np.ndarray:
 
 def _array_to_rgb(array: np.ndarray) -> np.ndarray:
     shape = array.shape
+    if array.ndim in (2, 3) and (shape[0] == 0 or shape[1] == 0):
+        raise ImageReadError(
+            f"image array has shape {shape}: it holds no pixels; pass an image of at least 1x1"
+        )
     if array.ndim == 3 and shape[2] in (1, 3, 4):
         channels = array[:, :, :3] if shape[2] == 4 else array
     elif array.ndim == 2:
