@@ -21,7 +21,7 @@ from PIL import Image
 
 from ovss.api.result import SegmentationResult
 from ovss.data.io import ImageInput, read_image
-from ovss.errors import OvssError
+from ovss.errors import ImageReadError, OvssError
 from ovss.models.base import SegmentationModel
 from ovss.vocab.embeddings import TextEmbedder
 from ovss.vocab.vocabulary import Vocabulary, parse_vocabulary
@@ -74,6 +74,8 @@ class Segmenter:
             ``predict_blocks`` hand the score map over in blocks of about this size and only the
             label map, the per-pixel and the per-class maxima are kept (plus the map itself when
             ``return_scores=True``); the numbers are those of ``predict``.
+        max_pixels: refuse images of more pixels (ImageTooLargeError); None: ``$OVSS_MAX_PIXELS`` or
+            ``ovss.data.io.DEFAULT_MAX_PIXELS`` (100 million); 0: no limit.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class Segmenter:
         dtype: str | torch.dtype = "fp32",
         cache_dir: str | Path | None = None,
         block_mb: float = 32.0,
+        max_pixels: int | None = None,
     ) -> None:
         if not block_mb > 0:
             raise OvssError(f"block_mb must be > 0 (MiB of scores per block), got {block_mb}")
@@ -93,6 +96,8 @@ class Segmenter:
         self.dtype = parse_dtype(dtype)
         self.model = model.to(self.device, self.dtype).eval()
         self.name = name
+        self.digest = digest
+        self.max_pixels = max_pixels
         config = model.config
         # Only real checkpoints (a sha256) key the disk cache; random test weights have no stable identity.
         is_sha256 = len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)
@@ -187,7 +192,7 @@ class Segmenter:
             raise OvssError("no vocabulary: pass classes, e.g. predict(image, 'cat; dog; grass')")
         pending: list[tuple[np.ndarray, torch.Tensor, tuple[int, int]]] = []
         for image in images:
-            rgb = read_image(image)
+            rgb = read_image(image, self.max_pixels)
             tensor, size = self._preprocess(rgb, **options)
             same = pending and rgb.shape == pending[0][0].shape and size == pending[0][2]
             if pending and (not same or len(pending) >= batch_size):
@@ -201,6 +206,12 @@ class Segmenter:
         """Resize (PIL bilinear on uint8, as detectron2's ResizeShortestEdge) -> (3, h, w) float 0..255."""
         h0, w0 = rgb.shape[:2]
         h, w = self.model.preprocess_size(h0, w0, **options)
+        if h < 1 or w < 1:  # an extreme aspect ratio: the short side would round to 0 pixels
+            raise ImageReadError(
+                f"the image is {w0}x{h0} pixels (aspect ratio {max(h0, w0) / min(h0, w0):.0f}:1), too "
+                f"elongated for {self.name or 'this model'}: it would be resized to {w}x{h}; crop it "
+                "into pieces closer to square"
+            )
         if (h, w) != (h0, w0):
             rgb = np.array(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
         return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float(), (h, w)
