@@ -54,6 +54,10 @@ class ImageTooLargeError(ImageReadError):
     """An image has more pixels than the configured limit (``max_pixels`` / ``$OVSS_MAX_PIXELS``)."""
 
 
+class OutputPathError(OvssError):
+    """An output path (``--out``) is a file, lies under a file, or cannot be written."""
+
+
 class DatasetError(OvssError):
     """A dataset folder is missing, incomplete or malformed."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 
@@ -45,3 +46,30 @@ def load_segmenter(args: argparse.Namespace):
     from ovss.api.segmenter import load
 
     return load(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
+
+
+def ensure_writable_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Check, before any work, that ``path`` is (or can be created as) a writable folder.
+
+    Nothing is created. Raises :class:`~ovss.errors.OutputPathError` with one line naming ``flag``
+    when ``path`` is an existing file, lies under a file, or is (or would be created in) a folder
+    that cannot be written.
+    """
+    import os
+
+    from ovss.errors import OutputPathError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputPathError(f"{flag} {path} is an existing file, not a folder; pass a folder path")
+    existing = path
+    while not existing.exists():  # the nearest ancestor that exists
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing != path and not existing.is_dir():
+        raise OutputPathError(f"{flag} {path} cannot be created: {existing} is a file; pass another folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
+        raise OutputPathError(f"{flag} {path} {what}; pass a folder you can write to")
+    return path
