@@ -33,6 +33,14 @@ def read_config(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text())
 
 
+def need(section: dict, key: str, where: str) -> object:
+    """``section[key]``, failing with a message naming the missing key and the fixture file."""
+    if not isinstance(section, dict) or key not in section:
+        have = sorted(section) if isinstance(section, dict) else type(section).__name__
+        pytest.fail(f"{where}: missing needed key {key!r} (present: {have})", pytrace=False)
+    return section[key]
+
+
 def official_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """The fixture's official state dict (``state_dict.safetensors``)."""
     return load_file(str(folder / "state_dict.safetensors"))
@@ -89,7 +97,7 @@ def vit_clip_config(c: dict, split_qkv: bool = False) -> ClipConfig:
             heads=c["vision_heads"],  # CAT-Seg structural patch: officially width // 64
             mlp_ratio=c.get("vision_mlp_ratio", VisionConfig.mlp_ratio),
             output_dim=embed,
-            ln_eps=c["ln_eps"],
+            ln_eps=c.get("ln_eps", VisionConfig.ln_eps),
             split_qkv=split_qkv,
         ),
         text=TextConfig(
@@ -99,7 +107,7 @@ def vit_clip_config(c: dict, split_qkv: bool = False) -> ClipConfig:
             heads=c["text_heads"],
             layers=c["text_layers"],
             output_dim=embed,
-            ln_eps=c["ln_eps"],
+            ln_eps=c.get("ln_eps", TextConfig.ln_eps),
             split_qkv=split_qkv,
         ),
     )

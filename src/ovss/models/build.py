@@ -5,7 +5,7 @@ from __future__ import annotations
 from ovss.errors import UnknownModelError
 from ovss.models.base import ModelConfig, SegmentationModel
 
-FAMILIES = ("san", "catseg", "sed")
+FAMILIES = ("san", "catseg", "sed", "catseg_v1")
 
 
 def family_classes(family: str) -> tuple[type[ModelConfig], type[SegmentationModel]]:
@@ -22,6 +22,10 @@ def family_classes(family: str) -> tuple[type[ModelConfig], type[SegmentationMod
         from ovss.models.sed import SED, SEDConfig
 
         return SEDConfig, SED
+    if family == "catseg_v1":
+        from ovss.models.catseg_v1 import CATSegV1, CATSegV1Config
+
+        return CATSegV1Config, CATSegV1
     raise UnknownModelError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
 
 

@@ -55,6 +55,12 @@ class WeightSpec:
 
 _SAN_ORIGIN = "Xu et al., Side Adapter Network, CVPR 2023; github.com/MendelXu/SAN"
 _CATSEG_ORIGIN = "Cho et al., CAT-Seg, CVPR 2024; github.com/KU-CVLAB/CAT-Seg"
+_CATSEG_V1_ORIGIN = "Cho et al., CAT-Seg arXiv 2303.11797 v1; github.com/cvlab-kaist/CAT-Seg before b0e9438"
+_CATSEG_V1_PAGE = "https://github.com/cvlab-kaist/CAT-Seg/tree/af4fa0bc2bb6ad89f1606dcae08161cb0f5bc356#pretrained-models"
+_CATSEG_MM_PAGE = (
+    "https://github.com/open-mmlab/mmsegmentation/tree/main/projects/CAT-Seg (its README links are "
+    "placeholders; use a checkpoint you trained with the port)"
+)
 _SED_ORIGIN = "Xie et al., SED, CVPR 2024; github.com/xb534/SED"
 _SED_PAGE = "https://github.com/xb534/SED#models (Google Drive links in the README)"
 
@@ -126,6 +132,46 @@ WEIGHTS: tuple[WeightSpec, ...] = (
         hub_repo_type="space",
     ),
     WeightSpec(
+        name="catseg-v1-r101-vit-b16",
+        family="catseg_v1",
+        config=_config("catseg_v1", "catseg_v1_r101_vit_b16"),
+        source_format="catseg_v1_d2",
+        description="CAT-Seg arXiv-v1: CLIP ViT-B/16 + ResNet-101, COCO-Stuff-171 (download by hand)",
+        license="MIT",
+        origin=_CATSEG_V1_ORIGIN,
+        manual_url=_CATSEG_V1_PAGE,
+    ),
+    WeightSpec(
+        name="catseg-v1-r101-vit-b16.mmseg",
+        family="catseg_v1",
+        config=_config("catseg_v1", "catseg_v1_r101_vit_b16_mmseg"),
+        source_format="catseg_mm",
+        description="CAT-Seg v1 R-101 & ViT-B as ported by mmsegmentation (own keys; mmseg test protocol)",
+        license="Apache-2.0",
+        origin=_CATSEG_V1_ORIGIN + "; open-mmlab/mmsegmentation projects/CAT-Seg",
+        manual_url=_CATSEG_MM_PAGE,
+    ),
+    WeightSpec(
+        name="catseg-v1-swinb-vit-l14",
+        family="catseg_v1",
+        config=_config("catseg_v1", "catseg_v1_swinb_vit_l14"),
+        source_format="catseg_v1_d2",
+        description="CAT-Seg arXiv-v1: CLIP ViT-L/14@336 + Swin-B, COCO-Stuff-171 (download by hand)",
+        license="MIT",
+        origin=_CATSEG_V1_ORIGIN,
+        manual_url=_CATSEG_V1_PAGE,
+    ),
+    WeightSpec(
+        name="catseg-v1-swinb-vit-l14.mmseg",
+        family="catseg_v1",
+        config=_config("catseg_v1", "catseg_v1_swinb_vit_l14_mmseg"),
+        source_format="catseg_mm",
+        description="CAT-Seg v1 Swin-B & ViT-L as ported by mmsegmentation (own keys; mmseg test protocol)",
+        license="Apache-2.0",
+        origin=_CATSEG_V1_ORIGIN + "; open-mmlab/mmsegmentation projects/CAT-Seg",
+        manual_url=_CATSEG_MM_PAGE,
+    ),
+    WeightSpec(
         name="sed-convnext-b",
         family="sed",
         config=_config("sed", "sed_convnext_b"),
@@ -160,6 +206,24 @@ WEIGHTS: tuple[WeightSpec, ...] = (
         config=_config("catseg", "catseg_tiny"),
         source_format="random",
         description="tiny random CAT-Seg for tests and offline demos",
+        license="Apache-2.0",
+        origin="ovss",
+    ),
+    WeightSpec(
+        name="test-catseg-v1-tiny",
+        family="catseg_v1",
+        config=_config("catseg_v1", "catseg_v1_tiny"),
+        source_format="random",
+        description="tiny random CAT-Seg v1 (R-101 depth, small widths) for tests and offline demos",
+        license="Apache-2.0",
+        origin="ovss",
+    ),
+    WeightSpec(
+        name="test-catseg-v1-tiny.mmseg",
+        family="catseg_v1",
+        config=_config("catseg_v1", "catseg_v1_tiny_mmseg"),
+        source_format="random",
+        description="tiny random CAT-Seg v1 with the mmseg port's structure and test protocol",
         license="Apache-2.0",
         origin="ovss",
     ),

@@ -1,0 +1,68 @@
+"""OpenCV's ``cv2.resize(..., INTER_LINEAR)`` of uint8 images, bit for bit, in torch integer maths.
+
+mmsegmentation's test pipeline resizes with cv2 (``mmcv.imresize``), whose 8-bit bilinear resize is
+fixed point: 11-bit weights ``round((1 - f) * 2048)`` and ``round(f * 2048)`` (rounded separately),
+an integer horizontal pass, then the SIMD vertical pass
+``((((S0 >> 4) * b0) >> 16) + (((S1 >> 4) * b1) >> 16) + 2) >> 2``. Columns are clamped at the
+borders (weight 1 on the edge pixel); rows are not (out-of-range rows are replaced by the edge row
+with the unclamped weights). Verified to reproduce the ``catsegmm_a`` fixture's ``input.npy`` exactly
+(cv2 4.x, 120x168 -> 512x717). Not reproduced: cv2's switch to INTER_AREA for exact 2x downscales.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_ONE = 2048  # INTER_RESIZE_COEF_SCALE
+
+
+def _coefficients(dst: int, src: int, clamp: bool) -> tuple[torch.Tensor, ...]:
+    """Source indices (i0, i1), integer weights (w0, w1) and the right-border mask of one axis."""
+    scale = 1.0 / (dst / src)
+    f = ((torch.arange(dst, dtype=torch.float64) + 0.5) * scale - 0.5).float()
+    s = torch.floor(f)
+    f = f - s
+    s = s.long()
+    right = torch.zeros(dst, dtype=torch.bool)
+    if clamp:
+        left = s < 0
+        f[left], s[left] = 0.0, 0
+        right = s >= src - 1
+        f[right], s[right] = 0.0, src - 1
+    w0 = torch.round((1.0 - f) * _ONE).long()  # round half to even, as cvRound
+    w1 = torch.round(f * _ONE).long()
+    return s.clamp(0, src - 1), (s + 1).clamp(0, src - 1), w0, w1, right
+
+
+def cv2_resize_linear(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of uint8-valued images exactly as ``cv2.resize(img, (w, h), INTER_LINEAR)``.
+
+    Args:
+        image: (..., H, W) integer-valued tensor (uint8 or float holding 0..255 integers).
+        size: (h, w) output size.
+
+    Returns:
+        (..., h, w) float32 holding integers in 0..255.
+    """
+    h, w = size
+    src = image.round().long() if image.is_floating_point() else image.long()
+    sh, sw = src.shape[-2:]
+    if (sh, sw) == (h, w):
+        return src.float()
+    x0, x1, a0, a1, right = _coefficients(w, sw, clamp=True)
+    y0, y1, b0, b1, _ = _coefficients(h, sh, clamp=False)
+    dev = src.device
+    x0, x1, a0, a1, right = (t.to(dev) for t in (x0, x1, a0, a1, right))
+    rows = src[..., x0] * a0 + src[..., x1] * a1  # (..., H, w), horizontal pass
+    rows = torch.where(right, src[..., x0] * _ONE, rows)
+    r0, r1 = rows[..., y0.to(dev), :], rows[..., y1.to(dev), :]
+    b0, b1 = b0.to(dev).view(-1, 1), b1.to(dev).view(-1, 1)
+    out = (((r0 >> 4) * b0) >> 16) + (((r1 >> 4) * b1) >> 16)
+    return ((out + 2) >> 2).clamp(0, 255).float()
+
+
+def mmcv_rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of mmcv ``imrescale`` with ``keep_ratio``: fit inside ``scale`` = (long, short) edges."""
+    long_edge, short_edge = max(scale), min(scale)
+    factor = min(long_edge / max(height, width), short_edge / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
