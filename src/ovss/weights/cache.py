@@ -1,52 +1,60 @@
-"""Weights on disk: hub download, digest check, convert once to safetensors, load.
+"""Named weights on disk: hub download, digest check, convert once, and ``load_model``.
 
-Layout under ``$OVSS_HOME`` (default ``~/.cache/ovss``):
+- ``fetch_source``: the official checkpoint of a registry entry, from the Hugging Face cache under
+  ``$OVSS_HOME/hub`` or downloaded (``HF_ENDPOINT`` honoured; an unreachable endpoint fails at once
+  with one line; offline mode, ``OVSS_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``, never touches the network).
+- ``convert_checkpoint``: official (or ovss) file -> ``$OVSS_HOME/weights/<name>.safetensors``, a
+  self-describing file (:mod:`ovss.weights.modelfile`) carrying the digest of its data.
+- ``load_model``: registry name, file path, or name + explicit file -> (model, info). Each file is
+  opened, checked (header, metadata, shapes on the meta device, integrity) and read exactly once.
 
-- ``hub/`` the Hugging Face cache of downloaded source checkpoints;
-- ``weights/<name>.safetensors`` converted weights; the architecture config, family, source format
-  and source sha256 are stored in the file's metadata, so the file alone rebuilds the model;
-- ``text/`` text-embedding caches.
-
-``OVSS_OFFLINE=1`` (or ``HF_HUB_OFFLINE=1``) never touches the network.
+The file format lives in :mod:`ovss.weights.modelfile`, format detection in :mod:`ovss.weights.detect`,
+the cache folders in :mod:`ovss.weights.home`; their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ovss.errors import (
-    CheckpointMismatchError,
-    DigestMismatchError,
-    OvssError,
-    WeightsNotFoundError,
-)
-from ovss.models.base import ModelConfig
+from ovss.errors import CheckpointMismatchError, DigestMismatchError, WeightsNotFoundError
 from ovss.utils import atomic_write, sha256_file
-from ovss.weights.registry import WeightSpec, get_weight_spec
+from ovss.weights.detect import (  # noqa: F401  (re-exported)
+    CLIP_FORMATS,
+    MODEL_FORMATS,
+    convert_state_dict,
+    detect_format,
+    fits,
+    format_title,
+    identify,
+    match_variant,
+    model_formats,
+    other_family_error,
+)
+from ovss.weights.home import cache_folder, check_file_slot, is_offline, ovss_home
+from ovss.weights.modelfile import (  # noqa: F401  (re-exported)
+    FORMAT_VERSION,
+    ModelFile,
+    check_fits,
+    check_regular_file,
+    looks_like_safetensors,
+    open_model_file,
+    read_model_file,
+    save_model_file,
+    stamp_path,
+    write_stamp,
+)
+from ovss.weights.registry import WeightSpec, get_weight_spec, list_weights
 
-FORMAT_VERSION = "1"
-
-# Checkpoint formats: module ovss.weights.formats.<name> has convert(sd) and detect(sd).
-MODEL_FORMATS = {"san_d2": "san", "san_mmseg": "san", "catseg_d2": "catseg", "sed_d2": "sed"}
-CLIP_FORMATS = ("openai_clip", "open_clip", "hf_clip")
-
-
-def ovss_home() -> Path:
-    """Root of the ovss cache (``$OVSS_HOME`` or ``~/.cache/ovss``)."""
-    return Path(os.environ.get("OVSS_HOME", "~/.cache/ovss")).expanduser()
-
-
-def is_offline() -> bool:
-    """True when ``OVSS_OFFLINE`` or ``HF_HUB_OFFLINE`` is set to a true value."""
-    return any(
-        os.environ.get(k, "").lower() in {"1", "true", "yes", "on"}
-        for k in ("OVSS_OFFLINE", "HF_HUB_OFFLINE")
-    )
+_log = logging.getLogger("ovss")
+_PROBE_TIMEOUT = 10.0  # seconds to wait for the hub to answer the first request
 
 
 def converted_path(name: str) -> Path:
@@ -59,43 +67,106 @@ def is_available(spec: WeightSpec) -> bool:
     return spec.source_format == "random" or converted_path(spec.name).is_file()
 
 
-# ----------------------------------------------------------------------------------------- source files
-def fetch_source(spec: WeightSpec) -> Path:
-    """Path of the source checkpoint of ``spec``, downloading it from the hub unless offline.
+def say(message: str) -> None:
+    """One progress line on stderr (conversion, download)."""
+    print(f"ovss: {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------- hub
+def hub_page(spec: WeightSpec) -> str:
+    """Web page of the hub repository of ``spec`` (Spaces live under ``/spaces/``)."""
+    kind = {"model": "", "space": "spaces/", "dataset": "datasets/"}[spec.hub_repo_type]
+    return f"https://huggingface.co/{kind}{spec.hub_repo}"
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def fetch_source(spec: WeightSpec, alternative: str = "") -> Path:
+    """Path of the source checkpoint of ``spec``, from the hub cache or downloaded (unless offline).
+
+    Args:
+        spec: the registry entry.
+        alternative: appended to "not available" messages (e.g. how to pass the file directly).
 
     Raises:
-        WeightsNotFoundError: offline and not cached, no hub copy, or the download failed.
-        DigestMismatchError: the file does not have the pinned sha256.
+        WeightsNotFoundError: no hub copy, offline and not cached, endpoint unreachable, download failed.
+        DigestMismatchError: the file does not have the pinned sha256 (or the hub's content sha256);
+            a freshly downloaded bad file is removed from the cache.
     """
-    where = converted_path(spec.name)
     if not spec.downloadable:
         raise WeightsNotFoundError(
             f"{spec.name} has no hub copy: download it from {spec.manual_url} and run "
-            f"'ovss convert {spec.name} FILE' (or pass --weights FILE)"
+            f"'ovss convert {spec.name} FILE'{alternative}"
         )
-    try:
-        from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download
 
-        path = Path(
-            hf_hub_download(
-                spec.hub_repo,
-                spec.hub_file,
-                repo_type=spec.hub_repo_type,
-                cache_dir=str(ovss_home() / "hub"),
-                local_files_only=is_offline(),
+    hub = cache_folder("hub", create=True)
+    where = converted_path(spec.name)
+    manual = f"{spec.hub_file} from {hub_page(spec)}"
+    args = dict(repo_type=spec.hub_repo_type, cache_dir=str(hub), endpoint=_endpoint())
+    try:  # already downloaded: no network at all
+        path = Path(hf_hub_download(spec.hub_repo, spec.hub_file, local_files_only=True, **args))
+    except Exception:  # LocalEntryNotFoundError and friends
+        path = None
+    if path is None:
+        if is_offline():
+            raise WeightsNotFoundError(
+                f"{spec.name} is not in the cache ({where}) and offline mode is on (OVSS_OFFLINE=1): run "
+                f"'ovss download {spec.name}' with network access, or fetch {manual} and run 'ovss convert "
+                f"{spec.name} FILE'{alternative}"
             )
-        )
-    except Exception as e:  # huggingface_hub raises several unrelated types for offline/network errors
-        how = (
-            "offline mode is on (OVSS_OFFLINE=1)" if is_offline() else f"download failed ({type(e).__name__})"
-        )
-        raise WeightsNotFoundError(
-            f"{spec.name} is not in the cache ({where}) and {how}: run 'ovss download {spec.name}' with "
-            f"network access, or fetch {spec.hub_file} from huggingface.co/{spec.hub_repo} and pass "
-            f"--weights FILE"
-        ) from None
-    verify_digest(path, spec.sha256, spec.name)
+        _probe(spec, manual, alternative)
+        say(f"downloading {spec.hub_file} for {spec.name} from {hub_page(spec)}")
+        try:
+            path = Path(hf_hub_download(spec.hub_repo, spec.hub_file, etag_timeout=_PROBE_TIMEOUT, **args))
+        except Exception as e:  # huggingface_hub raises many unrelated types for network errors
+            raise WeightsNotFoundError(
+                f"downloading {manual} failed ({_reason(e)}); run 'ovss download {spec.name}' again (it "
+                f"resumes), or fetch the file by hand and run 'ovss convert {spec.name} FILE'"
+            ) from None
+    _verify_download(path, spec)
     return path
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:160]}" if text else type(error).__name__
+
+
+def _probe(spec: WeightSpec, manual: str, alternative: str) -> None:
+    """One HEAD request without retries: fail in seconds, with one line, when the hub is unreachable."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    url = hf_hub_url(spec.hub_repo, spec.hub_file, repo_type=spec.hub_repo_type, endpoint=_endpoint())
+    try:
+        get_hf_file_metadata(url, timeout=_PROBE_TIMEOUT, endpoint=_endpoint())
+    except Exception as e:  # connection refused, DNS, timeout, 404, proxy: all end the same way
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        problem = f"the hub answered {status} for {url}" if status else f"cannot reach {url} ({_reason(e)})"
+        raise WeightsNotFoundError(
+            f"{spec.name} is not downloaded and {problem}: check the network (or HF_ENDPOINT), set "
+            f"OVSS_OFFLINE=1 to work offline, or fetch {manual} and run 'ovss convert {spec.name} "
+            f"FILE'{alternative}"
+        ) from None
+
+
+def _verify_download(path: Path, spec: WeightSpec) -> None:
+    """sha256 against the pinned digest, or the hub's own (LFS blobs are named by their sha256)."""
+    blob = path.resolve()
+    expected = spec.sha256
+    if expected is None and len(blob.name) == 64 and all(c in "0123456789abcdef" for c in blob.name):
+        expected = blob.name
+    try:
+        verify_digest(path, expected, spec.name)
+    except DigestMismatchError as e:
+        blob.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        raise DigestMismatchError(
+            f"{str(e).split('; ')[0]}; the file was removed from the cache: run 'ovss download {spec.name}' "
+            f"again, and report it if it happens twice"
+        ) from None
 
 
 def verify_digest(path: Path, expected: str | None, what: str) -> str:
@@ -110,95 +181,78 @@ def verify_digest(path: Path, expected: str | None, what: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------- conversion
-def convert_state_dict(source_format: str, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Apply the converter ``ovss.weights.formats.<source_format>.convert``."""
-    import importlib
-
-    if source_format not in MODEL_FORMATS and source_format not in CLIP_FORMATS:
-        known = ", ".join([*MODEL_FORMATS, *CLIP_FORMATS])
-        raise OvssError(f"unknown checkpoint format {source_format!r}; known: {known}")
-    module = importlib.import_module(f"ovss.weights.formats.{source_format}")
-    return module.convert(state_dict)
-
-
-def detect_format(state_dict: dict[str, torch.Tensor], family: str | None = None) -> str:
-    """Name of the model checkpoint format whose ``detect`` accepts ``state_dict``."""
-    import importlib
-
-    for name, fam in MODEL_FORMATS.items():
-        if family is not None and fam != family:
-            continue
-        if importlib.import_module(f"ovss.weights.formats.{name}").detect(state_dict):
-            return name
-    wanted = f"a {family} checkpoint" if family else "an ovss, SAN, CAT-Seg or SED checkpoint"
-    sample = ", ".join(list(state_dict)[:3])
-    raise CheckpointMismatchError(
-        f"not {wanted}: no known key layout matches (first keys: {sample}); pass the right --model "
-        f"or a checkpoint of one of: {', '.join(MODEL_FORMATS)}"
-    )
-
-
-def save_model_file(
-    path: Path, state_dict: dict[str, torch.Tensor], config: ModelConfig, family: str, **meta: str
-) -> Path:
-    """Atomically write weights + architecture into one safetensors file."""
-    from safetensors.torch import save_file
-
-    metadata = {
-        "ovss_format": FORMAT_VERSION,
-        "family": family,
-        "config": config.to_json(),
-        **meta,
-    }
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    return atomic_write(Path(path), lambda p: save_file(tensors, str(p), metadata=metadata))
-
-
-def read_model_file(path: Path) -> tuple[ModelConfig, str, dict[str, torch.Tensor], dict[str, str]]:
-    """Read a file written by :func:`save_model_file`: (config, family, state dict, metadata)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from ovss.models.build import family_classes
-
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    if metadata.get("ovss_format") is None:
-        raise CheckpointMismatchError(
-            f"{path} is a safetensors file without ovss metadata; pass it with --model NAME --weights {path}"
-        )
-    family = metadata["family"]
-    config = family_classes(family)[0].from_json(metadata["config"])
-    return config, family, load_file(str(path)), metadata
-
-
 def convert_checkpoint(spec: WeightSpec, source: Path, out: Path | None = None) -> Path:
-    """Convert an official checkpoint file of ``spec`` into ovss's format (once; atomic)."""
+    """Convert a checkpoint file for ``spec`` into ovss's format (once; atomic; digest recorded).
+
+    ``source`` may be in any model format of ``spec``'s family (detected), an ovss ``.safetensors``
+    (copied with a fresh name and digest) or a bare state dict already in the ovss layout.
+
+    Raises:
+        CheckpointMismatchError: the file is of another family (the message names it and the model
+            name that fits), a CLIP checkpoint, or does not fit ``spec``'s architecture.
+        WeightsFileError / WeightsNotFoundError: unreadable, corrupt or missing file.
+    """
     from ovss.weights.loading import read_state_dict
 
+    source = check_regular_file(Path(source))
     out = Path(out) if out is not None else converted_path(spec.name)
-    digest = verify_digest(Path(source), spec.sha256, spec.name)
+    if out.is_dir():
+        out = out / f"{spec.name}.safetensors"
+    if out == converted_path(spec.name):
+        cache_folder("weights", create=True)
+        check_file_slot(out)
+    digest = verify_digest(source, spec.sha256, spec.name)
     config = spec.config()
-    state_dict = convert_state_dict(spec.source_format, read_state_dict(Path(source)))
-    _check_fits(state_dict, config, f"{source} as {spec.name}")
-    return save_model_file(
-        out,
-        state_dict,
-        config,
-        spec.family,
-        name=spec.name,
-        source_format=spec.source_format,
-        source_sha256=digest,
-    )
+    what = f"{source} as {spec.name}"
+    started = time.monotonic()
+    say(f"converting {source.name} into {out} (once) ...")
+    source_format, source_digest = spec.source_format, digest
+    if looks_like_safetensors(source):
+        mf = open_model_file(source)
+        if mf.is_ovss:
+            _, family = mf.model_config()
+            if family != spec.family:
+                raise CheckpointMismatchError(
+                    f"{source} holds a {family} model (ovss file), not {spec.name}; pass a {spec.family} file"
+                )
+            mf.check_fits(config, what)
+            mf.verify()
+            state_dict = mf.load_tensors()
+            source_format = mf.metadata.get("source_format", "ovss")
+            source_digest = mf.metadata.get("source_sha256", digest)
+        else:
+            state_dict, source_format = _convert_for(spec, mf.load_tensors(), str(source))
+    else:
+        state_dict, source_format = _convert_for(spec, read_state_dict(source), str(source))
+    check_fits(config, state_dict, what)
+    result = save_model_file(
+        out, state_dict, config, spec.family, name=spec.name, source_format=source_format,
+        source_sha256=source_digest,
+    )  # fmt: skip
+    if out == converted_path(spec.name):
+        write_stamp(out)
+    say(f"converted {spec.name} in {time.monotonic() - started:.1f} s")
+    return result
 
 
-def _check_fits(state_dict: dict[str, torch.Tensor], config: ModelConfig, what: str) -> None:
-    from ovss.models.build import build_model
-    from ovss.weights.loading import load_strict
-
-    with torch.device("meta"):
-        model = build_model(config)
-    load_strict(model, state_dict, what, assign=True)
+def _convert_for(
+    spec: WeightSpec, raw: dict[str, torch.Tensor], what: str
+) -> tuple[dict[str, torch.Tensor], str]:
+    """(ovss state dict, format) of a raw checkpoint meant for ``spec``, with the format detected."""
+    found = identify(raw)
+    formats = model_formats()
+    if found is None:
+        if fits(spec.config(), raw, what):
+            return raw, "ovss"  # a bare state dict already in the ovss layout
+        return convert_state_dict(spec.source_format, raw), spec.source_format  # its converter says why
+    if found not in formats:
+        raise CheckpointMismatchError(
+            f"{what} is {format_title(found)} checkpoint (a CLIP model alone), not {spec.name}; pass the "
+            f"segmentation model's checkpoint"
+        )
+    if formats[found] != spec.family:
+        raise other_family_error(found, spec.family, what, spec.name)
+    return convert_state_dict(found, raw), found
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -214,92 +268,78 @@ def load_model(name_or_path: str | Path, weights: str | Path | None = None) -> t
         (model, info) where info has name, family, source and digest fields.
     """
     from ovss.models.build import build_model
-    from ovss.weights.loading import load_strict
 
     name = str(name_or_path)
     path = Path(name)
-    if weights is None and (path.suffix in {".pth", ".pt", ".pkl", ".bin", ".safetensors"} or path.is_file()):
-        return _load_file(path, spec=None)
+    registered = name in list_weights()
+    if weights is None and not registered and (
+        path.suffix in {".pth", ".pt", ".pkl", ".bin", ".safetensors"} or path.exists() or os.sep in name
+    ):
+        return _load_path(path, spec=None)
     spec = get_weight_spec(name)
     if weights is not None:
-        return _load_file(Path(weights), spec=spec)
+        return _load_path(Path(weights), spec=spec)
     if spec.source_format == "random":
         torch.manual_seed(spec.seed)
         model = build_model(spec.config())
-        return model, {
-            "name": spec.name,
-            "family": spec.family,
-            "source": "random",
-            "digest": f"random{spec.seed}",
-        }
+        info = {"name": spec.name, "family": spec.family, "source": "random", "digest": f"random{spec.seed}"}
+        return model, info
     target = converted_path(spec.name)
-    if not target.is_file():
-        convert_checkpoint(spec, fetch_source(spec), target)
-    config, family, state_dict, meta = read_model_file(target)
-    model = build_model(config)
-    load_strict(model, state_dict, f"{target}")
-    return model, {
-        "name": spec.name,
-        "family": family,
-        "source": str(target),
-        "digest": meta.get("source_sha256", ""),
-    }
+    if not check_file_slot(target):
+        alternative = ", or pass the file itself (--weights FILE, or weights= in ovss.load)"
+        convert_checkpoint(spec, fetch_source(spec, alternative), target)
+    fix = f"delete it and run 'ovss download {spec.name}' (or 'ovss convert {spec.name} FILE')"
+    mf = open_model_file(target, fix)
+    config, family = mf.model_config()
+    mf.check_fits(config)
+    mf.verify(stamp=stamp_path(target))
+    model = _build(config, mf.load_tensors(), str(target))
+    digest = mf.metadata.get("source_sha256", "")
+    return model, {"name": spec.name, "family": family, "source": str(target), "digest": digest}
 
 
-def _load_file(path: Path, spec: WeightSpec | None) -> tuple[Any, dict[str, Any]]:
+def _build(config: Any, state_dict: dict[str, torch.Tensor], what: str) -> Any:
     from ovss.models.build import build_model
-    from ovss.weights.loading import load_strict, read_state_dict
+    from ovss.weights.loading import load_strict
 
-    if not path.is_file():
-        raise WeightsNotFoundError(f"checkpoint file {path} does not exist; check the path")
-    digest = sha256_file(path)
-    name = spec.name if spec else path.stem
-    if path.suffix == ".safetensors" and _has_ovss_metadata(path):
-        config, family, state_dict, meta = read_model_file(path)
-        name = meta.get("name", name) if spec is None else name
-        if spec is not None and family != spec.family:
-            raise CheckpointMismatchError(
-                f"{path} holds a {family} model, not {spec.name}; drop --model or pass a {spec.family} file"
-            )
-    else:
-        raw = read_state_dict(path)
-        source_format = detect_format(raw, spec.family if spec else None)
-        state_dict = convert_state_dict(source_format, raw)
-        if spec is not None:
-            config, family = spec.config(), spec.family
-        else:
-            config, family = _match_variant(state_dict, source_format, path)
     model = build_model(config)
-    load_strict(model, state_dict, str(path))
+    load_strict(model, state_dict, what)
+    return model
+
+
+def _load_path(path: Path, spec: WeightSpec | None) -> tuple[Any, dict[str, Any]]:
+    """Load a checkpoint file: an ovss file, a bare ovss-layout state dict or an official checkpoint."""
+    from ovss.weights.loading import read_state_dict
+
+    check_regular_file(path)
+    name = spec.name if spec else path.stem
+    if looks_like_safetensors(path):
+        mf = open_model_file(path)
+        if mf.is_ovss:
+            config, family = mf.model_config()
+            if spec is not None and family != spec.family:
+                raise CheckpointMismatchError(
+                    f"{path} holds a {family} model, not {spec.name}; drop --model or pass a {spec.family} "
+                    f"file"
+                )
+            mf.check_fits(config)
+            digest = mf.verify()
+            name = mf.metadata.get("name", name) if spec is None else name
+            model = _build(config, mf.load_tensors(), str(path))
+            return model, {"name": name, "family": family, "source": str(path), "digest": digest}
+        raw, digest = mf.load_tensors(), mf.verify()
+    else:
+        raw, digest = read_state_dict(path), sha256_file(path)
+    if spec is not None:
+        state_dict, _ = _convert_for(spec, raw, str(path))
+        config, family = spec.config(), spec.family
+    else:
+        source_format = detect_format(raw, what=str(path))
+        state_dict = convert_state_dict(source_format, raw)
+        matched = match_variant(state_dict, source_format, str(path))
+        config, family = matched.config(), matched.family
+    model = _build(config, state_dict, str(path))
     return model, {"name": name, "family": family, "source": str(path), "digest": digest}
-
-
-def _has_ovss_metadata(path: Path) -> bool:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return "ovss_format" in (f.metadata() or {})
-
-
-def _match_variant(
-    state_dict: dict[str, torch.Tensor], source_format: str, path: Path
-) -> tuple[ModelConfig, str]:
-    """The registered config whose parameter shapes equal ``state_dict``'s."""
-    from ovss.weights.registry import WEIGHTS
-
-    candidates = [s for s in WEIGHTS if s.source_format == source_format]
-    for spec in candidates:
-        try:
-            config = spec.config()
-            _check_fits(state_dict, config, str(path))
-        except CheckpointMismatchError:
-            continue
-        return config, spec.family
-    names = ", ".join(s.name for s in candidates)
-    raise CheckpointMismatchError(
-        f"{path} is a {source_format} checkpoint but fits none of {names}; pass --model NAME to see "
-        f"which keys differ"
-    )
 
 
 def describe_cache() -> dict[str, Any]:

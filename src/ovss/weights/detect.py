@@ -1,0 +1,160 @@
+"""Which checkpoint format a state dict is in, and which registered model it fits.
+
+Model formats are the ``source_format`` values of the registry (``ovss.weights.registry.WEIGHTS``):
+each has a converter module ``ovss.weights.formats.<name>`` with ``detect(sd)`` and ``convert(sd)``, and
+belongs to the family of its registry entries. A registry entry with a new source format (and its
+module) is picked up here without further edits. CLIP formats are recognised too, to say that a CLIP
+file is not a segmentation model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import torch
+
+from ovss.errors import CheckpointMismatchError, OvssError
+from ovss.weights.formats import CLIP_FORMAT_NAMES
+from ovss.weights.registry import WEIGHTS, WeightSpec
+
+if TYPE_CHECKING:
+    from ovss.models.base import ModelConfig
+
+CLIP_FORMATS = CLIP_FORMAT_NAMES
+
+# Human names for messages (a converter module may define TITLE instead).
+_TITLES = {
+    "san_d2": "an official SAN (detectron2)",
+    "san_mmseg": "an mmsegmentation SAN",
+    "catseg_d2": "an official CAT-Seg CVPR 2024",
+    "sed_d2": "an official SED",
+    "openai_clip": "an OpenAI CLIP",
+    "open_clip": "an open_clip CLIP",
+    "hf_clip": "a transformers CLIP",
+    "ovss": "an ovss (already converted)",
+}
+_FAMILY_NAMES = {"san": "SAN", "catseg": "CAT-Seg", "sed": "SED"}
+
+
+def model_formats() -> dict[str, str]:
+    """Model checkpoint format -> family, in registry order (derived from the registry)."""
+    formats: dict[str, str] = {}
+    for spec in WEIGHTS:
+        if spec.source_format != "random":
+            formats.setdefault(spec.source_format, spec.family)
+    return formats
+
+
+MODEL_FORMATS = model_formats()
+
+
+def _module(name: str):
+    return importlib.import_module(f"ovss.weights.formats.{name}")
+
+
+def format_title(name: str) -> str:
+    """``"an official SAN (detectron2)"`` for ``"san_d2"`` (the name itself when unknown)."""
+    if name in _TITLES:
+        return _TITLES[name]
+    try:
+        return getattr(_module(name), "TITLE", name)
+    except ImportError:
+        return name
+
+
+def family_title(family: str) -> str:
+    return _FAMILY_NAMES.get(family, family)
+
+
+def identify(state_dict: Mapping[str, object]) -> str | None:
+    """The model format (first) or CLIP format whose ``detect`` accepts ``state_dict``; None if none."""
+    for name in (*model_formats(), *CLIP_FORMATS):
+        if _module(name).detect(state_dict):
+            return name
+    return None
+
+
+def names_for_format(source_format: str) -> list[str]:
+    """Registry names whose weights come in ``source_format``."""
+    return [s.name for s in WEIGHTS if s.source_format == source_format]
+
+
+def convert_state_dict(source_format: str, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Apply the converter ``ovss.weights.formats.<source_format>.convert``."""
+    formats = model_formats()
+    if source_format not in formats and source_format not in CLIP_FORMATS:
+        known = ", ".join([*formats, *CLIP_FORMATS])
+        raise OvssError(f"unknown checkpoint format {source_format!r}; known: {known}")
+    return _module(source_format).convert(state_dict)
+
+
+def _first_keys(state_dict: Mapping[str, object]) -> str:
+    return ", ".join(list(state_dict)[:3])
+
+
+def detect_format(state_dict: Mapping[str, object], family: str | None = None, what: str = "the file") -> str:
+    """Name of the model checkpoint format of ``state_dict`` (of ``family`` when given).
+
+    Raises:
+        CheckpointMismatchError: no known layout matches, it is a CLIP checkpoint, or it is a
+            checkpoint of another family (the message names what it is and the command that fits).
+    """
+    found = identify(state_dict)
+    formats = model_formats()
+    if found is None:
+        wanted = f"a {family_title(family)} checkpoint" if family else "a SAN, CAT-Seg or SED checkpoint"
+        raise CheckpointMismatchError(
+            f"{what} is not {wanted}: no known key layout matches (first keys: {_first_keys(state_dict)}); "
+            f"pass a checkpoint in one of: {', '.join(formats)}"
+        )
+    if found not in formats:
+        raise CheckpointMismatchError(
+            f"{what} is {format_title(found)} checkpoint (a CLIP model alone), not a segmentation model; "
+            f"pass a SAN, CAT-Seg or SED checkpoint"
+        )
+    if family is not None and formats[found] != family:
+        raise other_family_error(found, family, what)
+    return found
+
+
+def other_family_error(
+    found: str, wanted: str, what: str, name: str | None = None
+) -> CheckpointMismatchError:
+    """'FILE is an official SAN checkpoint, not CAT-Seg ...; use --model san-vit-b16'."""
+    fits = names_for_format(found)
+    target = f" for {name}" if name else ""
+    hint = f"the model name that fits it: {' or '.join(fits)}" if fits else "pass a matching model name"
+    return CheckpointMismatchError(
+        f"{what} is {format_title(found)} checkpoint (a {family_title(model_formats()[found])} model), not a "
+        f"{family_title(wanted)} checkpoint{target}; use {hint}"
+    )
+
+
+def fits(config: ModelConfig, state_dict: Mapping[str, torch.Tensor], what: str) -> bool:
+    """Whether ``state_dict`` (ovss layout) fits ``config`` exactly (checked on the meta device)."""
+    from ovss.weights.modelfile import check_fits
+
+    try:
+        check_fits(config, state_dict, what)
+    except CheckpointMismatchError:
+        return False
+    return True
+
+
+def match_variant(state_dict: Mapping[str, torch.Tensor], source_format: str, what: str) -> WeightSpec:
+    """The registered entry of ``source_format`` whose architecture fits ``state_dict`` (ovss layout).
+
+    Raises:
+        CheckpointMismatchError: it fits none of them.
+    """
+    candidates = [s for s in WEIGHTS if s.source_format == source_format]
+    for spec in candidates:
+        if fits(spec.config(), state_dict, what):
+            return spec
+    names = ", ".join(s.name for s in candidates)
+    raise CheckpointMismatchError(
+        f"{what} is {format_title(source_format)} checkpoint but fits none of {names}; pass --model NAME "
+        f"to see which keys differ"
+    )

@@ -1,0 +1,465 @@
+"""The self-describing ovss weights file: one safetensors file = architecture + weights.
+
+File layout (safetensors): an 8-byte little-endian header length N, N bytes of JSON header (tensor
+names, dtypes, shapes, byte ranges, and a ``__metadata__`` table of strings), then the tensor data.
+ovss writes these metadata keys:
+
+- ``ovss_format``: ``"2"`` (``"1"`` files have no data digest and are still read);
+- ``family``: ``san`` | ``catseg`` | ``sed``; ``config``: the model config as JSON;
+- ``data_sha256``: sha256 of the data region (everything after the header), recorded when written;
+- ``name``, ``source_format``, ``source_sha256`` where the file was converted from a release.
+
+Everything is checked before a byte of tensor data is allocated: the header structure against the
+file size (truncated or padded files), the metadata (family, config), and the config's parameter
+shapes against the file's, on the meta device with a budget that stops a crafted config asking for a
+huge model. The data digest is verified once per file and process (``verify``), or, for the
+converted-weights cache, once per change of the file (a stamp of size, mtime, ctime and inode).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import stat
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ovss.errors import CheckpointMismatchError, OvssError, WeightsFileError, WeightsNotFoundError
+from ovss.utils import atomic_write
+
+if TYPE_CHECKING:
+    from ovss.models.base import ModelConfig
+
+FORMAT_VERSION = "2"
+KNOWN_VERSIONS = ("1", "2")
+MAX_HEADER = 100 << 20  # bytes; the safetensors library refuses larger headers too
+MAX_RESIZE_SIDE = 16384  # test_resize sizes a config may ask for
+_CHUNK = 8 << 20
+_PLACEHOLDER = "pending" + "0" * 57  # 64 characters, replaced by the data digest after writing
+
+_ITEMSIZE = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4,
+    "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+
+_VERIFIED: dict[tuple[Any, ...], str] = {}  # stat key -> file sha256, files verified in this process
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    """One entry of a safetensors header: dtype name, shape, byte range in the data region."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclasses.dataclass
+class ModelFile:
+    """A safetensors file whose header has been read and checked (no tensor data read yet).
+
+    Attributes:
+        path: the file.
+        fix: what to tell the user when the file turns out bad (e.g. "delete it and run ...").
+        header_size: bytes before the data region (8 + header length).
+        metadata: the ``__metadata__`` table.
+        tensors: name -> :class:`TensorInfo`, in header order.
+        stat_key: (size, mtime_ns, ctime_ns, inode, device) when the header was read.
+    """
+
+    path: Path
+    fix: str
+    header_size: int
+    metadata: dict[str, str]
+    tensors: dict[str, TensorInfo]
+    stat_key: tuple[int, ...]
+
+    @property
+    def is_ovss(self) -> bool:
+        return "ovss_format" in self.metadata
+
+    @property
+    def numel(self) -> int:
+        return sum(t.numel for t in self.tensors.values())
+
+    def error(self, problem: str) -> WeightsFileError:
+        return WeightsFileError(f"{self.path} {problem}; {self.fix}")
+
+    # ------------------------------------------------------------------------------ metadata
+    def model_config(self) -> tuple[ModelConfig, str]:
+        """(config, family) from the ovss metadata, validated.
+
+        Raises:
+            WeightsFileError: no ovss metadata, unknown version, no or unknown family, bad config.
+        """
+        from ovss.models.build import FAMILIES, family_classes
+
+        meta = self.metadata
+        if not self.is_ovss:
+            raise CheckpointMismatchError(
+                f"{self.path} is a safetensors file without ovss metadata; pass it with --model NAME "
+                f"--weights {self.path}"
+            )
+        if meta["ovss_format"] not in KNOWN_VERSIONS:
+            raise self.error(
+                f"has ovss_format {meta['ovss_format']!r}, which this ovss does not know (known: "
+                f"{', '.join(KNOWN_VERSIONS)}); upgrade ovss or convert the weights again"
+            )
+        family = meta.get("family")
+        if family not in FAMILIES:
+            what = "no 'family' entry" if family is None else f"unknown family {family!r}"
+            raise self.error(f"has {what} in its metadata (expected one of {', '.join(FAMILIES)})")
+        if "config" not in meta:
+            raise self.error("has no 'config' entry in its metadata")
+        try:
+            config = family_classes(family)[0].from_json(meta["config"])
+        except (OvssError, ValueError, TypeError, KeyError) as e:
+            raise self.error(f"has an invalid model config in its metadata ({_one_line(e)})") from None
+        resize = config.test_resize
+        if max(resize.size, resize.max_size) > MAX_RESIZE_SIDE:
+            raise self.error(
+                f"asks for test-time resize size {resize.size}/{resize.max_size}, above {MAX_RESIZE_SIDE}"
+            )
+        return config, family
+
+    # ------------------------------------------------------------------------------ shapes
+    def meta_tensors(self) -> dict[str, torch.Tensor]:
+        """Meta-device stand-ins (right shape and dtype, no storage) of every tensor in the file."""
+        from safetensors.torch import _TYPES  # dtype name -> torch dtype
+
+        return {
+            k: torch.empty(t.shape, dtype=_TYPES.get(t.dtype, torch.uint8), device="meta")
+            for k, t in self.tensors.items()
+        }
+
+    def check_fits(self, config: ModelConfig, what: str | None = None) -> None:
+        """Build ``config`` on the meta device (bounded by this file's size) and compare shapes.
+
+        Raises:
+            CheckpointMismatchError: the config asks for more parameters than the file holds, or keys
+                or shapes differ (all listed).
+        """
+        check_fits(config, self.meta_tensors(), what or str(self.path))
+
+    # ------------------------------------------------------------------------------ integrity
+    def verify(self, stamp: Path | None = None) -> str | None:
+        """Check the data digest (``data_sha256``) against the bytes on disk.
+
+        Args:
+            stamp: a file recording the last successful check (converted-weights cache): while the
+                file's size, mtime, ctime and inode are unchanged, the check is skipped; files without a
+                recorded digest (format 1) are protected from the first check on by the stamp's digest.
+
+        Returns:
+            the sha256 of the whole file when it was read here (None when the stamp made it unnecessary).
+
+        Raises:
+            WeightsFileError: the data does not have the recorded digest, or the file changed since the
+                header was read.
+        """
+        recorded = self.metadata.get("data_sha256")
+        if stamp is not None:
+            previous = _read_stamp(stamp)
+            same = previous.get("stat") == list(self.stat_key)
+            if same and previous.get("data_sha256") in (recorded, None):
+                return None
+            recorded = recorded or previous.get("data_sha256")
+        key = (str(self.path.resolve()), *self.stat_key)
+        if key in _VERIFIED and stamp is None:
+            return _VERIFIED[key]
+        whole, data = self._hash()
+        if recorded is not None and data != recorded:
+            raise self.error(
+                f"is corrupt: its data has sha256 {data[:12]}..., recorded {recorded[:12]}... when it was "
+                f"written"
+            )
+        _VERIFIED[key] = whole
+        if stamp is not None:
+            _write_stamp(stamp, self.stat_key, data)
+        return whole
+
+    def _hash(self) -> tuple[str, str]:
+        """(sha256 of the whole file, sha256 of the data region), one pass."""
+        whole, data = hashlib.sha256(), hashlib.sha256()
+        with open(self.path, "rb") as f:
+            head = f.read(self.header_size)
+            whole.update(head)
+            while block := f.read(_CHUNK):
+                whole.update(block)
+                data.update(block)
+        if len(head) != self.header_size or _stat_key(self.path) != self.stat_key:
+            raise self.error("changed while it was being read")
+        return whole.hexdigest(), data.hexdigest()
+
+    # ------------------------------------------------------------------------------ data
+    def load_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the file, on the CPU, in its stored dtype."""
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(self.path), device="cpu")
+        except Exception as e:  # safetensors raises its own error type for bad files
+            raise self.error(f"cannot be read ({_one_line(e)})") from None
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
+
+
+def _stat_key(path: Path) -> tuple[int, ...]:
+    st = os.stat(path)
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def check_regular_file(path: Path, what: str = "checkpoint file") -> Path:
+    """Refuse a missing path, a folder or a special file (a FIFO would block ``open`` forever).
+
+    Raises:
+        WeightsNotFoundError: the path does not exist.
+        WeightsFileError: it is a folder or not a regular file.
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise WeightsNotFoundError(f"{what} {path} does not exist; check the path") from None
+    except OSError as e:
+        raise WeightsFileError(f"cannot read {what} {path} ({e.strerror}); check its permissions") from None
+    if stat.S_ISDIR(mode):
+        raise WeightsFileError(f"{what} {path} is a folder, expected a file; pass the file inside it")
+    if not stat.S_ISREG(mode):
+        raise WeightsFileError(f"{what} {path} is not a regular file (a pipe or device); pass a file")
+    return path
+
+
+def looks_like_safetensors(path: Path) -> bool:
+    """True for a ``.safetensors`` name, or a file whose first bytes look like a safetensors header."""
+    if Path(path).suffix == ".safetensors":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < MAX_HEADER
+
+
+def open_model_file(path: str | Path, fix: str = "re-download or re-convert it") -> ModelFile:
+    """Read and check the header of a safetensors file (structure only; see :class:`ModelFile`).
+
+    Args:
+        path: the file.
+        fix: the fix quoted in every error about this file.
+
+    Raises:
+        WeightsNotFoundError / WeightsFileError: missing, not a file, empty, truncated, padded,
+            unparsable header, bad dtypes, shapes or byte ranges (one line each, with ``fix``).
+    """
+    path = check_regular_file(Path(path))
+    key = _stat_key(path)
+    size = key[0]
+
+    def bad(problem: str) -> WeightsFileError:
+        return WeightsFileError(f"{path} is not a valid safetensors file ({problem}); {fix}")
+
+    if size == 0:
+        raise bad("it is empty")
+    with open(path, "rb") as f:
+        first = f.read(8)
+        if len(first) < 8:
+            raise bad(f"{size} bytes, shorter than the 8-byte header length")
+        n = int.from_bytes(first, "little")
+        if n > min(MAX_HEADER, size - 8):
+            raise bad(f"header length {n} does not fit the {size}-byte file: truncated or not safetensors")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise bad(f"unreadable header: {_one_line(e)}") from None
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise bad("__metadata__ is not a table of strings")
+    tensors = {name: _tensor_info(name, entry, bad) for name, entry in header.items()}
+    covered = 0
+    for name, t in sorted(tensors.items(), key=lambda kv: (kv[1].start, kv[1].end)):
+        if t.start != covered:
+            raise bad(f"tensor {name} starts at byte {t.start}, expected {covered} (overlap or gap)")
+        covered = t.end
+    if covered != size - 8 - n:
+        raise bad(f"the tensors cover {covered} data bytes, the file has {size - 8 - n}: truncated or padded")
+    return ModelFile(path, fix, 8 + n, dict(metadata), tensors, key)
+
+
+def _tensor_info(name: str, entry: object, bad: Any) -> TensorInfo:
+    if not isinstance(entry, dict):
+        raise bad(f"entry {name!r} is not an object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in _ITEMSIZE:
+        raise bad(f"tensor {name} has unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
+        raise bad(f"tensor {name} has an invalid shape {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) and o >= 0 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise bad(f"tensor {name} has invalid data_offsets {offsets!r}")
+    info = TensorInfo(dtype, tuple(shape), offsets[0], offsets[1])
+    if info.numel * _ITEMSIZE[dtype] != info.end - info.start:
+        raise bad(f"tensor {name} {tuple(shape)} {dtype} does not match its {info.end - info.start} bytes")
+    return info
+
+
+# ----------------------------------------------------------------------------------------- shapes
+class _BudgetExceededError(Exception):
+    pass
+
+
+@contextmanager
+def _build_budget(max_count: int, max_numel: int) -> Iterator[None]:
+    """Abort module construction (on this thread) past ``max_count`` tensors or ``max_numel`` elements."""
+    from torch.nn.modules import module as nn_module
+
+    thread = threading.get_ident()
+    seen = [0, 0]
+
+    def count(_module: object, _name: str, tensor: torch.Tensor | None) -> None:
+        if tensor is None or threading.get_ident() != thread:
+            return
+        seen[0] += 1
+        seen[1] += tensor.numel()
+        if seen[0] > max_count or seen[1] > max_numel:
+            raise _BudgetExceededError
+
+    hooks = [
+        nn_module.register_module_parameter_registration_hook(count),
+        nn_module.register_module_buffer_registration_hook(count),
+    ]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def check_fits(config: ModelConfig, tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Build ``config`` on the meta device and strictly compare it with ``tensors`` (shapes only).
+
+    The build is bounded by the tensors given: more than twice their count (+64) or their element count
+    (+64 Mi elements for derived buffers) aborts it, so a config asking for a huge model fails in
+    milliseconds without allocating.
+
+    Raises:
+        CheckpointMismatchError: too large for the file, or keys / shapes differ (all listed).
+    """
+    from ovss.models.build import build_model
+    from ovss.weights.loading import load_strict
+
+    numel = sum(t.numel() for t in tensors.values())
+    try:
+        with _build_budget(2 * len(tensors) + 64, 2 * numel + (64 << 20)), torch.device("meta"):
+            model = build_model(config)
+    except _BudgetExceededError:
+        raise CheckpointMismatchError(
+            f"{what}: its config asks for a model far larger than the {len(tensors)} tensors "
+            f"({numel} values) stored with it; the file is corrupt or crafted, re-convert it"
+        ) from None
+    load_strict(model, tensors, what, assign=True)
+
+
+# ----------------------------------------------------------------------------------------- writing
+def save_model_file(
+    path: Path, state_dict: Mapping[str, torch.Tensor], config: ModelConfig, family: str, **meta: str
+) -> Path:
+    """Atomically write weights + architecture (+ the data digest) into one safetensors file."""
+    from safetensors.torch import save_file
+
+    metadata = {
+        "ovss_format": FORMAT_VERSION,
+        "family": family,
+        "config": config.to_json(),
+        **meta,
+        "data_sha256": _PLACEHOLDER,
+    }
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=metadata)
+        _record_digest(tmp)
+
+    return atomic_write(Path(path), write)
+
+
+def _record_digest(path: Path) -> str:
+    """Replace the digest placeholder in the header by the data region's sha256 (same length, in place)."""
+    with open(path, "r+b") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = f.read(n)
+        data = hashlib.sha256()
+        while block := f.read(_CHUNK):
+            data.update(block)
+        digest = data.hexdigest()
+        marker = _PLACEHOLDER.encode()
+        if header.count(marker) != 1:
+            raise OvssError(f"internal error: digest placeholder not found once in {path}")
+        f.seek(8)
+        f.write(header.replace(marker, digest.encode()))
+    return digest
+
+
+def stamp_path(path: Path) -> Path:
+    """Where the integrity stamp of a converted-weights cache file lives."""
+    return path.parent / f".{path.name}.stamp"
+
+
+def _read_stamp(stamp: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(stamp.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_stamp(stamp: Path, key: tuple[int, ...], digest: str) -> None:
+    text = json.dumps({"stat": list(key), "data_sha256": digest})
+    with contextlib.suppress(OSError):  # a read-only cache: the check simply runs again next time
+        atomic_write(stamp, lambda p: p.write_text(text))
+
+
+def write_stamp(path: Path) -> None:
+    """Record that the cache file ``path`` (just written and verified) is intact as it is now."""
+    mf = open_model_file(path)
+    digest = mf.metadata.get("data_sha256")
+    if digest:
+        _write_stamp(stamp_path(path), mf.stat_key, digest)
+
+
+def read_model_file(path: Path) -> tuple[ModelConfig, str, dict[str, torch.Tensor], dict[str, str]]:
+    """Read a file written by :func:`save_model_file`: (config, family, state dict, metadata), all checked."""
+    mf = open_model_file(path)
+    config, family = mf.model_config()
+    mf.check_fits(config)
+    mf.verify()
+    return config, family, mf.load_tensors(), mf.metadata
