@@ -3,28 +3,133 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Serve a web page (gradio) where a user uploads an image, types class names and gets the colour
+overlay, a legend, a table of the classes present and the label map PNG. The model named by --model
+is loaded (downloaded and converted first if needed) before the server starts; the page offers it
+and every other model whose weights are already on disk: nothing is ever downloaded inside a web
+request. Requests are queued and run one at a time; each is checked against the limits below.
+The page's API endpoint is /segment (gradio_client; see the README, "Web demo").
+"""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="web demo (gradio): upload an image, type class names")
-    p.add_argument("--model", default="san-vit-b16", help="model loaded first (default: san-vit-b16)")
-    p.add_argument("--weights", default=None, help="local checkpoint file for --model")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--share", action="store_true", help="create a public gradio link")
+    from ovss.demo.backend import DemoLimits
+
+    limits = DemoLimits()
+    p = sub.add_parser(
+        "demo", help="web demo (gradio): upload an image, type class names", description=DESCRIPTION
+    )
+    p.add_argument(
+        "--model",
+        default="san-vit-b16",
+        metavar="NAME_OR_FILE",
+        help="model loaded first: registry name or checkpoint file (default: %(default)s)",
+    )
+    p.add_argument(
+        "--weights",
+        default=None,
+        metavar="FILE",
+        help="local checkpoint file for --model (official or converted)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="compute precision; fp32 is the exact path (default: %(default)s)",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to serve on; 0.0.0.0 for every interface (default: %(default)s)",
+    )
+    p.add_argument("--port", type=int, default=7860, help="TCP port to serve on (default: %(default)s)")
+    p.add_argument("--share", action="store_true", help="also create a public gradio.live link")
+    p.add_argument(
+        "--examples",
+        default=None,
+        metavar="DIR",
+        help="folder of example photos (.jpg/.jpeg/.webp) shown under the form, or 'none' (default: "
+        "../shared/data beside the repository, when it exists)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=limits.max_pixels,
+        metavar="N",
+        help="largest image accepted, width x height pixels (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-classes",
+        type=int,
+        default=limits.max_classes,
+        metavar="N",
+        help="most classes in one request (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=limits.max_upload_mb,
+        metavar="MB",
+        help="largest upload accepted, in MiB (default: %(default)g)",
+    )
+    p.add_argument(
+        "--queue-size",
+        type=int,
+        default=limits.queue_size,
+        metavar="N",
+        help="requests that may wait while one runs; more are refused (default: %(default)s)",
+    )
+    p.add_argument(
+        "--keep-files",
+        type=int,
+        default=limits.keep_files_s,
+        metavar="SECONDS",
+        help="uploads and results are deleted from the server after this long (default: %(default)s)",
+    )
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ovss.demo.app import DemoBackend, build_app
-    from ovss.weights.registry import list_weights
+def examples_from(option: str | None) -> list[list[str]]:
+    """The example rows for the --examples option (a missing folder is an error, the default is not)."""
+    from ovss.demo.app import default_examples_dir, find_examples
+    from ovss.errors import OvssError
 
-    backend = DemoBackend(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
-    models = list_weights(include_test=True)
-    if args.model not in models:
-        models.insert(0, args.model)
+    if option is None:
+        return find_examples(default_examples_dir())
+    if option.lower() == "none":
+        return []
+    folder = Path(option)
+    if not folder.is_dir():
+        raise OvssError(f"--examples {option}: no such folder; pass a folder of photos, or 'none'")
+    return find_examples(folder)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ovss.demo.app import build_app, check_port, import_gradio, launch
+    from ovss.demo.backend import DemoBackend, DemoLimits
+
+    import_gradio()  # a missing gradio is reported before the (slow) model load
+    limits = DemoLimits(
+        args.max_pixels, args.max_classes, args.max_upload_mb, args.queue_size, args.keep_files
+    )
+    check_port(args.host, args.port)  # so is a port already in use
+    examples = examples_from(args.examples)
+    if not logging.getLogger("ovss.demo").handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s ovss.demo: %(message)s", "%H:%M:%S"))
+        logging.getLogger("ovss.demo").addHandler(handler)
+        logging.getLogger("ovss.demo").setLevel(logging.INFO)
+    backend = DemoBackend(
+        args.model, device=args.device, dtype=args.dtype, weights=args.weights, limits=limits
+    )
+    print(f"ovss demo: loading {args.model} ...", file=sys.stderr, flush=True)
     backend.segmenter()  # load now: a bad name or missing weights fails before the server starts
-    build_app(backend, models).launch(server_name=args.host, server_port=args.port, share=args.share)
+    app = build_app(backend, examples)
+    launch(app, backend, args.host, args.port, share=args.share, examples=examples)
     return 0

@@ -1,81 +1,249 @@
-"""Web demo over the public API: upload an image, type class names, see the overlay.
+"""The gradio page of ``ovss demo``: widgets wired to :mod:`ovss.demo.backend` (gradio imported lazily).
 
-Run with ``ovss demo --model san-vit-b16`` (needs ``pip install 'ovss[demo]'``).
+Run with ``ovss demo --model san-vit-b16`` (needs ``pip install 'ovss[demo]'``). The page's one API
+endpoint is ``/segment`` (see README, "Web demo", for a ``gradio_client`` example).
 """
 
 from __future__ import annotations
 
+import logging
+import socket
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
-
+from ovss.demo.backend import (
+    EXAMPLE_CLASSES,
+    DemoBackend,
+    DemoUserError,
+    option_visibility,
+    web_message,
+    weights_table,
+)
 from ovss.errors import OvssError, missing_dependency
 
-EXAMPLE_CLASSES = "person; car; bus; road; building; sky; tree; grass"
+log = logging.getLogger("ovss.demo")
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".webp")
+EXAMPLE_VOCABULARIES = {"quokka": "quokka; grass; rock, stone; sky; tree"}
+VOC_VOCABULARY = "person; bottle; chair; sofa, couch; bus; car; road; building; wall; floor; sky; tree"
+MAX_EXAMPLES = 8
+
+CSS = """
+.ovss-legend { max-height: 520px; overflow-y: auto; font-size: 0.95rem; }
+.ovss-legend table { border-collapse: collapse; width: 100%; }
+.ovss-legend th { text-align: left; font-weight: 600; padding: 2px 6px; }
+.ovss-legend td { padding: 3px 6px; vertical-align: middle; }
+.ovss-legend th, .ovss-legend td { border: none !important; background: none !important; }
+.ovss-legend tbody tr { border-top: 1px solid var(--border-color-primary); }
+.ovss-legend .ovss-pct { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
+.ovss-legend .ovss-name { overflow-wrap: anywhere; }
+.ovss-swatch { display: inline-block; width: 1.1em; height: 1.1em; border: 1px solid #444;
+               border-radius: 3px; vertical-align: middle; }
+"""
 
 
-class DemoBackend:
-    """Loads models on demand (one at a time) and segments for the UI; no gradio here."""
-
-    def __init__(
-        self, model: str, device: str = "cpu", dtype: str = "fp32", weights: str | None = None
-    ) -> None:
-        self.device, self.dtype, self.weights = device, dtype, weights
-        self.model_name = model
-        self._segmenter: Any = None
-
-    def segmenter(self, model: str | None = None) -> Any:
-        from ovss.api.segmenter import load
-
-        model = model or self.model_name
-        if self._segmenter is None or model != self.model_name:
-            weights = self.weights if model == self.model_name else None
-            self._segmenter = load(model, device=self.device, dtype=self.dtype, weights=weights)
-            self.model_name = model
-        return self._segmenter
-
-    def __call__(
-        self, image: np.ndarray | Image.Image | None, classes: str, model: str | None = None, **options: Any
-    ) -> tuple[Image.Image, list[list[Any]]]:
-        """Overlay image and a table of [class, % of pixels, peak score] rows (classes present)."""
-        if image is None:
-            raise OvssError("no image: upload or drop an image first")
-        result = self.segmenter(model).predict(image, classes, **options)
-        rows = [
-            [name, round(100 * frac, 2), round(float(result.class_scores[result.class_names.index(name)]), 4)]
-            for name, frac in result.present()
-        ]
-        return result.overlay(), rows
-
-
-def build_app(backend: DemoBackend, models: list[str]) -> Any:
-    """The gradio Blocks UI (gradio is imported here, lazily)."""
+def import_gradio() -> Any:
+    """``import gradio``, or the one-line error naming the extra to install."""
     try:
-        import gradio as gr
+        import gradio
     except ImportError:
         raise missing_dependency("gradio", "demo") from None
+    return gradio
 
-    def run(image, classes, model, fast):
+
+def check_port(host: str, port: int) -> None:
+    """Refuse a port that is out of range or already in use on ``host`` (before any model is loaded)."""
+    if not 1 <= port <= 65535:
+        raise OvssError(f"--port must be between 1 and 65535, got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise OvssError(
+            f"cannot resolve --host {host!r}; use an address such as 127.0.0.1 or 0.0.0.0"
+        ) from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
         try:
-            options = {"fast": True} if fast and model.startswith(("sed", "test-sed")) else {}
-            return backend(image, classes, model, **options)
-        except OvssError as e:
-            raise gr.Error(str(e)) from None
+            s.bind(address)
+        except OSError as e:
+            raise OvssError(
+                f"cannot serve on {host}:{port}: {e.strerror or e} (another server is using it?); choose "
+                "another port with --port N"
+            ) from None
 
-    with gr.Blocks(title="ovss: open-vocabulary segmentation") as app:
+
+def default_examples_dir() -> Path | None:
+    """The sample photos of the project (``../shared/data`` beside the repository), when present."""
+    repo = Path(__file__).resolve().parents[3]
+    for candidate in (repo.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def find_examples(folder: Path | None) -> list[list[str]]:
+    """``[photo path, class list]`` rows for the photos (.jpg/.jpeg/.webp) in ``folder`` and its
+    sub-folders (label PNGs are not photos); ``[]`` when the folder is None or missing."""
+    if folder is None or not folder.is_dir():
+        return []
+    photos = sorted(
+        p
+        for p in [*folder.iterdir(), *folder.glob("*/*")]
+        if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES
+    )
+    return [[str(p), EXAMPLE_VOCABULARIES.get(p.stem.lower(), VOC_VOCABULARY)] for p in photos[:MAX_EXAMPLES]]
+
+
+def _duration(seconds: int) -> str:
+    return f"{seconds // 60} minutes" if seconds >= 120 else f"{seconds} seconds"
+
+
+def _catseg_default() -> str:
+    from ovss.models.catseg import CATSegConfig
+
+    return str(getattr(CATSegConfig, "inference", "slide"))
+
+
+def build_app(backend: DemoBackend, examples: list[list[str]] | None = None) -> Any:
+    """The gradio Blocks page. Call :func:`launch` to serve it with the demo's limits."""
+    gr = import_gradio()
+    catalogue = backend.catalogue()
+    offered = [(e.label, e.name) for e in catalogue if e.usable]
+    visible = option_visibility(backend.family(backend.model_name))
+
+    def on_model(model: str) -> tuple[Any, Any, Any]:
+        show = option_visibility(backend.family(model))
+        return (
+            gr.update(visible=show["sed"]),
+            gr.update(visible=show["sed"]),
+            gr.update(visible=show["catseg"]),
+        )
+
+    def segment(image, classes, model, sed_fast, sed_topk, catseg_inference):
+        try:
+            out = backend.segment(image, classes, model, bool(sed_fast), sed_topk, catseg_inference or "")
+        except DemoUserError as e:
+            log.info("request refused: %s", e)
+            raise gr.Error(str(e), print_exception=False) from None
+        except OvssError as e:
+            log.info("request failed: %s", e)
+            raise gr.Error(web_message(e), print_exception=False) from None
+        except Exception:
+            log.exception("internal error while segmenting")
+            raise gr.Error(
+                "internal error while segmenting (details are in the server log)", print_exception=False
+            ) from None
+        return out.overlay, out.legend, str(out.label_file), out.table
+
+    limits = backend.limits
+    with gr.Blocks(
+        title="ovss: open-vocabulary segmentation",
+        analytics_enabled=False,
+        delete_cache=(max(1, min(300, limits.keep_files_s // 4)), limits.keep_files_s),
+    ) as app:
         gr.Markdown(
-            "# ovss\nUpload an image and list class names (`;` between classes, `,` between synonyms)."
+            "# ovss: open-vocabulary semantic segmentation\n"
+            "Upload an image, list the classes to find (`;` between classes, `,` between synonyms) and "
+            "press **Segment**."
         )
         with gr.Row():
-            with gr.Column():
-                image = gr.Image(type="numpy", label="image")
-                classes = gr.Textbox(value=EXAMPLE_CLASSES, label="classes")
-                model = gr.Dropdown(models, value=backend.model_name, label="model")
-                fast = gr.Checkbox(value=False, label="SED fast mode (category early rejection)")
-                button = gr.Button("Segment", variant="primary")
-            with gr.Column():
-                out = gr.Image(type="pil", label="segmentation")
-                table = gr.Dataframe(headers=["class", "% pixels", "peak score"], label="classes present")
-        button.click(run, [image, classes, model, fast], [out, table])
+            with gr.Column(scale=2):
+                image = gr.Image(type="filepath", label="image", sources=["upload", "clipboard"], height=360)
+                classes = gr.Textbox(
+                    value=EXAMPLE_CLASSES,
+                    label="classes",
+                    info="';' between classes, ',' between synonyms: cat; sofa, couch; wall",
+                    lines=2,
+                )
+                model = gr.Dropdown(
+                    offered, value=backend.model_name, label="model", info="weights status in brackets"
+                )
+                fast = gr.Checkbox(
+                    value=False, label="SED fast mode (category early rejection)", visible=visible["sed"]
+                )
+                topk = gr.Number(
+                    value=8,
+                    precision=0,
+                    minimum=1,
+                    label="SED: classes kept per pixel in fast mode",
+                    visible=visible["sed"],
+                )
+                inference = gr.Radio(
+                    [("sliding window (official, slower)", "slide"), ("whole image (faster)", "whole")],
+                    value=_catseg_default(),
+                    label="CAT-Seg inference",
+                    visible=visible["catseg"],
+                )
+                button = gr.Button("Segment", variant="primary", elem_id="ovss-segment")
+            with gr.Column(scale=3):
+                with gr.Row():
+                    overlay = gr.Image(
+                        type="pil", format="png", label="segmentation", interactive=False, scale=2
+                    )
+                    legend = gr.HTML(label="legend", elem_id="ovss-legend", min_width=220, scale=1)
+                label_file = gr.File(
+                    label="label map (PNG)",
+                    interactive=False,
+                    elem_id="ovss-label-file",
+                )
+                table = gr.Dataframe(
+                    headers=["class", "% pixels", "peak score"],
+                    label="classes present",
+                    interactive=False,
+                    elem_id="ovss-table",
+                )
+        if examples:
+            gr.Examples(examples, inputs=[image, classes], label="examples (click one, then Segment)")
+        with gr.Accordion("models and weights on this server", open=False):
+            gr.Markdown(weights_table(catalogue))
+        gr.Markdown(
+            f"Limits per request: images up to {limits.max_pixels / 1e6:g} million pixels and "
+            f"{limits.max_upload_mb:g} MB, up to {limits.max_classes:,} classes; requests run one at a time "
+            f"(at most {limits.queue_size} waiting). Uploads and results are deleted from the server after "
+            f"{_duration(limits.keep_files_s)}. The label map PNG is full size; its pixel value is the index "
+            "of the class in your list (0 = the first). API: `/segment` (see *Use via API* below)."
+        )
+        model.change(on_model, [model], [fast, topk, inference], api_name=False)
+        button.click(
+            segment,
+            [image, classes, model, fast, topk, inference],
+            [overlay, legend, label_file, table],
+            api_name="segment",
+            preprocess=False,  # the backend checks and decodes the upload itself (clear errors, limits)
+            concurrency_limit=1,
+        )
+    app.queue(default_concurrency_limit=1, max_size=limits.queue_size)
     return app
+
+
+def launch(
+    app: Any,
+    backend: DemoBackend,
+    host: str,
+    port: int,
+    share: bool = False,
+    examples: list[list[str]] | None = None,
+) -> None:
+    """Serve ``app`` until interrupted (blocking); a port taken meanwhile is one clear error."""
+    gr = import_gradio()
+    allowed = sorted({str(Path(row[0]).parent) for row in examples or []})
+    theme = gr.themes.Default(  # system fonts: the page loads nothing from outside the server
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )
+    try:
+        app.launch(
+            server_name=host,
+            server_port=port,
+            share=share,
+            max_file_size=int(backend.limits.max_upload_mb * 2**20),
+            allowed_paths=allowed,
+            theme=theme,
+            css=CSS,
+            ssr_mode=False,
+            footer_links=["api"],
+        )
+    except OSError as e:
+        raise OvssError(f"cannot serve on {host}:{port}: {e}; choose another port with --port N") from None
+    finally:
+        backend.close()

@@ -1,0 +1,446 @@
+"""Everything the web demo does, without gradio: model catalogue, request checks, segmentation, legend.
+
+The UI (:mod:`ovss.demo.app`) only wires these functions to widgets, so each behaviour here is tested
+directly. Messages raised as :class:`DemoUserError` are shown to a web user as they are: they name the
+problem and what to do in the page's terms (never a command-line flag or a server path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import logging
+import re
+import shutil
+import tempfile
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ovss.errors import ImageReadError, OvssError, VocabularyError
+
+EXAMPLE_CLASSES = "person; car; bus; road; building; sky; tree; grass"
+FAMILIES = ("san", "catseg", "sed")
+DISPLAY_SIDE = 2048  # the overlay shown in the page is at most this many pixels on its long side
+MAX_VOCABULARY_CHARS = 100_000  # characters in the class box (independent of the class count)
+
+log = logging.getLogger("ovss.demo")
+
+
+class DemoUserError(OvssError):
+    """A request the demo refuses; the message is shown to the web user as is."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoLimits:
+    """Per-request limits of the web demo (every request is checked before the model runs).
+
+    Attributes:
+        max_pixels: largest image, in pixels (width x height), checked from the file header.
+        max_classes: most classes in one vocabulary.
+        max_upload_mb: largest upload, in MiB.
+        queue_size: requests that may wait in the queue (they run one at a time).
+        keep_files_s: uploads and results are deleted from the server this many seconds after they
+            were written.
+    """
+
+    max_pixels: int = 25_000_000
+    max_classes: int = 1000
+    max_upload_mb: float = 25.0
+    queue_size: int = 20
+    keep_files_s: int = 1800
+
+    def __post_init__(self) -> None:
+        for name in ("max_pixels", "max_classes", "max_upload_mb", "queue_size", "keep_files_s"):
+            if not getattr(self, name) > 0:
+                raise OvssError(
+                    f"demo limit {name} must be > 0, got {getattr(self, name)} (--{name.replace('_', '-')})"
+                )
+
+
+# ----------------------------------------------------------------------------------------- models
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """One model of the catalogue: what the page shows about it and whether it can be chosen."""
+
+    name: str  # registry name or checkpoint path (the dropdown value)
+    family: str  # "san" | "catseg" | "sed" | "" (unknown until loaded)
+    status: str  # "on disk" | "built in, random weights" | "local file" | "not downloaded"
+    description: str = ""
+
+    @property
+    def usable(self) -> bool:
+        """Whether the server can load it without downloading anything."""
+        return self.status != "not downloaded"
+
+    @property
+    def label(self) -> str:
+        """Dropdown label: name and weights status."""
+        return f"{self.name} ({self.status})"
+
+
+def model_catalogue(startup_model: str, startup_family: str = "") -> list[ModelEntry]:
+    """Every registered model with its weights status, the model the server was started with first.
+
+    The tiny random ``test-*`` models are listed only when the demo was started with one of them (an
+    offline check of the pipeline); their labels are meaningless otherwise.
+    """
+    from ovss.weights.cache import is_available
+    from ovss.weights.registry import WEIGHTS
+
+    entries: list[ModelEntry] = []
+    names = {spec.name for spec in WEIGHTS}
+    if startup_model not in names:  # a checkpoint file given to `ovss demo --model FILE`
+        entries.append(ModelEntry(startup_model, startup_family, "local file", "checkpoint file"))
+    with_tests = startup_model.startswith("test-")
+    for spec in WEIGHTS:
+        if spec.source_format == "random":
+            if not with_tests:
+                continue
+            status = "built in, random weights"
+        elif spec.name == startup_model or is_available(spec):
+            status = "on disk"
+        else:
+            status = "not downloaded"
+        entries.append(ModelEntry(spec.name, spec.family, status, spec.description))
+    entries.sort(key=lambda e: e.name != startup_model)  # stable: the startup model first
+    return entries
+
+
+def weights_table(entries: list[ModelEntry]) -> str:
+    """Markdown table of the catalogue (name, family, weights status, description)."""
+    rows = ["| model | family | weights | description |", "|---|---|---|---|"]
+    for e in entries:
+        rows.append(f"| `{e.name}` | {e.family or '?'} | {e.status} | {e.description} |")
+    missing = [e.name for e in entries if not e.usable]
+    note = (
+        "\n\nModels whose weights are not on this server are not offered; the server's operator adds "
+        "them with `ovss download NAME` (or `ovss convert NAME FILE`) and restarts the demo."
+        if missing
+        else ""
+    )
+    return "\n".join(rows) + note
+
+
+def option_visibility(family: str) -> dict[str, bool]:
+    """Which per-model options apply: ``{"sed": ..., "catseg": ...}`` (the rest take none)."""
+    return {"sed": family == "sed", "catseg": family == "catseg"}
+
+
+def model_options(family: str, fast: bool = False, topk: float | None = None, inference: str = "") -> dict:
+    """The predict options of the widgets that apply to ``family`` (the others are ignored)."""
+    if family == "sed" and fast:
+        options: dict[str, Any] = {"fast": True}
+        if topk is not None:
+            k = int(topk)
+            if k < 1 or k != topk:
+                raise DemoUserError(f"'classes kept per pixel' must be a whole number >= 1, got {topk}")
+            options["topk"] = k
+        return options
+    if family == "catseg" and inference in ("whole", "slide"):
+        return {"inference": inference}
+    return {}
+
+
+def web_message(error: OvssError) -> str:
+    """The message of a library error for a web user: a fix that names a command-line flag or an ``ovss``
+    command (meant for a terminal user) is cut, leaving the statement of the problem."""
+    message = str(error)
+    if re.search(r"(^|\s)--[a-z]|'ovss ", message):
+        message = message.split(";")[0].strip()
+    return message
+
+
+# ----------------------------------------------------------------------------------------- inputs
+def parse_classes(text: str | None, limits: DemoLimits) -> list[list[str]]:
+    """Class names typed in the page -> one list of synonyms per class.
+
+    ``;`` separates classes and ``,`` synonyms (``"cat; sofa, couch; wall"``), or a JSON list. The text
+    is never read as a file name (a server path stays a class name).
+    """
+    text = (text or "").strip()
+    if not text:
+        raise DemoUserError("no classes: type class names separated by ';', e.g. 'cat; sofa, couch; wall'")
+    if len(text) > MAX_VOCABULARY_CHARS:
+        raise DemoUserError(
+            f"the class list is {len(text):,} characters long; this demo accepts up to "
+            f"{MAX_VOCABULARY_CHARS:,}"
+        )
+    if text.startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DemoUserError(f"the class list starts with '[' but is not valid JSON ({e.msg})") from None
+        if not isinstance(items, list) or not all(
+            isinstance(i, str) or (isinstance(i, list) and all(isinstance(s, str) for s in i)) for i in items
+        ):
+            raise DemoUserError(
+                'a JSON class list must hold names or lists of synonyms: ["cat", ["sofa", "couch"]]'
+            )
+        classes = [[i] if isinstance(i, str) else list(i) for i in items]
+    else:
+        classes = [part.split(",") for part in text.split(";")]
+    classes = [syn for syn in ([s.strip() for s in c if s.strip()] for c in classes) if syn]
+    if not classes:
+        raise DemoUserError("no classes: type class names separated by ';', e.g. 'cat; sofa, couch; wall'")
+    if len(classes) > limits.max_classes:
+        raise DemoUserError(
+            f"{len(classes):,} classes given; this demo accepts up to {limits.max_classes:,} per request"
+        )
+    return classes
+
+
+def upload_path(image: Any) -> Path:
+    """The file of an uploaded image (gradio's ``{"path": ...}`` payload or a plain path)."""
+    if image is None or image == "":
+        raise DemoUserError("no image: upload an image (or pick an example) first")
+    path = image.get("path") if isinstance(image, dict) else image
+    if not isinstance(path, str | Path) or not str(path):
+        raise DemoUserError("no image: upload an image (or pick an example) first")
+    return Path(path)
+
+
+def read_upload(path: Path, limits: DemoLimits) -> np.ndarray:
+    """Check an uploaded file (size, then the pixel count from its header) and decode it to RGB.
+
+    Returns:
+        (H, W, 3) uint8 RGB (EXIF orientation applied).
+    """
+    from ovss.data.io import read_image
+
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise DemoUserError("the uploaded image is no longer on the server; upload it again") from None
+    if size > limits.max_upload_mb * 2**20:
+        raise DemoUserError(
+            f"the upload is {size / 2**20:.1f} MB; this demo accepts files up to {limits.max_upload_mb:g} MB"
+        )
+    bad = DemoUserError(
+        "the upload is not an image this demo can read; use a JPEG, PNG, WebP, TIFF or BMP file"
+    )
+    try:
+        with Image.open(path) as header:  # reads the header only
+            width, height = header.size
+    except Image.DecompressionBombError:
+        width, height = 0, 0  # over Pillow's own limit: certainly over ours
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise bad from None
+    if width * height == 0 or width * height > limits.max_pixels:
+        shown = f"is {width}x{height} pixels" if width else "has far too many pixels"
+        raise DemoUserError(
+            f"the image {shown}; this demo accepts up to {limits.max_pixels / 1e6:g} million pixels: "
+            "downscale it and upload it again"
+        )
+    try:
+        return read_image(path, max_pixels=limits.max_pixels)
+    except ImageReadError:
+        raise bad from None
+
+
+# ----------------------------------------------------------------------------------------- outputs
+def legend_html(names: list[str], fractions: np.ndarray, colours: np.ndarray) -> str:
+    """HTML legend of the classes present: colour swatch, name and % of pixels, largest first.
+
+    Classes that cover no pixel are left out; names are HTML-escaped.
+    """
+    order = [k for k in np.argsort(-np.asarray(fractions), kind="stable") if fractions[k] > 0]
+    if not order:
+        return '<div class="ovss-legend"><p>no class covers any pixel</p></div>'
+    rows = []
+    for k in order:
+        r, g, b = (int(c) for c in colours[k])
+        pct = 100 * float(fractions[k])
+        shown = f"{pct:.1f} %" if pct >= 0.1 else "&lt;0.1 %"
+        rows.append(
+            f'<tr><td><span class="ovss-swatch" style="background: rgb({r}, {g}, {b})"></span></td>'
+            f'<td class="ovss-name">{html.escape(names[k])}</td><td class="ovss-pct">{shown}</td></tr>'
+        )
+    return (
+        '<div class="ovss-legend"><table><thead><tr><th></th><th>class</th><th>pixels</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def display_overlay(image: np.ndarray, label_map: np.ndarray, names: list[str]) -> Image.Image:
+    """Colour overlay for the page (no legend), at most ``DISPLAY_SIDE`` pixels on its long side."""
+    from ovss.api.visualize import overlay
+
+    h, w = label_map.shape
+    scale = min(1.0, DISPLAY_SIDE / max(h, w))
+    if scale < 1.0:
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+        rows = (np.arange(size[1]) * h // size[1])[:, None]
+        cols = (np.arange(size[0]) * w // size[0])[None, :]
+        label_map = label_map[rows, cols]
+    return overlay(image, label_map, names, legend=False)
+
+
+class ResultFiles:
+    """A private temporary folder for the label-map downloads; only the newest ``keep`` files stay.
+
+    gradio copies each returned file into its own cache (cleaned by the app's ``delete_cache``), so the
+    folder holds a few files at any time and is removed by :meth:`close`.
+    """
+
+    def __init__(self, keep: int = 8) -> None:
+        self.dir: Path | None = None  # created on the first write
+        self._files: deque[Path] = deque()
+        self._keep = keep
+        self._count = 0
+
+    def write_label_map(self, label_map: np.ndarray, stem: str, num_classes: int) -> Path:
+        """Write the label map as a palette PNG (the overlay's colours; 16-bit grey above 256 classes)."""
+        from ovss.api.visualize import palette
+        from ovss.data.io import write_label_png
+
+        if self.dir is None:
+            self.dir = Path(tempfile.mkdtemp(prefix="ovss-demo-"))
+        self._count += 1
+        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:60] or "image"
+        path = self.dir / f"{self._count:06d}" / f"{safe}_label.png"
+        write_label_png(path, label_map, palette(num_classes) if num_classes <= 256 else None)
+        self._files.append(path)
+        while len(self._files) > self._keep:
+            shutil.rmtree(self._files.popleft().parent, ignore_errors=True)
+        return path
+
+    def close(self) -> None:
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class DemoOutput:
+    """What one request returns to the page."""
+
+    overlay: Image.Image  # display-size overlay, no legend
+    legend: str  # HTML legend
+    table: list[list[Any]]  # [class, % pixels, peak score] of the classes present
+    label_file: Path  # full-resolution label map PNG (values index the class list)
+
+
+# ----------------------------------------------------------------------------------------- backend
+class DemoBackend:
+    """Loads one model at a time (never downloading) and segments for the UI; no gradio here.
+
+    Args:
+        model: registry name or checkpoint file loaded first (may be downloaded at start-up, by the
+            command line, never inside a web request).
+        device, dtype, weights: as for :func:`ovss.load`.
+        limits: per-request limits.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        device: str = "cpu",
+        dtype: str = "fp32",
+        weights: str | None = None,
+        limits: DemoLimits | None = None,
+    ) -> None:
+        self.device, self.dtype, self.weights = device, dtype, weights
+        self.limits = limits or DemoLimits()
+        self.startup_model = self.model_name = model
+        self._segmenter: Any = None
+        self._family = ""
+        self._startup_family = ""
+        self._lock = threading.Lock()
+        self.files = ResultFiles()
+
+    def catalogue(self) -> list[ModelEntry]:
+        """The models this server offers or lists (see :func:`model_catalogue`)."""
+        return model_catalogue(self.startup_model, self._startup_family)
+
+    def family(self, model: str) -> str:
+        """Family of a catalogue model (``""`` when unknown)."""
+        for entry in self.catalogue():
+            if entry.name == model:
+                return entry.family
+        return ""
+
+    def segmenter(self, model: str | None = None) -> Any:
+        """The loaded segmenter for ``model`` (the startup model by default), loading it if needed."""
+        from ovss.api.segmenter import load
+
+        model = model or self.model_name
+        if self._segmenter is None or model != self.model_name:
+            self._segmenter = None  # free the old model before loading the next one
+            weights = self.weights if model == self.startup_model else None
+            self._segmenter = load(model, device=self.device, dtype=self.dtype, weights=weights)
+            self.model_name = model
+            self._family = type(self._segmenter.model).__module__.rsplit(".", 1)[-1]
+            if model == self.startup_model:
+                self._startup_family = self._family
+        return self._segmenter
+
+    def _check_offered(self, model: str) -> None:
+        entries = {e.name: e for e in self.catalogue()}
+        entry = entries.get(model)
+        if entry is None:
+            offered = ", ".join(n for n, e in entries.items() if e.usable)
+            raise DemoUserError(f"model {model!r} is not offered by this server; choose one of: {offered}")
+        if not entry.usable:
+            raise DemoUserError(
+                f"the weights of {model} are not on this server, so it cannot be used here; choose another "
+                "model"
+            )
+
+    def segment(
+        self,
+        image: Any,
+        classes: str | None,
+        model: str | None = None,
+        fast: bool = False,
+        topk: float | None = None,
+        inference: str = "",
+    ) -> DemoOutput:
+        """One web request: check the inputs against the limits, segment, render the outputs."""
+        vocabulary = parse_classes(classes, self.limits)
+        path = upload_path(image)
+        rgb = read_upload(path, self.limits)
+        model = model or self.model_name
+        if model != self.model_name:
+            self._check_offered(model)
+        with self._lock:  # one request at a time uses the model (the queue also runs one at a time)
+            try:
+                segmenter = self.segmenter(model)
+            except OvssError as e:  # its message is for a terminal user (server paths, commands)
+                log.warning("cannot load %s: %s", model, e)
+                raise DemoUserError(
+                    f"the model {model} could not be loaded on this server (the reason is in the server "
+                    "log); choose another model"
+                ) from None
+            options = model_options(self._family, fast, topk, inference)
+            try:
+                result = segmenter.predict(rgb, vocabulary, **options)
+            except VocabularyError as e:
+                raise DemoUserError(f"the class list is not valid: {web_message(e)}") from None
+        colours = _colours(len(result.class_names))
+        table = [
+            [name, round(100 * frac, 2), round(float(result.class_scores[result.class_names.index(name)]), 4)]
+            for name, frac in result.present()
+        ]
+        stem = Path(image.get("orig_name") or path.name).stem if isinstance(image, dict) else path.stem
+        return DemoOutput(
+            overlay=display_overlay(result.image, result.label_map, result.class_names),
+            legend=legend_html(result.class_names, result.fractions, colours),
+            table=table,
+            label_file=self.files.write_label_map(result.label_map, stem, len(result.class_names)),
+        )
+
+    def close(self) -> None:
+        """Remove the temporary files of this backend."""
+        self.files.close()
+
+
+def _colours(num_classes: int) -> np.ndarray:
+    from ovss.api.visualize import palette
+
+    return palette(num_classes)
