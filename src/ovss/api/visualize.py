@@ -57,7 +57,7 @@ def overlay_bands(
     alpha: float = 0.55,
     legend: bool = True,
     min_fraction: float = 0.0,
-    band_pixels: int = 1 << 20,
+    band_pixels: int = 1 << 18,
 ) -> tuple[int, int, Iterator[np.ndarray]]:
     """The overlay of :func:`overlay` as bands of rows, for writing large images in bounded memory.
 

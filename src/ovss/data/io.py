@@ -73,8 +73,8 @@ def check_pixels(width: int, height: int, name: str, max_pixels: int | None = No
     limit = resolve_max_pixels(max_pixels)
     if limit is not None and width * height > limit:
         raise ImageTooLargeError(
-            f"{name} is {width}x{height} = {width * height / 1e6:.1f} million pixels, above the limit "
-            f"of {limit / 1e6:g} million (max_pixels); raise it with --max-pixels N, "
+            f"{name} is {width}x{height} = {width * height:,} pixels, above the limit of {limit:,} "
+            f"(max_pixels); raise it with --max-pixels N, "
             f"{MAX_PIXELS_ENV}=N or Segmenter(max_pixels=N) (0 = no limit), or downscale the image"
         )
 

@@ -125,7 +125,7 @@ def save_png(
     return atomic_write(Path(path), write)
 
 
-def row_bands(height: int, width: int, budget: int = 1 << 22) -> Iterable[tuple[int, int]]:
+def row_bands(height: int, width: int, budget: int = 1 << 20) -> Iterable[tuple[int, int]]:
     """(r0, r1) row ranges of about ``budget`` pixels each (at least one row) covering ``height``."""
     step = max(1, budget // max(width, 1))
     for r0 in range(0, height, step):
