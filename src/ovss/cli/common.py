@@ -3,8 +3,56 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
+
+# Which family each model option belongs to (the CLI names them; the API takes them as keywords).
+OPTION_FAMILY = {
+    "inference": (("catseg", "catseg_v1"), "CAT-Seg"),
+    "fast": (("sed",), "SED"),
+    "topk": (("sed",), "SED"),
+}
+FAMILY_NAMES = {"san": "SAN", "catseg": "CAT-Seg", "sed": "SED", "catseg_v1": "CAT-Seg v1"}
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default (unless its help already states one, or it has none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text.lower()
+            or default is None
+            or default is False
+            or default == argparse.SUPPRESS
+            or not action.option_strings
+            or (isinstance(default, list) and not default)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class RawDescriptionDefaultsFormatter(DefaultsFormatter, argparse.RawDescriptionHelpFormatter):
+    """:class:`DefaultsFormatter` that keeps the description's and epilog's line breaks."""
+
+
+class Parser(argparse.ArgumentParser):
+    """ArgumentParser whose help shows defaults (the ``ovss`` subcommands are built with it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        formatter = kwargs.get("formatter_class", argparse.HelpFormatter)
+        if formatter is argparse.HelpFormatter:
+            kwargs["formatter_class"] = DefaultsFormatter
+        elif formatter is argparse.RawDescriptionHelpFormatter:
+            kwargs["formatter_class"] = RawDescriptionDefaultsFormatter
+        super().__init__(*args, **kwargs)
+
+
+def warn(message: str) -> None:
+    """One ``ovss: warning: ...`` line on stderr."""
+    print(f"ovss: warning: {message}", file=sys.stderr, flush=True)
 
 
 def add_model_args(p: argparse.ArgumentParser, default: str | None = "san-vit-b16") -> None:
@@ -23,8 +71,8 @@ def add_model_args(p: argparse.ArgumentParser, default: str | None = "san-vit-b1
     p.add_argument(
         "--inference",
         default=None,
-        choices=["whole", "slide"],
-        help="CAT-Seg: whole-image or the official sliding-window protocol",
+        choices=["whole", "slide", "mmseg"],
+        help="CAT-Seg: whole-image or the official sliding-window protocol (CAT-Seg v1 also: mmseg)",
     )
     p.add_argument(
         "--fast",
@@ -36,16 +84,77 @@ def add_model_args(p: argparse.ArgumentParser, default: str | None = "san-vit-b1
 
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Only the options the user set, so the library defaults stay the single source of truth."""
+    """Only the options the user set, so the library defaults stay the single source of truth.
+
+    Raises:
+        ConfigError: ``--topk`` without ``--fast``, or ``--topk`` below 1.
+    """
+    from ovss.errors import ConfigError
+
     options = {k: getattr(args, k, None) for k in ("inference", "fast", "topk")}
-    return {k: v for k, v in options.items() if v is not None}
+    options = {k: v for k, v in options.items() if v is not None}
+    if "topk" in options and not options.get("fast"):
+        raise ConfigError("--topk only applies with --fast (SED's category early rejection); add --fast")
+    if "topk" in options and options["topk"] < 1:
+        raise ConfigError(f"--topk must be >= 1, got {options['topk']}")
+    return options
+
+
+def check_model_options(args: argparse.Namespace, family: str, model: str) -> None:
+    """Refuse, in CLI words, an inference option of another family (``--inference`` with a SAN model).
+
+    Raises:
+        ConfigError: naming the option, the family it belongs to and the model's family.
+    """
+    from ovss.errors import ConfigError
+
+    for key in model_options(args):
+        owners, label = OPTION_FAMILY[key]
+        if family not in owners:
+            raise ConfigError(
+                f"--{key} applies to {label} models only; {model} is a {FAMILY_NAMES.get(family, family)} "
+                f"model (remove --{key})"
+            )
+
+
+def _family_before_loading(model: str) -> str | None:
+    """The family of a registry name without loading anything (None for a file path)."""
+    try:
+        from ovss.weights.registry import get_weight_spec
+
+        return get_weight_spec(model).family
+    except Exception:  # not a registry name: known only once the file is read
+        return None
+
+
+def _resolves_to_cpu(device: str) -> bool:
+    if device == "cpu":
+        return True
+    if device == "auto":
+        import torch
+
+        return not torch.cuda.is_available()
+    return False
 
 
 def load_segmenter(args: argparse.Namespace):
-    """Load the model named by the common arguments."""
-    from ovss.api.segmenter import load
+    """Load the model named by the common arguments (inference options checked before and after).
 
-    return load(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
+    Warns when fp16 is asked for on the CPU (no fast fp16 kernels there: ~3x slower than fp32).
+    """
+    from ovss.api.segmenter import load
+    from ovss.models.build import family_of
+
+    model_options(args)
+    family = _family_before_loading(args.model)
+    if family is not None:
+        check_model_options(args, family, args.model)
+    if args.dtype == "fp16" and _resolves_to_cpu(args.device):
+        warn("--dtype fp16 on the CPU is about 3x slower than fp32 (no fast fp16 kernels); use fp32 (exact) "
+             "or bf16")
+    segmenter = load(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
+    check_model_options(args, family_of(segmenter.model.config), args.model)
+    return segmenter
 
 
 def ensure_writable_dir(path: str | Path, flag: str = "--out") -> Path:

@@ -100,6 +100,7 @@ class LossConfig(Config):
     importance_sample_ratio: float = 0.75  # [IMPORTANCE_SAMPLE_RATIO]
     deep_supervision: bool = True  # SAN: also train the earlier side outputs [DEEP_SUPERVISION]
     bce_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)  # CAT-Seg: [0]; SED: final, CER heads 1/32..1/8
+    semantic_loss: Literal["bce", "ce"] = "bce"  # CAT-Seg v1: "ce" = mmseg softmax CE, avg_non_ignore
 
     def __post_init__(self) -> None:
         if self.num_points < 1 or self.oversample_ratio < 1 or not 0 <= self.importance_sample_ratio <= 1:

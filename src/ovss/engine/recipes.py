@@ -79,6 +79,28 @@ def _catseg(name: str) -> TrainConfig:
     )
 
 
+def _catseg_v1(name: str, mmseg: bool = False) -> TrainConfig:
+    """CAT-Seg v1 on COCO-Stuff-171: 80k iterations of 384^2 crops, AdamW 2e-4, CLIP and the guidance
+    backbone at x0.01 (``vitb_r101_384.yaml`` / ``vitl_swinb_384.yaml``: batch 4, cosine, BCE).
+
+    ``mmseg=True`` gives the mmseg port's recipe instead: softmax cross-entropy (avg_non_ignore), a
+    500-iteration linear warm-up before the cosine, batch 8 (R-101, ``4xb2``) or 4 (Swin-B, ``4xb1``),
+    and the Swin-B feature extractor trained at x0.01 (the official v1 freezes it).
+    """
+    cfg = _catseg(name)
+    cfg = cfg.override(
+        'solver.lr_multipliers={"clip": 0.01, "backbone": 0.01}', "find_unused_parameters=false",
+        'data.class_variant="catseg"',
+    )
+    if mmseg:
+        batch = 8 if "r101" in name else 4
+        cfg = cfg.override(
+            'loss.semantic_loss="ce"', "solver.warmup_iters=500", "solver.warmup_factor=1e-6",
+            f"solver.batch_size={batch}", 'eval.options={"inference": "mmseg"}', 'eval.convention="mmseg"',
+        )
+    return cfg
+
+
 def _sed(name: str) -> TrainConfig:
     """SED on COCO-Stuff-171: 80k iterations x 4 crops of 768^2, lr 2e-4 (CLIP x0.01), cosine."""
     return TrainConfig(
@@ -155,6 +177,14 @@ def tiny_catseg() -> TrainConfig:
     return cfg.override("find_unused_parameters=true")
 
 
+def tiny_catseg_v1() -> TrainConfig:
+    """Tiny random CAT-Seg v1 (test-catseg-v1-tiny cut to one bottleneck per stage, 64 px CLIP and
+    backbone inputs; random image tower and backbone at the full lr) for tests and smoke runs."""
+    overrides = ("clip_resolution=64", "backbone_resolution=64", "resnet.depths=[1,1,1]")
+    cfg = _tiny("catseg-v1", 64, overrides, {"inference": "whole"}, iterations=60)
+    return cfg.override("loss.bce_weights=[1.0]")
+
+
 def tiny_sed() -> TrainConfig:
     """Tiny random SED (test-sed-tiny at 128 px; random image tower at the full lr) for tests."""
     return _tiny("sed", 64, ("image_size=128",), iterations=120)
@@ -165,12 +195,17 @@ RECIPES: dict[str, Callable[[], TrainConfig]] = {
     "san-vit-l14": lambda: _san("san-vit-l14"),
     "catseg-vit-b16": lambda: _catseg("catseg-vit-b16"),
     "catseg-vit-l14": lambda: _catseg("catseg-vit-l14"),
+    "catseg-v1-r101-vit-b16": lambda: _catseg_v1("catseg-v1-r101-vit-b16"),
+    "catseg-v1-swinb-vit-l14": lambda: _catseg_v1("catseg-v1-swinb-vit-l14"),
+    "catseg-v1-r101-vit-b16.mmseg": lambda: _catseg_v1("catseg-v1-r101-vit-b16.mmseg", mmseg=True),
+    "catseg-v1-swinb-vit-l14.mmseg": lambda: _catseg_v1("catseg-v1-swinb-vit-l14.mmseg", mmseg=True),
     "sed-convnext-b": lambda: _sed("sed-convnext-b"),
     "sed-convnext-l": lambda: _sed("sed-convnext-l"),
     "san-vit-b16-finetune": san_vit_b16_finetune,
     "tiny-san": tiny_san,
     "tiny-catseg": tiny_catseg,
     "tiny-sed": tiny_sed,
+    "tiny-catseg-v1": tiny_catseg_v1,
 }
 
 

@@ -200,7 +200,37 @@ class SEDTask(Task):
         return {f"loss_sem_seg_{i}": w for i, w in enumerate(self.loss_cfg.bce_weights)}
 
 
-TASKS: dict[str, type[Task]] = {"san": SANTask, "catseg": CATSegTask, "sed": SEDTask}
+class CATSegV1Task(Task):
+    """CAT-Seg v1 (and its mmseg port): frozen text (80 templates, computed once); per-class BCE
+    (official) or, with ``loss.semantic_loss="ce"``, the mmseg port's softmax cross-entropy averaged
+    over non-ignored pixels."""
+
+    family = "catseg_v1"
+
+    def __init__(
+        self, model: SegmentationModel, vocabulary: Vocabulary, loss: LossConfig, ignore_index: int = 255
+    ) -> None:
+        super().__init__(model, loss, ignore_index)
+        self.register_buffer("text", frozen_text(model, vocabulary), persistent=False)
+
+    def text_input(self) -> torch.Tensor:
+        return self.text
+
+    def losses(self, outputs: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        labels = self.pad_labels(labels)
+        if self.loss_cfg.semantic_loss == "ce":
+            size = labels.shape[-2:]
+            logits = F.interpolate(outputs.float(), size=size, mode="bilinear", align_corners=False)
+            return {"loss_sem_seg": F.cross_entropy(logits, labels, ignore_index=self.ignore_index)}
+        return {"loss_sem_seg": semantic_bce_loss(outputs, labels, self.ignore_index)}
+
+    def loss_weights(self) -> dict[str, float]:
+        return {"loss_sem_seg": self.loss_cfg.bce_weights[0]}
+
+
+TASKS: dict[str, type[Task]] = {
+    "san": SANTask, "catseg": CATSegTask, "sed": SEDTask, "catseg_v1": CATSegV1Task,
+}
 
 
 def build_task(
