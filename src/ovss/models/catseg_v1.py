@@ -422,9 +422,8 @@ class CATSegV1(SegmentationModel):
             batch = torch.cat(
                 [canvas[..., boxes[i][0] : boxes[i][2], boxes[i][1] : boxes[i][3]] for i in idx]
             )
-            clip_x, _ = self.inputs(batch)
-            bb_x = _normalise(batch, c.backbone_mean, c.backbone_std)  # the port does not resize it
-            out = _resize(self.logits(clip_x, bb_x, text, c.pooling_test).float(), shape)
+            # the port feeds the 384 crop to the backbone unresized; inputs() resizes only other sizes
+            out = _resize(self.logits(*self.inputs(batch), text, c.pooling_test).float(), shape)
             per_view += list(zip(idx, out.unflatten(0, (len(idx), b)).unbind(0)))
         per_view.sort(key=lambda item: item[0])
         total = per_view[0][1].new_zeros(b, per_view[0][1].shape[1], hr, wr)

@@ -1,0 +1,119 @@
+"""CAT-Seg v1 model: inference protocols, batching, padding, config validation, cv2 resize."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ovss.errors import ConfigError
+from ovss.layers.cv2_resize import cv2_resize_linear, mmcv_rescale_size
+from ovss.models.catseg_v1 import CATSegV1, CATSegV1Config, catseg_v1_tiny, catseg_v1_tiny_mmseg
+from ovss.towers.swin import SwinConfig
+from tests.conftest import parity_dir
+
+
+def _small(base=catseg_v1_tiny, **changes) -> CATSegV1:
+    """Tiny v1 at a 64 px input with one bottleneck per stage (fast)."""
+    sets = [
+        "clip_resolution=64",
+        "backbone_resolution=64",
+        "resnet.depths=[1,1,1]",
+        "slide_size=160",
+        "slide_crop=96",
+        "slide_stride=64",
+        "pooling_test=[2,2]",
+    ]
+    torch.manual_seed(0)
+    return CATSegV1(base().override(*sets, *[f"{k}={v}" for k, v in changes.items()])).eval()
+
+
+def _text(model: CATSegV1, k: int = 3) -> torch.Tensor:
+    torch.manual_seed(1)
+    return torch.nn.functional.normalize(torch.randn(k, 80, model.config.clip.embed_dim), dim=-1)
+
+
+def test_batched_prediction_equals_one_image_at_a_time() -> None:
+    for base, mode in ((catseg_v1_tiny, "whole"), (catseg_v1_tiny, "slide"), (catseg_v1_tiny_mmseg, "mmseg")):
+        model = _small(base)
+        text = _text(model)
+        torch.manual_seed(2)
+        images = torch.rand(2, 3, 64, 96) * 255
+        both = model.predict(images, text, (64, 96), (40, 60), inference=mode)
+        for i in range(2):
+            one = model.predict(images[i : i + 1], text, (64, 96), (40, 60), inference=mode)
+            torch.testing.assert_close(both[i : i + 1], one, rtol=1e-4, atol=1e-5)
+        assert both.shape == (2, 3, 40, 60)
+        if mode != "mmseg":
+            assert float(both.min()) >= 0.0 and float(both.max()) <= 1.0  # sigmoid probabilities
+
+
+def test_whole_mode_ignores_what_lies_in_the_padding() -> None:
+    model = _small()
+    text = _text(model)
+    torch.manual_seed(3)
+    images = torch.rand(1, 3, 64, 96) * 255
+    a = model.predict(images, text, (50, 80), (50, 80), inference="whole")
+    noisy = images.clone()
+    noisy[..., 50:, :] = 255.0
+    noisy[..., 80:] = 0.0
+    b = model.predict(noisy, text, (50, 80), (50, 80), inference="whole")
+    torch.testing.assert_close(a, b)
+
+
+def test_slide_grids() -> None:
+    model = CATSegV1.__new__(CATSegV1)
+    assert model.slide_corners(640, 640, 384, 256) == [(0, 0), (0, 256), (256, 0), (256, 256)]
+    # the catsegmm_a fixture's boxes (512 x 717, crop = stride = 384): last row/column on the border
+    assert model.slide_corners(512, 717, 384, 384) == [(0, 0), (0, 333), (128, 0), (128, 333)]
+    assert model.slide_corners(300, 300, 384, 384) == [(0, 0)]
+    assert mmcv_rescale_size(120, 168, (2048, 512)) == (512, 717)
+
+
+def test_training_forward_and_trainable_rule() -> None:
+    model = _small().train()
+    out = model(torch.rand(2, 3, 64, 64) * 255, _text(model, 4))
+    assert out.shape == (2, 4, 16, 16)
+    trainable = {n for n, _ in model.trainable_parameters()}
+    assert "clip.visual.positional_embedding" in trainable
+    assert "clip.visual.transformer.resblocks.0.attn.in_proj_weight" in trainable
+    assert "clip.visual.transformer.resblocks.0.mlp.c_fc.weight" not in trainable
+    assert not any(n.startswith("clip.text.") for n in trainable)
+    assert "backbone.res2.0.conv1.weight" in trainable
+    frozen = _small(backbone_lr_mult=0.0)
+    assert not any(n.startswith("backbone.") for n, _ in frozen.trainable_parameters())
+
+
+def test_wrong_text_and_bad_configs_are_refused() -> None:
+    model = _small()
+    with pytest.raises(ConfigError, match="P=80"):
+        model.predict(torch.zeros(1, 3, 64, 64), torch.zeros(3, 1, 32), (64, 64), (64, 64))
+    with pytest.raises(ConfigError, match="inference"):
+        model.predict(torch.zeros(1, 3, 64, 64), _text(model), (64, 64), (64, 64), inference="tiles")
+    with pytest.raises(ConfigError, match="exactly one guidance backbone"):
+        CATSegV1Config(swin=SwinConfig())
+    with pytest.raises(ConfigError, match="packed in_proj"):
+        catseg_v1_tiny().override("clip.vision.split_qkv=true")
+    with pytest.raises(ConfigError, match="backbone_resolution"):
+        catseg_v1_tiny().override("backbone_resolution=512")
+    cfg = catseg_v1_tiny_mmseg()
+    assert CATSegV1Config.from_json(cfg.to_json()) == cfg
+
+
+def test_cv2_resize_reproduces_the_mmseg_fixture_input() -> None:
+    folder = parity_dir() / "catsegmm_a"
+    if not (folder / "input.npy").is_file():
+        pytest.skip("catsegmm_a fixture not found")
+    from PIL import Image
+
+    rgb = torch.from_numpy(np.asarray(Image.open(folder / "input.png").convert("RGB")).copy()).permute(
+        2, 0, 1
+    )
+    ref = torch.from_numpy(np.load(folder / "input.npy"))[0]
+    out = cv2_resize_linear(rgb, (512, 717))
+    assert torch.equal(out, ref)
+    float_bilinear = torch.nn.functional.interpolate(rgb[None].float(), (512, 717), mode="bilinear")[0]
+    assert not torch.equal(float_bilinear.round(), ref)  # the fixed-point arithmetic matters
+    assert torch.equal(cv2_resize_linear(rgb, (120, 168)), rgb.float())
+    flat = torch.full((3, 7, 9), 77, dtype=torch.uint8)
+    assert torch.equal(cv2_resize_linear(flat, (20, 31)), torch.full((3, 20, 31), 77.0))
