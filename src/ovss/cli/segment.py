@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
                 "vocabulary and options: skipped (--overwrite recomputes them)"
             )
     failures = _segment(seg, vocab, files, sources, names, todo, out, outputs, state, rank, key, args)
-    return _report(failures, len(todo), out, rank, world)
+    return _report(failures, len(todo), len(mine) - len(todo), out, rank, world)
 
 
 def seg_result_paths(out: Path, name: str) -> dict[str, Path]:
@@ -355,26 +355,26 @@ def _segment(
     return failures
 
 
-def _report(failures: list[tuple[Path, str]], attempted: int, out: Path, rank: int, world: int) -> int:
-    """Print the failures (every rank its own), the totals (rank 0); 1 when any image failed."""
-    from ovss.evaluation.runner import rank_and_world
+def _report(
+    failures: list[tuple[Path, str]], attempted: int, already: int, out: Path, rank: int, world: int
+) -> int:
+    """Print the failures (every rank its own) and the totals (rank 0); 1 when any image failed."""
+    import torch.distributed as dist
 
     for path, message in failures:
         print(f"ovss: failed: {path}: {message}", file=sys.stderr)
-    counts = [(attempted, len(failures))]
-    if world > 1:
-        import torch.distributed as dist
-
+    counts = [(attempted, len(failures), already)]
+    if world > 1 and dist.is_available() and dist.is_initialized():
         gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, (attempted, len(failures)))
+        dist.all_gather_object(gathered, counts[0])
         counts = gathered
-    total, failed = sum(a for a, _ in counts), sum(f for _, f in counts)
-    if rank_and_world()[0] == 0:
-        print(f"wrote {total - failed} result(s) to {out}")
+    total, failed, done = (sum(c[j] for c in counts) for j in range(3))
+    if rank == 0:
+        print(f"wrote {total - failed} result(s) to {out}" + (f" ({done} already done)" if done else ""))
         if failed:
             print(
                 f"ovss: error: {failed} of {total} image(s) could not be segmented (listed above); "
                 "fix or remove them and re-run the same command to finish",
                 file=sys.stderr,
             )
-    return 1 if failures or failed else 0
+    return 1 if failed else 0
