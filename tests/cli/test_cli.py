@@ -96,7 +96,9 @@ def test_unreadable_image_is_one_line(tmp_path, capsys):
         main(["segment", str(bad), "--model", "test-san-tiny", "--classes", "a; b", "--out", str(tmp_path)])
         == 1
     )
-    assert "photo.jpg" in _one_line_error(capsys)
+    failed, summary = capsys.readouterr().err.strip().splitlines()  # listed, then one summary line
+    assert failed.startswith(f"ovss: failed: {bad}: cannot decode {bad}") and "Traceback" not in failed
+    assert summary.startswith("ovss: error: 1 of 1 image(s) could not be segmented")
 
 
 def test_checkpoint_of_the_wrong_model_is_one_line(tmp_path, capsys):
