@@ -1,4 +1,4 @@
-"""``ovss segment IMAGES... --classes "..."``: a resumable, shardable batch job over images.
+"""ovss segment IMAGES... --classes "...": a resumable, shardable batch job over images.
 
 Per image NAME it writes NAME_label.png (the class index of every pixel: an 8-bit palette PNG for
 up to 256 classes, a 16-bit grayscale PNG above 256), NAME_overlay.png (colours + legend) and
