@@ -1,4 +1,16 @@
-"""``ovss convert NAME FILE``: convert an official checkpoint you downloaded yourself."""
+"""``ovss convert NAME FILE``: install a checkpoint you downloaded yourself as the weights of NAME.
+
+FILE may be the official release file of NAME's model family in any supported layout (detected:
+detectron2 SAN/CAT-Seg/SED, mmsegmentation SAN), an ovss .safetensors file, or a bare state dict
+already in ovss's layout. It is checked against NAME's architecture and written, with a digest of
+its data, to $OVSS_HOME/weights/NAME.safetensors (or --out), which 'ovss segment --model NAME' and
+ovss.load("NAME") then use without the network. A file of another model family is refused with the
+model name that fits it.
+
+Example (SED, from the Google Drive link in SED's README):
+
+    ovss convert sed-convnext-b ~/Downloads/sed_model_base.pth
+"""
 
 from __future__ import annotations
 
@@ -9,22 +21,30 @@ from pathlib import Path
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "convert",
-        help="convert an official checkpoint file (e.g. SED from Google Drive) into the cache",
+        help="install a checkpoint file you downloaded (e.g. SED from Google Drive) as a model's weights",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("name", help="model name the file belongs to (see 'ovss models')")
-    p.add_argument("file", type=Path, help="the official checkpoint (.pth) or an ovss .safetensors")
-    p.add_argument("--out", type=Path, default=None, help="write here instead of the cache")
+    p.add_argument("name", metavar="NAME", help="model name the file belongs to (see 'ovss models')")
+    p.add_argument(
+        "file", metavar="FILE", type=Path, help="the official checkpoint (.pth) or an ovss .safetensors"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write here (a file, or a folder to hold NAME.safetensors) instead of the cache "
+        "(default: $OVSS_HOME/weights/NAME.safetensors)",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ovss.errors import WeightsNotFoundError
-    from ovss.weights.cache import convert_checkpoint
+    from ovss.weights.cache import check_regular_file, convert_checkpoint
     from ovss.weights.registry import get_weight_spec
 
     spec = get_weight_spec(args.name)
-    if not args.file.is_file():
-        raise WeightsNotFoundError(f"checkpoint file {args.file} does not exist; check the path")
+    check_regular_file(args.file)
     out = convert_checkpoint(spec, args.file, args.out)
     print(f"{spec.name}: {out}")
     return 0

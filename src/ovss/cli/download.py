@@ -1,4 +1,18 @@
-"""``ovss download NAME...``: fetch and convert weights for offline use."""
+"""``ovss download NAME...``: fetch official weights and convert them once, for offline use.
+
+Each NAME (see ``ovss models``) is downloaded from the Hugging Face Hub into $OVSS_HOME/hub (resumed
+when interrupted; checked against its sha256) and converted into $OVSS_HOME/weights/NAME.safetensors,
+which records a digest of its data. A NAME already converted and intact is skipped; a converted file
+that fails its integrity check is converted again. Weights without a hub copy (SED, the mmseg SAN
+files) are downloaded by hand and installed with 'ovss convert NAME FILE'.
+
+Environment: OVSS_HOME (cache root, default ~/.cache/ovss), HF_ENDPOINT (a Hub mirror),
+OVSS_OFFLINE=1 or HF_HUB_OFFLINE=1 (never use the network: only already downloaded files convert).
+
+Example:
+
+    ovss download san-vit-b16 catseg-vit-b16
+"""
 
 from __future__ import annotations
 
@@ -6,14 +20,32 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("download", help="download and convert named weights for offline use")
+    p = sub.add_parser(
+        "download",
+        help="download and convert named weights for offline use",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("names", nargs="+", metavar="NAME", help="model names (see 'ovss models')")
-    p.add_argument("--force", action="store_true", help="convert again even if already on disk")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="convert again even if the converted file is on disk and intact (default: off)",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ovss.weights.cache import convert_checkpoint, converted_path, fetch_source
+    from ovss.errors import WeightsFileError
+    from ovss.weights.cache import (
+        check_file_slot,
+        convert_checkpoint,
+        converted_path,
+        fetch_source,
+        open_model_file,
+        say,
+        stamp_path,
+    )
     from ovss.weights.registry import get_weight_spec
 
     specs = [get_weight_spec(name) for name in args.names]  # fail on a typo before downloading anything
@@ -22,10 +54,16 @@ def run(args: argparse.Namespace) -> int:
         if spec.source_format == "random":
             print(f"{spec.name}: built in (random weights), nothing to download")
             continue
-        if target.is_file() and not args.force:
-            print(f"{spec.name}: already at {target}")
-            continue
-        source = fetch_source(spec)
-        convert_checkpoint(spec, source, target)
+        if check_file_slot(target) and not args.force:
+            try:
+                mf = open_model_file(target)
+                mf.model_config()
+                mf.verify(stamp=stamp_path(target))
+            except WeightsFileError as e:
+                say(f"{spec.name}: the converted file is damaged ({str(e).split('; ')[0]}); converting again")
+            else:
+                print(f"{spec.name}: already at {target}")
+                continue
+        convert_checkpoint(spec, fetch_source(spec), target)
         print(f"{spec.name}: {target}")
     return 0

@@ -14,6 +14,7 @@ the cache folders in :mod:`ovss.weights.home`; their public names are re-exporte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -100,16 +101,16 @@ def fetch_source(spec: WeightSpec, alternative: str = "") -> Path:
             f"{spec.name} has no hub copy: download it from {spec.manual_url} and run "
             f"'ovss convert {spec.name} FILE'{alternative}"
         )
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     hub = cache_folder("hub", create=True)
     where = converted_path(spec.name)
     manual = f"{spec.hub_file} from {hub_page(spec)}"
-    args = dict(repo_type=spec.hub_repo_type, cache_dir=str(hub), endpoint=_endpoint())
-    try:  # already downloaded: no network at all
-        path = Path(hf_hub_download(spec.hub_repo, spec.hub_file, local_files_only=True, **args))
-    except Exception:  # LocalEntryNotFoundError and friends
-        path = None
+    # already downloaded: a lookup in the cache folder only, no request of any kind
+    cached = try_to_load_from_cache(
+        spec.hub_repo, spec.hub_file, cache_dir=str(hub), repo_type=spec.hub_repo_type
+    )
+    path = Path(cached) if isinstance(cached, str) and Path(cached).is_file() else None
     if path is None:
         if is_offline():
             raise WeightsNotFoundError(
@@ -118,16 +119,32 @@ def fetch_source(spec: WeightSpec, alternative: str = "") -> Path:
                 f"{spec.name} FILE'{alternative}"
             )
         _probe(spec, manual, alternative)
+        _remove_stale_partials(hub)
         say(f"downloading {spec.hub_file} for {spec.name} from {hub_page(spec)}")
         try:
-            path = Path(hf_hub_download(spec.hub_repo, spec.hub_file, etag_timeout=_PROBE_TIMEOUT, **args))
+            path = Path(
+                hf_hub_download(
+                    spec.hub_repo, spec.hub_file, repo_type=spec.hub_repo_type, cache_dir=str(hub),
+                    endpoint=_endpoint(), etag_timeout=_PROBE_TIMEOUT,
+                )
+            )
         except Exception as e:  # huggingface_hub raises many unrelated types for network errors
             raise WeightsNotFoundError(
-                f"downloading {manual} failed ({_reason(e)}); run 'ovss download {spec.name}' again (it "
-                f"resumes), or fetch the file by hand and run 'ovss convert {spec.name} FILE'"
+                f"downloading {manual} failed ({_reason(e)}); run 'ovss download {spec.name}' again, or "
+                f"fetch the file by hand and run 'ovss convert {spec.name} FILE'"
             ) from None
     _verify_download(path, spec)
     return path
+
+
+def _remove_stale_partials(hub: Path, age_s: float = 600.0) -> None:
+    """Delete ``*.incomplete`` downloads nobody has written to for ``age_s`` (left by killed processes:
+    huggingface_hub names them per process and restarts interrupted downloads, so they are never reused)."""
+    now = time.time()
+    for partial in hub.glob("*/blobs/*.incomplete"):
+        with contextlib.suppress(OSError):
+            if now - partial.stat().st_mtime > age_s:
+                partial.unlink()
 
 
 def _reason(error: BaseException) -> str:
@@ -205,7 +222,6 @@ def convert_checkpoint(spec: WeightSpec, source: Path, out: Path | None = None) 
     config = spec.config()
     what = f"{source} as {spec.name}"
     started = time.monotonic()
-    say(f"converting {source.name} into {out} (once) ...")
     source_format, source_digest = spec.source_format, digest
     if looks_like_safetensors(source):
         mf = open_model_file(source)
@@ -216,13 +232,16 @@ def convert_checkpoint(spec: WeightSpec, source: Path, out: Path | None = None) 
                     f"{source} holds a {family} model (ovss file), not {spec.name}; pass a {spec.family} file"
                 )
             mf.check_fits(config, what)
+            say(f"converting {source.name} into {out} ...")
             mf.verify()
             state_dict = mf.load_tensors()
             source_format = mf.metadata.get("source_format", "ovss")
             source_digest = mf.metadata.get("source_sha256", digest)
         else:
+            say(f"converting {source.name} into {out} ...")
             state_dict, source_format = _convert_for(spec, mf.load_tensors(), str(source))
     else:
+        say(f"converting {source.name} into {out} ...")
         state_dict, source_format = _convert_for(spec, read_state_dict(source), str(source))
     check_fits(config, state_dict, what)
     result = save_model_file(
