@@ -68,6 +68,49 @@ def normalized_png(folder: Path, mean, std) -> torch.Tensor:
     return (rgb.permute(2, 0, 1)[None] - mean) / std
 
 
+def recorded_tensors(folder: Path, cfg: dict) -> dict[str, torch.Tensor]:
+    """Every tensor the fixture lists in ``config.json["tensors"]`` AND stores (in the outputs files or
+    in the ``.npy`` file its entry names, e.g. ``input.npy``); listed-but-absent ones are left out."""
+    stored = reference_outputs(folder)
+    out: dict[str, torch.Tensor] = {}
+    for name, meta in cfg.get("tensors", {}).items():
+        file = str(meta.get("file", "")) if isinstance(meta, dict) else ""
+        if name in stored:
+            out[name] = stored[name]
+        elif file.endswith(".npy") and (folder / file).is_file():
+            out[name] = read_array(folder, file)
+    return out
+
+
+def align_to_reference(ours: torch.Tensor, ref: torch.Tensor, desc: str = "") -> torch.Tensor:
+    """Our tensor for a reference stored for crop / image 0 only (desc says "crop 0 only"): the first
+    entries along the batch axis, or along axis 1 for sequence-first (L, B, D) tensors."""
+    if "crop 0 only" in desc and ours.ndim == ref.ndim:
+        for axis in (0, 1):
+            if ours.shape[axis] > ref.shape[axis]:
+                return ours.narrow(axis, 0, ref.shape[axis])
+    return ours
+
+
+def compare_recorded(
+    ours: dict[str, torch.Tensor], refs: dict[str, torch.Tensor], cfg: dict, skip: tuple[str, ...] = ()
+) -> dict[str, float]:
+    """Relative error of every recorded tensor (but ``skip``); fails naming any we cannot produce."""
+    from tests.conftest import relative_error
+
+    names = [n for n in refs if n not in skip]
+    missing = [n for n in names if n not in ours]
+    if missing:
+        pytest.fail(f"recorded tensors not mapped to ovss: {missing}", pytrace=False)
+    tensors = cfg.get("tensors", {})
+    return {
+        n: relative_error(
+            align_to_reference(ours[n], refs[n], str(tensors.get(n, {}).get("desc", ""))), refs[n]
+        )
+        for n in names
+    }
+
+
 def read_manifest(name: str) -> dict:
     """``<parity dir>/<name>`` (a full-size checkpoint manifest); skips the test when it is absent."""
     path = parity_dir() / name

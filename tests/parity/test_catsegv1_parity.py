@@ -26,11 +26,13 @@ from ovss.weights.loading import load_strict
 from tests.conftest import parity_params, relative_error
 from tests.parity._common import (
     TOL,
+    compare_recorded,
     need,
     normalized_png,
     official_state_dict,
     read_array,
     read_config,
+    recorded_tensors,
     reference_outputs,
     vit_clip_config,
 )
@@ -247,25 +249,6 @@ def _run(folder: Path) -> dict:
     return _CACHE[folder]
 
 
-def _recorded(run: dict) -> dict[str, torch.Tensor]:
-    """Reference tensors by name, including those stored in .npy files (input.npy)."""
-    refs = dict(run["refs"])
-    for name, meta in run["cfg"]["tensors"].items():
-        if name not in refs and str(meta.get("file", "")).endswith(".npy"):
-            refs[name] = read_array(run["folder"], meta["file"])
-    return refs
-
-
-def _align(name: str, ours: torch.Tensor, ref: torch.Tensor, desc: str) -> torch.Tensor:
-    """Our tensor for a reference stored for crop 0 only (the first entries along the crop axis, the
-    batch axis or the sequence-first axis 1)."""
-    if "crop 0 only" in desc and ours.ndim == ref.ndim:
-        for axis in (0, 1):
-            if ours.shape[axis] > ref.shape[axis]:
-                return ours.narrow(axis, 0, ref.shape[axis])
-    return ours
-
-
 @pytest.mark.parametrize("folder", [p for prefix in PREFIXES for p in parity_params(prefix)])
 def test_state_dict_loads_strictly_with_official_counts(folder: Path) -> None:
     run = _run(folder)
@@ -277,13 +260,8 @@ def test_state_dict_loads_strictly_with_official_counts(folder: Path) -> None:
 @pytest.mark.parametrize("folder", [p for prefix in PREFIXES for p in parity_params(prefix)])
 def test_every_recorded_tensor_matches(folder: Path) -> None:
     run = _run(folder)
-    refs, ours, tensors = _recorded(run), run["ours"], run["cfg"]["tensors"]
-    names = [n for n in tensors if n not in ("sem_seg", "pred_sem_seg")]
-    missing = [n for n in names if n not in ours]
-    assert not missing, f"recorded tensors not mapped to ovss: {missing}"
-    errors = {
-        n: relative_error(_align(n, ours[n], refs[n], tensors[n].get("desc", "")), refs[n]) for n in names
-    }
+    refs = recorded_tensors(folder, run["cfg"])
+    errors = compare_recorded(run["ours"], refs, run["cfg"], skip=("sem_seg", "pred_sem_seg"))
     bad = {n: e for n, e in errors.items() if not e <= TOL}
     assert not bad, f"relative errors above {TOL}: {bad}"
 

@@ -1,0 +1,119 @@
+"""The parity harnesses take fixtures that vary from the shipped ones (synthetic variations of them).
+
+A copy of a shipped fixture is edited the way other official-code fixtures differ: a recorded tensor
+left out (a sliding-window fixture has no ``clip_input``), descriptive config keys removed or added,
+a needed hyper-parameter missing, a recorded tensor corrupted. The harness must compare what is
+recorded, skip what is not, name a missing needed key, and still fail on a mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from tests.conftest import parity_dir
+from tests.parity import test_catseg_parity as catseg_harness
+from tests.parity._common import TOL, read_array, reference_outputs
+
+
+def _variant(tmp_path: Path, name: str, edit_config, edit_outputs=None) -> Path:
+    """A copy of fixture ``name`` with config.json / outputs.safetensors edited (big files linked)."""
+    src = parity_dir() / name
+    if not (src / "config.json").is_file():
+        pytest.skip(f"{src} not found")
+    dst = tmp_path / name
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.name not in ("config.json", "outputs.safetensors"):
+            (dst / f.name).symlink_to(f)
+    cfg = json.loads((src / "config.json").read_text())
+    edit_config(cfg)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    outputs = load_file(str(src / "outputs.safetensors"))
+    if edit_outputs is not None:
+        edit_outputs(outputs)
+    save_file(outputs, str(dst / "outputs.safetensors"))
+    return dst
+
+
+def test_catseg_fixture_without_clip_input_and_other_descriptive_keys(tmp_path: Path) -> None:
+    def edit(cfg: dict) -> None:
+        del cfg["tensors"]["clip_input"]
+        for key in ("deviations_from_official_structure", "sem_seg_argmax_histogram", "init"):
+            cfg.pop(key, None)
+        cfg["clip"].pop("dense last block", None)
+        cfg["aggregator"].pop("upsample1", None)
+        cfg["notes from a newer generator"] = {"anything": [1, 2, 3]}
+
+    folder = _variant(tmp_path, "catseg_a", edit, lambda out: out.pop("clip_input"))
+    errors = catseg_harness.check_fixture(folder)
+    assert "clip_input" not in errors and "sem_seg" in errors and "agg.layer1.out" in errors
+    assert max(errors.values()) <= TOL
+
+
+def test_catseg_fixture_missing_a_needed_key_is_named(tmp_path: Path) -> None:
+    folder = _variant(tmp_path, "catseg_a", lambda cfg: cfg["aggregator"].pop("NUM_HEADS"))
+    with pytest.raises(pytest.fail.Exception, match=r"catseg_a/config.json: missing needed key 'NUM_HEADS'"):
+        catseg_harness.check_fixture(folder)
+
+
+def test_catseg_recorded_tensor_that_differs_still_fails(tmp_path: Path) -> None:
+    def corrupt(out: dict) -> None:
+        out["agg.layer0.out"] = out["agg.layer0.out"] * 1.001
+
+    folder = _variant(tmp_path, "catseg_a", lambda cfg: None, corrupt)
+    errors = catseg_harness.check_fixture(folder)
+    assert errors["agg.layer0.out"] > TOL
+    assert all(e <= TOL for n, e in errors.items() if n != "agg.layer0.out")
+
+
+def test_catseg_recorded_but_unmappable_tensor_fails(tmp_path: Path) -> None:
+    def edit(cfg: dict) -> None:
+        cfg["tensors"]["agg.something_new"] = {"shape": [1], "desc": "x", "file": "outputs.safetensors"}
+
+    folder = _variant(
+        tmp_path, "catseg_a", edit, lambda out: out.__setitem__("agg.something_new", torch.ones(1))
+    )
+    with pytest.raises(pytest.fail.Exception, match="agg.something_new"):
+        catseg_harness.check_fixture(folder)
+
+
+def test_catseg_valid_size_comes_from_the_config(tmp_path: Path) -> None:
+    folder = _variant(tmp_path, "catseg_a", lambda cfg: cfg["input"].__setitem__("input_hw", [100, 120]))
+    with pytest.raises(AssertionError, match="input_hw"):
+        catseg_harness.check_fixture(folder)
+
+
+def test_san_unfused_clip_records_come_from_the_tower() -> None:
+    from tests.parity.test_san_parity import load_fixture_model, run_with_intermediates
+
+    folder = parity_dir() / "san_a"
+    if not (folder / "config.json").is_file():
+        pytest.skip(f"{folder} not found")
+    model, _ = load_fixture_model(folder)
+    original, calls = model.clip_features, []
+
+    def keeps_only_the_split(images):  # the harness's own call sees a model that keeps record 3 only
+        records, grid = original(images)
+        calls.append(1)
+        return ({3: records[3]} if len(calls) == 1 else records), grid
+
+    model.clip_features = keeps_only_the_split
+    images, tokens = read_array(folder, "input.npy"), read_array(folder, "tokens.npy")
+    ref = reference_outputs(folder)
+    got = run_with_intermediates(model, images, tokens, (8, 8), clip_records=(0, 1, 2, 3))
+    for i in range(4):
+        torch.testing.assert_close(got[f"clip.feat.{i}"], ref[f"clip.feat.{i}"], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got[f"clip.cls.{i}"], ref[f"clip.cls.{i}"], rtol=1e-4, atol=1e-5)
+    assert len(calls) >= 2  # the harness asked the model for its records, the tower for the rest
+
+
+@pytest.fixture(autouse=True)
+def _fresh_harness_cache():
+    catseg_harness._CACHE.clear()
+    yield
+    catseg_harness._CACHE.clear()
