@@ -170,10 +170,13 @@ def tiny_catseg() -> TrainConfig:
     """Tiny random CAT-Seg (test-catseg-tiny at a 96 px CLIP input) for tests and smoke runs.
 
     A random image tower must learn to align with the text, so it trains at the full lr (official:
-    x0.01); the text tower keeps the official x0.01.
+    x0.01); the text tower keeps the official x0.01. The lr decays (poly 0.9, as the official
+    schedules do): at a constant 1e-3 the loss sits on a plateau and the late escapes from it come
+    with gradient-norm spikes (24-34) that undo what was learnt, so the final mIoU varied from 43 to
+    89 with the seed; with the decay and 300 iterations it is 88-95 over data/model seeds 0-3.
     """
-    cfg = _tiny("catseg", 64, ("clip_resolution=96",), {"inference": "whole"}, iterations=220,
-                lr_multipliers={"clip.text": 0.01})
+    cfg = _tiny("catseg", 64, ("clip_resolution=96",), {"inference": "whole"}, iterations=300,
+                schedule="poly", lr_multipliers={"clip.text": 0.01})
     return cfg.override("find_unused_parameters=true")
 
 
