@@ -118,8 +118,8 @@ def run(args: argparse.Namespace) -> int:
     limits = DemoLimits(
         args.max_pixels, args.max_classes, args.max_upload_mb, args.queue_size, args.keep_files
     )
-    check_port(args.host, args.port)  # so is a port already in use
     examples = examples_from(args.examples)
+    check_port(args.host, args.port)  # so is a port already in use
     if not logging.getLogger("ovss.demo").handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s ovss.demo: %(message)s", "%H:%M:%S"))

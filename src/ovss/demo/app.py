@@ -36,7 +36,8 @@ CSS = """
 .ovss-legend th, .ovss-legend td { border: none !important; background: none !important; }
 .ovss-legend tbody tr { border-top: 1px solid var(--border-color-primary); }
 .ovss-legend .ovss-pct { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums; }
-.ovss-legend .ovss-name { overflow-wrap: anywhere; }
+.ovss-legend .ovss-name { overflow-wrap: break-word; }
+#ovss-legend { min-width: min(200px, 100%) !important; }
 .ovss-swatch { display: inline-block; width: 1.1em; height: 1.1em; border: 1px solid #444;
                border-radius: 3px; vertical-align: middle; }
 """
@@ -149,18 +150,32 @@ def build_app(backend: DemoBackend, examples: list[list[str]] | None = None) -> 
         )
         with gr.Row():
             with gr.Column(scale=2):
-                image = gr.Image(type="filepath", label="image", sources=["upload", "clipboard"], height=360)
+                image = gr.Image(
+                    type="filepath",
+                    label="image",
+                    sources=["upload", "clipboard"],
+                    height=360,
+                    elem_id="ovss-image",
+                )
                 classes = gr.Textbox(
                     value=EXAMPLE_CLASSES,
                     label="classes",
                     info="';' between classes, ',' between synonyms: cat; sofa, couch; wall",
                     lines=2,
+                    elem_id="ovss-classes",
                 )
                 model = gr.Dropdown(
-                    offered, value=backend.model_name, label="model", info="weights status in brackets"
+                    offered,
+                    value=backend.model_name,
+                    label="model",
+                    info="weights status in brackets",
+                    elem_id="ovss-model",
                 )
                 fast = gr.Checkbox(
-                    value=False, label="SED fast mode (category early rejection)", visible=visible["sed"]
+                    value=False,
+                    label="SED fast mode (category early rejection)",
+                    visible=visible["sed"],
+                    elem_id="ovss-sed-fast",
                 )
                 topk = gr.Number(
                     value=8,
@@ -179,7 +194,13 @@ def build_app(backend: DemoBackend, examples: list[list[str]] | None = None) -> 
             with gr.Column(scale=3):
                 with gr.Row():
                     overlay = gr.Image(
-                        type="pil", format="png", label="segmentation", interactive=False, scale=2
+                        type="pil",
+                        format="png",
+                        label="segmentation",
+                        interactive=False,
+                        scale=2,
+                        min_width=320,  # narrower screens put the legend below the image
+                        elem_id="ovss-overlay",
                     )
                     legend = gr.HTML(label="legend", elem_id="ovss-legend", min_width=220, scale=1)
                 label_file = gr.File(
@@ -205,7 +226,9 @@ def build_app(backend: DemoBackend, examples: list[list[str]] | None = None) -> 
             "of the class in your list (0 = the first). API: `/segment` (see *Use via API* below)."
         )
         model.change(on_model, [model], [fast, topk, inference], api_name=False)
-        button.click(
+        # The legend (HTML) shows no error state: clear it in the browser first, so that a failed request
+        # never leaves the legend of the previous image beside the error.
+        button.click(None, None, [legend], js="() => ''", api_name=False, queue=False).then(
             segment,
             [image, classes, model, fast, topk, inference],
             [overlay, legend, label_file, table],

@@ -1,0 +1,231 @@
+"""``ovss demo`` served for real: the page in a headless browser and the ``/segment`` API.
+
+The browser is the system's Chromium (Debian's ``chromium`` package, or ``$OVSS_CHROMIUM``) driven by the
+``playwright`` package (``pip install 'ovss[browser-test]'``; never ``playwright install``). Select
+with ``pytest -k browser``. Set ``OVSS_SCREENSHOT_DIR`` to keep the screenshots.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import DATA_DIR
+
+pytest.importorskip("gradio", reason="gradio not installed (pip install 'ovss[demo]')")
+
+KEEP_FILES_S = 10  # the server deletes uploads and results this long after they were written
+MAX_CLASSES = 40
+
+
+def find_chromium() -> str | None:
+    """The system Chromium/Chrome executable (``$OVSS_CHROMIUM`` first), or None."""
+    explicit = os.environ.get("OVSS_CHROMIUM")
+    if explicit:
+        return explicit if Path(explicit).is_file() else None
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """``ovss demo --model test-san-tiny`` on a free port of 127.0.0.1; yields (url, log path, temp dir)."""
+    if not DATA_DIR.is_dir():
+        pytest.skip(f"sample data not found at {DATA_DIR}")
+    root = tmp_path_factory.mktemp("demo_server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(
+        os.environ,
+        OVSS_HOME=str(root / "home"),
+        OVSS_OFFLINE="1",
+        GRADIO_TEMP_DIR=str(root / "gradio"),
+        GRADIO_ANALYTICS_ENABLED="False",
+        OMP_NUM_THREADS="1",
+    )
+    log = root / "server.log"
+    command = [
+        *(sys.executable, "-m", "ovss.cli.main", "demo", "--model", "test-san-tiny", "--port", str(port)),
+        *("--examples", str(DATA_DIR), "--keep-files", str(KEEP_FILES_S), "--max-classes", str(MAX_CLASSES)),
+    ]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 180
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"ovss demo exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"ovss demo did not answer within 180 s:\n{log.read_text()}")
+        time.sleep(0.5)
+    yield url, log, root / "gradio"
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def disjoint(a: dict, b: dict) -> bool:
+    """Whether two bounding boxes (x, y, width, height) do not overlap."""
+    return (
+        a["x"] + a["width"] <= b["x"]
+        or b["x"] + b["width"] <= a["x"]
+        or a["y"] + a["height"] <= b["y"]
+        or b["y"] + b["height"] <= a["y"]
+    )
+
+
+def assert_clean_log(log: Path) -> None:
+    """User errors are one line each in the server log, never a traceback."""
+    text = log.read_text()
+    assert "Traceback" not in text, text
+
+
+def test_demo_api_client_and_upload_cleanup(server, tmp_path):
+    pytest.importorskip("gradio_client", reason="gradio_client not installed (pip install 'ovss[demo]')")
+    from gradio_client import Client, handle_file
+
+    url, log, cache = server
+    photo = tmp_path / "upload-check.jpg"
+    shutil.copy(DATA_DIR / "quokka.jpg", photo)
+    client = Client(url, verbose=False)
+    overlay, legend, label_png, table = client.predict(
+        image=handle_file(str(photo)), classes="quokka; grass; rock, stone; sky", api_name="/segment"
+    )
+    width, height = Image.open(photo).size
+    label = np.array(Image.open(label_png))
+    assert label.shape == (height, width) and set(np.unique(label)) <= {0, 1, 2, 3}
+    assert Image.open(overlay).size == (width, height)
+    names = [row[0] for row in table["data"]]
+    assert table["headers"] == ["class", "% pixels", "peak score"] and set(names) <= {
+        "quokka",
+        "grass",
+        "rock",
+        "sky",
+    }
+    assert sum(row[1] for row in table["data"]) == pytest.approx(100, abs=0.05)
+    for name in names:
+        assert f'class="ovss-name">{name}<' in legend
+    with pytest.raises(Exception, match=r"41 classes given; this demo accepts up to 40 per request"):
+        client.predict(
+            image=handle_file(str(photo)), classes=";".join(f"c{i}" for i in range(41)), api_name="/segment"
+        )
+    with pytest.raises(Exception, match=r"the weights of san-vit-b16 are not on this server"):
+        client.predict(image=handle_file(str(photo)), classes="cat", model="san-vit-b16", api_name="/segment")
+    # Uploads and results leave the server's cache after --keep-files seconds (examples stay).
+    uploaded = list(cache.rglob("upload-check*"))
+    assert uploaded, "the upload was not found in the server's cache"
+    deadline = time.monotonic() + KEEP_FILES_S + 30
+    while any(p.exists() for p in uploaded) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not any(p.exists() for p in uploaded), f"still on the server: {uploaded}"
+    assert list(cache.rglob("quokka.jpg")), "the example photo was deleted"
+    assert_clean_log(log)
+
+
+def test_demo_in_browser(server, tmp_path):
+    playwright = pytest.importorskip(
+        "playwright.sync_api", reason="playwright not installed (pip install 'ovss[browser-test]')"
+    )
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no Chromium found (apt-get install chromium, or set OVSS_CHROMIUM=/path/to/chrome)")
+    url, log, _ = server
+    shots = Path(os.environ.get("OVSS_SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(url)
+            page.wait_for_selector("#ovss-segment")
+            assert page.title() == "ovss: open-vocabulary segmentation"
+            assert "test-san-tiny (built in, random weights)" in page.input_value("#ovss-model input")
+            assert not page.is_visible("#ovss-sed-fast")  # a SAN model: no SED option
+
+            # Upload, type classes, segment.
+            page.set_input_files("#ovss-image input[type=file]", str(DATA_DIR / "quokka.jpg"))
+            page.wait_for_selector("#ovss-image img")
+            page.fill("#ovss-classes textarea", "quokka; grass; rock, stone; sky")
+            page.click("#ovss-segment")
+            page.wait_for_selector("#ovss-legend table")
+            page.wait_for_selector("#ovss-label-file a")
+            page.screenshot(path=str(shots / "demo_result.png"), full_page=True)
+
+            rows = page.locator("#ovss-legend tbody tr")
+            legend = {
+                rows.nth(i).locator(".ovss-name").inner_text(): rows.nth(i).locator(".ovss-pct").inner_text()
+                for i in range(rows.count())
+            }
+            assert legend and set(legend) <= {"quokka", "grass", "rock", "sky"}
+            assert all(re.fullmatch(r"\d+\.\d %|<0\.1 %", v) and v != "0.0 %" for v in legend.values())
+            swatch = rows.nth(0).locator(".ovss-swatch")
+            assert swatch.bounding_box()["width"] >= 10  # readable whatever the image size
+            for width in (420, 1400):  # a phone puts the legend below the image, a desktop beside it
+                page.set_viewport_size({"width": width, "height": 1000})
+                page.wait_for_timeout(300)
+                image_box = page.locator("#ovss-overlay img").bounding_box()
+                legend_box = page.locator("#ovss-legend table").bounding_box()
+                assert disjoint(image_box, legend_box) and legend_box["width"] >= 150, (width, legend_box)
+                beside = legend_box["x"] >= image_box["x"] + image_box["width"]
+                assert beside == (width == 1400), (width, image_box, legend_box)
+            table = page.inner_text("#ovss-table")
+            assert all(name in table for name in legend)
+
+            # The full-size label map can be downloaded.
+            link = page.locator("#ovss-label-file a").first
+            assert page.get_attribute("#ovss-label-file td.filename", "aria-label") == "quokka_label.png"
+            body = page.request.get(link.get_attribute("href")).body()
+            label = Image.open(io.BytesIO(body))
+            assert label.mode == "P" and label.size == Image.open(DATA_DIR / "quokka.jpg").size
+
+            # A user error is a toast with the message, not gradio's generic error.
+            page.fill("#ovss-classes textarea", "  ")
+            page.click("#ovss-segment")
+            toast = page.wait_for_selector(".toast-body")
+            assert "no classes: type class names separated by ';'" in toast.inner_text()
+            page.screenshot(path=str(shots / "demo_error.png"), full_page=True)
+
+            # Per-model options follow the model; examples fill the form.
+            page.click("#ovss-model input")
+            page.get_by_role("option", name="test-sed-tiny (built in, random weights)").click()
+            page.wait_for_selector("#ovss-sed-fast", state="visible")
+            page.click("#ovss-model input")
+            page.get_by_role("option", name="test-san-tiny (built in, random weights)").click()
+            page.wait_for_selector("#ovss-sed-fast", state="hidden")
+            page.get_by_text("quokka; grass; rock, stone; sky; tree").first.click()
+            page.wait_for_function(
+                "document.querySelector('#ovss-classes textarea').value.startsWith('quokka; grass')"
+            )
+            page.screenshot(path=str(shots / "demo_example.png"), full_page=True)
+        finally:
+            browser.close()
+    assert_clean_log(log)
+    assert "request refused: no classes" in log.read_text()

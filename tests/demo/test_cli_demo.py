@@ -1,0 +1,129 @@
+"""``ovss demo`` before the server starts: help, missing gradio, port in use, examples, app wiring."""
+
+from __future__ import annotations
+
+import builtins
+import socket
+
+import pytest
+
+import ovss.api.segmenter
+from ovss.cli.main import build_parser, main
+from ovss.demo.app import check_port, default_examples_dir, find_examples
+from ovss.demo.backend import DemoBackend, DemoLimits
+from ovss.errors import MissingDependencyError, OvssError
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if the command loads a model (the checks must come first)."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the check")
+
+    monkeypatch.setattr(ovss.api.segmenter, "load", refuse)
+
+
+@pytest.fixture
+def busy_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        yield s.getsockname()[1]
+
+
+def test_help_describes_every_option(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "nothing is ever downloaded inside a web request" in text
+    for option, shown in [
+        ("--port PORT", "TCP port to serve on (default: 7860)"),
+        ("--device DEVICE", "cpu, cuda, cuda:N or auto (default: cpu)"),
+        ("--dtype {fp32,bf16,fp16}", "(default: fp32)"),
+        ("--host HOST", "(default: 127.0.0.1)"),
+        ("--max-pixels N", "(default: 25000000)"),
+        ("--max-classes N", "(default: 1000)"),
+        ("--max-upload-mb MB", "(default: 25)"),
+        ("--queue-size N", "(default: 20)"),
+        ("--keep-files SECONDS", "(default: 1800)"),
+        ("--examples DIR", "'none'"),
+        ("--share", "public gradio.live link"),
+    ]:
+        assert option in text and shown in text, option
+
+
+def test_missing_gradio_is_reported_before_the_model_loads(monkeypatch, capsys, no_model_load):
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "gradio" or name.startswith("gradio."):
+            raise ImportError("No module named 'gradio'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    assert main(["demo", "--model", "test-san-tiny"]) == 1
+    err = capsys.readouterr().err
+    assert err == "ovss: error: gradio is not installed; install it with: pip install 'ovss[demo]'\n"
+    with pytest.raises(MissingDependencyError):
+        from ovss.demo.app import build_app
+
+        build_app(DemoBackend("test-san-tiny"))
+
+
+def test_port_in_use_is_one_line_before_the_model_loads(busy_port, capsys, no_model_load):
+    pytest.importorskip("gradio", reason="gradio not installed (pip install 'ovss[demo]')")
+    assert main(["demo", "--model", "test-san-tiny", "--port", str(busy_port)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"ovss: error: cannot serve on 127.0.0.1:{busy_port}: Address already in use")
+    assert err.endswith("choose another port with --port N\n") and err.count("\n") == 1
+
+
+def test_check_port(busy_port):
+    with pytest.raises(OvssError, match=r"^cannot serve on 127.0.0.1:\d+: Address already in use"):
+        check_port("127.0.0.1", busy_port)
+    with pytest.raises(OvssError, match=r"^--port must be between 1 and 65535, got 70000$"):
+        check_port("127.0.0.1", 70000)
+    with pytest.raises(OvssError, match=r"^cannot resolve --host 'no such host\.invalid'"):
+        check_port("no such host.invalid", 7860)
+    with socket.socket() as s:  # a free port passes
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    check_port("127.0.0.1", free)
+
+
+def test_examples_folder(tmp_path, capsys, no_model_load):
+    (tmp_path / "sub").mkdir()
+    for name in ("quokka.jpg", "sub/b.JPEG", "sub/b.png", "notes.txt", "sub/deep/c.jpg"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    rows = find_examples(tmp_path)
+    assert [r[0] for r in rows] == [str(tmp_path / "quokka.jpg"), str(tmp_path / "sub" / "b.JPEG")]
+    assert rows[0][1].startswith("quokka;") and "person" in rows[1][1]
+    assert find_examples(None) == [] and find_examples(tmp_path / "missing") == []
+    found = default_examples_dir()
+    assert found is None or (found / "quokka.jpg").is_file()
+    pytest.importorskip("gradio", reason="gradio not installed (pip install 'ovss[demo]')")
+    assert main(["demo", "--model", "test-san-tiny", "--examples", str(tmp_path / "x")]) == 1
+    assert capsys.readouterr().err == (
+        f"ovss: error: --examples {tmp_path / 'x'}: no such folder; pass a folder of photos, or 'none'\n"
+    )
+
+
+def test_app_offers_only_usable_models_and_cleans_its_files(data_dir):
+    pytest.importorskip("gradio", reason="gradio not installed (pip install 'ovss[demo]')")
+    from ovss.demo.app import build_app
+
+    backend = DemoBackend("test-sed-tiny", limits=DemoLimits(keep_files_s=600, queue_size=3))
+    backend.segmenter()
+    app = build_app(backend, find_examples(data_dir))
+    config = app.get_config_file()
+    by_label = {c["props"].get("label"): c["props"] for c in config["components"] if "props" in c}
+    choices = [value for _, value in by_label["model"]["choices"]]
+    assert choices[0] == "test-sed-tiny" and "san-vit-b16" not in choices and "test-san-tiny" in choices
+    assert by_label["SED fast mode (category early rejection)"]["visible"] is True
+    assert by_label["CAT-Seg inference"]["visible"] is False
+    assert app.delete_cache == (150, 600)
+    assert app._queue.max_size == 3
+    endpoint = [fn for fn in app.fns.values() if fn.api_name == "segment"]
+    assert len(endpoint) == 1 and endpoint[0].concurrency_limit == 1 and not endpoint[0].preprocess
