@@ -117,3 +117,27 @@ def test_cv2_resize_reproduces_the_mmseg_fixture_input() -> None:
     assert torch.equal(cv2_resize_linear(rgb, (120, 168)), rgb.float())
     flat = torch.full((3, 7, 9), 77, dtype=torch.uint8)
     assert torch.equal(cv2_resize_linear(flat, (20, 31)), torch.full((3, 20, 31), 77.0))
+
+
+def test_official_slide_is_the_fold_average_of_crops_and_the_global_view() -> None:
+    model = _small()
+    text = _text(model)
+    torch.manual_seed(4)
+    image = torch.rand(1, 3, 70, 90) * 255
+    got = model.predict(image, text, (70, 90), (70, 90), inference="slide")
+    c = model.config
+    resize = lambda x, s: torch.nn.functional.interpolate(x, size=s, mode="bilinear")  # noqa: E731
+    canvas = resize(image, (160, 160))
+    total, count = torch.zeros(1, 3, 160, 160), torch.zeros(1, 1, 160, 160)
+    with torch.no_grad():
+        for y in (0, 64):
+            for x in (0, 64):
+                logits = model.logits(
+                    *model.inputs(canvas[..., y : y + 96, x : x + 96]), text, c.pooling_test
+                )
+                total[..., y : y + 96, x : x + 96] += resize(logits, (96, 96)).sigmoid()
+                count[..., y : y + 96, x : x + 96] += 1
+        glob = model.logits(*model.inputs(resize(image, (96, 96))), text, c.pooling_test)
+        glob = resize(resize(glob, (96, 96)).sigmoid(), (160, 160))
+    expected = resize((total / count + glob) / 2, (70, 90))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
