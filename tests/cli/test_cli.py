@@ -129,7 +129,7 @@ def test_checkpoint_of_the_wrong_model_is_one_line(tmp_path, capsys):
         )
         == 1
     )
-    assert "not a san checkpoint" in _one_line_error(capsys)
+    assert "not a san checkpoint" in _one_line_error(capsys).lower()
 
 
 def test_unknown_model_and_empty_folder_are_one_line(data_dir, tmp_path, capsys):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ovss.vocab.embeddings import TextEmbedder
@@ -99,3 +100,114 @@ def test_corrupt_disk_cache_is_recomputed(tmp_path):
         parse_vocabulary("cat")
     )
     assert out.shape == (1, 1, 4) and enc.classes == 1
+
+
+# ----------------------------------------------------------------------------------------- disk cache checks
+def wide_tokenize(texts: list[str]) -> torch.Tensor:
+    """Like fake_tokenize but 64 codes long, so that class names change the embeddings."""
+    out = torch.zeros(len(texts), 64, dtype=torch.long)
+    for i, t in enumerate(texts):
+        codes = [ord(c) for c in t][:64]
+        out[i, : len(codes)] = torch.tensor(codes)
+    return out
+
+
+def _embedder(tmp_path, enc, cache_id="abc-float32"):
+    return TextEmbedder(enc, "vild", "mean", cache_id=cache_id, cache_dir=tmp_path, tokenize=wide_tokenize)
+
+
+def _tamper(path, change):
+    """Rewrite the cache file with ``change(tensors)`` applied, keeping its metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    save_file(change(tensors), str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("kind", ["nan", "random", "permuted", "fp16", "shape", "other_id", "templates"])
+def test_bad_disk_cache_is_recomputed_never_used(kind, tmp_path, caplog):
+    vocab = parse_vocabulary("cat; dog; bird")
+    fresh = _embedder(tmp_path, CountingEncoder())(vocab)
+    path = tmp_path / "abc-float32-vild.safetensors"
+    keys = sorted(_tamper_keys(path))
+    assert not torch.equal(fresh[0], fresh[1])
+    changes = {
+        "nan": lambda t: {**t, keys[0]: torch.full_like(t[keys[0]], float("nan"))},
+        "random": lambda t: {**t, keys[1]: torch.randn_like(t[keys[1]])},
+        "permuted": lambda t: {keys[0]: t[keys[1]], keys[1]: t[keys[0]], keys[2]: t[keys[2]]},
+        "fp16": lambda t: {k: v.half() for k, v in t.items()},
+        "shape": lambda t: {k: v[:3] for k, v in t.items()},
+    }
+    if kind in changes:
+        _tamper(path, changes[kind])
+    elif kind == "other_id":  # a cache file of other weights copied under this name
+        other = tmp_path / "other"
+        _embedder(other, CountingEncoder(), cache_id="zzz-float32")(vocab)
+        (other / "zzz-float32-vild.safetensors").replace(path)
+    else:  # made with another template list under the same set name (an older ovss)
+        from safetensors import safe_open
+        from safetensors.torch import save_file
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = {**f.metadata(), "templates_sha256": "0" * 64}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        save_file(tensors, str(path), metadata=meta)
+    enc = CountingEncoder()
+    with caplog.at_level("WARNING", logger="ovss"):
+        again = _embedder(tmp_path, enc)(vocab)
+    assert enc.classes == 3  # everything recomputed
+    torch.testing.assert_close(again, fresh, rtol=0, atol=0)
+    assert "ignoring the text-embedding cache" in caplog.text
+    # and the file was rewritten valid: the next embedder reads it without encoding
+    enc2 = CountingEncoder()
+    torch.testing.assert_close(_embedder(tmp_path, enc2)(vocab), fresh, rtol=0, atol=0)
+    assert enc2.calls == 0
+
+
+def _tamper_keys(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return list(f.keys())
+
+
+def test_cache_path_that_is_a_folder_is_a_clear_error(tmp_path):
+    from ovss.errors import CacheError
+
+    (tmp_path / "abc-float32-vild.safetensors").mkdir()
+    with pytest.raises(CacheError, match="is a folder, expected a file; delete or move it"):
+        _embedder(tmp_path, CountingEncoder())(parse_vocabulary("cat"))
+
+
+# ----------------------------------------------------------------------------------------- memory bound
+def test_memory_cache_is_an_lru_bounded_in_bytes(tmp_path):
+    enc = CountingEncoder()
+    per_string = 14 * 4 * 4  # vild: 14 templates x 4 dims x float32
+    emb = TextEmbedder(enc, "vild", "first", tokenize=fake_tokenize, memory_mb=10 * per_string / 2**20)
+    assert emb.memory_limit == 10 * per_string
+    for i in range(50):
+        emb(parse_vocabulary(f"class{i}a; class{i}b"))
+        emb(parse_vocabulary("keep"))  # used all the time: never evicted
+        assert emb.memory_bytes <= emb.memory_limit
+    assert enc.classes == 101  # "keep" encoded once
+    before = enc.classes
+    emb(parse_vocabulary("class49b"))  # recent: still cached
+    assert enc.classes == before
+    emb(parse_vocabulary("class0a"))  # oldest: evicted, encoded again
+    assert enc.classes == before + 1
+    # a vocabulary larger than the bound is still embedded whole
+    big = emb(parse_vocabulary("; ".join(f"w{i}" for i in range(30))))
+    assert big.shape == (30, 14, 4) and emb.memory_bytes <= emb.memory_limit
+
+
+def test_memory_bound_from_the_environment(monkeypatch):
+    from ovss.errors import CacheError
+
+    monkeypatch.setenv("OVSS_TEXT_CACHE_MB", "1.5")
+    assert TextEmbedder(CountingEncoder(), "vild", "first").memory_limit == int(1.5 * 2**20)
+    monkeypatch.setenv("OVSS_TEXT_CACHE_MB", "lots")
+    with pytest.raises(CacheError, match="OVSS_TEXT_CACHE_MB='lots' is not a number"):
+        TextEmbedder(CountingEncoder(), "vild", "first")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import sys
 import time
@@ -54,7 +53,6 @@ from ovss.weights.modelfile import (  # noqa: F401  (re-exported)
 )
 from ovss.weights.registry import WeightSpec, get_weight_spec, list_weights
 
-_log = logging.getLogger("ovss")
 _PROBE_TIMEOUT = 10.0  # seconds to wait for the hub to answer the first request
 
 
