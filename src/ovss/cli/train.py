@@ -1,4 +1,4 @@
-"""``ovss train --config NAME_OR_FILE [--set key=value ...] --out DIR [--resume] [--weights W]``."""
+"""``ovss train --config NAME_OR_FILE --out DIR [--set k=v ...] [--resume | --overwrite] [--weights W]``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ examples:
   # the same on 8 GPUs
   torchrun --standalone --nproc_per_node=8 -m ovss.cli.main train --config san-vit-b16 \\
       --set data.root=/data model.clip_weights=ViT-B-16.pt --out runs/san
-  # continue from the newest checkpoint in runs/san
+  # continue from the newest checkpoint in runs/san (a new run needs an empty --out, or --overwrite)
   ovss train --config san-vit-b16 --set data.root=/data --out runs/san --resume
   # fine-tune the released SAN on your own images/ + labels/ and a class list
   ovss train --config san-vit-b16-finetune --weights san-vit-b16 \\
@@ -29,16 +29,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train or fine-tune a model (single process, or under torchrun)",
-        description="Iteration-based training with resumable checkpoints; writes OUT/config.json, "
-        "OUT/metrics.jsonl, OUT/checkpoints/ and OUT/model_final.safetensors (loadable with ovss.load).",
+        description="Iteration-based training with resumable checkpoints. Writes OUT/config.json,\n"
+        "OUT/metrics.jsonl, OUT/checkpoints/ and OUT/model_final.safetensors (loadable with ovss.load).\n"
+        "A new run needs an empty (or new) --out; --resume continues the run there, --overwrite deletes\n"
+        "it first. Data: --set data.root=DIR (and data.classes=FILE for a custom dataset; see\n"
+        "docs/training.md). Prints a start line (data, classes, device, iterations), then progress with ETA.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="ovss train [-h] --config NAME_OR_FILE --out DIR [--set KEY=VALUE ...]\n"
+        "                  [--resume | --overwrite] [--weights W] [--print-config] [--debug]",
     )
-    p.add_argument("--config", required=True, help=f"recipe ({', '.join(list_recipes())}) or a JSON file")
+    p.add_argument("--config", required=True, metavar="NAME_OR_FILE",
+                   help=f"recipe ({', '.join(list_recipes())}) or a JSON file")
     p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="config overrides, e.g. data.root=/data solver.batch_size=16 (JSON values)")
-    p.add_argument("--out", type=Path, default=None, help="run folder (checkpoints, logs, final model)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="run folder (checkpoints, logs, final model); required except with --print-config")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue from the newest checkpoint in --out (printed at the start)")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="delete the earlier run in --out (its checkpoints, metrics, final model) and "
+                      "start over")
     p.add_argument("--weights", default=None,
                    help="initial weights: registry name (san-vit-b16) or checkpoint file (fine-tuning)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
@@ -46,9 +58,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ovss.cli.common import ensure_writable_dir
     from ovss.engine.recipes import load_config
     from ovss.errors import ConfigError
 
+    if args.out is not None and not args.print_config:
+        ensure_writable_dir(args.out)  # before any work
     cfg = load_config(args.config)
     if args.weights is not None:
         cfg = cfg.override(f"model.weights={json.dumps(str(args.weights))}")
@@ -62,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from ovss.engine.trainer import train
 
     try:
-        result = train(cfg, args.out, resume=args.resume)
+        result = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     finally:
         cleanup()
     if result["eval"]:

@@ -69,6 +69,20 @@ def vocabulary(cfg: DataSection) -> Vocabulary:
     return parse_vocabulary(get_benchmark(cfg.benchmark).class_names(cfg.class_variant))
 
 
+def check_label_values(label: np.ndarray, num_classes: int, ignore_index: int, path: Path) -> None:
+    """Raise :class:`DatasetError` naming ``path`` and the values when ``label`` (H, W) holds a value
+    that is neither a class id in [0, ``num_classes``) nor ``ignore_index``."""
+    values = np.unique(label)
+    bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_index)]
+    if bad.size:
+        shown = ", ".join(str(int(v)) for v in bad[:8]) + (", ..." if bad.size > 8 else "")
+        raise DatasetError(
+            f"label file {path} holds values {shown}, which are not class ids 0..{num_classes - 1} (the "
+            f"class list has {num_classes} names) nor the ignore value {ignore_index}; fix the labels or "
+            "the class list"
+        )
+
+
 class TrainDataset(torch.utils.data.Dataset):
     """Augmented training samples, keyed by ``(index, position)`` from the :class:`ResumableSampler`.
 
@@ -76,10 +90,21 @@ class TrainDataset(torch.utils.data.Dataset):
         pairs: (image, label) paths.
         augment_cfg: the augmentation pipeline.
         seed: run seed; a sample's augmentation draws from ``default_rng([seed, position])``.
+        num_classes: K; when given, every label value must be in [0, K) or ``ignore_index``
+            (checked per sample, before augmentation; the error names the file and the values).
+        ignore_index: label value without a class.
     """
 
-    def __init__(self, pairs: list[tuple[Path, Path]], augment_cfg: AugmentConfig, seed: int = 0) -> None:
+    def __init__(
+        self,
+        pairs: list[tuple[Path, Path]],
+        augment_cfg: AugmentConfig,
+        seed: int = 0,
+        num_classes: int | None = None,
+        ignore_index: int = 255,
+    ) -> None:
         self.pairs, self.cfg, self.seed = pairs, augment_cfg, seed
+        self.num_classes, self.ignore_index = num_classes, ignore_index
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -89,6 +114,8 @@ class TrainDataset(torch.utils.data.Dataset):
         index, position = key
         image_path, label_path = self.pairs[index]
         image, label = read_image(image_path), read_label(label_path)
+        if self.num_classes is not None:
+            check_label_values(label, self.num_classes, self.ignore_index, label_path)
         image, label = augment(image, label, self.cfg, np.random.default_rng([self.seed, position]))
         return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))), torch.from_numpy(label)
 

@@ -94,8 +94,19 @@ class MetricLogger:
                 ) from None
             self._wandb = wandb.init(project=wandb_project, config=config or {}, dir=str(out_dir))
 
-    def log(self, iteration: int, values: dict[str, float], echo: bool = True) -> None:
-        """Record ``values`` (floats) at ``iteration`` (completed iterations)."""
+    def log(
+        self,
+        iteration: int,
+        values: dict[str, float],
+        echo: bool = True,
+        progress: str = "",
+        suffix: str = "",
+    ) -> None:
+        """Record ``values`` (floats) at ``iteration`` (completed iterations).
+
+        ``progress`` replaces the iteration in the printed line (``"20/220"``); ``suffix`` is printed
+        after the values (``"eta 0:01:05"``); neither goes to the metric sinks.
+        """
         if not self.enabled:
             return
         entry = {"iteration": iteration, **values}
@@ -103,7 +114,8 @@ class MetricLogger:
             f.write(json.dumps(entry) + "\n")
         if echo:
             shown = " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
-            print(f"iter {iteration}: {shown}", file=sys.stdout, flush=True)
+            tail = f" {suffix}" if suffix else ""
+            print(f"iter {progress or iteration}: {shown}{tail}", file=sys.stdout, flush=True)
         if self._tb is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import time
 import warnings
 from pathlib import Path
@@ -44,9 +45,10 @@ from ovss.engine.distributed import all_gather_object, all_reduce_mean, barrier,
 from ovss.engine.evaluate import evaluate
 from ovss.engine.logging import MetricLogger
 from ovss.engine.optim import build_optimizer, clip_gradients, lr_factor, set_lr
+from ovss.engine.rundir import check_run_dir, clear_run, remove_stale_temp_files
 from ovss.engine.sampler import ResumableSampler
 from ovss.engine.tasks import Task, build_task
-from ovss.errors import ConfigError
+from ovss.errors import ConfigError, OvssError
 from ovss.models.losses import weighted_sum
 
 _AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype
@@ -118,10 +120,53 @@ def forward_backward(
     return {name: value.detach().float() for name, value in {**parts, "loss": loss}.items()}
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+def _next_batch(batches: Any) -> Any:
+    """The next batch; an ovss error raised in a DataLoader worker comes back as its own one line
+    (the DataLoader re-raises it with the worker's traceback in the message)."""
+    try:
+        return next(batches)
+    except OvssError as e:
+        text = str(e)
+        if "\nOriginal Traceback" not in text:
+            raise
+        last = text.rstrip().splitlines()[-1]
+        raise type(e)(last.split(": ", 1)[1] if ": " in last else last) from None
+
+
+def _workers(requested: int, world: int) -> int:
+    """DataLoader workers per rank: ``requested``, at most the CPUs this process may use / local ranks."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "0")) or world
+    return min(requested, max(1, cpus // max(local, 1)))
+
+
+def _precision(requested: str, device: torch.device, is_main: bool) -> str:
+    """fp16 autocast on a CPU is ~20x slower than fp32 (no fp16 kernels): train in fp32 there."""
+    if requested == "fp16" and device.type == "cpu":
+        if is_main:
+            warnings.warn("precision fp16 on the CPU is very slow (no fp16 kernels); training in fp32 "
+                          "instead (set precision=bf16 for bfloat16 autocast)", stacklevel=3)
+        return "fp32"
+    return requested
+
+
+def _eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def train(
+    cfg: TrainConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) the run described by ``cfg``, writing to ``out_dir``.
 
-    Collective: with torchrun every rank calls it with the same arguments.
+    Collective: with torchrun every rank calls it with the same arguments. A fresh start needs an
+    empty (or missing) ``out_dir``; ``overwrite`` first deletes the files of an earlier run there
+    (:mod:`ovss.engine.rundir`). Temporary files left by a killed write are removed on every start.
+
+    Raises:
+        ConfigError: ``out_dir`` holds files and neither ``resume`` nor ``overwrite`` is set;
+            ``resume`` without a checkpoint.
 
     Returns:
         ``{"iteration", "model", "metrics", "eval"}``: completed iterations, the exported model file,
@@ -133,6 +178,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[s
     ckpt_dir = out_dir / "checkpoints"
     micro = cfg.micro_batch(world)
     accum = cfg.solver.accumulation
+    check_run_dir(out_dir, resume, overwrite)
+    if dist.is_main:
+        removed = clear_run(out_dir) if overwrite else remove_stale_temp_files(out_dir)
+        if removed:
+            what = "previous run" if overwrite else "stale temporary files"
+            print(f"removed the {what} in {out_dir}: {', '.join(removed)}", flush=True)
+    barrier()  # every rank has checked the folder before rank 0 writes into it
 
     state = None
     if resume:
@@ -140,6 +192,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[s
         if latest is None:
             raise ConfigError(f"--resume: no checkpoint in {ckpt_dir}; run without --resume to start")
         state = ckpt.load_checkpoint(latest)
+        if dist.is_main:
+            print(f"resuming from {latest} (iteration {int(state['iteration'])} of {cfg.solver.iterations})",
+                  flush=True)
         changed = _changed_keys(TrainConfig.from_json(state["config"]).to_dict(), cfg.to_dict())
         if changed and dist.is_main:
             print(f"resume: the config differs from the checkpoint's in {', '.join(changed)}", flush=True)
@@ -158,8 +213,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[s
     task = build_task(family, model, vocab, cfg.loss, cfg.data.ignore_index).to(device)
     weights = task.loss_weights()
     optimizer = build_optimizer(model, cfg.solver)
-    amp_dtype = _AMP[cfg.precision]
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+    precision = _precision(cfg.precision, device, dist.is_main)
+    amp_dtype = _AMP[precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     start = 0
     torch.manual_seed(cfg.seed + rank)  # per-rank stream (point sampling, drop path)
     if state is not None:
@@ -179,9 +235,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[s
     # Data: an endless, seeded stream; resuming skips the samples already consumed.
     pairs = image_label_pairs(cfg.data)
     sampler = ResumableSampler(len(pairs), micro, cfg.seed, rank, world, start=start * micro * accum)
+    workers = _workers(cfg.workers, world)
+    dataset = TrainDataset(pairs, cfg.augment, cfg.seed, len(vocab), cfg.data.ignore_index)
     loader = torch.utils.data.DataLoader(
-        TrainDataset(pairs, cfg.augment, cfg.seed), batch_sampler=sampler, num_workers=cfg.workers,
-        collate_fn=collate, pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
+        dataset, batch_sampler=sampler, num_workers=workers,
+        collate_fn=collate, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
         generator=torch.Generator(),  # keeps the DataLoader off the global RNG (exact resume)
     )
     batches = iter(loader)
@@ -196,6 +254,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[s
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg.to_json(out_dir / "config.json")
+        names = ", ".join(vocab.names[:5]) + (", ..." if len(vocab) > 5 else "")
+        where = f"{cfg.data.benchmark} {cfg.data.split} in " if cfg.data.benchmark else ""
+        print(f"training {cfg.name or family}: {len(pairs)} images ({where}{cfg.data.root}), {len(vocab)} "
+              f"classes ({names}); device {device}, {world} process(es), {precision}, {workers} data "
+              f"worker(s); iterations {start + 1}..{cfg.solver.iterations} x batch {cfg.solver.batch_size}; "
+              f"writing to {out_dir}",
+              flush=True)
     logger = MetricLogger(out_dir, dist.is_main, cfg.tensorboard, cfg.wandb_project, cfg.to_dict(),
                           resume_from=start if state is not None else None)
     metrics: dict[str, float] = {}
@@ -210,7 +275,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[s
         data_time = 0.0
         for step in range(accum):
             t0 = time.perf_counter()
-            images, labels = next(batches)
+            images, labels = _next_batch(batches)
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             data_time += time.perf_counter() - t0
             # DDP reduces the gradients in the backward of the last micro-batch only
@@ -233,7 +298,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[s
             metrics.update(lr=cfg.solver.lr * factor, grad_norm=float(grad_norm), data_time=data_time,
                            sec_per_iter=elapsed / (done - logged_at))
             logged_at = done
-            logger.log(done, metrics)
+            eta = metrics["sec_per_iter"] * (cfg.solver.iterations - done)
+            logger.log(done, metrics, progress=f"{done}/{cfg.solver.iterations}", suffix=f"eta {_eta(eta)}")
         if done % cfg.checkpoint_period == 0 or done == cfg.solver.iterations:
             rngs = all_gather_object(ckpt.rng_state())  # collective: every rank's random streams
             if dist.is_main:
@@ -250,7 +316,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False) -> dict[s
             barrier()
         if cfg.eval.period and (done % cfg.eval.period == 0 or done == cfg.solver.iterations):
             last_eval = evaluate(model, eval_pairs, eval_vocab, device, eval_data.ignore_index, rank, world,
-                                 cfg.precision, cfg.eval.convention, cfg.eval.options)
+                                 precision, cfg.eval.convention, cfg.eval.options)
             logger.log(done, {f"eval/{k}": v for k, v in last_eval.items()})
 
     final = out_dir / "model_final.safetensors"
