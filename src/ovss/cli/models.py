@@ -21,7 +21,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         state = "random" if spec.source_format == "random" else ("on disk" if is_available(spec) else "-")
         if spec.downloadable:
-            source = f"hf:{spec.hub_repo}/{spec.hub_file}"
+            space = "spaces/" if spec.hub_repo_type == "space" else ""  # a Space's files live under /spaces/
+            source = f"hf:{space}{spec.hub_repo}/{spec.hub_file}"
         else:
             source = "manual download" if spec.source_format != "random" else "built in"
         rows.append((spec.name, spec.family, state, source, spec.license))

@@ -35,7 +35,7 @@ _TITLES = {
     "hf_clip": "a transformers CLIP",
     "ovss": "an ovss (already converted)",
 }
-_FAMILY_NAMES = {"san": "SAN", "catseg": "CAT-Seg", "sed": "SED"}
+_FAMILY_NAMES = {"san": "SAN", "catseg": "CAT-Seg", "catseg_v1": "CAT-Seg v1", "sed": "SED"}
 
 
 def model_formats() -> dict[str, str]:

@@ -136,8 +136,9 @@ def convert(state_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:
     sd = unwrap_checkpoint(state_dict)
     if any(k.startswith("backbone.") or k.endswith("attn.in_proj_weight") for k in sd):
         raise CheckpointMismatchError(
-            "this is a CAT-Seg v1 checkpoint (backbone.* / joint attn.in_proj_weight keys); ovss implements "
-            "the CVPR 2024 version: use model_base.pth or model_large.pth from hamacojr/CAT-Seg-weights"
+            "this looks like a CAT-Seg v1 checkpoint (backbone.* / joint attn.in_proj_weight keys), not a "
+            "CAT-Seg CVPR 2024 one: use a catseg-v1-* model name ('ovss models --all'), or model_base.pth / "
+            "model_large.pth from the Hugging Face Space hamacojr/CAT-Seg-weights"
         )
     masks = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor) and _is_shift_mask(k)}
     bad_masks = [key for key, mask in masks.items() if not _mask_is_derivable(key, mask)]
@@ -150,6 +151,7 @@ def convert(state_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:
         sd,
         _rename,
         "official CAT-Seg CVPR",
-        "pass model_base.pth / model_large.pth (hamacojr/CAT-Seg-weights) or its 'model' state dict",
+        "pass model_base.pth / model_large.pth (Hugging Face Space hamacojr/CAT-Seg-weights) or its 'model' "
+        "state dict",
         skip=masks,
     )
