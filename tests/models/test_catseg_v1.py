@@ -141,3 +141,16 @@ def test_official_slide_is_the_fold_average_of_crops_and_the_global_view() -> No
         glob = resize(resize(glob, (96, 96)).sigmoid(), (160, 160))
     expected = resize((total / count + glob) / 2, (70, 90))
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_class_chunks_give_the_same_scores() -> None:
+    from ovss.layers.resize import assemble_blocks
+
+    model = _small(catseg_v1_tiny_mmseg)
+    text = _text(model, 5)
+    image = torch.rand(1, 3, 50, 70) * 255
+    for mode in ("whole", "slide", "mmseg"):
+        full = model.predict(image, text, (50, 70), (30, 40), inference=mode)
+        blocks = list(model.predict_blocks(image, text, (50, 70), (30, 40), max_elements=1, inference=mode))
+        assert len(blocks) == 5  # one class per block
+        torch.testing.assert_close(assemble_blocks(blocks, (1, 5, 30, 40), torch.float32, "cpu"), full)

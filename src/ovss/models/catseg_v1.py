@@ -24,7 +24,7 @@ global view, logits averaged, no sigmoid).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -52,6 +52,8 @@ from ovss.towers.vit import VisionConfig
 IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
 IMAGENET_STD_255 = (58.395, 57.12, 57.375)
 INFERENCE_MODES = ("whole", "slide", "mmseg")
+# post-processing of one protocol: (classes, output size) -> (B, k, H0, W0) scores of those classes
+Finish = Callable[[slice, tuple[int, int]], torch.Tensor]
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -355,21 +357,23 @@ class CATSegV1(SegmentationModel):
         mode = self._mode(dict(options))
         per_class = images.shape[0] * output_size[0] * output_size[1]
         step = max(1, int(max_elements) // max(per_class, 1))
-        if mode == "whole":
-            maps, finish = self._whole(images, text, image_size)
-        elif mode == "slide":
-            maps, finish = self._slide(images, text, image_size)
-        else:
-            maps, finish = self._mmseg(images, text, image_size)
-        for start in range(0, maps.shape[1], step):
-            yield start, 0, finish(maps[:, start : start + step], tuple(output_size))
+        run = {"whole": self._whole, "slide": self._slide, "mmseg": self._mmseg}[mode]
+        k, finish = run(images, text, image_size)
+        for start in range(0, k, step):  # post-processing per chunk of classes: bounded memory, exact
+            yield start, 0, finish(slice(start, min(start + step, k)), tuple(output_size))
 
-    def _whole(self, images: torch.Tensor, text: torch.Tensor, image_size: tuple[int, int]):
+    def _whole(
+        self, images: torch.Tensor, text: torch.Tensor, image_size: tuple[int, int]
+    ) -> tuple[int, Finish]:
         """Pad-to-32 image stretched to 384 -> sigmoid -> crop to the valid size (a no-op above 96 px)
         -> bilinear resize (detectron2 ``sem_seg_postprocess``)."""
         logits = self.logits(*self.inputs(images, image_size), text, self.config.pooling_test)
-        probs = logits[..., : image_size[0], : image_size[1]].float().sigmoid()
-        return probs, _resize
+        logits = logits[..., : image_size[0], : image_size[1]]
+
+        def finish(classes: slice, size: tuple[int, int]) -> torch.Tensor:
+            return _resize(logits[:, classes].float().sigmoid(), size)
+
+        return logits.shape[1], finish
 
     def slide_corners(self, height: int, width: int, crop: int, stride: int) -> list[tuple[int, int]]:
         """Top-left corners (y, x) of the crops, row-major; the last row/column is aligned to the
@@ -381,7 +385,9 @@ class CATSegV1(SegmentationModel):
 
         return [(y, x) for y in starts(height) for x in starts(width)]
 
-    def _slide(self, images: torch.Tensor, text: torch.Tensor, image_size: tuple[int, int]):
+    def _slide(
+        self, images: torch.Tensor, text: torch.Tensor, image_size: tuple[int, int]
+    ) -> tuple[int, Finish]:
         """Official v1 sliding window: canvas 640x640, 4 crops of 384 at stride 256 + a global view;
         per-view logits resized to 384 and passed through a sigmoid, crops fold-averaged on the
         canvas, averaged with the global view resized to the canvas, resized to the output."""
@@ -393,46 +399,58 @@ class CATSegV1(SegmentationModel):
         corners = self.slide_corners(size, size, crop, c.slide_stride)
         views = [canvas[..., y : y + crop, x : x + crop] for y, x in corners] + [_resize(valid, (crop, crop))]
         batch = torch.stack(views, dim=1).flatten(0, 1)  # (B * V, 3, crop, crop), image-major
-        logits = self.logits(*self.inputs(batch), text, c.pooling_test).float()
-        probs = _resize(logits, (crop, crop)).sigmoid().unflatten(0, (b, len(views)))  # (B, V, K, c, c)
-        total = probs.new_zeros(b, probs.shape[2], size, size)
-        count = probs.new_zeros(1, 1, size, size)
-        for i, (y, x) in enumerate(corners):
-            total[..., y : y + crop, x : x + crop] += probs[:, i]
+        logits = self.logits(*self.inputs(batch), text, c.pooling_test)  # (B * V, K, h, w)
+        count = logits.new_zeros(1, 1, size, size, dtype=torch.float32)
+        for y, x in corners:
             count[..., y : y + crop, x : x + crop] += 1
-        merged = (total / count + _resize(probs[:, -1], (size, size))) / 2.0
-        return merged, _resize
 
-    def _mmseg(self, images: torch.Tensor, text: torch.Tensor, image_size: tuple[int, int]):
+        def finish(classes: slice, out: tuple[int, int]) -> torch.Tensor:
+            probs = _resize(logits[:, classes].float(), (crop, crop)).sigmoid().unflatten(0, (b, len(views)))
+            total = probs.new_zeros(b, probs.shape[2], size, size)
+            for i, (y, x) in enumerate(corners):
+                total[..., y : y + crop, x : x + crop] += probs[:, i]
+            return _resize((total / count + _resize(probs[:, -1], (size, size))) / 2.0, out)
+
+        return logits.shape[1], finish
+
+    def _mmseg(
+        self, images: torch.Tensor, text: torch.Tensor, image_size: tuple[int, int]
+    ) -> tuple[int, Finish]:
         """mmseg port: cv2 resize to short side 512 -> crops of 384 at stride 384 (last row/column
         aligned to the border) -> per-crop logits resized to the crop -> averaged where crops overlap
         -> bilinear resize to the output; no sigmoid."""
         c = self.config
+        b = images.shape[0]
         valid = images[..., : image_size[0], : image_size[1]]
         hr, wr = mmcv_rescale_size(image_size[0], image_size[1], c.mmseg_scale)
         canvas = cv2_resize_linear(valid, (hr, wr)).to(images.dtype)
         crop = c.slide_crop
-        corners = self.slide_corners(hr, wr, crop, c.slide_stride)
-        boxes = [(y, x, min(y + crop, hr), min(x + crop, wr)) for y, x in corners]
-        shapes = {(y2 - y1, x2 - x1) for y1, x1, y2, x2 in boxes}
-        b = images.shape[0]
-        per_view = []
-        for shape in shapes:  # crops of one size run as one batch (all of them unless the image is small)
+        boxes = [
+            (y, x, min(y + crop, hr), min(x + crop, wr))
+            for y, x in self.slide_corners(hr, wr, crop, c.slide_stride)
+        ]
+        views: dict[int, torch.Tensor] = {}
+        for shape in sorted({(y2 - y1, x2 - x1) for y1, x1, y2, x2 in boxes}):  # one batch per crop size
             idx = [i for i, (y1, x1, y2, x2) in enumerate(boxes) if (y2 - y1, x2 - x1) == shape]
             batch = torch.cat(
                 [canvas[..., boxes[i][0] : boxes[i][2], boxes[i][1] : boxes[i][3]] for i in idx]
             )
             # the port feeds the 384 crop to the backbone unresized; inputs() resizes only other sizes
-            out = _resize(self.logits(*self.inputs(batch), text, c.pooling_test).float(), shape)
-            per_view += list(zip(idx, out.unflatten(0, (len(idx), b)).unbind(0)))
-        per_view.sort(key=lambda item: item[0])
-        total = per_view[0][1].new_zeros(b, per_view[0][1].shape[1], hr, wr)
-        count = total.new_zeros(1, 1, hr, wr)
-        for i, logit in per_view:
-            y1, x1, y2, x2 = boxes[i]
-            total[..., y1:y2, x1:x2] += logit
+            out = self.logits(*self.inputs(batch), text, c.pooling_test).unflatten(0, (len(idx), b))
+            views.update(zip(idx, out.unbind(0)))
+        count = canvas.new_zeros(1, 1, hr, wr, dtype=torch.float32)
+        for y1, x1, y2, x2 in boxes:
             count[..., y1:y2, x1:x2] += 1
-        return total / count, _resize
+
+        def finish(classes: slice, out: tuple[int, int]) -> torch.Tensor:
+            total = None
+            for i, (y1, x1, y2, x2) in enumerate(boxes):
+                logit = _resize(views[i][:, classes].float(), (y2 - y1, x2 - x1))
+                total = logit.new_zeros(b, logit.shape[1], hr, wr) if total is None else total
+                total[..., y1:y2, x1:x2] += logit
+            return _resize(total / count, out)
+
+        return views[0].shape[1], finish
 
 
 # ---------------------------------------------------------------------------------------- builders
