@@ -11,7 +11,7 @@ def test_names_unique_and_well_formed():
     names = [s.name for s in WEIGHTS]
     assert len(names) == len(set(names))
     for spec in WEIGHTS:
-        assert spec.family in {"san", "catseg", "sed"}
+        assert spec.family in {"san", "catseg", "sed", "catseg_v1"}
         assert spec.license and spec.origin and spec.description
         if spec.source_format == "random":
             assert spec.name.startswith("test-")
