@@ -64,6 +64,7 @@ def server(tmp_path_factory):
     command = [
         *(sys.executable, "-m", "ovss.cli.main", "demo", "--model", "test-san-tiny", "--port", str(port)),
         *("--examples", str(DATA_DIR), "--keep-files", str(KEEP_FILES_S), "--max-classes", str(MAX_CLASSES)),
+        *("--max-upload-mb", "1"),
     ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -138,6 +139,13 @@ def test_demo_api_client_and_upload_cleanup(server, tmp_path):
         )
     with pytest.raises(Exception, match=r"the weights of san-vit-b16 are not on this server"):
         client.predict(image=handle_file(str(photo)), classes="cat", model="san-vit-b16", api_name="/segment")
+    # An upload over --max-upload-mb is refused by the server itself and not kept.
+    import httpx
+
+    too_big = {"files": ("too-big.jpg", b"\xff" * (2**20 + 1), "image/jpeg")}
+    response = httpx.post(f"{url}gradio_api/upload", files=too_big, timeout=60)
+    assert response.status_code == 413 and "maximum allowed size of 1048576 bytes" in response.text
+    assert not list(cache.rglob("too-big*"))
     # Uploads and results leave the server's cache after --keep-files seconds (examples stay).
     uploaded = list(cache.rglob("upload-check*"))
     assert uploaded, "the upload was not found in the server's cache"
