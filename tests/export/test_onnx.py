@@ -1,68 +1,151 @@
+"""ONNX export: one file runs any vocabulary size K, with the numbers of eager PyTorch."""
+
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("onnxruntime")
+
+import onnxruntime as ort
 
 import ovss
 from ovss.cli.main import main
 from ovss.errors import OvssError
-from ovss.export.onnx import export_onnx
+from ovss.export.onnx import export_onnx, random_text
+from ovss.models.build import build_model
+from ovss.models.catseg import catseg_tiny
 
-CASES = [("test-san-tiny", {}), ("test-catseg-tiny", {"inference": "whole"}), ("test-sed-tiny", {})]
-
-
-@pytest.mark.parametrize(("name", "options"), CASES, ids=[c[0] for c in CASES])
-def test_export_matches_eager(name, options, tmp_path):
-    seg = ovss.load(name)
-    seg.set_vocabulary("person; car; road")
-    report = export_onnx(seg.model, seg.text_embeddings, tmp_path / "m.onnx", size=(64, 96), **options)
-    assert report["rel_err"] < 1e-4, report
+SIZE = (64, 96)
 
 
-@pytest.mark.parametrize(("name", "options"), CASES, ids=[c[0] for c in CASES])
-def test_export_with_another_vocabulary_size(name, options, tmp_path):
-    import numpy as np
-    import onnxruntime as ort
-    import torch
+def _catseg(**overrides: object):
+    """Tiny CAT-Seg at a 96 px CLIP input (fast); ``pad_len`` overridable to test the class budget."""
+    torch.manual_seed(0)
+    extra = (f"{k}={v}" for k, v in overrides.items())
+    return build_model(catseg_tiny().override("clip_resolution=96", *extra))
 
-    seg = ovss.load(name)
-    seg.set_vocabulary("a; b")
-    export_onnx(seg.model, seg.text_embeddings, tmp_path / "m.onnx", size=(64, 64), check=False, **options)
-    seg.set_vocabulary("a; b; c; d; e")  # K is a dynamic axis
-    images = torch.randn(1, 3, 64, 64)
-    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {"images": images.numpy(), "text": seg.text_embeddings.numpy()})
+
+def _text(model, k: int) -> torch.Tensor:
+    """(k, ...) text embeddings of k made-up classes in the model's layout."""
+    seg = ovss.Segmenter(model)
+    seg.set_vocabulary([f"class {i}" for i in range(k)])
+    return seg.text_embeddings
+
+
+def _run(path, images: torch.Tensor, text: torch.Tensor) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"images": images.numpy(), "text": text.numpy()})[0]
+
+
+def _eager(model, images, text, size, **options) -> np.ndarray:
     with torch.no_grad():
-        ref = seg.model.predict(images, seg.text_embeddings, (64, 64), (64, 64), **options).numpy()
-    assert out.shape == (1, 5, 64, 64)
-    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < 1e-4
+        return model.predict(images, text, size, size, **options).numpy()
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# (model factory, options, K values checked): traced at K = 3; K below, at and above it.
+FAMILIES = {
+    "san": (lambda: ovss.load("test-san-tiny").model, {}, (1, 3, 7, 40)),
+    "sed": (lambda: ovss.load("test-sed-tiny").model, {}, (1, 3, 7)),
+    # pad_len=4: K = 1, 3 below the class budget, 4 at it, 7 above it (top-4 per image, -100 logits else)
+    "catseg-whole": (lambda: _catseg(pad_len=4), {"inference": "whole"}, (1, 3, 4, 7)),
+    "catseg-slide": (lambda: _catseg(pad_len=4), {"inference": "slide"}, (1, 3, 7)),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_one_file_runs_every_vocabulary_size(family, tmp_path):
+    factory, options, ks = FAMILIES[family]
+    model = factory()
+    text = _text(model, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the expected tracer/exporter warnings are silenced, no others
+        report = export_onnx(model, text, tmp_path / "m.onnx", size=SIZE, check_classes=ks, **options)
+    assert report["classes"] == list(ks) and report["rel_err"] < 1e-4, report
+    images = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(1))  # another image too
+    for k in (2, 9):
+        t = random_text(text, k, seed=10 + k)
+        out = _run(tmp_path / "m.onnx", images, t)
+        assert out.shape == (1, k, *SIZE)
+        assert _rel(out, _eager(model, images, t, SIZE, **options)) < 1e-4
+
+
+def test_catseg_above_the_256_class_budget(tmp_path):
+    """Traced at K = 3 (padding branch), run at K = 300: each image keeps its top 256 classes."""
+    model = _catseg()
+    assert model.config.pad_len == 256
+    text = _text(model, 3)
+    path = tmp_path / "m.onnx"
+    report = export_onnx(model, text, path, size=SIZE, check_classes=(3, 300), inference="whole")
+    assert report["rel_err"] < 1e-4, report
+    images = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(2))
+    t = random_text(text, 300, seed=3)
+    out = _run(tmp_path / "m.onnx", images, t)
+    ref = _eager(model, images, t, SIZE, inference="whole")
+    dropped = (ref < 1e-30).all(axis=(2, 3))  # sigmoid(-100): the 44 classes outside the budget
+    assert out.shape == (1, 300, *SIZE) and dropped.sum() == 300 - 256
+    assert _rel(out, ref) < 1e-4
+
+
+def test_default_size_640(tmp_path):
+    seg = ovss.load("test-san-tiny")
+    seg.set_vocabulary("a; b; c")
+    report = export_onnx(seg.model, seg.text_embeddings, tmp_path / "m.onnx", size=(640, 640))
+    assert report["classes"] == [1, 3, 8] and report["rel_err"] < 1e-4, report
+
+
+def test_sed_fast_mode_is_refused(tmp_path):
+    seg = ovss.load("test-sed-tiny")
+    seg.set_vocabulary("a; b")
+    with pytest.raises(OvssError, match="SED fast mode .* cannot be exported to ONNX; export without --fast"):
+        export_onnx(seg.model, seg.text_embeddings, tmp_path / "m.onnx", size=SIZE, fast=True)
 
 
 def test_export_size_must_fit_the_model(tmp_path):
     seg = ovss.load("test-san-tiny")
     seg.set_vocabulary("a")
-    with pytest.raises(OvssError, match="multiple of 32"):
+    with pytest.raises(OvssError, match=r"multiples of 32 \(H W\); e\.g\. --size 64 64$"):
         export_onnx(seg.model, seg.text_embeddings, tmp_path / "m.onnx", size=(50, 64))
 
 
 def test_export_cli(tmp_path, capsys):
     out = tmp_path / "san.onnx"
-    assert (
-        main(
-            [
-                "export",
-                "--model",
-                "test-san-tiny",
-                "--classes",
-                "a; b",
-                "--size",
-                "64",
-                "64",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    assert out.is_file() and "onnxruntime vs eager" in capsys.readouterr().out
+    argv = ["export", "--model", "test-san-tiny", "--classes", "a; b", "--size", "64", "64"]
+    argv += ["--out", str(out)]
+    assert main(argv) == 0
+    assert out.is_file()
+    assert "onnxruntime vs eager at K = 1, 2, 7: max abs err" in capsys.readouterr().out
+
+
+def test_export_cli_size_error_suggests_a_pair(tmp_path, capsys):
+    argv = ["export", "--model", "test-san-tiny", "--size", "500", "700", "--out", str(tmp_path / "m.onnx")]
+    assert main(argv) == 1
+    assert capsys.readouterr().err.strip().endswith("e.g. --size 512 704")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_cli_inference_is_catseg_only(tmp_path, capsys):
+    argv = ["export", "--model", "test-san-tiny", "--inference", "slide", "--out", str(tmp_path / "m.onnx")]
+    assert main(argv) == 1
+    assert "--inference is a CAT-Seg option" in capsys.readouterr().err
+
+
+def test_export_help_is_complete(capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "The vocabulary size K is dynamic" in text
+    for expected in (
+        "ONNX opset version (default: 18)",
+        "(default: the model's test size, 640 640)",
+        '(default: "object; background")',
+        "CAT-Seg: the inference protocol baked into the graph (default: whole)",
+    ):
+        assert expected in text

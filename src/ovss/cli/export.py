@@ -1,23 +1,35 @@
-"""``ovss export --model NAME --classes "..." --out model.onnx``: ONNX export with a runtime check."""
+"""``ovss export --model NAME --out model.onnx``: ONNX export with a runtime check."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+DESCRIPTION = """\
+Export a model's score map to ONNX. The graph takes 'images' (1, 3, H, W), CLIP-normalised float32
+at the size fixed here (one image per run), and 'text' (K, ...) text embeddings from ovss (the text
+tower is not exported), and returns 'scores' (1, K, H, W); the label map is their argmax over K. The vocabulary
+size K is dynamic: any number of classes runs on the same file. CAT-Seg exports its whole-image
+mode unless --inference slide; SED exports its normal (all-class) inference. Unless --no-check,
+the file is run with onnxruntime against eager PyTorch at K = 1, the traced K and K + 5."""
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="export a model to ONNX (text embeddings are an input)",
+        help="export a model to ONNX (text embeddings are an input; any number of classes)",
+        description=DESCRIPTION,
         epilog='example: ovss export --model san-vit-b16 --classes "cat; dog" --size 640 640 --out san.onnx',
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, help="model name or checkpoint path")
-    p.add_argument("--weights", default=None, help="local checkpoint file for --model")
+    p.add_argument(
+        "--weights", default=None, help="local checkpoint file for --model (official or converted)"
+    )
     p.add_argument(
         "--classes",
         default="object; background",
-        help="example vocabulary used for tracing (K stays dynamic)",
+        help='example vocabulary used for tracing; K stays dynamic (default: "object; background")',
     )
     p.add_argument(
         "--size",
@@ -25,32 +37,51 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         nargs=2,
         default=None,
         metavar=("H", "W"),
-        help="input size baked into the graph (default: the model's test size)",
+        help="input size baked into the graph, multiples of the model's padding (32) "
+        "(default: the model's test size, 640 640)",
     )
-    p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--out", type=Path, required=True, help="output .onnx file")
-    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    p.add_argument(
+        "--inference",
+        default=None,
+        choices=["whole", "slide"],
+        help="CAT-Seg: the inference protocol baked into the graph (default: whole)",
+    )
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default: 18)")
+    p.add_argument("--out", type=Path, required=True, help="output .onnx file (written atomically)")
+    p.add_argument(
+        "--no-check",
+        action="store_true",
+        help="skip the onnxruntime vs eager comparison (default: check at three vocabulary sizes)",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ovss.api.segmenter import load
+    from ovss.cli.common import ensure_writable_file
+    from ovss.errors import OvssError
     from ovss.export.onnx import export_onnx
 
+    ensure_writable_file(args.out)  # before the model loads
     seg = load(args.model, weights=args.weights)
-    seg.set_vocabulary(args.classes)
     cfg = seg.model.config
+    options = {}
+    if hasattr(cfg, "inference"):  # CAT-Seg
+        options["inference"] = args.inference or "whole"
+    elif args.inference:
+        raise OvssError(f"--inference is a CAT-Seg option; {args.model} has no inference modes, remove it")
+    seg.set_vocabulary(args.classes)
     size = tuple(args.size) if args.size else (cfg.test_resize.size, cfg.test_resize.size)
     report = export_onnx(
-        seg.model, seg.text_embeddings.cpu(), args.out, size=size, opset=args.opset, check=not args.no_check
+        seg.model, seg.text_embeddings.cpu(), args.out, size=size, opset=args.opset, check=not args.no_check,
+        **options,
     )
-    print(
-        f"wrote {args.out}"
-        + (
-            f" (onnxruntime vs eager: max abs err {report['max_abs_err']:.2e}, "
+    check = ""
+    if report:
+        ks = ", ".join(str(k) for k in report["classes"])
+        check = (
+            f" (onnxruntime vs eager at K = {ks}: max abs err {report['max_abs_err']:.2e}, "
             f"rel err {report['rel_err']:.2e})"
-            if report
-            else ""
         )
-    )
+    print(f"wrote {args.out}{check}")
     return 0

@@ -1,26 +1,44 @@
-"""ONNX export: the model's own ``predict`` traced at a fixed image size, text embeddings as an input.
+"""ONNX export: the model's own score map traced at a fixed image size, text embeddings as an input.
 
-The exported graph takes ``images`` (B, 3, H, W) CLIP-normalised float32 at the size it was exported
-with and ``text`` (K, ...) from ``encode_text`` (K dynamic), and returns ``scores`` (B, K, H, W). The text
-tower is not exported: embed a vocabulary once with ovss (or export it separately) and feed it.
+The exported graph takes ``images`` (1, 3, H, W) CLIP-normalised float32 at the size it was exported
+with (one image per run) and ``text`` (K, ...) from ``encode_text``, and returns ``scores``
+(1, K, H, W). The text tower is not exported: embed a vocabulary once with ovss (or export it
+separately) and feed it.
+
+The vocabulary size K is a true dynamic axis: the graph is traced through a path whose shapes do
+not depend on K. Eager inference streams the score map in blocks sized from K (bands of rows,
+chunks of classes) to bound memory; a traced graph would freeze those sizes, so the export asks for
+the whole map as one block (:data:`EXPORT_ELEMENTS`), and the models take their tracing branches
+(``torch.jit.is_tracing()``): CAT-Seg always selects its top-``min(K, 256)`` classes and pads the
+class attention by a traced count (0 at or above the budget), and runs its decoder on all classes at
+once. The numbers equal eager ``predict`` (to float32 rounding) for every K; :func:`check_onnx`
+verifies this at several K (below, at and above the traced one).
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ovss.errors import OvssError, missing_dependency
+from ovss.layers.resize import assemble_blocks
 from ovss.models.base import SegmentationModel
 from ovss.utils import atomic_write
 
+# Block budget used while tracing: larger than any score map, so every model yields one block whose
+# shape is (B, K, H, W) whatever K (band/chunk sizes computed from K would be frozen into the graph).
+EXPORT_ELEMENTS = 1 << 62
+
 
 class _PredictWrapper(nn.Module):
-    """Calls ``model.predict`` with a fixed valid/output size (the export input size)."""
+    """The whole (B, K, H, W) score map in one block, at a fixed valid/output size (the export size)."""
 
     def __init__(self, model: SegmentationModel, size: tuple[int, int], options: dict[str, Any]) -> None:
         super().__init__()
@@ -29,7 +47,34 @@ class _PredictWrapper(nn.Module):
         self.options = options
 
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.model.predict(images, text, self.size, self.size, **self.options)
+        size, options = self.size, self.options
+        blocks = self.model.predict_blocks(images, text, size, size, EXPORT_ELEMENTS, **options)
+        shape = (images.shape[0], text.shape[0], *self.size)
+        return assemble_blocks(blocks, shape, images.dtype, images.device)
+
+
+def suggest_size(size: Sequence[int], div: int) -> str:
+    """``"--size H W"`` with each side rounded up to a multiple of ``div`` (for error messages)."""
+    h, w = (max(div, -(-int(s) // div) * div) for s in size)
+    return f"--size {h} {w}"
+
+
+def export_options(model: SegmentationModel, options: dict[str, Any]) -> dict[str, Any]:
+    """The model options fixed in the graph; refuses those a fixed graph cannot express.
+
+    SED's category early rejection (``fast=True``) keeps a data-dependent number of classes per
+    image, so it is not exportable; the exported SED graph is its normal (all-class) inference.
+    """
+    options = dict(options)
+    if hasattr(model.config, "fast_inference"):  # SED
+        if options.get("fast"):
+            raise OvssError(
+                "SED fast mode (category early rejection) keeps a data-dependent set of classes and "
+                "cannot be exported to ONNX; export without --fast (the graph runs all classes)"
+            )
+        options["fast"] = False
+        options.pop("topk", None)
+    return options
 
 
 def export_onnx(
@@ -39,36 +84,50 @@ def export_onnx(
     size: tuple[int, int] = (640, 640),
     opset: int = 18,
     check: bool = True,
+    check_classes: Sequence[int] | None = None,
     **options: Any,
-) -> dict[str, float]:
-    """Export ``model.predict`` to ONNX and (optionally) check it against eager PyTorch.
+) -> dict[str, Any]:
+    """Export the model's score map to ONNX and (optionally) check it against eager PyTorch.
 
     Args:
-        model: a float32 segmentation model in eval mode.
+        model: a float32 segmentation model (put in eval mode here).
         text: (K, ...) example text embeddings (from ``model.encode_text``); K stays dynamic.
         path: output ``.onnx`` file (written atomically).
-        size: (H, W) input size baked into the graph; must be a multiple of the model's size divisibility.
-        opset: ONNX opset.
-        check: run the file with onnxruntime on a random image and compare with eager.
+        size: (H, W) input size baked into the graph; a multiple of the model's size divisibility.
+        opset: ONNX opset version.
+        check: run the file with onnxruntime and compare with eager at several K (see ``check_onnx``).
+        check_classes: the K values checked (default: 1, the traced K and K + 5).
         options: model options fixed at export (e.g. ``inference="whole"``).
 
     Returns:
-        ``{"max_abs_err": ..., "rel_err": ...}`` of the onnxruntime check (empty without check).
+        ``{"max_abs_err": ..., "rel_err": ..., "classes": [...]}``: the worst errors over the checked K
+        (empty without check).
     """
     try:
         import onnx  # noqa: F401
     except ImportError:
         raise missing_dependency("onnx", "export") from None
     div = max(model.config.size_divisibility, 1)
-    if size[0] % div or size[1] % div:
-        raise OvssError(f"export size {size} must be a multiple of {div}; e.g. --size {div * 20}")
-    wrapper = _PredictWrapper(model.eval(), size, options).eval()
-    images = torch.randn(1, 3, *size)
-    text = text.detach().float()
+    if len(size) != 2 or min(size) <= 0 or size[0] % div or size[1] % div:
+        raise OvssError(
+            f"export size {tuple(size)} must be two positive multiples of {div} (H W); "
+            f"e.g. {suggest_size(size if len(size) == 2 else (640, 640), div)}"
+        )
+    size = (int(size[0]), int(size[1]))
+    wrapper = _PredictWrapper(model.eval(), size, export_options(model, options)).eval()
+    images = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    text = text.detach().float().cpu()
     path = Path(path)
 
     def write(tmp: Path) -> None:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # Expected and harmless here: the image size is fixed at export, so the sizes derived from
+            # it are constants (TracerWarning); the TorchScript exporter is chosen on purpose
+            # (DeprecationWarning); a strided slice is not constant-folded (an optimisation notice).
+            # That the K axis stays dynamic is verified by check_onnx at several K, and by the tests.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
             torch.onnx.export(
                 wrapper,
                 (images, text),
@@ -83,21 +142,54 @@ def export_onnx(
     atomic_write(path, write)
     if not check:
         return {}
-    return check_onnx(wrapper, path, images, text)
+    k = text.shape[0]
+    classes = list(check_classes) if check_classes is not None else sorted({1, k, k + 5})
+    return check_onnx(wrapper, path, images, text, classes)
 
 
-def check_onnx(wrapper: nn.Module, path: Path, images: torch.Tensor, text: torch.Tensor) -> dict[str, float]:
-    """Compare onnxruntime output of ``path`` with eager ``wrapper`` on the given inputs."""
+def random_text(like: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """(k, ...) random text embeddings in the layout of ``like``, unit norm along the last axis."""
+    x = torch.randn(k, *like.shape[1:], generator=torch.Generator().manual_seed(seed))
+    return F.normalize(x, dim=-1)
+
+
+def check_onnx(
+    wrapper: nn.Module,
+    path: Path,
+    images: torch.Tensor,
+    text: torch.Tensor,
+    classes: Sequence[int] = (),
+) -> dict[str, Any]:
+    """Compare onnxruntime output of ``path`` with eager ``wrapper``, at the given K and other K.
+
+    Args:
+        wrapper: the module that was exported.
+        path: the ``.onnx`` file.
+        images: (B, 3, H, W) input at the export size.
+        text: (K, ...) text embeddings (used for K itself).
+        classes: vocabulary sizes to run; sizes other than K use random unit text embeddings.
+
+    Returns:
+        the worst ``max_abs_err`` and ``rel_err`` (Frobenius norm of the difference over that of the
+        eager map) over the checked sizes, and ``classes``. A wrong output shape raises OvssError.
+    """
     try:
         import onnxruntime as ort
     except ImportError:
         raise missing_dependency("onnxruntime", "export") from None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (ort_out,) = session.run(None, {"images": images.numpy(), "text": text.numpy()})
-    with torch.no_grad():
-        ref = wrapper(images, text).numpy()
-    err = np.abs(ort_out - ref)
-    return {
-        "max_abs_err": float(err.max()),
-        "rel_err": float(np.linalg.norm(ort_out - ref) / np.linalg.norm(ref)),
-    }
+    worst = {"max_abs_err": 0.0, "rel_err": 0.0}
+    for k in classes or [text.shape[0]]:
+        t = text if k == text.shape[0] else random_text(text, k, seed=k)
+        (ort_out,) = session.run(None, {"images": images.numpy(), "text": t.numpy()})
+        with torch.no_grad():
+            ref = wrapper(images, t).numpy()
+        if ort_out.shape != ref.shape:
+            raise OvssError(
+                f"the exported graph gives scores of shape {ort_out.shape} for K={k} classes, eager "
+                f"PyTorch {ref.shape}; please report this bug"
+            )
+        worst["max_abs_err"] = max(worst["max_abs_err"], float(np.abs(ort_out - ref).max()))
+        rel = float(np.linalg.norm(ort_out - ref) / max(np.linalg.norm(ref), 1e-30))
+        worst["rel_err"] = max(worst["rel_err"], rel)
+    return {**worst, "classes": list(classes or [text.shape[0]])}
