@@ -105,7 +105,7 @@ def test_resume_with_other_settings_is_refused(voc20_root, tmp_path):
 
     seg = ovss.load("test-san-tiny")
     _run(seg, voc20_root, tmp_path / "out", limit=1)
-    with pytest.raises(DatasetError, match="other settings"):
+    with pytest.raises(DatasetError, match=r"made with other .*image count \(--limit\); pass another --out"):
         _run(seg, voc20_root, tmp_path / "out", limit=2)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,18 @@ OPTION_FAMILY = {
 FAMILY_NAMES = {"san": "SAN", "catseg": "CAT-Seg", "sed": "SED", "catseg_v1": "CAT-Seg v1"}
 
 
+_LITERAL = re.compile(r"``(.+?)``")  # reST inline literals in module docstrings used as descriptions
+
+
 class DefaultsFormatter(argparse.HelpFormatter):
-    """Help that shows each option's default (unless its help already states one, or it has none)."""
+    """Help that shows each option's default (unless its help already states one, or it has none)
+    and prints reST ````literals```` of descriptions as plain text."""
+
+    def _format_text(self, text: str) -> str:
+        return super()._format_text(_LITERAL.sub(r"\1", text))
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
+        text = _LITERAL.sub(r"\1", action.help or "")
         default = action.default
         if (
             "default" in text.lower()
@@ -181,4 +189,20 @@ def ensure_writable_dir(path: str | Path, flag: str = "--out") -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
         raise OutputPathError(f"{flag} {path} {what}; pass a folder you can write to")
+    return path
+
+
+def ensure_writable_file(path: str | Path, flag: str = "--out") -> Path:
+    """Check, before any work, that the file ``path`` can be written (its folder exists and is
+    writable, or can be created). Nothing is created.
+
+    Raises:
+        OutputPathError: ``path`` is a folder, or its folder cannot be written or created.
+    """
+    from ovss.errors import OutputPathError
+
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{flag} {path} is a folder; pass a file path (e.g. {path / 'model.onnx'})")
+    ensure_writable_dir(path.parent if str(path.parent) else Path("."), flag=f"{flag} {path}: the folder")
     return path

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 from ovss import __version__
@@ -30,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ovss {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from ovss.cli.common import Parser
+
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name in _COMMANDS:
         try:
             module = importlib.import_module(f"ovss.cli.{name}")
@@ -39,7 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # subcommand not shipped in this build
         module.add_parser(sub)
+    helps = {a.dest: a.help for a in sub._choices_actions}
+    for name, command in sub.choices.items():
+        if not command.description and helps.get(name):  # every command describes itself
+            command.description = helps[name][0].upper() + helps[name][1:] + "."
+        # --debug is accepted after the subcommand too (``ovss segment ... --debug``)
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show full tracebacks on errors")
     return parser
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Print a warning as ``ovss: warning: MESSAGE`` (no file, line or category for CLI users)."""
+    text = " ".join(str(message).split())
+    print(f"ovss: warning: {text}", file=file or sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return int(args.run(args) or 0)
     except OvssError as e:
         if args.debug:
             raise

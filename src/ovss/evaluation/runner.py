@@ -10,6 +10,7 @@ single-process run.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -26,7 +27,7 @@ from ovss.utils import atomic_write, atomic_write_text
 
 CONVENTIONS = ("detectron2", "mmseg")
 # Class-name lists each family was evaluated with officially (see ovss.data.catalog).
-FAMILY_VARIANT = {"san": "san", "catseg": "catseg", "sed": "catseg"}
+FAMILY_VARIANT = {"san": "san", "catseg": "catseg", "sed": "catseg", "catseg_v1": "catseg"}
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -90,6 +91,9 @@ def evaluate(
     state_path = folder / f"state-rank{rank}-of{world}.pt"
     fingerprint = {
         "model": segmenter.name,
+        "weights": weights_digest(segmenter),
+        "classes": _digest(json.dumps(classes)),
+        "data": data_digest(data, total),
         "dataset": data.name,
         "total": total,
         "world": world,
@@ -140,13 +144,55 @@ def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total + initial, initial=initial, desc=desc, unit="img", disable=not enabled)
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def weights_digest(segmenter: Any) -> str:
+    """What identifies the weights: the digest they were loaded with, else a hash of the state dict."""
+    digest = getattr(segmenter, "digest", "")
+    model = getattr(segmenter, "model", None)
+    if digest or model is None:
+        return digest
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode("utf-8"))
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def data_digest(data: Any, total: int) -> str:
+    """Hash of the first ``total`` (image, label) pairs: resolved paths, sizes and modification times."""
+    h = hashlib.sha256()
+    for image, label in data.items[:total]:
+        for path in (image, label):
+            try:
+                stat = Path(path).stat()
+                facts = f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+            except OSError:
+                facts = f"{path}|missing"
+            h.update(facts.encode("utf-8") + b"\n")
+    return h.hexdigest()[:16]
+
+
+_WHAT = {"model": "model", "weights": "weights", "classes": "class list", "data": "data (files, sizes)",
+         "dataset": "dataset", "total": "image count (--limit)", "world": "number of processes",
+         "options": "inference options", "dtype": "--dtype"}
+
+
 def _resume(path: Path, fingerprint: dict[str, Any], matrix: ConfusionMatrix) -> set[int]:
     if not path.is_file():
         return set()
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("fingerprint") != json.dumps(fingerprint, sort_keys=True):
+        try:
+            old = json.loads(state.get("fingerprint", "{}"))
+        except (TypeError, json.JSONDecodeError):
+            old = {}
+        changed = [_WHAT.get(k, k) for k in fingerprint if old.get(k) != fingerprint[k]] or ["settings"]
         raise DatasetError(
-            f"{path} belongs to an evaluation with other settings; use another --out or delete {path.parent}"
+            f"{path.parent} holds a partial evaluation made with other {', '.join(changed)}; pass another "
+            f"--out, or delete {path.parent} to start over"
         )
     matrix.load_state_dict(state["matrix"])
     return set(state["done"].tolist())

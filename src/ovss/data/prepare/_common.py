@@ -113,7 +113,8 @@ def check_found(spec: BenchmarkSpec, split: str, found: int, where: Path, check_
     if check_counts and found != expected:
         raise DatasetError(
             f"found {found} {split} images for {spec.name} under {where}, expected {expected}; the "
-            "download is incomplete or the folder is wrong (disable the count check for partial data)"
+            "download is incomplete or the folder is wrong (pass --no-count-check, or check_counts=False, "
+            "to prepare partial data)"
         )
 
 

@@ -1,0 +1,82 @@
+"""``ovss eval --out R`` resumes only the same evaluation: same weights, class list and data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ovss.cli.main import main
+
+
+@pytest.fixture
+def small_model(monkeypatch):
+    """``ovss eval`` runs test-san-tiny at a 64-pixel short side (fast)."""
+    import ovss.cli.eval as eval_cli
+    from ovss.models.base import ResizeConfig
+
+    original = eval_cli.load_segmenter
+
+    def load(args):
+        seg = original(args)
+        seg.model.config.test_resize = ResizeConfig(size=64, max_size=256)
+        return seg
+
+    monkeypatch.setattr(eval_cli, "load_segmenter", load)
+
+
+def _folder(root: Path, seed: int = 0, size: int = 32) -> Path:
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "labels").mkdir(parents=True, exist_ok=True)
+    for i in range(2):
+        image = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+        Image.fromarray(image).save(root / "images" / f"{i}.png")
+        Image.fromarray(rng.integers(0, 3, (size, size), dtype=np.uint8)).save(root / "labels" / f"{i}.png")
+    (root / "classes.txt").write_text("road\nsky\ntree\n")
+    (root / "other.txt").write_text("cat\ndog\nbird\n")
+    return root
+
+
+def _eval(folder: Path, out: Path, classes: str = "classes.txt", *extra: str) -> list[str]:
+    return ["eval", "--folder", str(folder), "--classes", str(folder / classes), "--model", "test-san-tiny",
+            "--out", str(out), *extra]
+
+
+def test_resume_state_is_keyed_by_weights_classes_and_data(tmp_path, capsys, small_model):
+    folder = _folder(tmp_path / "data")
+    out = tmp_path / "eval"
+    assert main(_eval(folder, out)) == 0
+    first = json.loads((out / "data" / "metrics.json").read_text())
+    assert main(_eval(folder, out)) == 0  # the same evaluation: resumed (nothing left to do)
+    assert json.loads((out / "data" / "metrics.json").read_text())["detectron2"] == first["detectron2"]
+    capsys.readouterr()
+
+    # another class list, same label ids
+    assert main(_eval(folder, out, "other.txt")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"ovss: error: {out / 'data'} holds a partial evaluation made with other class list; pass "
+                   f"another --out, or delete {out / 'data'} to start over")
+
+    # other weights under the same model name
+    import ovss
+    from ovss.models.build import family_of
+    from ovss.weights.modelfile import save_model_file
+
+    model = ovss.load("test-san-tiny").model
+    state = {k: v + 0.01 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    weights = save_model_file(tmp_path / "other.safetensors", state, model.config, family_of(model.config),
+                              name="test-san-tiny")
+    assert main(_eval(folder, out, "classes.txt", "--weights", str(weights))) == 1
+    assert "made with other weights;" in capsys.readouterr().err
+
+    # other data in the same folder (a label map replaced by one of another size)
+    _folder(tmp_path / "data", seed=1, size=40)
+    assert main(_eval(folder, out)) == 1
+    assert "made with other data (files, sizes);" in capsys.readouterr().err
+
+    # a fresh --out works with every one of them
+    assert main(_eval(folder, tmp_path / "eval2", "other.txt")) == 0
