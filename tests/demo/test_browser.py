@@ -172,6 +172,8 @@ def test_demo_in_browser(server, tmp_path):
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
+            requested: list[str] = []  # the page must load nothing from outside the server
+            page.on("request", lambda request: requested.append(request.url))
             page.goto(url)
             page.wait_for_selector("#ovss-segment")
             assert page.title() == "ovss: open-vocabulary segmentation"
@@ -233,6 +235,8 @@ def test_demo_in_browser(server, tmp_path):
                 "document.querySelector('#ovss-classes textarea').value.startsWith('quokka; grass')"
             )
             page.screenshot(path=str(shots / "demo_example.png"), full_page=True)
+            outside = [u for u in requested if not u.startswith((url, "data:", "blob:"))]
+            assert len(requested) > 10 and outside == []
         finally:
             browser.close()
     assert_clean_log(log)
