@@ -115,6 +115,8 @@ def test_raising_the_limit_above_pillows_own_is_honoured(tmp_path, monkeypatch):
 def test_empty_arrays_are_refused(shape):
     with pytest.raises(ImageReadError, match=r"holds no pixels; pass an image of at least 1x1"):
         read_image(np.zeros(shape, np.uint8))
+    with pytest.raises(ImageReadError, match=r"holds no pixels; pass an image of at least 1x1"):
+        read_image(Image.new("RGB", (shape[1], shape[0])))
 
 
 @pytest.fixture(scope="module")

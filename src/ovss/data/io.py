@@ -105,6 +105,10 @@ def read_image(src: ImageInput, max_pixels: int | None = None) -> np.ndarray:
         return _array_to_rgb(src)
     if isinstance(src, Image.Image):
         check_pixels(*src.size, "PIL image", max_pixels)
+        if 0 in src.size:
+            raise ImageReadError(
+                f"PIL image has size {src.size}: it holds no pixels; pass an image of at least 1x1"
+            )
         return _pil_to_rgb(src, name="PIL image")
     if isinstance(src, str | Path):
         with _open(Path(src), max_pixels) as image:
