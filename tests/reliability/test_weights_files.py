@@ -162,7 +162,7 @@ def test_flipped_bytes_in_the_cache_are_detected(tiny, home, monkeypatch):
 
 def test_flipped_bytes_in_a_file_given_by_path_are_detected(tiny, tmp_path, home):
     path = write_tiny(tmp_path / "mine.safetensors", tiny)
-    model, info = load_model(path)
+    _, info = load_model(path)
     assert len(info["digest"]) == 64
     flip_byte(path, offset_from_end=7)
     with pytest.raises(WeightsFileError, match="mine.safetensors is corrupt"):
@@ -299,7 +299,7 @@ def test_convert_accepts_an_ovss_safetensors(tiny, tiny_release, tmp_path, home,
     )
     meta = modelfile.open_model_file(converted_path("san-tiny")).metadata
     assert meta["name"] == "san-tiny" and meta["source_sha256"] == "cd" * 32
-    model, info = load_model("san-tiny")
+    model, _ = load_model("san-tiny")
     for key, value in tiny[0].items():
         torch.testing.assert_close(model.state_dict()[key], value, rtol=0, atol=0)
     # a file of another family is refused by name
@@ -328,3 +328,17 @@ def test_convert_names_the_detected_format(tmp_path, home, capsys):
 def test_meta_check_helpers_see_registry_formats():
     assert cache.model_formats()["san_d2"] == "san" and cache.model_formats()["catseg_d2"] == "catseg"
     assert json.loads(json.dumps(cache.describe_cache()))["offline"] in (True, False)
+
+
+def test_segment_reads_and_checks_a_weights_file_once(tiny, tmp_path, home, monkeypatch):
+    path = write_tiny(tmp_path / "mine.safetensors", tiny)
+    opened, hashed, loaded = [], [], []
+    real_open, real_hash = cache.open_model_file, modelfile.ModelFile._hash
+    real_load = modelfile.ModelFile.load_tensors
+    monkeypatch.setattr(cache, "open_model_file", lambda *a, **k: opened.append(a) or real_open(*a, **k))
+    monkeypatch.setattr(modelfile.ModelFile, "_hash", lambda self: hashed.append(1) or real_hash(self))
+    monkeypatch.setattr(modelfile.ModelFile, "load_tensors", lambda self: loaded.append(1) or real_load(self))
+    img = small_png(tmp_path / "x.png")
+    args = ["segment", str(img), "--model", str(path), "--classes", "a; b", "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    assert (len(opened), len(hashed), len(loaded)) == (1, 1, 1)

@@ -181,7 +181,9 @@ class ModelFile:
             same = previous.get("stat") == list(self.stat_key)
             if same and previous.get("data_sha256") in (recorded, None):
                 return None
-            recorded = recorded or previous.get("data_sha256")
+            same_file = (previous.get("stat") or [None] * 5)[3:] == list(self.stat_key[3:])  # inode, device
+            if recorded is None and same_file:  # format 1: the digest seen at first use protects it
+                recorded = previous.get("data_sha256")
         key = (str(self.path.resolve()), *self.stat_key)
         if key in _VERIFIED and stamp is None:
             return _VERIFIED[key]
