@@ -23,6 +23,7 @@ def _small(base=catseg_v1_tiny, **changes) -> CATSegV1:
         "slide_crop=96",
         "slide_stride=64",
         "pooling_test=[2,2]",
+        "mmseg_scale=[256,128]",
     ]
     torch.manual_seed(0)
     return CATSegV1(base().override(*sets, *[f"{k}={v}" for k, v in changes.items()])).eval()

@@ -495,7 +495,8 @@ def catseg_v1_swinb_vit_l14_mmseg() -> CATSegV1Config:
 
 
 def catseg_v1_tiny() -> CATSegV1Config:
-    """Tiny CAT-Seg v1 shaped like the ``catsegv1_a`` fixture (R-101 depths, small widths)."""
+    """Tiny CAT-Seg v1 shaped like the ``catsegv1_a`` fixture (R-101 depths, small widths); whole-image
+    inference by default (one view: fast tests and demos; ``inference="slide"`` still works)."""
     clip = ClipConfig(
         embed_dim=32,
         vision=VisionConfig(image_size=224, patch_size=16, width=128, layers=3, heads=2, output_dim=32),
@@ -515,10 +516,13 @@ def catseg_v1_tiny() -> CATSegV1Config:
         text_proj_dim=16,
         num_layers=2,
         num_heads=4,
+        inference="whole",
     )
 
 
 def catseg_v1_tiny_mmseg() -> CATSegV1Config:
-    """Tiny mmseg-port CAT-Seg v1 (BN ResNet, 6x6 test pooling, MLP identity, mmseg slide)."""
+    """Tiny mmseg-port CAT-Seg v1 (BN ResNet, 6x6 test pooling, MLP identity, mmseg slide); R-50 depths
+    and a short side of 384 instead of 512 (one row of crops) keep tests fast."""
     cfg = catseg_v1_tiny()
-    return _mmseg(cfg, resnet=dataclasses.replace(cfg.resnet, norm="bn"))
+    resnet = dataclasses.replace(cfg.resnet, norm="bn", depths=(3, 4, 6))
+    return _mmseg(cfg, resnet=resnet, mmseg_scale=(1536, 384))
