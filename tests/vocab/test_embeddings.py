@@ -30,10 +30,10 @@ class CountingEncoder:
         return feats / feats.norm(dim=-1, keepdim=True)
 
 
-def fake_tokenize(texts: list[str]) -> torch.Tensor:
-    out = torch.zeros(len(texts), 8, dtype=torch.long)
+def fake_tokenize(texts: list[str], length: int = 8) -> torch.Tensor:
+    out = torch.zeros(len(texts), length, dtype=torch.long)
     for i, t in enumerate(texts):
-        codes = [ord(c) for c in t][:8]
+        codes = [ord(c) for c in t][:length]
         out[i, : len(codes)] = torch.tensor(codes)
     return out
 
@@ -105,11 +105,7 @@ def test_corrupt_disk_cache_is_recomputed(tmp_path):
 # ----------------------------------------------------------------------------------------- disk cache checks
 def wide_tokenize(texts: list[str]) -> torch.Tensor:
     """Like fake_tokenize but 64 codes long, so that class names change the embeddings."""
-    out = torch.zeros(len(texts), 64, dtype=torch.long)
-    for i, t in enumerate(texts):
-        codes = [ord(c) for c in t][:64]
-        out[i, : len(codes)] = torch.tensor(codes)
-    return out
+    return fake_tokenize(texts, length=64)
 
 
 def _embedder(tmp_path, enc, cache_id="abc-float32"):
