@@ -32,9 +32,7 @@ def _kind(path: Path) -> str | None:
     """``"folder"``, ``"file"``, ``"special file"`` or None when ``path`` does not exist."""
     try:
         mode = path.stat().st_mode
-    except FileNotFoundError:
-        return None
-    except NotADirectoryError:  # a parent is a file
+    except OSError:  # missing, a parent is a file (reported for that parent), or not searchable
         return None
     if stat.S_ISDIR(mode):
         return "folder"
