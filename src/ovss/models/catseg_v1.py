@@ -42,6 +42,7 @@ from ovss.models.base import (
     ResizeConfig,
     SegmentationModel,
 )
+from ovss.models.catseg import CATSeg
 from ovss.models.catseg_v1_aggregator import AggregatorV1
 from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
 from ovss.towers.resnet import ResNet, ResNetConfig, resnet101_d2
@@ -237,22 +238,11 @@ class CATSegV1(SegmentationModel):
             return self.config.backbone_lr_mult > 0 and "norm0" not in name
         return True
 
-    def freeze(self) -> CATSegV1:
-        """Set ``requires_grad`` of every parameter by :meth:`is_trainable`; returns ``self``."""
-        for name, param in self.named_parameters():
-            param.requires_grad_(self.is_trainable(name))
-        return self
-
-    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """(name, parameter) pairs v1 trains (CLIP ones at lr x 0.01, the backbone x backbone_lr_mult)."""
-        return [(n, p) for n, p in self.named_parameters() if self.is_trainable(n)]
-
-    # ------------------------------------------------------------------ encoders
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(P, K, L) token ids -> (K, P, E) embeddings, L2-normalised per template."""
-        p, k, length = tokens.shape
-        emb = self.clip.encode_text(tokens.reshape(p * k, length))
-        return F.normalize(emb.reshape(p, k, -1).transpose(0, 1), dim=-1)
+    # The CVPR model's: requires_grad by is_trainable, the (name, parameter) pairs it trains, and
+    # (P, K, L) tokens -> (K, P, E) text embeddings L2-normalised per template.
+    freeze = CATSeg.freeze
+    trainable_parameters = CATSeg.trainable_parameters
+    encode_text = CATSeg.encode_text
 
     def encode_image_dense(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, 3, R, R) CLIP-normalised -> tokens (B, 1 + h*w, E) after the v1 dense block, and (h, w)."""
