@@ -215,3 +215,23 @@ def test_ranks_take_disjoint_slices_that_add_up_to_one_run(tmp_path, monkeypatch
     names = {r: [json.loads(line)["name"] for line in lines] for r, lines in logs.items()}
     assert names == {0: ["p0", "p2", "p4"], 1: ["p1", "p3"]}
     assert outputs(tmp_path / "sharded") == outputs(tmp_path / "single")
+
+
+def test_a_full_disk_stops_the_job_with_one_line(tmp_path, monkeypatch, capsys):
+    from ovss.api.result import SegmentationResult
+
+    def full(self, out_dir, stem, outputs=()):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SegmentationResult, "save", full)
+    image = photo(tmp_path / "p0.png", 24, 32)
+    assert segment(image, out=tmp_path / "out") == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"ovss: error: cannot write the results of {image} into {tmp_path / 'out'}: No space left on device; "
+        "free space or fix the folder, then re-run the same command to finish"
+    )
+    (tmp_path / "out2").mkdir()
+    (tmp_path / "out2" / STATE_DIR).write_text("not a folder")
+    assert segment(image, out=tmp_path / "out2") == 1
+    assert "is a file, but ovss keeps its progress there; move it away" in capsys.readouterr().err

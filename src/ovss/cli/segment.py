@@ -213,17 +213,20 @@ def _barrier() -> None:
 
 # ------------------------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
-    from ovss.errors import ConfigError
+    from ovss.api.result import SegmentationResult
+    from ovss.data.io import resolve_max_pixels
+    from ovss.errors import ConfigError, OutputPathError
     from ovss.evaluation.runner import init_distributed_from_env, rank_and_world
-    from ovss.utils import remove_stale_temp_files
+    from ovss.utils import atomic_write_text, remove_stale_temp_files
     from ovss.vocab.vocabulary import parse_vocabulary
 
     outputs = _parse_outputs(args.outputs)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = ensure_writable_dir(args.out)  # before the model loads: a bad --out costs nothing
-    from ovss.data.io import resolve_max_pixels
-
+    state = out / STATE_DIR
+    if state.exists() and not state.is_dir():
+        raise OutputPathError(f"{state} is a file, but ovss keeps its progress there; move it away")
     resolve_max_pixels(args.max_pixels)  # a bad $OVSS_MAX_PIXELS fails now, not per image
     files, skipped = collect_inputs(args.images, out)
     vocab = parse_vocabulary(args.classes)  # a bad vocabulary fails before the model loads
@@ -234,14 +237,11 @@ def run(args: argparse.Namespace) -> int:
     seg.set_vocabulary(vocab)
     key, settings = _run_key(seg, vocab, args)
 
-    state = out / STATE_DIR
     sources = [str(f.resolve()) for f in files]
     if rank == 0:
         state.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(out)
         remove_stale_temp_files(state)
-        from ovss.utils import atomic_write_text
-
         atomic_write_text(state / f"run-{key}.json", json.dumps(settings, indent=2) + "\n")
     done = _read_done(state) if state.is_dir() else {}
     _barrier()  # every rank has read the same state before anyone writes
@@ -251,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         record = done.get(sources[i])
         if args.overwrite or record is None or record["key"] != key:
             return False
-        paths = seg_result_paths(out, names[i])
+        paths = SegmentationResult.output_paths(out, names[i])
         return all(paths[o].is_file() for o in outputs)
 
     mine = [i for i in range(rank, len(files), world)]
@@ -269,13 +269,6 @@ def run(args: argparse.Namespace) -> int:
             )
     failures = _segment(seg, vocab, files, sources, names, todo, out, outputs, state, rank, key, args)
     return _report(failures, len(todo), len(mine) - len(todo), out, rank, world)
-
-
-def seg_result_paths(out: Path, name: str) -> dict[str, Path]:
-    """Paths of the three outputs of ``name`` (see SegmentationResult.save)."""
-    from ovss.api.result import SegmentationResult
-
-    return SegmentationResult.output_paths(out, name)
 
 
 def _segment(
@@ -296,7 +289,7 @@ def _segment(
     from tqdm import tqdm
 
     from ovss.data.io import read_image
-    from ovss.errors import OvssError
+    from ovss.errors import OutputPathError, OvssError
 
     synonyms = [list(c.synonyms) for c in vocab.classes]
     failures: list[tuple[Path, str]] = []
@@ -313,7 +306,13 @@ def _segment(
     def finish(i: int, result: Any) -> None:
         result.source = sources[i]
         result.vocabulary = synonyms
-        result.save(out, names[i], outputs)
+        try:
+            result.save(out, names[i], outputs)
+        except OSError as e:  # disk full, folder removed or made read-only meanwhile: stop, one line
+            raise OutputPathError(
+                f"cannot write the results of {files[i]} into {out}: {e.strerror or e}; free space or fix "
+                "the folder, then re-run the same command to finish"
+            ) from None
         record = {"source": sources[i], "name": names[i], "key": key, "outputs": list(outputs)}
         log.write(json.dumps({**record, "t": time.time()}, ensure_ascii=False) + "\n")
         log.flush()  # the image counts as done only once all its outputs are in place
@@ -333,11 +332,15 @@ def _segment(
             queue.append(i)
             yield rgb
 
+    def batches() -> Iterator[Any]:
+        return seg.predict_batch(readable(), batch_size=args.batch_size, **options)
+
     try:
+        results = batches()
         while True:
             try:
-                for result in seg.predict_batch(readable(), batch_size=args.batch_size, **options):
-                    finish(queue.popleft(), result)
+                result = next(results)
+            except StopIteration:
                 break
             except OvssError:
                 # The model refused an image of the batch in flight (e.g. too elongated): redo the
@@ -346,9 +349,14 @@ def _segment(
                 queue.clear()
                 for i in retry:
                     try:
-                        finish(i, seg.predict(read_image(files[i], args.max_pixels), **options))
+                        single = seg.predict(read_image(files[i], args.max_pixels), **options)
                     except OvssError as e:
                         fail(i, e)
+                        continue
+                    finish(i, single)
+                results = batches()
+                continue
+            finish(queue.popleft(), result)  # outside the try: a write error stops the job
     finally:
         log.close()
         bar.close()
