@@ -44,6 +44,18 @@ def find_chromium() -> str | None:
 
 
 @pytest.fixture(scope="module")
+def chromium() -> str:
+    """The browser for the page test; skips (before any server starts) where none is found."""
+    pytest.importorskip(
+        "playwright.sync_api", reason="playwright not installed (pip install 'ovss[browser-test]')"
+    )
+    found = find_chromium()
+    if found is None:
+        pytest.skip("no Chromium found (apt-get install chromium, or set OVSS_CHROMIUM=/path/to/chrome)")
+    return found
+
+
+@pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``ovss demo --model test-san-tiny`` on a free port of 127.0.0.1; yields (url, log path, temp dir)."""
     if not DATA_DIR.is_dir():
@@ -157,17 +169,13 @@ def test_demo_api_client_and_upload_cleanup(server, tmp_path):
     assert_clean_log(log)
 
 
-def test_demo_in_browser(server, tmp_path):
-    playwright = pytest.importorskip(
-        "playwright.sync_api", reason="playwright not installed (pip install 'ovss[browser-test]')"
-    )
-    chromium = find_chromium()
-    if chromium is None:
-        pytest.skip("no Chromium found (apt-get install chromium, or set OVSS_CHROMIUM=/path/to/chrome)")
+def test_demo_in_browser(chromium, server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
     url, log, _ = server
     shots = Path(os.environ.get("OVSS_SCREENSHOT_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    with playwright.sync_playwright() as p:
+    with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
