@@ -1,4 +1,4 @@
-"""Image-side cost of each model as users run it: ``Segmenter.predict`` in fp32 and bf16 (random weights).
+"""Image-side cost of each model as users run it: ``Segmenter.predict`` per model x mode x K x dtype.
 
 The Segmenter is built exactly as ``ovss.load(name, dtype=...)`` builds it: the float32 model is cast
 once to the compute dtype (``model.to(dtype)``) and fed inputs of that dtype. Text embeddings are random
@@ -7,38 +7,42 @@ random H x W x 3 uint8 photo (default 640 x 853: a 4:3 photo whose short side is
 timing covers everything ``predict`` does: resize, normalise, pad, the model and the result (argmax,
 per-pixel confidence, per-class peak score).
 
-FLOPs are counted with torch's FlopCounterMode (matmuls, convolutions, attention) on the fp32 run; the
-fraction of peak compares GFLOP/s with the 2048^3 matmul throughput measured at start-up with the same
-threads (``--peak-fp32`` / ``--peak-bf16`` override it), so it stays meaningful on a loaded machine.
+Every case (run, K, dtype) runs in a fresh process, so its peak resident size (VmHWM, model included)
+is its own. FLOPs are counted with torch's FlopCounterMode (matmuls, convolutions, attention) on the
+first call, which doubles as the warm-up; "% peak" compares GFLOP/s with the 2048^3 matmul throughput
+of the same dtype measured in the same process right before the case ("same-run peak"), so it stays
+meaningful on a shared machine; the 1-minute load average at the start of the case is reported too,
+and "CPU s" is the process CPU time of the timed run (all threads): on an oversubscribed machine it
+is closer to the work done than the wall time, though OpenMP threads spin-waiting count in it.
+bf16 is measured only on CPUs with native bf16 units (avx512_bf16 / AMX): elsewhere PyTorch emulates
+it and it is many times slower than fp32 (``--dtypes bf16`` forces it).
 
-    python -m bench.bench_segment                                   # the five default runs, K = 150
-    python -m bench.bench_segment --runs san-vit-b16 catseg-vit-b16:inference=slide --repeat 1
-    python -m bench.bench_segment --runs sed-convnext-b:fast=1 --profile   # top ops per dtype
+``--before SRC`` runs every case twice, interleaved, the second time with the package from another
+source tree (e.g. ``git worktree add /tmp/ovss_before <commit>`` then ``--before /tmp/ovss_before/src``);
+``--json`` appends the rows to a file and ``--plot`` draws seconds per image against K (bench/plot.py).
+
+    python -m bench.bench_segment                                   # four runs, K = 20 and 150
+    python -m bench.bench_segment --runs san-vit-b16 --classes 20 150 847 --before /tmp/ovss_before/src
+    python -m bench.bench_segment --runs sed-convnext-b:fast=1 --classes 150 --profile   # top ops
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 import time
-
-import numpy as np
-import torch
-import torch.nn.functional as F
-
-from bench.common import count_flops, print_table, setup_threads
-from ovss.api.segmenter import Segmenter, tune_cpu_allocator
-from ovss.models.base import SegmentationModel
-from ovss.models.build import build_model
-from ovss.vocab.vocabulary import Vocabulary
-from ovss.weights.registry import get_weight_spec
+from pathlib import Path
 
 DEFAULT_RUNS = [
     "san-vit-b16",
     "catseg-vit-b16:inference=whole",
     "catseg-vit-b16:inference=slide",
     "sed-convnext-b",
-    "sed-convnext-b:fast=1",
 ]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_run(spec: str) -> tuple[str, dict[str, object]]:
@@ -51,8 +55,20 @@ def parse_run(spec: str) -> tuple[str, dict[str, object]]:
     return name, options
 
 
-def text_for(model: SegmentationModel, k: int) -> torch.Tensor:
+def native_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (avx512_bf16 or AMX; Linux /proc/cpuinfo)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def text_for(model, k: int):
     """Random unit text embeddings in the layout ``encode_text`` returns (probed on one class)."""
+    import torch
+    import torch.nn.functional as F
+
     from ovss.towers.tokenizer import get_tokenizer
     from ovss.vocab.templates import get_templates
 
@@ -65,8 +81,10 @@ def text_for(model: SegmentationModel, k: int) -> torch.Tensor:
     return F.normalize(torch.randn(k, *probe.shape[1:]), dim=-1)
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeat: int = 3) -> float:
-    """Best 2048^3 matmul throughput in GFLOP/s for ``dtype`` with the current threads."""
+def matmul_peak(dtype, n: int = 2048, repeat: int = 3) -> float:
+    """Best n^3 matmul throughput in GFLOP/s for ``dtype`` with the current threads."""
+    import torch
+
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best = float("inf")
@@ -86,72 +104,162 @@ def profile_once(fn, top: int) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
 
 
+def _peak_rss_mib() -> float:
+    import resource
+
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(spec: str, classes: int, dtype: str, args: argparse.Namespace) -> dict[str, object]:
+    """Time one case in this process; returns its row."""
+    import numpy as np
+    import torch
+
+    import ovss
+    from bench.common import count_flops
+    from ovss.api.segmenter import Segmenter, tune_cpu_allocator
+    from ovss.models.build import build_model
+    from ovss.vocab.vocabulary import Vocabulary
+    from ovss.weights.registry import get_weight_spec
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tuned = tune_cpu_allocator() if args.tune_malloc else False
+    name, options = parse_run(spec)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    model = build_model(get_weight_spec(name).config()).requires_grad_(False)  # (FlopCounterMode's
+    # module tracker trips over parameters passed as module inputs when they require grad)
+    build_s = time.perf_counter() - start
+    text = text_for(model, classes)
+    seg = Segmenter(model, name=name, dtype=dtype)
+    seg.set_vocabulary(Vocabulary.from_names([f"class {i}" for i in range(classes)]), embeddings=text)
+    image = np.random.default_rng(0).integers(0, 256, (*args.size, 3), dtype=np.uint8)
+    tdtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.bfloat16}[dtype]
+    load = os.getloadavg()[0]
+    peak = args.peak or matmul_peak(tdtype)
+
+    def run() -> None:
+        seg.predict(image, **options)
+
+    start = time.perf_counter()
+    flops = count_flops(run)  # doubles as the warm-up run
+    first_s = time.perf_counter() - start
+    best, cpu = (first_s, float("nan")) if args.repeat == 0 else (float("inf"), float("inf"))
+    for _ in range(args.repeat):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        run()
+        best = min(best, time.perf_counter() - start)
+        cpu = min(cpu, time.process_time() - cpu_start)
+    profile = profile_once(run, args.top) if args.profile else None
+    h, w = model.preprocess_size(*args.size, **options)
+    return {
+        "version": args.label,
+        "run": spec,
+        "K": classes,
+        "dtype": dtype,
+        "net input": f"{h}x{w}",
+        "GFLOP": flops / 1e9,
+        "s/img": best,
+        "CPU s": cpu,
+        "first s": first_s,
+        "GFLOP/s": flops / best / 1e9,
+        "peak GFLOP/s": peak,
+        "% peak": 100 * flops / best / 1e9 / peak,
+        "peak RSS MiB": _peak_rss_mib(),
+        "load": load,
+        "build s": build_s,
+        "threads": torch.get_num_threads(),
+        "malloc tuned": tuned,
+        "ovss": str(Path(ovss.__file__).parent),
+        "profile": profile,
+    }
+
+
+def spawn(
+    spec: str, classes: int, dtype: str, args: argparse.Namespace, src: str | None, label: str
+) -> dict | None:
+    """Run one case in a fresh interpreter (with the package from ``src`` when given)."""
+    cmd = [sys.executable, "-m", "bench.bench_segment", "--child", spec, str(classes), dtype,
+           "--label", label, "--size", *map(str, args.size), "--repeat", str(args.repeat),
+           "--top", str(args.top)]
+    for flag, value in (("--threads", args.threads), ("--peak", args.peak)):
+        if value:
+            cmd += [flag, str(value)]
+    cmd += ["--profile"] if args.profile else []
+    cmd += ["--tune-malloc"] if args.tune_malloc else []
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, str(REPO), env.get("PYTHONPATH")]))
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, cwd=REPO)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if out.returncode or not lines:
+        print(f"{label} {spec} K={classes} {dtype}: failed (exit {out.returncode})\n{out.stderr[-1500:]}",
+              file=sys.stderr, flush=True)
+        return None
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+TABLE_KEYS = ["version", "run", "K", "dtype", "net input", "GFLOP", "s/img", "CPU s", "GFLOP/s", "% peak",
+              "peak GFLOP/s", "peak RSS MiB", "load"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, help="name[:option=value,...]")
-    parser.add_argument("--classes", type=int, default=150)
+    parser.add_argument("--classes", type=int, nargs="+", default=[20, 150])
     parser.add_argument("--size", type=int, nargs=2, default=[640, 853], metavar=("H", "W"))
-    parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
-    parser.add_argument("--repeat", type=int, default=2, help="timed runs per case (best is kept)")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--peak-fp32", type=float, help="fp32 matmul GFLOP/s (default: measured)")
-    parser.add_argument("--peak-bf16", type=float, help="bf16 matmul GFLOP/s (default: measure)")
+    parser.add_argument("--dtypes", nargs="+", default=None,
+                        help="default: fp32, plus bf16 on CPUs with native bf16 units")
+    parser.add_argument("--repeat", type=int, default=2, help="timed runs after the warm-up (best kept)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--peak", type=float, help="matmul GFLOP/s of the case's dtype (default: measured)")
     parser.add_argument("--profile", action="store_true", help="print the top ops of one extra run")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--tune-malloc", action="store_true", help="ovss.api.segmenter.tune_cpu_allocator()")
+    parser.add_argument("--before", metavar="SRC", help="also run every case with the package in SRC")
+    parser.add_argument("--label", default="after", help="version label of this tree's rows")
+    parser.add_argument("--json", type=Path, help="append the rows (JSON lines) to this file")
+    parser.add_argument("--plot", type=Path, help="PNG of s/img against K from --json's rows")
+    parser.add_argument("--child", nargs=3, metavar=("RUN", "K", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    threads = setup_threads(args.threads)
-    tuned = tune_cpu_allocator() if args.tune_malloc else False
-    fp32 = args.peak_fp32 or matmul_peak(torch.float32)
-    bf16 = args.peak_bf16 or matmul_peak(torch.bfloat16)
-    peaks = {"fp32": fp32, "bf16": bf16, "fp16": bf16}
-    image = np.random.default_rng(0).integers(0, 256, (*args.size, 3), dtype=np.uint8)
-    vocab = Vocabulary.from_names([f"class {i}" for i in range(args.classes)])
+    if args.child:
+        row = child(args.child[0], int(args.child[1]), args.child[2], args)
+        print("RESULT " + json.dumps(row))
+        return
+    from bench.common import print_table
+
+    dtypes = args.dtypes or (["fp32", "bf16"] if native_bf16() else ["fp32"])
+    versions = [(None, args.label)] + ([(args.before, "before")] if args.before else [])
     rows = []
     for spec in args.runs:
-        name, options = parse_run(spec)
-        torch.manual_seed(0)
-        model = build_model(get_weight_spec(name).config()).requires_grad_(False)  # (FlopCounterMode's
-        # module tracker trips over parameters passed as module inputs when they require grad)
-        text = text_for(model, args.classes)
-        flops = None
-        for dtype in args.dtypes:  # fp32 first: the Segmenter casts the model in place
-            seg = Segmenter(model, name=name, dtype=dtype)
-            seg.set_vocabulary(vocab, embeddings=text)
+        for classes in args.classes:
+            for dtype in dtypes:
+                for src, label in versions:  # interleaved: both versions see the same load
+                    row = spawn(spec, classes, dtype, args, src, label)
+                    if row is None:
+                        continue
+                    rows.append(row)
+                    print(f"{label} {spec} K={classes} {dtype}: {row['s/img']:.2f} s/img, "
+                          f"CPU {row['CPU s']:.2f} s ({row['% peak']:.0f} % of {row['peak GFLOP/s']:.0f} "
+                          f"GFLOP/s, load {row['load']:.1f})", flush=True)
+                    if row.get("profile"):
+                        print(row["profile"], flush=True)
+                    if args.json:
+                        with args.json.open("a") as f:
+                            f.write(json.dumps({k: v for k, v in row.items() if k != "profile"}) + "\n")
+    print(f"\n{args.threads} threads; image {args.size[0]}x{args.size[1]}; native bf16: {native_bf16()}; "
+          f"peak = 2048^3 matmul GFLOP/s of the dtype measured in the case's process\n")
+    print_table([{k: r[k] for k in TABLE_KEYS} for r in rows])
+    if args.plot and args.json:
+        from bench.plot import plot_seconds
 
-            def run(seg: Segmenter = seg, options: dict[str, object] = options) -> None:
-                seg.predict(image, **options)
-
-            start = time.perf_counter()
-            if flops is None:
-                flops = count_flops(run)  # doubles as the warm-up run
-            else:
-                run()
-            first = time.perf_counter() - start
-            best = first if args.repeat == 0 else float("inf")
-            for _ in range(args.repeat):
-                start = time.perf_counter()
-                run()
-                best = min(best, time.perf_counter() - start)
-            h, w = model.preprocess_size(*args.size, **options)
-            rows.append(
-                {
-                    "run": spec,
-                    "dtype": dtype,
-                    "net input": f"{h}x{w}",
-                    "K": args.classes,
-                    "GFLOP": flops / 1e9,
-                    "s/img": best,
-                    "GFLOP/s": flops / best / 1e9,
-                    "% peak": 100 * flops / best / 1e9 / peaks[dtype],
-                }
-            )
-            print(f"{spec} {dtype}: {best:.2f} s/img", flush=True)
-            if args.profile:
-                print(profile_once(run, args.top), flush=True)
-    print(f"\n{threads} threads; image {args.size[0]}x{args.size[1]}; matmul peaks fp32 {fp32:.0f} / "
-          f"bf16 {bf16:.0f} GFLOP/s; glibc malloc tuned: {tuned}\n")
-    print_table(rows)
+        plot_seconds(args.json, args.plot)
+        print(f"\nplot: {args.plot}")
 
 
 if __name__ == "__main__":

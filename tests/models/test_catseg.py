@@ -25,6 +25,7 @@ from ovss.models.catseg_aggregator import (
     Aggregator,
     ClassAggregation,
     SpatialAggregation,
+    UpBlock,
     linear_attention,
     shift_window_mask,
 )
@@ -246,7 +247,16 @@ def test_class_budget_keeps_the_top_classes_per_image_and_fills_the_rest_with_mi
             assert relative_error(logits[b, classes], alone[0]) < 1e-5
 
 
-def test_decoder_class_chunks_do_not_change_the_logits(monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("DECODER_CHUNK", 3),  # 2 images: one class per decoder pass
+        ("DECODER_CHUNK", 6),  # 3 classes per pass: chunks of 3, 3 and 1
+        ("SPATIAL_CHUNK", 4),  # 2 classes per Swin pass
+        ("PIXEL_CHUNK_ELEMENTS", 2 * 7 * 16 * 5),  # 5 pixels per class-attention pass, a ragged tail
+    ],
+)
+def test_class_and_pixel_chunks_do_not_change_the_logits(monkeypatch, name: str, value: int) -> None:
     import ovss.models.catseg_aggregator as module
 
     agg = _randomize(_aggregator(pad_len=0), seed=4)
@@ -255,11 +265,35 @@ def test_decoder_class_chunks_do_not_change_the_logits(monkeypatch) -> None:
     image = torch.randn(2, 16, 12, 12, generator=gen)
     guidance = (torch.randn(2, 12, 24, 24, generator=gen), torch.randn(2, 6, 48, 48, generator=gen))
     with torch.no_grad():
-        whole = agg(image, text, guidance)
-        monkeypatch.setattr(module, "DECODER_CHUNK", 3)  # chunks of 3, 3 and 1 classes
+        monkeypatch.setattr(module, "DECODER_CHUNK", 10**6)
+        monkeypatch.setattr(module, "SPATIAL_CHUNK", 10**6)
+        monkeypatch.setattr(module, "PIXEL_CHUNK_ELEMENTS", 10**9)
+        whole = agg(image, text, guidance)  # every class and pixel in one pass
+        monkeypatch.setattr(module, name, value)
         chunked = agg(image, text, guidance)
     assert whole.shape == (2, 7, 48, 48) and whole.std() > 0
     torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
+
+
+def test_up_block_split_guidance_conv_equals_the_concatenation() -> None:
+    """conv1(cat[x, g]) computed as conv(x) + conv(g) once per image, channels-last or not."""
+    block = _randomize(UpBlock(16, 16, 6), seed=5)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2 * 3, 16, 5, 7, generator=gen)  # 2 images x 3 classes
+    g = torch.randn(2, 6, 10, 14, generator=gen)
+
+    def reference(x: torch.Tensor) -> torch.Tensor:  # the official Up: explicit per-class concatenation
+        up = block.up(x)
+        y = torch.cat([up, g.repeat_interleave(3, dim=0)], dim=1)
+        y = F.relu(block.norm1(block.conv1(y)))
+        return F.relu(block.norm2(block.conv2(y)))
+
+    with torch.no_grad():
+        expected = reference(x)
+        for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+            assert relative_error(block(inp, g), expected) < 1e-6
+        term = block.guidance_term(g)
+        assert relative_error(block(x, g, term), expected) < 1e-6
 
 
 def test_padding_below_the_budget_changes_the_result() -> None:

@@ -15,7 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DECODER_CHUNK = 32  # classes per pass through the upsampling decoder (memory bound, exact)
+# The decoder blocks live in catseg_decoder; re-exported here for the models built on this module.
+from ovss.models.catseg_decoder import DECODER_CHUNK, UpBlock, _conv_relu
+
+SPATIAL_CHUNK = 16  # class slices per pass through the spatial aggregation (memory bound, exact)
+PIXEL_CHUNK_ELEMENTS = 1 << 19  # elements of one pixel chunk (pixels x classes x C) of the class aggregation
 
 
 def cost_volume(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -248,14 +252,31 @@ class SpatialAggregation(nn.Module):
             guidance: (B, G, H, W) projected appearance guidance.
 
         Returns:
-            (B, T, H, W, C).
+            (B, T, H, W, C), stored class-innermost ((B, H, W, T, C) in memory, a permuted view) so
+            that the class aggregation reads its per-pixel class sequences without a copy.
+
+        Every op is per class slice, so the classes run in chunks of about ``SPATIAL_CHUNK`` slices:
+        the activations of a chunk stay a few MB (cache-resident, no page faults of fresh
+        allocations) instead of (B*T, H, W, 4C) tensors of hundreds of MB. Exact (the same
+        per-slice arithmetic; only the batch of the matrix products changes).
         """
         b, t, h, w, c = cost.shape
         g = self.guidance_norm(guidance.permute(0, 2, 3, 1))  # (B, H, W, G), same for every class
-        x = cost.reshape(b * t, h, w, c)
-        for block in self.blocks:
-            x = block(x, g)
-        return x.reshape(b, t, h, w, c)
+        if torch.jit.is_tracing():  # export: one pass over all classes (one graph for every T)
+            x = cost.reshape(b * t, h, w, c)
+            for block in self.blocks:
+                x = block(x, g)
+            return x.reshape(b, t, h, w, c)
+        out = cost.new_empty(b, h, w, t, c).permute(0, 3, 1, 2, 4)  # (B, T, H, W, C) view
+        step = max(1, SPATIAL_CHUNK // b)
+        for start in range(0, t, step):
+            x = cost[:, start : start + step]
+            n = x.shape[1]
+            x = x.reshape(b * n, h, w, c)
+            for block in self.blocks:
+                x = block(x, g)
+            out[:, start : start + n] = x.reshape(b, n, h, w, c)
+        return out
 
 
 class ClassAttention(nn.Module):
@@ -310,7 +331,8 @@ class ClassAttention(nn.Module):
                 k = torch.cat([k, extra[0].expand(b, p, -1, -1, -1)], dim=-2)
                 v = torch.cat([v, extra[1].expand(b, p, -1, -1, -1)], dim=-2)
                 mask = torch.zeros(t + 1, dtype=q.dtype, device=q.device)
-                mask[-1] = math.log(extra[2])
+                n = extra[2]  # export: a traced count that may be 0 (log 0 = -inf: no weight)
+                mask[-1] = torch.log(n.to(q.dtype)) if isinstance(n, torch.Tensor) else math.log(n)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return out.transpose(-2, -3).reshape(b, p, t, c)
 
@@ -353,17 +375,18 @@ class ClassAggregation(nn.Module):
             (B, T, H, W, C).
         """
         b, t, h, w, c = cost.shape
+        pad = None
+        if (self.pad_len > 0 and torch.jit.is_tracing()) or t < self.pad_len:  # export: count may be 0
+            pad_x = self.norm1(self.pad_token.to(cost.dtype)).reshape(c)
+            pad = (pad_x, self.pad_guidance.to(cost.dtype).reshape(-1), self.pad_len - t)
+        if tuple(pool) == (1, 1) and not torch.jit.is_tracing():
+            return self._unpooled(cost, guidance, pad)
         x = cost
         if tuple(pool) != (1, 1):
             x = F.avg_pool2d(cost.reshape(b * t, h, w, c).permute(0, 3, 1, 2), pool)
             x = x.permute(0, 2, 3, 1).reshape(b, t, x.shape[-2], x.shape[-1], c)
         hp, wp = x.shape[2], x.shape[3]
         x = x.permute(0, 2, 3, 1, 4).reshape(b, hp * wp, t, c)  # (B, pixels, T, C)
-        pad = None
-        if t < self.pad_len:
-            dtype = x.dtype
-            pad_x = self.norm1(self.pad_token.to(dtype)).reshape(c)
-            pad = (pad_x, self.pad_guidance.to(dtype).reshape(-1), self.pad_len - t)
         x = x + self.attn(self.norm1(x), guidance, pad)
         x = x + self.mlp(self.norm2(x))
         x = x.reshape(b, hp, wp, t, c).permute(0, 3, 1, 2, 4)  # (B, T, h, w, C)
@@ -372,6 +395,27 @@ class ClassAggregation(nn.Module):
             x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=True)
             x = x.permute(0, 2, 3, 1).reshape(b, t, h, w, c)
         return cost + x
+
+    def _unpooled(
+        self, cost: torch.Tensor, guidance: torch.Tensor, pad: tuple[torch.Tensor, torch.Tensor, int] | None
+    ) -> torch.Tensor:
+        """:meth:`forward` without pooling, in chunks of pixels (pixels do not interact here).
+
+        Each chunk of (B, p, T, C) class sequences (``PIXEL_CHUNK_ELEMENTS``) goes through the
+        attention and the MLP while it is in cache; the result ``cost + (y + attn + mlp)`` is written
+        class-innermost ((B, H, W, T, C) in memory, returned as a (B, T, H, W, C) view).
+        """
+        b, t, h, w, c = cost.shape
+        x = cost.permute(0, 2, 3, 1, 4).reshape(b, h * w, t, c)  # (B, pixels, T, C); a view when
+        # the cost is class-innermost (the spatial aggregation's output)
+        out = torch.empty(b, h * w, t, c, dtype=cost.dtype, device=cost.device)
+        step = max(1, PIXEL_CHUNK_ELEMENTS // (b * t * c))
+        for start in range(0, h * w, step):
+            y = x[:, start : start + step]
+            z = y + self.attn(self.norm1(y), guidance, pad)
+            z = z + self.mlp(self.norm2(z))
+            torch.add(y, z, out=out[:, start : start + step])
+        return out.reshape(b, h, w, t, c).permute(0, 3, 1, 2, 4)
 
 
 class AggregatorLayer(nn.Module):
@@ -397,37 +441,6 @@ class AggregatorLayer(nn.Module):
     ) -> torch.Tensor:
         """(B, T, H, W, C) cost, (B, Ga, H, W) appearance, (B, T, Gt) text guidance -> (B, T, H, W, C)."""
         return self.classes(self.spatial(cost, appearance), text, pool)
-
-
-class UpBlock(nn.Module):
-    """x2 transposed conv, concatenation of a guidance map, then [conv3x3, GroupNorm, ReLU] x 2.
-
-    Args:
-        in_dim: input channels; out_dim: output channels (GroupNorm uses out_dim // 16 groups);
-        guidance_dim: channels of the concatenated guidance (the transposed conv gives
-            ``in_dim - guidance_dim`` so the concatenation has ``in_dim`` channels).
-    """
-
-    def __init__(self, in_dim: int, out_dim: int, guidance_dim: int) -> None:
-        super().__init__()
-        self.up = nn.ConvTranspose2d(in_dim, in_dim - guidance_dim, kernel_size=2, stride=2)
-        self.conv1 = nn.Conv2d(in_dim, out_dim, kernel_size=3, padding=1, bias=False)
-        self.norm1 = nn.GroupNorm(out_dim // 16, out_dim)
-        self.conv2 = nn.Conv2d(out_dim, out_dim, kernel_size=3, padding=1, bias=False)
-        self.norm2 = nn.GroupNorm(out_dim // 16, out_dim)
-
-    def forward(self, x: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        """(B*T, in_dim, h, w) and (B, G, 2h, 2w) guidance -> (B*T, out_dim, 2h, 2w)."""
-        x = self.up(x)
-        t = x.shape[0] // guidance.shape[0]
-        g = guidance.unsqueeze(1).expand(-1, t, -1, -1, -1).reshape(x.shape[0], *guidance.shape[1:])
-        x = torch.cat([x, g], dim=1)
-        x = F.relu(self.norm1(self.conv1(x)))
-        return F.relu(self.norm2(self.conv2(x)))
-
-
-def _conv_relu(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, kernel_size=3, padding=1), nn.ReLU())
 
 
 class Aggregator(nn.Module):
@@ -511,9 +524,12 @@ class Aggregator(nn.Module):
         b, t = text.shape[:2]
         corr = cost_volume(image, text)  # (B, P, T, h, w)
         keep = None
-        if 0 < self.pad_len < t:
+        # ONNX export (jit tracing): one graph for every T, so always top-k (a permutation below the budget)
+        tracing = torch.jit.is_tracing()
+        if self.pad_len > 0 and (tracing or self.pad_len < t):
             score = corr.amax(dim=(1, 3, 4))  # (B, T)
-            keep = score.topk(self.pad_len, dim=1).indices  # (B, pad_len)
+            kept = torch.clamp(torch.as_tensor(t), max=self.pad_len) if tracing else self.pad_len
+            keep = score.topk(kept, dim=1).indices  # (B, min(T, pad_len))
             index = keep[:, :, None, None].expand(-1, -1, *text.shape[2:])
             text = torch.gather(F.normalize(text, dim=-1), 1, index)
             index = keep[:, None, :, None, None].expand(-1, corr.shape[1], -1, *corr.shape[3:])
@@ -530,14 +546,17 @@ class Aggregator(nn.Module):
             cost = layer(cost, appearance, text_guidance, pool)
 
         # The decoder is per class (convolutions and GroupNorm see one class slice at a time): run it
-        # on fixed chunks of classes so its (B*T, C, 4h, 4w) activations stay small.
-        x = cost.permute(0, 1, 4, 2, 3)  # (B, T, C, h, w)
+        # on fixed chunks of classes so its (B*T, C, 4h, 4w) activations stay small, channels-last
+        # (the cost is already channels-last: no permute copy, and the convolutions' native layout).
+        # The guidance's part of each block's first conv is computed once per image.
+        terms = [block.guidance_term(g) for block, g in zip(self.decoder, decoder_guidance)]
         chunks = []
-        for start in range(0, tk, DECODER_CHUNK):
-            y = x[:, start : start + DECODER_CHUNK]
-            y = y.reshape(-1, *y.shape[2:])  # (B*t, C, h, w), image index outer
-            for block, g in zip(self.decoder, decoder_guidance):
-                y = block(y, g)
+        step = tk if tracing else max(1, DECODER_CHUNK // b)  # export: all classes in one pass (any T)
+        for start in [0] if tracing else range(0, tk, step):
+            y = cost[:, start : start + step]
+            y = y.reshape(-1, *y.shape[2:]).permute(0, 3, 1, 2)  # (B*t, C, h, w) channels-last, image outer
+            for block, g, term in zip(self.decoder, decoder_guidance, terms):
+                y = block(y, g, term)
             chunks.append(self.head(y).reshape(b, -1, *y.shape[-2:]))
         logits = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
         if keep is None:

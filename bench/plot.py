@@ -1,0 +1,72 @@
+"""Seconds per image against the number of classes K, one line per model/mode and version (PNG).
+
+Reads the JSON lines ``bench_segment --json`` writes (the last row wins for a repeated case) and
+draws log-log lines: solid for "after", dashed for "before". matplotlib is a bench-only dependency
+(``pip install matplotlib``); the package does not need it.
+
+    python -m bench.plot results.jsonl docs/performance_k.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def load_rows(path: Path) -> dict[tuple[str, str, str], dict[int, float]]:
+    """{(run, dtype, version): {K: s/img}} from a JSON-lines file."""
+    series: dict[tuple[str, str, str], dict[int, float]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            series.setdefault((row["run"], row["dtype"], row["version"]), {})[int(row["K"])] = row["s/img"]
+    return series
+
+
+def plot_seconds(rows: Path, out: Path, title: str | None = None) -> None:
+    """Write the PNG ``out`` from the rows in ``rows``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = load_rows(rows)
+    runs = sorted({(run, dtype) for run, dtype, _ in series})
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
+    for i, (run, dtype) in enumerate(runs):
+        for version, style in (("before", "--"), ("after", "-")):
+            points = series.get((run, dtype, version))
+            if not points:
+                continue
+            ks = sorted(points)
+            label = f"{run.replace(':inference=', ' ')} {dtype} ({version})"
+            color = colors[i % len(colors)]
+            ax.plot(ks, [points[k] for k in ks], style, marker="o", color=color, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ks = sorted({k for points in series.values() for k in points})
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("classes K")
+    ax.set_ylabel("seconds per 640 x 853 image")
+    ax.set_title(title or "Segmenter.predict, 2 threads, random weights")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("rows", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--title")
+    args = parser.parse_args()
+    plot_seconds(args.rows, args.out, args.title)
+
+
+if __name__ == "__main__":
+    main()
