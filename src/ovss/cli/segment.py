@@ -185,6 +185,7 @@ def _run_key(seg: Any, vocab: Any, args: argparse.Namespace) -> tuple[str, dict[
         "digest": getattr(seg, "digest", ""),
         "dtype": args.dtype,
         "options": model_options(args),
+        "tta": str(getattr(args, "tta", None)),  # test-time augmentation changes the results
         "classes": [c.text for c in vocab.classes],
     }
     blob = json.dumps(settings, sort_keys=True, ensure_ascii=True).encode()
@@ -295,6 +296,8 @@ def _segment(
     failures: list[tuple[Path, str]] = []
     queue: deque[int] = deque()  # indices handed to predict_batch whose results are still due
     options = model_options(args)
+    if getattr(args, "tta", None):  # ovss segment --tta (Segmenter.predict's tta=)
+        options["tta"] = args.tta
     bar = tqdm(total=len(todo), unit="img", disable=rank != 0 or len(todo) < 2)
     state.mkdir(parents=True, exist_ok=True)
     log = open(state / f"done-rank{rank}.jsonl", "a", encoding="utf-8")  # noqa: SIM115
