@@ -44,7 +44,7 @@ def test_help_describes_every_option(capsys):
         ("--host HOST", "(default: 127.0.0.1)"),
         ("--max-pixels N", "(default: 25000000)"),
         ("--max-classes N", "(default: 1000)"),
-        ("--max-upload-mb MB", "(default: 25)"),
+        ("--max-upload-mb MB", "(default: 25.0)"),
         ("--queue-size N", "(default: 20)"),
         ("--keep-files SECONDS", "(default: 1800)"),
         ("--examples DIR", "'none'"),
@@ -77,6 +77,12 @@ def test_port_in_use_is_one_line_before_the_model_loads(busy_port, capsys, no_mo
     err = capsys.readouterr().err
     assert err.startswith(f"ovss: error: cannot serve on 127.0.0.1:{busy_port}: Address already in use")
     assert err.endswith("choose another port with --port N\n") and err.count("\n") == 1
+
+
+def test_limit_options_are_checked_before_the_model_loads(capsys, no_model_load):
+    pytest.importorskip("gradio", reason="gradio not installed (pip install 'ovss[demo]')")
+    assert main(["demo", "--model", "test-san-tiny", "--keep-files", "0"]) == 1
+    assert capsys.readouterr().err == "ovss: error: --keep-files must be > 0, got 0\n"
 
 
 def test_check_port(busy_port):

@@ -17,6 +17,22 @@ The page's API endpoint is /segment (gradio_client; see the README, "Web demo").
 """
 
 
+# (flag, DemoLimits field, type, metavar, help) of the per-request limits.
+LIMIT_OPTIONS = (
+    ("--max-pixels", "max_pixels", int, "N", "largest image accepted, width x height pixels"),
+    ("--max-classes", "max_classes", int, "N", "most classes in one request"),
+    ("--max-upload-mb", "max_upload_mb", float, "MB", "largest upload accepted, in MiB"),
+    ("--queue-size", "queue_size", int, "N", "requests that may wait while one runs; more are refused"),
+    (
+        "--keep-files",
+        "keep_files_s",
+        int,
+        "SECONDS",
+        "uploads and results are deleted from the server after this long",
+    ),
+)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ovss.demo.backend import DemoLimits
 
@@ -57,41 +73,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="folder of example photos (.jpg/.jpeg/.webp) shown under the form, or 'none' (default: "
         "../shared/data beside the repository, when it exists)",
     )
-    p.add_argument(
-        "--max-pixels",
-        type=int,
-        default=limits.max_pixels,
-        metavar="N",
-        help="largest image accepted, width x height pixels (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-classes",
-        type=int,
-        default=limits.max_classes,
-        metavar="N",
-        help="most classes in one request (default: %(default)s)",
-    )
-    p.add_argument(
-        "--max-upload-mb",
-        type=float,
-        default=limits.max_upload_mb,
-        metavar="MB",
-        help="largest upload accepted, in MiB (default: %(default)g)",
-    )
-    p.add_argument(
-        "--queue-size",
-        type=int,
-        default=limits.queue_size,
-        metavar="N",
-        help="requests that may wait while one runs; more are refused (default: %(default)s)",
-    )
-    p.add_argument(
-        "--keep-files",
-        type=int,
-        default=limits.keep_files_s,
-        metavar="SECONDS",
-        help="uploads and results are deleted from the server after this long (default: %(default)s)",
-    )
+    for flag, field, kind, metavar, what in LIMIT_OPTIONS:
+        p.add_argument(
+            flag,
+            dest=field,
+            type=kind,
+            default=getattr(limits, field),
+            metavar=metavar,
+            help=f"{what} (default: %(default)s)",
+        )
     p.set_defaults(run=run)
 
 
@@ -113,11 +103,13 @@ def examples_from(option: str | None) -> list[list[str]]:
 def run(args: argparse.Namespace) -> int:
     from ovss.demo.app import build_app, check_port, import_gradio, launch
     from ovss.demo.backend import DemoBackend, DemoLimits
+    from ovss.errors import OvssError
 
     import_gradio()  # a missing gradio is reported before the (slow) model load
-    limits = DemoLimits(
-        args.max_pixels, args.max_classes, args.max_upload_mb, args.queue_size, args.keep_files
-    )
+    for flag, field, _, _, _ in LIMIT_OPTIONS:
+        if not getattr(args, field) > 0:
+            raise OvssError(f"{flag} must be > 0, got {getattr(args, field)}")
+    limits = DemoLimits(**{field: getattr(args, field) for _, field, _, _, _ in LIMIT_OPTIONS})
     examples = examples_from(args.examples)
     check_port(args.host, args.port)  # so is a port already in use
     if not logging.getLogger("ovss.demo").handlers:

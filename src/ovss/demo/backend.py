@@ -58,9 +58,7 @@ class DemoLimits:
     def __post_init__(self) -> None:
         for name in ("max_pixels", "max_classes", "max_upload_mb", "queue_size", "keep_files_s"):
             if not getattr(self, name) > 0:
-                raise OvssError(
-                    f"demo limit {name} must be > 0, got {getattr(self, name)} (--{name.replace('_', '-')})"
-                )
+                raise OvssError(f"demo limit {name} must be > 0, got {getattr(self, name)}")
 
 
 # ----------------------------------------------------------------------------------------- models
