@@ -32,7 +32,7 @@ def no_model(monkeypatch):
 def bad_outs(tmp_path) -> dict[str, Path]:
     file = tmp_path / "file.txt"
     file.write_text("x")
-    return {"a file": file, "under a file": file / "sub"}
+    return {"a file": file, "under a file": file / "sub", "not creatable": Path("/proc/ovss-test-out")}
 
 
 def _one_line_error(capsys) -> str:
@@ -41,10 +41,13 @@ def _one_line_error(capsys) -> str:
     return err
 
 
-@pytest.mark.parametrize("kind", ["a file", "under a file"])
+@pytest.mark.parametrize("kind", ["a file", "under a file", "not creatable"])
 def test_bad_out_is_reported_before_any_work(kind, bad_outs, tmp_path, capsys, no_model):
+    if kind == "not creatable" and not Path("/proc/self").is_dir():
+        pytest.skip("needs Linux /proc (a folder nobody can create entries in, root included)")
     out = str(bad_outs[kind])
-    expected = "is an existing file, not a folder" if kind == "a file" else "is a file"
+    expected = {"a file": "is an existing file, not a folder", "under a file": "is a file",
+                "not creatable": "cannot be created: /proc is not writable"}[kind]
     commands = {
         "eval": ["eval", "--folder", str(tmp_path), "--classes", "a; b", "--model", "test-san-tiny",
                  "--out", out],
@@ -58,7 +61,8 @@ def test_bad_out_is_reported_before_any_work(kind, bad_outs, tmp_path, capsys, n
     if (REPO / "src" / "ovss" / "cli" / "export.py").is_file():
         assert main(["export", "--model", "test-san-tiny", "--out", str(bad_outs[kind] / "m.onnx")]) == 1
         err = _one_line_error(capsys)
-        assert f"--out {bad_outs[kind] / 'm.onnx'}: the folder" in err and expected in err, err
+        assert f"--out {bad_outs[kind] / 'm.onnx'}: the folder" in err, err
+        assert expected in err, err
 
 
 def test_eval_options_are_checked_in_cli_words_before_loading(tmp_path, capsys, no_model):

@@ -174,7 +174,8 @@ def load_segmenter(args: argparse.Namespace):
 def ensure_writable_dir(path: str | Path, flag: str = "--out") -> Path:
     """Check, before any work, that ``path`` is (or can be created as) a writable folder.
 
-    Nothing is created. Raises :class:`~ovss.errors.OutputPathError` with one line naming ``flag``
+    Nothing is left behind (one empty probe file is created and deleted in the nearest existing
+    folder). Raises :class:`~ovss.errors.OutputPathError` with one line naming ``flag``
     when ``path`` is an existing file, lies under a file, or is (or would be created in) a folder
     that cannot be written.
     """
@@ -192,9 +193,20 @@ def ensure_writable_dir(path: str | Path, flag: str = "--out") -> Path:
         existing = existing.parent
     if existing != path and not existing.is_dir():
         raise OutputPathError(f"{flag} {path} cannot be created: {existing} is a file; pass another folder")
+    what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
     if not os.access(existing, os.W_OK | os.X_OK):
-        what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
         raise OutputPathError(f"{flag} {path} {what}; pass a folder you can write to")
+    # access() is not the whole story (root, read-only or special file systems such as /proc):
+    # create and delete one empty file where the output (or its first missing folder) would go
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ovss-write-test-", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise OutputPathError(f"{flag} {path} {what} ({reason}); pass a folder you can write to") from None
     return path
 
 

@@ -65,6 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if argv is None and args.command in ("segment", "eval", "demo"):  # the `ovss` process itself (not
+        # an in-process call): let glibc reuse freed memory, 1.6-1.9x on CAT-Seg/SED (docs/performance.md)
+        from ovss.api.segmenter import tune_cpu_allocator
+
+        tune_cpu_allocator()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
@@ -77,6 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ovss: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output went away (``ovss models | head``)
+        try:
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141
 
 
 if __name__ == "__main__":
