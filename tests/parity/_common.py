@@ -92,6 +92,21 @@ def align_to_reference(ours: torch.Tensor, ref: torch.Tensor, desc: str = "") ->
     return ours
 
 
+def decoder_chunk_hook(store: list[torch.Tensor]):
+    """Forward hook collecting every call of a CAT-Seg decoder block (the decoder runs on chunks of
+    classes); :func:`join_decoder_chunks` turns the list into the official (B*T, C, h, w) tensor."""
+
+    def hook(_module, _args, out: torch.Tensor) -> None:
+        store.append(out)
+
+    return hook
+
+
+def join_decoder_chunks(chunks: list[torch.Tensor], batch: int) -> torch.Tensor:
+    """Per-chunk (B*t_i, C, h, w) outputs (image index outer within a chunk) -> (B*T, C, h, w)."""
+    return torch.cat([c.reshape(batch, -1, *c.shape[1:]) for c in chunks], dim=1).flatten(0, 1)
+
+
 def compare_recorded(
     ours: dict[str, torch.Tensor], refs: dict[str, torch.Tensor], cfg: dict, skip: tuple[str, ...] = ()
 ) -> dict[str, float]:

@@ -35,6 +35,8 @@ from tests.conftest import parity_params, relative_error
 from tests.parity._common import (
     TOL,
     compare_recorded,
+    decoder_chunk_hook,
+    join_decoder_chunks,
     need,
     normalized_png,
     official_state_dict,
@@ -137,8 +139,8 @@ def _hooks(model: CATSeg, ours: dict[str, torch.Tensor]) -> list:
         agg.cost_embed.register_forward_hook(keep("agg.corr_embed_2d")),
         agg.appearance_proj.register_forward_hook(keep("agg.appearance_guidance_proj")),
         agg.text_proj.register_forward_hook(keep("agg.text_guidance_proj")),
-        agg.decoder[0].register_forward_hook(keep("agg.decoder1.out")),
-        agg.decoder[1].register_forward_hook(keep("agg.decoder2.out")),
+        agg.decoder[0].register_forward_hook(decoder_chunk_hook(ours.setdefault("_decoder1", []))),
+        agg.decoder[1].register_forward_hook(decoder_chunk_hook(ours.setdefault("_decoder2", []))),
         agg.register_forward_hook(keep("agg.out.logits")),
     ]
     for i, proj in enumerate(agg.decoder_guidance_proj):
@@ -231,6 +233,10 @@ def run_fixture(folder: Path) -> dict:
             for hook in hooks:
                 hook.remove()
         ours["clip.dense_tokens"] = model.clip.visual.head(ours.pop("_transformer_out"))
+        for i in (1, 2):  # the decoder runs on chunks of classes: one (B*T, C, h, w) tensor
+            ours[f"agg.decoder{i}.out"] = join_decoder_chunks(
+                ours.pop(f"_decoder{i}"), ours["agg.in.img_feats"].shape[0]
+            )
         _truncation(ours, model.config.pad_len)
     refs = recorded_tensors(folder, cfg)
     _to_official_class_order(ours, refs)

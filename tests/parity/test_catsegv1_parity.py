@@ -27,6 +27,8 @@ from tests.conftest import parity_params, relative_error
 from tests.parity._common import (
     TOL,
     compare_recorded,
+    decoder_chunk_hook,
+    join_decoder_chunks,
     need,
     normalized_png,
     official_state_dict,
@@ -185,10 +187,8 @@ def _hooks(model: CATSegV1, ours: dict[str, torch.Tensor]) -> list:
                 keep((f"agg.decoder_guidance_proj{i}", f"head.decoder_guidance_proj{i}"))
             )
         )
-    for i, block in enumerate(agg.decoder):
-        hooks.append(
-            block.register_forward_hook(keep((f"agg.decoder{i + 1}.out", f"head.decoder{i + 1}.out")))
-        )
+    for i, block in enumerate(agg.decoder):  # runs on chunks of classes: joined after the forward
+        hooks.append(block.register_forward_hook(decoder_chunk_hook(ours.setdefault(f"_decoder{i + 1}", []))))
     for i, layer in enumerate(agg.layers):
         hooks.append(layer.spatial.register_forward_hook(keep((f"agg.layer{i}.spatial_out",), cost5d)))
         hooks.append(layer.register_forward_hook(keep((f"agg.layer{i}.out",), cost5d)))
@@ -232,6 +232,9 @@ def _run(folder: Path) -> dict:
         finally:
             for hook in hooks:
                 hook.remove()
+        for i in (1, 2):
+            joined = join_decoder_chunks(ours.pop(f"_decoder{i}"), ours["clip_img_feat"].shape[0])
+            ours[f"agg.decoder{i}.out"] = ours[f"head.decoder{i}.out"] = joined
         if "clip.transformer.out" in ours:
             ours["clip.dense_tokens"] = model.clip.visual.head(ours["clip.transformer.out"].transpose(0, 1))
     if mm:
