@@ -157,6 +157,15 @@ def test_predict_blocks_are_row_bands_of_predict(model, image_size, output_size)
     assert ((full - expected).norm() / expected.norm()) < 1e-6
 
 
+def test_single_image_class_product_matches_the_batched_path(model):
+    """B = 1 takes one (rows*W0, Q) @ (Q, K) product instead of the broadcast bmm: same scores."""
+    images, text = torch.randn(2, 3, 64, 96), F.normalize(torch.randn(4, 32), dim=-1)
+    batched = check_blocks(model, images, text, (50, 70), (47, 33))
+    for i in range(2):
+        single = check_blocks(model, images[i : i + 1], text, (50, 70), (47, 33))
+        assert ((single[0] - batched[i]).norm() / batched[i].norm()) < 1e-6
+
+
 def test_padding_does_not_change_the_valid_region_path(model):
     # the mask logits used inside the valid region come from the same computation: cropping happens
     # after upsampling to the padded size (spec 1.9), so predict only depends on image_size there.

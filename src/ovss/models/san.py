@@ -464,7 +464,11 @@ class SAN(SegmentationModel):
         for start in range(0, h0, rows):
             stop = min(start + rows, h0)
             sig = resize.band(cols, start, stop, rowwise=torch.Tensor.sigmoid_)  # (r, B, W0, Q)
-            yield 0, start, bands_to_blocks(torch.matmul(sig, probs))  # (r, B, W0, K) as (B, K, r, W0)
+            if b == 1:  # one (r*W0, Q) @ (Q, K) product: ~10 % faster than the broadcast bmm, same values
+                scores = (sig.reshape(-1, q) @ probs[0]).view(*sig.shape[:-1], k)
+            else:
+                scores = torch.matmul(sig, probs)
+            yield 0, start, bands_to_blocks(scores)  # (r, B, W0, K) as (B, K, r, W0)
 
 
 def _downsample(x: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:
