@@ -235,12 +235,22 @@ def test_demo_in_browser(chromium, server, tmp_path):
             page.click("#ovss-model input")
             page.get_by_role("option", name="test-sed-tiny (built in, random weights)").click()
             page.wait_for_selector("#ovss-sed-fast", state="visible")
+            assert not page.is_visible("#ovss-sed-topk")
+            page.click("#ovss-sed-fast input")
+            page.wait_for_selector("#ovss-sed-topk", state="visible")
             page.click("#ovss-model input")
             page.get_by_role("option", name="test-san-tiny (built in, random weights)").click()
             page.wait_for_selector("#ovss-sed-fast", state="hidden")
-            page.get_by_text("quokka; grass; rock, stone; sky; tree").first.click()
+            page.get_by_text("person; bottle; chair").nth(2).click()  # the third VOC photo: the bus
             page.wait_for_function(
-                "document.querySelector('#ovss-classes textarea').value.startsWith('quokka; grass')"
+                "document.querySelector('#ovss-classes textarea').value.startsWith('person; bottle; chair')"
+            )
+            page.wait_for_function("document.querySelector('#ovss-image img')?.src?.includes('2011_000025')")
+            page.click("#ovss-segment")  # an example segments like an upload
+            page.wait_for_selector("#ovss-legend table")
+            page.wait_for_function(
+                "document.querySelector('#ovss-label-file td.filename')?.getAttribute('aria-label')"
+                " === '2011_000025_label.png'"
             )
             page.screenshot(path=str(shots / "demo_example.png"), full_page=True)
             outside = [u for u in requested if not u.startswith((url, "data:", "blob:"))]

@@ -123,5 +123,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"ovss demo: loading {args.model} ...", file=sys.stderr, flush=True)
     backend.segmenter()  # load now: a bad name or missing weights fails before the server starts
     app = build_app(backend, examples)
-    launch(app, backend, args.host, args.port, share=args.share, examples=examples)
+    launch(app, backend, args.host, args.port, share=args.share)
     return 0

@@ -113,11 +113,11 @@ def build_app(backend: DemoBackend, examples: list[list[str]] | None = None) -> 
     offered = [(e.label, e.name) for e in catalogue if e.usable]
     visible = option_visibility(backend.family(backend.model_name))
 
-    def on_model(model: str) -> tuple[Any, Any, Any]:
+    def on_model(model: str, sed_fast: bool) -> tuple[Any, Any, Any]:
         show = option_visibility(backend.family(model))
         return (
             gr.update(visible=show["sed"]),
-            gr.update(visible=show["sed"]),
+            gr.update(visible=show["sed"] and bool(sed_fast)),  # top-k only matters in fast mode
             gr.update(visible=show["catseg"]),
         )
 
@@ -181,8 +181,9 @@ def build_app(backend: DemoBackend, examples: list[list[str]] | None = None) -> 
                     value=8,
                     precision=0,
                     minimum=1,
-                    label="SED: classes kept per pixel in fast mode",
-                    visible=visible["sed"],
+                    label="SED fast mode: classes kept per pixel",
+                    visible=False,
+                    elem_id="ovss-sed-topk",
                 )
                 inference = gr.Radio(
                     [("sliding window (official, slower)", "slide"), ("whole image (faster)", "whole")],
@@ -225,7 +226,8 @@ def build_app(backend: DemoBackend, examples: list[list[str]] | None = None) -> 
             f"{_duration(limits.keep_files_s)}. The label map PNG is full size; its pixel value is the index "
             "of the class in your list (0 = the first). API: `/segment` (see *Use via API* below)."
         )
-        model.change(on_model, [model], [fast, topk, inference], api_name=False)
+        model.change(on_model, [model, fast], [fast, topk, inference], api_name=False)
+        fast.change(lambda on: gr.update(visible=bool(on)), [fast], [topk], api_name=False)
         # The legend (HTML) shows no error state: clear it in the browser first, so that a failed request
         # never leaves the legend of the previous image beside the error.
         button.click(None, None, [legend], js="() => ''", api_name=False, queue=False).then(
@@ -246,11 +248,9 @@ def launch(
     host: str,
     port: int,
     share: bool = False,
-    examples: list[list[str]] | None = None,
 ) -> None:
     """Serve ``app`` until interrupted (blocking); a port taken meanwhile is one clear error."""
     gr = import_gradio()
-    allowed = sorted({str(Path(row[0]).parent) for row in examples or []})
     theme = gr.themes.Default(  # system fonts: the page loads nothing from outside the server
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
@@ -260,7 +260,6 @@ def launch(
             server_port=port,
             share=share,
             max_file_size=int(backend.limits.max_upload_mb * 2**20),
-            allowed_paths=allowed,
             theme=theme,
             css=CSS,
             ssr_mode=False,
