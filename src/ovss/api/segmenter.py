@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ovss.api.result import SegmentationResult
+from ovss.api.tta import TTAConfig, mean_blocks, parse_tta, scaled_size
 from ovss.data.io import ImageInput, read_image
 from ovss.errors import ImageReadError, OvssError
 from ovss.models.base import SegmentationModel
@@ -162,6 +163,7 @@ class Segmenter:
         image: ImageInput,
         classes: str | Path | Sequence[str | Sequence[str]] | Vocabulary | None = None,
         return_scores: bool = False,
+        tta: bool | TTAConfig | Sequence[float] | None = None,
         **options: Any,
     ) -> SegmentationResult:
         """Segment one image.
@@ -170,9 +172,13 @@ class Segmenter:
             image: path, PIL image or (H, W, 3) uint8 RGB array.
             classes: vocabulary (``"cat; sofa, couch; wall"``, a list, a file); None keeps the last one.
             return_scores: keep the full (K, H, W) score map in the result.
+            tta: test-time augmentation: ``True`` (mmseg's ratios 0.5-1.75 + flip, 12 passes), a
+                :class:`~ovss.api.tta.TTAConfig` or a list of ratios (with flip); the result is the
+                mean of the score maps (``ovss.api.tta``). Costs one forward pass per augmentation.
             options: model options (CAT-Seg ``inference="slide"``; SED ``fast=True, topk=8``).
         """
-        return next(iter(self.predict_batch([image], classes, return_scores=return_scores, **options)))
+        results = self.predict_batch([image], classes, return_scores=return_scores, tta=tta, **options)
+        return next(iter(results))
 
     def predict_batch(
         self,
@@ -180,12 +186,15 @@ class Segmenter:
         classes: str | Path | Sequence[str | Sequence[str]] | Vocabulary | None = None,
         batch_size: int = 1,
         return_scores: bool = False,
+        tta: bool | TTAConfig | Sequence[float] | None = None,
         **options: Any,
     ) -> Iterator[SegmentationResult]:
         """Segment many images with one vocabulary (embedded once); yields results in order.
 
-        Consecutive images of the same size are run as one batch (up to ``batch_size``).
+        Consecutive images of the same size are run as one batch (up to ``batch_size``). ``tta`` as
+        in :meth:`predict`.
         """
+        aug = parse_tta(tta)
         if classes is not None:
             self.set_vocabulary(classes)
         if self._vocab is None:
@@ -196,11 +205,11 @@ class Segmenter:
             tensor, size = self._preprocess(rgb, **options)
             same = pending and rgb.shape == pending[0][0].shape and size == pending[0][2]
             if pending and (not same or len(pending) >= batch_size):
-                yield from self._run(pending, return_scores, **options)
+                yield from self._run(pending, return_scores, aug, **options)
                 pending = []
             pending.append((rgb, tensor, size))
         if pending:
-            yield from self._run(pending, return_scores, **options)
+            yield from self._run(pending, return_scores, aug, **options)
 
     def _preprocess(self, rgb: np.ndarray, **options: Any) -> tuple[torch.Tensor, tuple[int, int]]:
         """Resize (PIL bilinear on uint8, as detectron2's ResizeShortestEdge) -> (3, h, w) float 0..255."""
@@ -221,20 +230,54 @@ class Segmenter:
         self,
         items: list[tuple[np.ndarray, torch.Tensor, tuple[int, int]]],
         return_scores: bool,
+        tta: TTAConfig | None = None,
         **options: Any,
     ) -> Iterator[SegmentationResult]:
-        h, w = items[0][2]
-        batch = torch.stack([t for _, t, _ in items]).to(self.device)
+        out_size = tuple(items[0][0].shape[:2])  # a batch holds images of one original size
+        shape = (len(items), len(self._vocab), *out_size)
+        if tta is None:
+            batch = self._normalise([t for _, t, _ in items], items[0][2])
+            blocks = self._score_blocks(batch, items[0][2], out_size, **options)
+        else:
+            blocks = mean_blocks([
+                (flip, self._augmented_blocks(items, scale, flip, out_size, options))
+                for scale, flip in tta.augmentations
+            ])
+        reduced = reduce_scores(blocks, shape, return_scores, self.device)
+        for i, (rgb, _, _) in enumerate(items):
+            yield self._to_result(rgb, reduced, i)
+
+    def _normalise(self, tensors: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """(3, h, w) float 0..255 images -> (B, 3, H, W) normalised, in the compute dtype, padded."""
+        h, w = size
+        batch = torch.stack(tensors).to(self.device)
         batch = ((batch - self._mean) / self._std).to(self.dtype)
         div = self.model.config.size_divisibility
         if div > 1:
             batch = F.pad(batch, (0, (-w) % div, 0, (-h) % div))
-        out_size = tuple(items[0][0].shape[:2])  # a batch holds images of one original size
-        shape = (len(items), len(self._vocab), *out_size)
-        blocks = self._score_blocks(batch, (h, w), out_size, **options)
-        reduced = reduce_scores(blocks, shape, return_scores, self.device)
-        for i, (rgb, _, _) in enumerate(items):
-            yield self._to_result(rgb, reduced, i)
+        return batch
+
+    def _augmented_blocks(
+        self,
+        items: list[tuple[np.ndarray, torch.Tensor, tuple[int, int]]],
+        scale: float,
+        flip: bool,
+        out_size: tuple[int, int],
+        options: dict[str, Any],
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Score blocks of one TTA augmentation (mirrored when ``flip``; :func:`mean_blocks` undoes it).
+
+        The image is resized from the original to ``scale`` x the model's test size (PIL bilinear, as
+        the normal path) and the map comes at the original size, as the normal path's.
+        """
+        size = scaled_size(items[0][2], scale)
+        tensors = []
+        for rgb, tensor, _ in items:
+            if size != tensor.shape[-2:]:
+                small = np.array(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR))
+                tensor = torch.from_numpy(small).permute(2, 0, 1).float()
+            tensors.append(tensor.flip(-1) if flip else tensor)
+        yield from self._score_blocks(self._normalise(tensors, size), size, out_size, **options)
 
     def _score_blocks(
         self, batch: torch.Tensor, size: tuple[int, int], out_size: tuple[int, int], **options: Any

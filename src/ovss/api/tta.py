@@ -1,0 +1,136 @@
+"""Test-time augmentation (multi-scale + horizontal flip): the mean of the models' official score maps.
+
+Each augmentation resizes the image by a ratio of the model's test size (and/or mirrors it), runs the
+model's own ``predict`` with the ORIGINAL image size as output size, and mirrors the map back; the
+result is the mean of these (K, H0, W0) maps, as detectron2's ``SemanticSegmentorWithTTA`` and
+mmsegmentation's ``aug_test`` average their score maps (mmseg's default ratios 0.5 ... 1.75 + flip).
+The maps are averaged block by block (:func:`mean_blocks`): one band of output rows of every
+augmentation at a time, never (n_aug, K, H0, W0) or even one whole (K, H0, W0) map.
+
+Cost: n_aug = len(scales) x (2 if flip) forward passes (12 with the defaults) and the networks of
+scales > 1 see more pixels (SAN's cost grows with the pixels: ratio 1.75 costs ~3x ratio 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from ovss.config import Config
+from ovss.errors import ConfigError
+
+MMSEG_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmsegmentation's default ``img_ratios``
+
+
+@dataclasses.dataclass(kw_only=True)
+class TTAConfig(Config):
+    """Multi-scale + flip test-time augmentation.
+
+    Args:
+        scales: ratios of the model's test size (1.0 = the normal input; mmseg's ratios by default).
+        flip: also run every scale on the horizontally mirrored image.
+    """
+
+    scales: tuple[float, ...] = MMSEG_RATIOS
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        self.scales = tuple(float(s) for s in self.scales)
+        if not self.scales or any(not s > 0 for s in self.scales):
+            raise ConfigError(f"TTA scales must be positive ratios (e.g. 0.5, 1.0, 1.5), got {self.scales}")
+
+    @property
+    def augmentations(self) -> list[tuple[float, bool]]:
+        """``(scale, flipped)`` pairs in the order they are run and summed."""
+        return [(s, f) for s in self.scales for f in ((False, True) if self.flip else (False,))]
+
+
+def parse_tta(tta: bool | TTAConfig | Sequence[float] | dict | None) -> TTAConfig | None:
+    """``True`` -> the defaults; a sequence of ratios -> those scales with flip; a dict -> its fields
+    (``{"scales": [...], "flip": false}``, the JSON form); None/False -> no TTA."""
+    if tta is None or tta is False:
+        return None
+    if tta is True:
+        return TTAConfig()
+    if isinstance(tta, TTAConfig):
+        return tta
+    if isinstance(tta, dict):
+        return TTAConfig.from_dict(tta)
+    if isinstance(tta, Sequence) and not isinstance(tta, str):
+        return TTAConfig(scales=tuple(tta))
+    raise ConfigError(f"tta must be True, a TTAConfig or a list of scales, got {tta!r}")
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``"0.5,1,1.5"`` (the CLI's ``--tta-scales``) -> (0.5, 1.0, 1.5)."""
+    try:
+        scales = tuple(float(s) for s in text.replace(" ", "").split(",") if s)
+    except ValueError:
+        raise ConfigError(f"--tta-scales takes comma-separated ratios like 0.5,1,1.5, got {text!r}") from None
+    return TTAConfig(scales=scales).scales
+
+
+def add_tta_arguments(p: argparse.ArgumentParser) -> None:
+    """``--tta``, ``--tta-scales``, ``--no-tta-flip`` (``ovss segment`` and ``ovss eval``)."""
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: the mean of the score maps at mmseg's ratios 0.5,0.75,1,1.25,1.5,1.75 "
+        "of the test size, each also mirrored (12 passes: ~12x the time, ~17x for SAN; default: off)",
+    )
+    p.add_argument(
+        "--tta-scales",
+        default=None,
+        metavar="R,R,...",
+        help="TTA ratios of the test size, e.g. 0.75,1,1.25 (implies --tta; default: mmseg's six)",
+    )
+    p.add_argument(
+        "--no-tta-flip", action="store_true", help="TTA without the mirrored passes (implies --tta)"
+    )
+
+
+def tta_option(args: argparse.Namespace) -> bool | dict | None:
+    """The ``tta=`` value for ``predict`` from the CLI flags, in a JSON-friendly form (recorded in the
+    outputs): None (off), True (the defaults) or ``{"scales": [...], "flip": bool}``."""
+    scales, no_flip = getattr(args, "tta_scales", None), getattr(args, "no_tta_flip", False)
+    if scales is None and not no_flip:
+        return True if getattr(args, "tta", False) else None
+    cfg = TTAConfig(scales=parse_scales(scales) if scales is not None else MMSEG_RATIOS, flip=not no_flip)
+    return cfg.to_dict()
+
+
+def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """(h, w) times ``scale``, rounded, at least 1 pixel a side."""
+    return max(1, int(size[0] * scale + 0.5)), max(1, int(size[1] * scale + 0.5))
+
+
+def mean_blocks(
+    streams: Sequence[tuple[bool, Iterator[tuple[int, int, torch.Tensor]]]],
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """The mean of several block streams of maps of one (B, K, H0, W0) shape, block by block.
+
+    Args:
+        streams: ``(flipped, blocks)`` per augmentation: ``blocks`` as ``predict_blocks`` yields them
+            (every stream must tile the map the same way: the same output size and block budget give
+            the same tiling); the blocks of a flipped stream are mirrored back along W.
+
+    Yields:
+        ``(class_start, row_start, mean)`` float32 blocks (one stream: its blocks unchanged).
+    """
+    if len(streams) == 1:
+        flipped, blocks = streams[0]
+        for k0, r0, block in blocks:
+            yield k0, r0, block.flip(-1) if flipped else block
+        return
+    for parts in zip(*(blocks for _, blocks in streams), strict=True):
+        (k0, r0, first), shape = parts[0], parts[0][2].shape
+        total = torch.zeros(shape, dtype=torch.float32, device=first.device)
+        for (flipped, _), (k, r, block) in zip(streams, parts):
+            if (k, r, block.shape) != (k0, r0, shape):
+                got, want = (k, r, tuple(block.shape)), (k0, r0, tuple(shape))
+                raise RuntimeError(f"TTA streams tile the map differently: {got} vs {want}")
+            total += block.flip(-1) if flipped else block
+        yield k0, r0, total.div_(len(streams))
