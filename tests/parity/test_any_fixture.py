@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.conftest import parity_dir
 from tests.parity import test_catseg_parity as catseg_harness
-from tests.parity._common import TOL, read_array, reference_outputs
+from tests.parity._common import TOL, read_array, recorded_tensors, reference_outputs
 
 
 def _variant(tmp_path: Path, name: str, edit_config, edit_outputs=None) -> Path:
@@ -117,3 +117,51 @@ def _fresh_harness_cache():
     catseg_harness._CACHE.clear()
     yield
     catseg_harness._CACHE.clear()
+
+
+def test_catseg_fixture_with_more_classes_than_the_budget(tmp_path: Path) -> None:
+    """12 classes > a class budget of 8 (``pad_len``; 256 officially, smaller keeps this fast): the
+    harness records the kept classes, the full cost volume and the truncation, and puts our kept
+    classes in the fixture's (here: shuffled) order before comparing. The references are our own
+    numbers re-ordered, so this checks the harness, not the model."""
+    import numpy as np
+
+    from ovss.towers.tokenizer import get_tokenizer
+
+    names = [f"thing number {i}" for i in range(12)]
+    tokens = get_tokenizer()([f"A photo of a {n} in the scene" for n in names]).numpy()
+
+    def edit(cfg: dict) -> None:
+        cfg["class_names"] = names
+        cfg["aggregator"]["pad_len"] = 8
+        cfg["tensors"] = {}
+
+    folder = _variant(tmp_path, "catseg_a", edit, lambda out: out.clear())
+    (folder / "tokens.npy").unlink()
+    np.save(folder / "tokens.npy", tokens)
+    ours = catseg_harness.run_fixture(folder)["ours"]
+    assert ours["agg.cost_volume_full"].shape[2] == 12 and ours["agg.cost_volume"].shape[2] == 8
+    assert ours["agg.decoder1.out"].shape[0] == 8 and ours["agg.out.logits"].shape[1] == 12
+    assert int((ours["agg.out.logits"][0, :, 0, 0] == -100).sum()) == 4  # the dropped classes
+    perm = torch.randperm(8, generator=torch.Generator().manual_seed(0))
+    refs = {
+        "agg.cost_volume_full": ours["agg.cost_volume_full"],
+        "agg.trunc.classes": ours["agg.trunc.classes"][:, perm],
+        "agg.cost_volume": ours["agg.cost_volume"][:, :, perm],
+        "agg.text_guidance_proj": ours["agg.text_guidance_proj"][:, perm],
+        "agg.layer1.out": ours["agg.layer1.out"][:, :, perm],
+        "agg.decoder2.out": ours["agg.decoder2.out"][perm],
+        "agg.out.logits": ours["agg.out.logits"],
+        "sem_seg": ours["sem_seg"],
+    }
+    save_file({k: v.contiguous() for k, v in refs.items()}, str(folder / "outputs.safetensors"))
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["tensors"] = {
+        k: {"shape": list(v.shape), "desc": "", "file": "outputs.safetensors"} for k, v in refs.items()
+    }
+    (folder / "config.json").write_text(json.dumps(cfg))
+    run = catseg_harness._CACHE[folder]  # same model run; only what the fixture records changed
+    run["cfg"], run["refs"] = cfg, recorded_tensors(folder, cfg)
+    catseg_harness._to_official_class_order(run["ours"], run["refs"])
+    errors = catseg_harness.check_fixture(folder)
+    assert set(errors) == set(refs) and max(errors.values()) <= 1e-6, errors
