@@ -278,3 +278,18 @@ def test_sem_seg_from_input_png(folder: Path) -> None:
     clear = (top2[0] - top2[1]) > TOL  # near-ties may flip within the tolerance
     assert clear.float().mean() > 0.9
     assert torch.equal(ours.argmax(0)[clear], ref.argmax(0)[clear])
+
+
+@pytest.mark.parametrize("folder", parity_params("catsegmm_"))
+def test_mmseg_fixture_through_the_segmenter(folder: Path) -> None:
+    """The mmseg protocol needs no test-time resize from the predictor: ``Segmenter.predict`` on
+    input.png, with the vocabulary tokenised and embedded by ovss, gives the recorded logits."""
+    from ovss.api.segmenter import Segmenter
+
+    run = _run(folder)
+    cfg = run["cfg"]
+    seg = Segmenter(run["model"])
+    result = seg.predict(folder / "input.png", cfg["class_names"], return_scores=True)
+    ref = run["refs"]["sem_seg"]
+    assert relative_error(torch.from_numpy(result.scores), ref) <= TOL
+    assert relative_error(seg.text_embeddings, run["refs"]["text_embeds"]) <= TOL
