@@ -50,6 +50,21 @@ def test_result_is_per_row_independent_of_batch():
     torch.testing.assert_close(ours(tokens)[2:3], alone, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("batch", [1, 2, 256])
+def test_length_sorted_batches_match_the_reference_in_input_order(monkeypatch, batch: int):
+    """Prompts run sorted by length in batches each trimmed to its longest; rows come back in order."""
+    import ovss.towers.text as module
+
+    monkeypatch.setattr(module, "TEXT_BATCH", batch)
+    ref, ours = _pair(seed=2)
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.zeros(9, CFG.context_length, dtype=torch.long)
+    for i, n in enumerate([5, 2, 9, 3, 5, 12, 2, 7, 4]):  # lengths incl. SOT/EOT, unsorted, with ties
+        tokens[i, : n - 1] = torch.randint(1, 47, (n - 1,), generator=gen)
+        tokens[i, 0], tokens[i, n - 1] = 47, 49
+    torch.testing.assert_close(ours(tokens), ref(tokens), rtol=1e-5, atol=1e-5)
+
+
 def test_too_long_is_refused():
     _, ours = _pair()
     with pytest.raises(ValueError, match="context_length"):

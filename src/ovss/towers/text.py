@@ -13,6 +13,8 @@ from ovss.layers.mlp import ACTIVATIONS
 from ovss.layers.transformer import Transformer
 from ovss.utils import is_tracing
 
+TEXT_BATCH = 256  # prompts per pass through the tower (sorted by length, each batch trimmed to its longest)
+
 
 @dataclasses.dataclass(kw_only=True)
 class TextConfig(Config):
@@ -93,8 +95,11 @@ class TextTransformer(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Text embedding at the EOT token (the largest id in each row), NOT normalised.
 
-        The sequence is trimmed to the longest prompt (last EOT + 1) in eager mode; the causal
-        mask makes this exact. Under tracing / export the full length runs.
+        In eager mode the prompts are sorted by length and run in batches of ``TEXT_BATCH``, each
+        trimmed to its own longest prompt (last EOT + 1): the causal mask makes every trimmed token
+        exact, and a vocabulary of mixed lengths computes no padding beyond each batch's longest.
+        Batches also keep the activations small (cache-resident) for vocabularies of thousands of
+        prompts. Under tracing / export the full length runs in one batch.
 
         Args:
             tokens: (N, L) int64 token ids, ``L <= context_length``, zero-padded after EOT.
@@ -103,8 +108,22 @@ class TextTransformer(nn.Module):
             (N, output_dim).
         """
         eot = tokens.argmax(dim=-1)  # (N,)
-        if not is_tracing() and tokens.shape[0] > 0:
-            tokens = tokens[:, : int(eot.max()) + 1]
+        if is_tracing() or tokens.shape[0] == 0:
+            return self._embed(tokens, eot)
+        order = torch.argsort(eot, stable=True)
+        lengths = eot[order].tolist()
+        out = None
+        for start in range(0, len(lengths), TEXT_BATCH):
+            rows = order[start : start + TEXT_BATCH]
+            longest = lengths[min(start + TEXT_BATCH, len(lengths)) - 1]  # sorted: the batch's last
+            emb = self._embed(tokens[rows, : longest + 1], eot[rows])
+            if out is None:
+                out = emb.new_empty(tokens.shape[0], emb.shape[1])
+            out[rows] = emb
+        return out
+
+    def _embed(self, tokens: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        """(N, L) tokens and their EOT positions -> (N, output_dim) projected EOT features."""
         x = self.forward_tokens(tokens)
         x = x[torch.arange(x.shape[0], device=x.device), eot]
         return x @ self.text_projection.to(x.dtype)
