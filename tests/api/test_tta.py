@@ -132,3 +132,37 @@ def test_tta_options_and_errors():
         parse_scales("x")
     with pytest.raises(ConfigError, match="tta must be True, a TTAConfig or a list of scales"):
         parse_tta("yes")
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def test_segment_cli_tta_flags(tmp_path, capsys):
+    import json
+
+    from ovss.cli.main import main
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(photo)
+    base = ["segment", str(photo), "--model", "test-san-tiny", "--classes", "cat; grass; sky"]
+    def max_scores(out: str, *flags: str) -> list[float]:
+        assert main([*base, *flags, "--out", str(tmp_path / out)]) == 0
+        return [c["max_score"] for c in json.loads((tmp_path / out / "photo.json").read_text())["classes"]]
+
+    plain = max_scores("plain")
+    assert max_scores("one", "--tta-scales", "1", "--no-tta-flip") == plain  # the plain prediction
+    assert max_scores("tta", "--tta-scales", "0.5,1") != plain  # the flags reach predict
+    assert main([*base, "--tta-scales", "0,1", "--out", str(tmp_path / "bad")]) == 1
+    assert "TTA scales must be positive ratios" in capsys.readouterr().err
+
+
+def test_eval_cli_tta_flags_and_default_out():
+    from ovss.cli.eval import default_out
+    from ovss.cli.main import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["eval", "--dataset", "voc20", "--tta"])
+    assert default_out(args).name == "san-vit-b16-tta"
+    args = parser.parse_args(["eval", "--dataset", "voc20", "--tta-scales", "0.5,1", "--no-tta-flip"])
+    assert default_out(args).name == "san-vit-b16-tta-s0.5_1.0-noflip"
+    for command in ("segment", "eval"):
+        help_text = " ".join(parser._subparsers._group_actions[0].choices[command].format_help().split())
+        assert "--tta " in help_text and "mmseg's ratios 0.5,0.75,1,1.25,1.5,1.75" in help_text

@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Iterator, Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from ovss.config import Config
 from ovss.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where the maps are averaged: the CLI parsers stay light
+    import torch
 
 MMSEG_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmsegmentation's default ``img_ratios``
 
@@ -120,6 +122,8 @@ def mean_blocks(
     Yields:
         ``(class_start, row_start, mean)`` float32 blocks (one stream: its blocks unchanged).
     """
+    import torch
+
     if len(streams) == 1:
         flipped, blocks = streams[0]
         for k0, r0, block in blocks:
