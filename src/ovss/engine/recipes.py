@@ -85,12 +85,12 @@ def _catseg_v1(name: str, mmseg: bool = False) -> TrainConfig:
 
     ``mmseg=True`` gives the mmseg port's recipe instead: softmax cross-entropy (avg_non_ignore), a
     500-iteration linear warm-up before the cosine, batch 8 (R-101, ``4xb2``) or 4 (Swin-B, ``4xb1``),
-    and the Swin-B feature extractor trained at x0.01 (the official v1 freezes it).
+    and the Swin-B feature extractor trained at x0.01 (the official v1 freezes it). The port's own
+    augmentation pipeline is not reproduced: both use the official v1 augmentation.
     """
     cfg = _catseg(name)
     cfg = cfg.override(
-        'solver.lr_multipliers={"clip": 0.01, "backbone": 0.01}', "find_unused_parameters=false",
-        'data.class_variant="catseg"',
+        'solver.lr_multipliers={"clip": 0.01, "backbone": 0.01}', "find_unused_parameters=false"
     )
     if mmseg:
         batch = 8 if "r101" in name else 4
