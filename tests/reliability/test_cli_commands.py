@@ -14,6 +14,8 @@ from PIL import Image
 
 from ovss.cli.main import build_parser, main
 
+from ._small_eval import shrink_eval_model
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -153,17 +155,7 @@ def _prepared_voc20(root: Path) -> None:
 
 
 def test_eval_all_skips_unprepared_benchmarks_and_writes_per_model(tmp_path, capsys, monkeypatch):
-    import ovss.cli.eval as eval_cli
-    from ovss.models.base import ResizeConfig
-
-    original = eval_cli.load_segmenter
-
-    def small(args):
-        seg = original(args)
-        seg.model.config.test_resize = ResizeConfig(size=32, max_size=128)
-        return seg
-
-    monkeypatch.setattr(eval_cli, "load_segmenter", small)
+    shrink_eval_model(monkeypatch, 32)
     _prepared_voc20(tmp_path / "data")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OVSS_DATA", str(tmp_path / "data"))

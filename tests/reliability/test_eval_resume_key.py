@@ -11,21 +11,12 @@ from PIL import Image
 
 from ovss.cli.main import main
 
+from ._small_eval import shrink_eval_model
+
 
 @pytest.fixture
 def small_model(monkeypatch):
-    """``ovss eval`` runs test-san-tiny at a 64-pixel short side (fast)."""
-    import ovss.cli.eval as eval_cli
-    from ovss.models.base import ResizeConfig
-
-    original = eval_cli.load_segmenter
-
-    def load(args):
-        seg = original(args)
-        seg.model.config.test_resize = ResizeConfig(size=64, max_size=256)
-        return seg
-
-    monkeypatch.setattr(eval_cli, "load_segmenter", load)
+    shrink_eval_model(monkeypatch, 64)
 
 
 def _folder(root: Path, seed: int = 0, size: int = 32) -> Path:
