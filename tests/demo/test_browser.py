@@ -71,7 +71,9 @@ def server(tmp_path_factory):
         GRADIO_TEMP_DIR=str(root / "gradio"),
         GRADIO_ANALYTICS_ENABLED="False",
         OMP_NUM_THREADS="1",
+        TMPDIR=str(root / "tmp"),
     )
+    (root / "tmp").mkdir()
     log = root / "server.log"
     command = [
         *(sys.executable, "-m", "ovss.cli.main", "demo", "--model", "test-san-tiny", "--port", str(port)),
@@ -96,12 +98,14 @@ def server(tmp_path_factory):
             pytest.fail(f"ovss demo did not answer within 180 s:\n{log.read_text()}")
         time.sleep(0.5)
     yield url, log, root / "gradio"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)  # `kill` stops the server as Ctrl+C does, removing its files
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    assert proc.returncode == 0 and "ovss demo: stopped" in log.read_text(), log.read_text()
+    assert not list((root / "tmp").glob("ovss-demo-*"))
 
 
 def disjoint(a: dict, b: dict) -> bool:

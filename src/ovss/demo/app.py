@@ -7,7 +7,11 @@ endpoint is ``/segment`` (see README, "Web demo", for a ``gradio_client`` exampl
 from __future__ import annotations
 
 import logging
+import signal
 import socket
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +246,10 @@ def build_app(backend: DemoBackend, examples: list[list[str]] | None = None) -> 
     return app
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def launch(
     app: Any,
     backend: DemoBackend,
@@ -249,7 +257,7 @@ def launch(
     port: int,
     share: bool = False,
 ) -> None:
-    """Serve ``app`` until interrupted (blocking); a port taken meanwhile is one clear error."""
+    """Serve ``app`` until Ctrl+C (blocking); a port taken meanwhile is one clear error."""
     gr = import_gradio()
     theme = gr.themes.Default(  # system fonts: the page loads nothing from outside the server
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
@@ -264,8 +272,26 @@ def launch(
             css=CSS,
             ssr_mode=False,
             footer_links=["api"],
+            quiet=True,  # gradio's start-up hints are for its Python API; ours follow
+            prevent_thread_lock=True,
         )
     except OSError as e:
+        backend.close()
         raise OvssError(f"cannot serve on {host}:{port}: {e}; choose another port with --port N") from None
+    print(
+        f"ovss demo: serving {backend.model_name} on {app.local_url} (Ctrl+C stops)",
+        file=sys.stderr,
+        flush=True,
+    )
+    if share and getattr(app, "share_url", None):
+        print(f"ovss demo: public link {app.share_url}", file=sys.stderr, flush=True)
+    if threading.current_thread() is threading.main_thread():  # `kill` stops it as Ctrl+C does
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while app.is_running:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        print("ovss demo: stopped", file=sys.stderr, flush=True)
     finally:
+        app.close()
         backend.close()
