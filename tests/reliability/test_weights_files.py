@@ -342,3 +342,18 @@ def test_segment_reads_and_checks_a_weights_file_once(tiny, tmp_path, home, monk
     args = ["segment", str(img), "--model", str(path), "--classes", "a; b", "--out", str(tmp_path / "o")]
     assert main(args) == 0
     assert (len(opened), len(hashed), len(loaded)) == (1, 1, 1)
+
+
+def test_read_state_dict_refuses_folders_and_pipes_without_hanging(tmp_path):
+    """Every checkpoint reader (e.g. training's model.clip_weights) says what the path is instead of
+    'does not exist' for a folder, and refuses a FIFO instead of blocking on it forever."""
+    from ovss.weights.loading import read_state_dict
+
+    with pytest.raises(WeightsFileError, match="is a folder, expected a file"):
+        read_state_dict(tmp_path)
+    fifo = tmp_path / "pipe.pth"
+    os.mkfifo(fifo)
+    with pytest.raises(WeightsFileError, match="is not a regular file"):
+        read_state_dict(fifo)
+    with pytest.raises(WeightsFileError, match="is not a regular file"):
+        ovss.load(fifo)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ovss.errors import CheckpointMismatchError, WeightsNotFoundError
+from ovss.errors import CheckpointMismatchError
 from ovss.weights.formats import unwrap_checkpoint
 
 _WRAPPER_KEYS = ("model", "state_dict")
@@ -62,11 +62,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     Raises:
         WeightsNotFoundError: the file does not exist.
+        WeightsFileError: the path is a folder or not a regular file.
         CheckpointMismatchError: the file cannot be read or holds no state dict.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsNotFoundError(f"checkpoint file {path} does not exist; check the path")
+    from ovss.weights.modelfile import check_regular_file
+
+    path = check_regular_file(Path(path))  # missing, a folder or a FIFO: one clear error, no hang
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
