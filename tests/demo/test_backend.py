@@ -157,6 +157,7 @@ def test_catalogue_offers_only_models_on_disk(monkeypatch, tmp_path):
     assert real["catseg-vit-b16"].usable  # the start-up model was loaded by the command line
     assert not any(n.startswith("test-") for n in real)  # random models only in an offline check
     local = demo.model_catalogue("runs/x/model_final.safetensors", "sed")
+    assert local[0].label == "model_final.safetensors (local file)"
     assert (local[0].name, local[0].family, local[0].status) == (
         "runs/x/model_final.safetensors",
         "sed",
@@ -178,8 +179,12 @@ def test_options_apply_only_to_their_family():
     assert demo.model_options("sed", False, 4.0, "whole") == {}
     assert demo.model_options("san", True, 4.0, "whole") == {}
     assert demo.model_options("catseg", True, 4.0, "whole") == {"inference": "whole"}
-    with pytest.raises(DemoUserError, match="whole number >= 1, got 0.5"):
-        demo.model_options("sed", True, 0.5)
+    for bad in (0.5, 0, "abc", [3], float("inf")):
+        with pytest.raises(
+            DemoUserError, match=r"^'classes kept per pixel' must be a whole number >= 1, got"
+        ):
+            demo.model_options("sed", True, bad)
+    assert demo.model_options("sed", True, "3") == {"fast": True, "topk": 3}
 
 
 def test_web_message_drops_fixes_meant_for_a_terminal():
@@ -224,6 +229,13 @@ def test_segment_refuses_bad_requests_with_page_messages(backend, data_dir):
         backend.segment(photo, " ; ")
     with pytest.raises(DemoUserError, match=r"^11 classes given; this demo accepts up to 10"):
         backend.segment(photo, ";".join("abcdefghijk"))
+    # What an API client can send instead of the page's values.
+    with pytest.raises(DemoUserError, match=r"^the class list must be text"):
+        backend.segment(photo, ["cat"])
+    with pytest.raises(DemoUserError, match=r"^the model must be a name, got list$"):
+        backend.segment(photo, "cat", model=["x"])
+    with pytest.raises(DemoUserError, match=r"^no image"):
+        backend.segment({"path": 3}, "cat")
 
 
 def test_segment_never_downloads_and_hides_server_details(backend, data_dir, monkeypatch, tmp_path, caplog):

@@ -25,7 +25,6 @@ from PIL import Image, UnidentifiedImageError
 from ovss.errors import ImageReadError, OvssError, VocabularyError
 
 EXAMPLE_CLASSES = "person; car; bus; road; building; sky; tree; grass"
-FAMILIES = ("san", "catseg", "sed")
 DISPLAY_SIDE = 2048  # the overlay shown in the page is at most this many pixels on its long side
 MAX_VOCABULARY_CHARS = 100_000  # characters in the class box (independent of the class count)
 
@@ -78,8 +77,9 @@ class ModelEntry:
 
     @property
     def label(self) -> str:
-        """Dropdown label: name and weights status."""
-        return f"{self.name} ({self.status})"
+        """Dropdown label: name (a checkpoint file by its file name) and weights status."""
+        name = Path(self.name).name if self.status == "local file" else self.name
+        return f"{name} ({self.status})"
 
 
 def model_catalogue(startup_model: str, startup_family: str = "") -> list[ModelEntry]:
@@ -135,9 +135,12 @@ def model_options(family: str, fast: bool = False, topk: float | None = None, in
     if family == "sed" and fast:
         options: dict[str, Any] = {"fast": True}
         if topk is not None:
-            k = int(topk)
-            if k < 1 or k != topk:
-                raise DemoUserError(f"'classes kept per pixel' must be a whole number >= 1, got {topk}")
+            try:
+                k = int(topk) if float(topk) == int(topk) else 0
+            except (TypeError, ValueError, OverflowError):
+                k = 0
+            if k < 1:
+                raise DemoUserError(f"'classes kept per pixel' must be a whole number >= 1, got {topk!r}")
             options["topk"] = k
         return options
     if family == "catseg" and inference in ("whole", "slide"):
@@ -161,6 +164,8 @@ def parse_classes(text: str | None, limits: DemoLimits) -> list[list[str]]:
     ``;`` separates classes and ``,`` synonyms (``"cat; sofa, couch; wall"``), or a JSON list. The text
     is never read as a file name (a server path stays a class name).
     """
+    if text is not None and not isinstance(text, str):
+        raise DemoUserError("the class list must be text, e.g. 'cat; sofa, couch; wall'")
     text = (text or "").strip()
     if not text:
         raise DemoUserError("no classes: type class names separated by ';', e.g. 'cat; sofa, couch; wall'")
@@ -404,6 +409,8 @@ class DemoBackend:
         path = upload_path(image)
         rgb = read_upload(path, self.limits)
         model = model or self.model_name
+        if not isinstance(model, str):
+            raise DemoUserError(f"the model must be a name, got {type(model).__name__}")
         if model != self.model_name:
             self._check_offered(model)
         with self._lock:  # one request at a time uses the model (the queue also runs one at a time)
