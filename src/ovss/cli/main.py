@@ -21,6 +21,16 @@ from ovss.errors import OvssError
 _COMMANDS = ("models", "download", "convert", "segment", "eval", "prepare", "train", "export", "demo")
 
 
+_EPILOG = """\
+'ovss COMMAND --help' describes each command. Environment:
+  OVSS_HOME           weights and text-embedding caches (default: ~/.cache/ovss)
+  OVSS_DATA           data root of prepared benchmarks for 'ovss eval' (default: ./datasets)
+  OVSS_OFFLINE=1      never touch the network (also HF_HUB_OFFLINE=1); HF_ENDPOINT: a Hub mirror
+  OVSS_MAX_PIXELS     largest image accepted (default: 100000000; 0 = no limit)
+  OVSS_TEXT_CACHE_MB  in-memory text-embedding cache per model (default: 256)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The root parser with every subcommand registered."""
     import importlib
@@ -28,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ovss",
         description="Open-vocabulary semantic segmentation: SAN, CAT-Seg and SED.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"ovss {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
