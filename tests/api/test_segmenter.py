@@ -213,3 +213,22 @@ def test_tune_cpu_allocator_applies_on_glibc():
     out = run.stdout.strip()
     glibc = sys.platform.startswith("linux") and ctypes.util.find_library("c") is not None
     assert out == "True" if glibc else out in ("True", "False")
+
+
+def test_segment_cli_catseg_defaults_to_whole_eval_keeps_slide(tmp_path):
+    """``ovss segment`` runs CAT-Seg whole-image unless told; the model (and ovss eval) default is slide."""
+    from PIL import Image
+
+    from ovss.cli.main import main
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(photo)
+    base = ["segment", str(photo), "--model", "test-catseg-tiny", "--classes", "cat; grass; sky"]
+
+    def max_scores(out: str, *flags: str) -> list[float]:
+        assert main([*base, *flags, "--out", str(tmp_path / out)]) == 0
+        return [c["max_score"] for c in json.loads((tmp_path / out / "photo.json").read_text())["classes"]]
+
+    whole, slide = max_scores("w", "--inference", "whole"), max_scores("s", "--inference", "slide")
+    assert max_scores("d") == whole != slide
+    assert ovss.load("test-catseg-tiny").model.config.inference == "slide"  # eval's official protocol

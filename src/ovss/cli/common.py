@@ -81,7 +81,8 @@ def add_model_args(p: argparse.ArgumentParser, default: str | None = "san-vit-b1
         default=None,
         choices=["whole", "slide", "mmseg"],
         help="CAT-Seg: whole-image or the official sliding-window protocol (CAT-Seg v1 also: mmseg); "
-        "default: the model's own (CAT-Seg: slide, the official evaluation protocol; whole is 4-5x faster)",
+        "default: whole for segment (one pass, aspect ratio kept, 4-5x faster than slide), the model's "
+        "own for eval and demo (CAT-Seg: slide, the official evaluation protocol)",
     )
     p.add_argument(
         "--fast",
@@ -106,7 +107,10 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("--topk only applies with --fast (SED's category early rejection); add --fast")
     if "topk" in options and options["topk"] < 1:
         raise ConfigError(f"--topk must be >= 1, got {options['topk']}")
-    return options
+    from ovss.api.tta import tta_option  # --tta flags (segment, eval): predict(tta=...), every family
+
+    tta = tta_option(args)
+    return options if tta is None else {**options, "tta": tta}
 
 
 def check_model_options(args: argparse.Namespace, family: str, model: str) -> None:
@@ -122,7 +126,7 @@ def check_model_options(args: argparse.Namespace, family: str, model: str) -> No
         raise ConfigError(
             f"--inference mmseg applies to CAT-Seg v1 models only; use whole or slide for {model}"
         )
-    for key in options:
+    for key in options.keys() - {"tta"}:
         owners, label = OPTION_FAMILY[key]
         if family not in owners:
             raise ConfigError(

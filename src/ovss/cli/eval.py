@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+from ovss.api.tta import add_tta_arguments
 from ovss.cli.common import add_model_args, ensure_writable_dir, load_segmenter, model_options, warn
 
 _DESCRIPTION = """\
@@ -66,6 +67,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--weights, --dtype and inference options)",
     )
     add_model_args(p)
+    add_tta_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -83,6 +85,11 @@ def default_out(args: argparse.Namespace) -> Path:
     if args.dtype != "fp32":
         parts.append(args.dtype)
     for key, value in model_options(args).items():
+        if key == "tta":  # -tta, or -tta-s0.5_1.0[-noflip] with --tta-scales / --no-tta-flip
+            custom = value is not True
+            scales = "-s" + "_".join(map(str, value["scales"])) if custom else ""
+            parts.append(f"tta{scales}" + ("-noflip" if custom and not value["flip"] else ""))
+            continue
         parts.append(key if value is True else f"{key}{value}" if key == "topk" else str(value))
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts)).strip("._") or "model"
     return Path("ovss_eval") / name
