@@ -234,6 +234,13 @@ def test_demo_in_browser(chromium, server, tmp_path):
             toast = page.wait_for_selector(".toast-body")
             assert "no classes: type class names separated by ';'" in toast.inner_text()
             page.screenshot(path=str(shots / "demo_error.png"), full_page=True)
+            not_an_image = tmp_path / "notes.png"
+            not_an_image.write_text("a text file, not an image")
+            page.set_input_files("#ovss-image input[type=file]", str(not_an_image))
+            page.fill("#ovss-classes textarea", "cat")
+            page.click("#ovss-segment")
+            toast = page.wait_for_selector(".toast-body:has-text('not an image')")
+            assert "the upload is not an image this demo can read; use a JPEG" in toast.inner_text()
 
             # Per-model options follow the model; examples fill the form.
             page.click("#ovss-model input")
