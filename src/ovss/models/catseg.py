@@ -422,12 +422,19 @@ class CATSeg(SegmentationModel):
 
         def one_class(view_logits: torch.Tensor) -> torch.Tensor:  # (B, V, h, w) -> (B, H0, W0)
             probs = resize(view_logits.float(), (crop, crop)).sigmoid()  # (B, V, crop, crop)
-            total = probs.new_zeros(b, size, size)
-            for i, (y, x) in enumerate(corners):
-                total[:, y : y + crop, x : x + crop] += probs[:, i]
+            if torch.jit.is_tracing():  # ONNX export: out of place (new_zeros would freeze the class count)
+                total = sum(F.pad(probs[:, i], (x, size - crop - x, y, size - crop - y))
+                            for i, (y, x) in enumerate(corners))
+            else:
+                total = probs.new_zeros(b, size, size)
+                for i, (y, x) in enumerate(corners):
+                    total[:, y : y + crop, x : x + crop] += probs[:, i]
             glob = resize(probs[:, -1:], (size, size))[:, 0]
             return resize(((total / count + glob) / 2.0)[:, None], tuple(output_size))[:, 0]
 
+        if torch.jit.is_tracing():  # ONNX export: all classes in one pass, one graph for every K
+            yield 0, 0, one_class(logits.transpose(1, 2).flatten(0, 1)).unflatten(0, (b, -1))
+            return
         # One class at a time, always the same shapes: a class's values never depend on the chunking
         # (vectorised kernels round their tail elements differently). Chunks only group the output.
         per_class = b * output_size[0] * output_size[1]
