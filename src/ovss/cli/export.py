@@ -9,9 +9,10 @@ DESCRIPTION = """\
 Export a model's score map to ONNX. The graph takes 'images' (1, 3, H, W), CLIP-normalised float32
 at the size fixed here (one image per run), and 'text' (K, ...) text embeddings from ovss (the text
 tower is not exported), and returns 'scores' (1, K, H, W); the label map is their argmax over K.
-The vocabulary size K is dynamic: any number of classes runs on the same file. CAT-Seg exports its whole-image
-mode unless --inference slide; SED exports its normal (all-class) inference. Unless --no-check,
-the file is run with onnxruntime against eager PyTorch at K = 1, the traced K and K + 5."""
+The vocabulary size K is dynamic: any number of classes runs on the same file. CAT-Seg exports
+its whole-image mode unless --inference slide; SED exports its normal (all-class) inference.
+Unless --no-check, the file is run with onnxruntime against eager PyTorch at K = 1, the traced K
+and K + 5."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
