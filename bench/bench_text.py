@@ -1,77 +1,89 @@
-"""Text tower cost of embedding a vocabulary: mask vs is_causal, full vs trimmed context, fp32 vs bf16.
+"""Time to make a vocabulary ready: ``Segmenter.set_vocabulary`` on real class lists (random weights).
 
-The workload is SED's: K classes x 80 ImageNet templates through the ViT-B/16 CLIP text tower
-(random weights; speed does not depend on them). A sample of prompts is timed and the full
-vocabulary is extrapolated linearly. bf16 is run the way the Segmenter runs it (a copy of the tower
-cast to bfloat16 once, no autocast).
+Cases are the issue's workloads: SAN ADE-150 x 14 ViLD templates, SED VOC-20 x 80 ImageNet templates
+and SED COCO-171 x 80 (13,680 prompts). Each runs through the production path (tokenizer, the
+embedder's class chunks, the model's ``encode_text``, the template mean) with the in-memory cache
+empty ("new"), then again with the same vocabulary ("repeated": served from the cache). ``batches``
+is the tower's current schedule (prompts sorted by length, batches of ``TEXT_BATCH`` each trimmed to
+its longest prompt); ``one batch`` forces the previous one (every chunk of classes in one batch,
+trimmed to its longest prompt) for comparison. ``--sample`` times every n-th class only and scales
+by the number of prompts (for the large case).
 
-    python -m bench.bench_text --classes 171 --sample 320
+    python -m bench.bench_text                       # the three cases, fp32 (+ bf16 on native-bf16 CPUs)
+    python -m bench.bench_text --cases sed-coco171 --sample 4
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import time
 
-import torch
-
-from bench.common import count_flops, print_table, setup_threads, timeit
-from ovss.towers.clip import build_clip
-from ovss.towers.text import causal_mask
-from ovss.towers.tokenizer import get_tokenizer
-from ovss.vocab.templates import IMAGENET
+CASES = {  # name -> (model, class list in ovss/assets/classes)
+    "san-ade150": ("san-vit-b16", "ade150.txt"),
+    "sed-voc20": ("sed-convnext-b", "voc20.txt"),
+    "sed-coco171": ("sed-convnext-b", "coco171.txt"),
+}
 
 
 def main() -> None:
+    import torch
+
+    import ovss.towers.text as text_module
+    from bench.bench_segment import native_bf16
+    from bench.common import count_flops, print_table, setup_threads
+    from ovss.api.segmenter import Segmenter
+    from ovss.models.build import build_model
+    from ovss.vocab.templates import get_templates
+    from ovss.weights.registry import get_weight_spec
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clip", default="ViT-B-16")
-    parser.add_argument("--classes", type=int, default=171)
-    parser.add_argument("--sample", type=int, default=320, help="prompts actually timed")
-    parser.add_argument("--batch", type=int, default=160)
-    parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--dtypes", nargs="+", default=None, help="default: fp32 (+ bf16 with native bf16)")
+    parser.add_argument("--sample", type=int, default=1, help="time every n-th class only")
+    parser.add_argument("--schedules", nargs="+", default=["batches", "one batch"])
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     threads = setup_threads(args.threads)
-
-    text = build_clip(args.clip).text.eval()
-    text16 = copy.deepcopy(text).to(torch.bfloat16)  # as the Segmenter runs bf16: weights cast once
-    names = [f"class name {i}" for i in range(args.classes)]
-    prompts = [t.format(c) for c in names for t in IMAGENET]
-    tokens = get_tokenizer()(prompts[: args.sample])
-    longest = int(tokens.argmax(-1).max()) + 1
-    total = len(prompts)
-
-    def masked(chunk: torch.Tensor) -> None:  # the pre-SDPA-causal path: an additive -inf mask, 77 tokens
-        x = text.token_embedding(chunk) + text.positional_embedding
-        text.ln_final(text.transformer(x, attn_mask=causal_mask(chunk.shape[1], x)))
-
-    modes = [
-        ("fp32 77, -inf mask", masked, 77),
-        ("fp32 77, is_causal", text.forward_tokens, 77),
-        ("fp32 trimmed", text, longest),
-        ("bf16 trimmed", text16, longest),
-    ]
+    dtypes = args.dtypes or (["fp32", "bf16"] if native_bf16() else ["fp32"])
+    classes_dir = __import__("pathlib").Path(__import__("ovss").__file__).parent / "assets" / "classes"
+    default_batch = text_module.TEXT_BATCH
     rows = []
-    for label, fn, length in modes:
-
-        def run(fn=fn) -> None:
-            with torch.inference_mode():
-                for i in range(0, len(tokens), args.batch):
-                    fn(tokens[i : i + args.batch])
-
-        flops = count_flops(run)
-        seconds = timeit(run, repeat=args.repeat, warmup=1)
-        rows.append(
-            {
-                "mode": label,
-                "tokens/prompt": length,
-                "GFLOP (sample)": flops / 1e9,
-                "s (sample)": seconds,
-                f"s ({args.classes}x80)": seconds * total / len(tokens),
-                "GFLOP/s": flops / seconds / 1e9,
-            }
-        )
-    print(f"text tower {args.clip}, {threads} threads, {len(tokens)} of {total} prompts timed\n")
+    for case in args.cases:
+        name, file = CASES[case]
+        names = [ln.strip() for ln in (classes_dir / file).read_text().splitlines() if ln.strip()]
+        sample = names[:: args.sample]
+        torch.manual_seed(0)
+        model = build_model(get_weight_spec(name).config()).requires_grad_(False)
+        templates = len(get_templates(model.config.templates))
+        for dtype in dtypes:
+            for schedule in args.schedules:
+                text_module.TEXT_BATCH = default_batch if schedule == "batches" else 10**9
+                seg = Segmenter(model, name=name, dtype=dtype)
+                start = time.perf_counter()
+                flops = count_flops(lambda seg=seg, sample=sample: seg.set_vocabulary(sample))
+                new = time.perf_counter() - start
+                start = time.perf_counter()
+                seg.set_vocabulary(sample)
+                repeated = time.perf_counter() - start
+                scale = len(names) / len(sample)
+                rows.append(
+                    {
+                        "case": case,
+                        "prompts": len(names) * templates,
+                        "dtype": dtype,
+                        "schedule": schedule,
+                        "GFLOP": flops * scale / 1e9,
+                        "new s": new * scale,
+                        "repeated s": repeated,
+                        "GFLOP/s": flops / new / 1e9,
+                        "timed classes": len(sample),
+                    }
+                )
+                print(f"{case} {dtype} {schedule}: {new * scale:.1f} s new, {repeated:.3f} s repeated",
+                      flush=True)
+            model.float()
+    text_module.TEXT_BATCH = default_batch
+    print(f"\n{threads} threads; random weights; FlopCounterMode is on during the 'new' run\n")
     print_table(rows)
 
 
