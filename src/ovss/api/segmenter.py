@@ -175,7 +175,9 @@ class Segmenter:
             tta: test-time augmentation: ``True`` (mmseg's ratios 0.5-1.75 + flip, 12 passes), a
                 :class:`~ovss.api.tta.TTAConfig` or a list of ratios (with flip); the result is the
                 mean of the score maps (``ovss.api.tta``). Costs one forward pass per augmentation.
-            options: model options (CAT-Seg ``inference="slide"``; SED ``fast=True, topk=8``).
+            options: model options: CAT-Seg ``inference="slide"`` (its default: the official evaluation
+                protocol, 5 passes) or ``"whole"`` (one pass, 4-5x faster; ``ovss segment``'s default);
+                SED ``fast=True, topk=8``.
         """
         results = self.predict_batch([image], classes, return_scores=return_scores, tta=tta, **options)
         return next(iter(results))
