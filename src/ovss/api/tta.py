@@ -9,6 +9,8 @@ augmentation at a time, never (n_aug, K, H0, W0) or even one whole (K, H0, W0) m
 
 Cost: n_aug = len(scales) x (2 if flip) forward passes (12 with the defaults) and the networks of
 scales > 1 see more pixels (SAN's cost grows with the pixels: ratio 1.75 costs ~3x ratio 1).
+CAT-Seg and SED squash every input to a fixed CLIP resolution, so for them the scales change only
+the resampling; the flip is what adds information there.
 """
 
 from __future__ import annotations
