@@ -182,9 +182,10 @@ def test_fast_drops_rejected_classes_like_the_official_code(model: SED) -> None:
     """K=24 classes, top-1 over 16 stage-1 pixels: classes are rejected, stages run on survivors only,
     output equals the official algorithm, rejected classes score exactly 0."""
     images, text = _images(1, seed=7), _text(24, model, seed=8)
-    rows = []
+    rows = [0, 0, 0]  # classes through each stage's ConvNeXt block (it may run in chunks of classes)
     hooks = [
-        s.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[0])) for s in model.decoder.stages
+        s.spatial.register_forward_pre_hook(lambda m, a, i=i: rows.__setitem__(i, rows[i] + a[0].shape[0]))
+        for i, s in enumerate(model.decoder.stages)
     ]
     with torch.no_grad():
         dense, feats = model.encode_image(images)

@@ -106,19 +106,12 @@ class Recorder:
             h.remove()
 
 
-def _hook_decoder(rec: Recorder, model: SED) -> None:
-    dec = model.decoder
-    rec.output("embed", dec.cost_embed)
+def _hook_encoder(rec: Recorder, model: SED) -> None:
+    # The decoder's intermediates come from SEDDecoder.recording() (it fuses the up-conv into the
+    # first fusion conv and may run in chunks, so module hooks would not see whole tensors): embed,
+    # image_guide{i} / cost_guide{i} (after ReLU), cer{i}, stage{i}.{spatial,class_attn,up,fuse}, head.
     rec.input("clip_input", model.clip.visual.trunk.stem)
     rec.output("stem", model.clip.visual.trunk.stem)
-    for i in range(3):
-        rec.output(f"image_guide{i}", dec.image_guidance[i])
-        rec.output(f"cost_guide{i}", dec.cost_guidance[i])
-        rec.output(f"cer{i}", dec.cer_heads[i])
-        stage = dec.stages[i]
-        for part in ("spatial", "class_attn", "up", "fuse"):
-            rec.output(f"stage{i}.{part}", getattr(stage, part))
-    rec.output("head", dec.head)
 
 
 @pytest.fixture(scope="module", params=parity_params("sed_"))
@@ -143,10 +136,13 @@ def run(request) -> dict:
         train_out = model(clip_input, text)
         for mode in ("normal", "fast"):
             rec = Recorder()
-            _hook_decoder(rec, model)
-            sem_seg = model.predict(image, text, size, out_size, fast=mode == "fast", topk=cfg["cer"]["topk"])
+            _hook_encoder(rec, model)
+            with model.decoder.recording() as decoder_out:
+                sem_seg = model.predict(
+                    image, text, size, out_size, fast=mode == "fast", topk=cfg["cer"]["topk"]
+                )
             rec.close()
-            ours[mode] = {**rec.out, "sem_seg": sem_seg[0]}
+            ours[mode] = {**rec.out, **decoder_out, "sem_seg": sem_seg[0]}
         skips = [feats[2], feats[1], feats[0]]
         probs, survivors = model.decoder.forward_fast(dense, text, skips, cfg["cer"]["topk"])
     ours["normal"].update(text=text, dense=dense, feats=feats, train=train_out)

@@ -285,7 +285,7 @@ class SED(SegmentationModel):
                 ]
             )
         else:  # logits; the sigmoid follows on the small map, in float32
-            scores = self.decoder(dense, text, skips)[0]
+            scores = self.decoder(dense, text, skips, aux=False)[0]
         probs = valid_region(scores, tuple(images.shape[-2:]), image_size).float()
         if not fast:
             probs = probs.sigmoid()
