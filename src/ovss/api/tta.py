@@ -7,7 +7,7 @@ mmsegmentation's ``aug_test`` average their score maps (mmseg's default ratios 0
 The maps are averaged block by block (:func:`mean_blocks`): one band of output rows of every
 augmentation at a time, never (n_aug, K, H0, W0) or even one whole (K, H0, W0) map. What is held
 at once is each augmentation's low-resolution state before its final resize (e.g. CAT-Seg's
-(96, W0, K) column-resized map, SAN's (h/4, W0, Q) masks), a fraction of the full-size map.
+(96, W0, K) column-resized map, SAN's column-resized mask logits), a fraction of a full map.
 
 Cost: n_aug = len(scales) x (2 if flip) forward passes (12 with the defaults) and the networks of
 scales > 1 see more pixels (SAN's cost grows faster than its pixels: the defaults cost ~20x one
