@@ -59,13 +59,44 @@ def plot_seconds(rows: Path, out: Path, title: str | None = None) -> None:
     plt.close(fig)
 
 
+def markdown_table(path: Path) -> str:
+    """Markdown before/after table (model x K x dtype) from ``bench_segment --json`` rows."""
+    rows: dict[tuple[str, int, str], dict[str, dict]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows.setdefault((row["run"], int(row["K"]), row["dtype"]), {})[row["version"]] = row
+    out = ["| model, mode | K | dtype | GFLOP | s/img before | s/img after | CPU s before / after | "
+           "% peak after (peak GFLOP/s) | peak RSS MiB before / after | load before / after |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(r: dict | None, key: str, fmt: str) -> str:
+        return format(r[key], fmt) if r and r.get(key) == r.get(key) else "—"  # NaN != NaN
+
+    for (run, k, dtype), pair in rows.items():
+        b, a = pair.get("before"), pair.get("after")
+        ref = a or b
+        out.append(
+            f"| {run.replace(':inference=', ', ')} | {k} | {dtype} | {ref['GFLOP']:.0f} | "
+            f"{cell(b, 's/img', '.2f')} | {cell(a, 's/img', '.2f')} | "
+            f"{cell(b, 'CPU s', '.2f')} / {cell(a, 'CPU s', '.2f')} | "
+            f"{cell(a, '% peak', '.0f')} ({cell(a, 'peak GFLOP/s', '.0f')}) | "
+            f"{cell(b, 'peak RSS MiB', '.0f')} / {cell(a, 'peak RSS MiB', '.0f')} | "
+            f"{cell(b, 'load', '.1f')} / {cell(a, 'load', '.1f')} |"
+        )
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("rows", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--title")
+    parser.add_argument("--markdown", action="store_true", help="also print a before/after markdown table")
     args = parser.parse_args()
     plot_seconds(args.rows, args.out, args.title)
+    if args.markdown:
+        print(markdown_table(args.rows))
 
 
 if __name__ == "__main__":
