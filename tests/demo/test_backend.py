@@ -187,6 +187,51 @@ def test_options_apply_only_to_their_family():
     assert demo.model_options("sed", True, "3") == {"fast": True, "topk": 3}
 
 
+def test_catseg_v1_models_get_their_inference_modes():
+    assert demo.option_visibility("catseg_v1") == {"sed": False, "catseg": True}
+    # CAT-Seg: whole first, as `ovss segment`; v1: the model's own protocol first (official / mmseg port)
+    assert demo.inference_modes("catseg", "slide") == (["whole", "slide"], "whole")
+    assert demo.inference_modes("catseg_v1", "slide") == (["whole", "slide"], "slide")
+    assert demo.inference_modes("catseg_v1", "whole") == (["whole", "slide"], "whole")
+    assert demo.inference_modes("catseg_v1", "mmseg") == (["mmseg", "whole"], "mmseg")
+    assert demo.inference_modes("sed") == ([], "")
+    assert demo.model_options("catseg", inference="") == {"inference": "whole"}
+    assert demo.model_options("catseg_v1", inference="", model_default="mmseg") == {"inference": "mmseg"}
+    assert demo.model_options("catseg_v1", inference="slide", model_default="slide") == {"inference": "slide"}
+    offered = r"^CAT-Seg inference 'mmseg' is not offered for this model; choose one of: whole, slide$"
+    with pytest.raises(DemoUserError, match=offered):
+        demo.model_options("catseg", inference="mmseg")
+    backend = DemoBackend("test-san-tiny")
+    for name, expected in [
+        ("test-catseg-tiny", (["whole", "slide"], "whole")),
+        ("test-catseg-v1-tiny", (["whole", "slide"], "whole")),
+        ("test-catseg-v1-tiny.mmseg", (["mmseg", "whole"], "mmseg")),
+        ("catseg-v1-r101-vit-b16", (["whole", "slide"], "slide")),
+        ("catseg-v1-swinb-vit-l14.mmseg", (["mmseg", "whole"], "mmseg")),
+        ("test-sed-tiny", ([], "")),
+    ]:
+        assert backend.inference_modes(name) == expected, name
+
+
+def test_segment_passes_the_catseg_v1_inference_mode(data_dir, monkeypatch):
+    backend = DemoBackend("test-catseg-v1-tiny.mmseg")
+    seen = []
+    real_predict = type(backend.segmenter()).predict
+
+    def spy(self, image, classes=None, **options):
+        seen.append(options)
+        return real_predict(self, image, classes, **options)
+
+    monkeypatch.setattr(type(backend.segmenter()), "predict", spy)
+    photo = {"path": str(data_dir / "quokka.jpg")}
+    assert backend.segment(photo, "quokka; grass").table
+    backend.segment(photo, "quokka; grass", inference="whole")
+    assert seen == [{"inference": "mmseg"}, {"inference": "whole"}]
+    with pytest.raises(DemoUserError, match=r"^CAT-Seg inference 'slide' is not offered for this model"):
+        backend.segment(photo, "quokka; grass", inference="slide")
+    backend.close()
+
+
 def test_web_message_drops_fixes_meant_for_a_terminal():
     assert demo.web_message(OvssError("image too big; raise it with --max-pixels N")) == "image too big"
     assert demo.web_message(OvssError("x is corrupt; run 'ovss download x'")) == "x is corrupt"

@@ -81,8 +81,8 @@ def add_model_args(p: argparse.ArgumentParser, default: str | None = "san-vit-b1
         default=None,
         choices=["whole", "slide", "mmseg"],
         help="CAT-Seg: whole-image or the official sliding-window protocol (CAT-Seg v1 also: mmseg); "
-        "default: whole for segment (one pass, aspect ratio kept, 4-5x faster than slide), the model's "
-        "own for eval and demo (CAT-Seg: slide, the official evaluation protocol)",
+        "default: whole for segment and the web demo (one pass, aspect ratio kept, 4-5x faster than "
+        "slide), the model's own for eval (slide, the official evaluation protocol) and for CAT-Seg v1",
     )
     p.add_argument(
         "--fast",

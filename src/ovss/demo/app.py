@@ -17,6 +17,7 @@ from typing import Any
 
 from ovss.demo.backend import (
     EXAMPLE_CLASSES,
+    INFERENCE_LABELS,
     DemoBackend,
     DemoUserError,
     option_visibility,
@@ -104,25 +105,25 @@ def _duration(seconds: int) -> str:
     return f"{seconds // 60} minutes" if seconds >= 120 else f"{seconds} seconds"
 
 
-def _catseg_default() -> str:
-    from ovss.models.catseg import CATSegConfig
-
-    return str(getattr(CATSegConfig, "inference", "slide"))
-
-
 def build_app(backend: DemoBackend, examples: list[list[str]] | None = None) -> Any:
     """The gradio Blocks page. Call :func:`launch` to serve it with the demo's limits."""
     gr = import_gradio()
     catalogue = backend.catalogue()
     offered = [(e.label, e.name) for e in catalogue if e.usable]
     visible = option_visibility(backend.family(backend.model_name))
+    modes, first_mode = backend.inference_modes(backend.model_name)
 
     def on_model(model: str, sed_fast: bool) -> tuple[Any, Any, Any]:
         show = option_visibility(backend.family(model))
+        choices, first = backend.inference_modes(model)
         return (
             gr.update(visible=show["sed"]),
             gr.update(visible=show["sed"] and bool(sed_fast)),  # top-k only matters in fast mode
-            gr.update(visible=show["catseg"]),
+            gr.update(
+                visible=show["catseg"],
+                choices=[(INFERENCE_LABELS[m], m) for m in choices or ["whole"]],
+                value=first or "whole",
+            ),
         )
 
     def segment(image, classes, model, sed_fast, sed_topk, catseg_inference):
@@ -190,8 +191,8 @@ def build_app(backend: DemoBackend, examples: list[list[str]] | None = None) -> 
                     elem_id="ovss-sed-topk",
                 )
                 inference = gr.Radio(
-                    [("sliding window (official, slower)", "slide"), ("whole image (faster)", "whole")],
-                    value=_catseg_default(),
+                    [(INFERENCE_LABELS[m], m) for m in modes or ["whole"]],
+                    value=first_mode or "whole",
                     label="CAT-Seg inference",
                     visible=visible["catseg"],
                 )

@@ -125,13 +125,53 @@ def weights_table(entries: list[ModelEntry]) -> str:
     return "\n".join(rows) + note
 
 
+CATSEG_FAMILIES = ("catseg", "catseg_v1")  # the families with an inference mode
+INFERENCE_LABELS = {
+    "whole": "whole image (faster)",
+    "slide": "sliding window (official, slower)",
+    "mmseg": "sliding window (mmseg port)",
+}
+
+
 def option_visibility(family: str) -> dict[str, bool]:
     """Which per-model options apply: ``{"sed": ..., "catseg": ...}`` (the rest take none)."""
-    return {"sed": family == "sed", "catseg": family == "catseg"}
+    return {"sed": family == "sed", "catseg": family in CATSEG_FAMILIES}
 
 
-def model_options(family: str, fast: bool = False, topk: float | None = None, inference: str = "") -> dict:
-    """The predict options of the widgets that apply to ``family`` (the others are ignored)."""
+def inference_modes(family: str, model_default: str = "") -> tuple[list[str], str]:
+    """The CAT-Seg inference modes the page offers for a model, and the one selected at first.
+
+    The first selection is ``ovss segment``'s default: ``whole`` for CAT-Seg (one pass, aspect ratio
+    kept, 4-5x faster than the official ``slide``); the model's own protocol (``model_default``, its
+    config's ``inference``) for CAT-Seg v1. CAT-Seg v1 models of the official code offer ``whole`` and
+    ``slide``, those of the mmseg port (``model_default == "mmseg"``) their ``mmseg`` protocol and
+    ``whole``. Other families: ``([], "")``.
+    """
+    if family == "catseg":
+        return ["whole", "slide"], "whole"
+    if family == "catseg_v1":
+        if model_default == "mmseg":
+            return ["mmseg", "whole"], "mmseg"
+        return ["whole", "slide"], model_default if model_default in ("whole", "slide") else "slide"
+    return [], ""
+
+
+def model_options(
+    family: str,
+    fast: bool = False,
+    topk: float | None = None,
+    inference: str = "",
+    model_default: str = "",
+) -> dict:
+    """The predict options of the widgets that apply to ``family`` (the others are ignored).
+
+    ``inference`` empty means the first selection of :func:`inference_modes`; ``model_default`` is
+    the model config's ``inference`` (CAT-Seg v1 only).
+
+    Raises:
+        DemoUserError: a SED top-k that is not a whole number >= 1, or an inference mode the model
+            does not offer.
+    """
     if family == "sed" and fast:
         options: dict[str, Any] = {"fast": True}
         if topk is not None:
@@ -143,7 +183,15 @@ def model_options(family: str, fast: bool = False, topk: float | None = None, in
                 raise DemoUserError(f"'classes kept per pixel' must be a whole number >= 1, got {topk!r}")
             options["topk"] = k
         return options
-    if family == "catseg" and inference in ("whole", "slide"):
+    if family in CATSEG_FAMILIES:
+        modes, first = inference_modes(family, model_default)
+        if not inference:
+            return {"inference": first}
+        if inference not in modes:
+            raise DemoUserError(
+                f"CAT-Seg inference {str(inference)[:40]!r} is not offered for this model; choose one of: "
+                f"{', '.join(modes)}"
+            )
         return {"inference": inference}
     return {}
 
@@ -368,6 +416,21 @@ class DemoBackend:
                 return entry.family
         return ""
 
+    def model_default_inference(self, model: str) -> str:
+        """The ``inference`` of the model's config (``""``: none, or unknown until it is loaded)."""
+        if model == self.model_name and self._segmenter is not None:
+            return str(getattr(self._segmenter.model.config, "inference", ""))
+        from ovss.weights.registry import get_weight_spec
+
+        try:
+            return str(getattr(get_weight_spec(model).config(), "inference", ""))
+        except OvssError:  # a checkpoint file: known once loaded
+            return ""
+
+    def inference_modes(self, model: str) -> tuple[list[str], str]:
+        """The inference modes offered for ``model`` and the first selection (:func:`inference_modes`)."""
+        return inference_modes(self.family(model), self.model_default_inference(model))
+
     def segmenter(self, model: str | None = None) -> Any:
         """The loaded segmenter for ``model`` (the startup model by default), loading it if needed."""
         from ovss.api.segmenter import load
@@ -422,7 +485,8 @@ class DemoBackend:
                     f"the model {model} could not be loaded on this server (the reason is in the server "
                     "log); choose another model"
                 ) from None
-            options = model_options(self._family, fast, topk, inference)
+            default = str(getattr(segmenter.model.config, "inference", ""))
+            options = model_options(self._family, fast, topk, inference, default)
             try:
                 result = segmenter.predict(rgb, vocabulary, **options)
             except VocabularyError as e:
