@@ -232,3 +232,22 @@ def test_segment_cli_catseg_defaults_to_whole_eval_keeps_slide(tmp_path):
     whole, slide = max_scores("w", "--inference", "whole"), max_scores("s", "--inference", "slide")
     assert max_scores("d") == whole != slide
     assert ovss.load("test-catseg-tiny").model.config.inference == "slide"  # eval's official protocol
+
+
+def test_fp16_on_the_cpu_warns_once_in_one_line():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")  # Python's default: once per place
+        for _ in range(2):
+            seg = ovss.load("test-san-tiny", device="cpu", dtype="fp16")
+        ovss.load("test-san-tiny", device="cpu", dtype="bf16")
+        ovss.load("test-san-tiny", device="cpu", dtype="fp32")
+    assert seg.dtype == torch.float16
+    assert [(w.category, str(w.message)) for w in caught] == [
+        (
+            UserWarning,
+            "dtype fp16 on the CPU is about 3x slower than fp32 (no fast fp16 kernels); use fp32 (exact) "
+            "or bf16",
+        )
+    ]

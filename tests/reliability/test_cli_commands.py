@@ -103,16 +103,17 @@ def test_debug_is_accepted_after_the_subcommand(tmp_path, capsys):
     assert main(["train", "--config", "tiny-san", "--set", "solver.lrr=1", "--out", str(tmp_path / "r")]) == 1
 
 
-def test_fp16_on_the_cpu_warns_in_one_line(capsys):
-    from ovss.cli.common import load_segmenter
-
-    args = argparse.Namespace(model="test-san-tiny", weights=None, device="cpu", dtype="fp16", inference=None,
-                              fast=None, topk=None)
-    load_segmenter(args)
-    assert capsys.readouterr().err == (
-        "ovss: warning: --dtype fp16 on the CPU is about 3x slower than fp32 (no fast fp16 kernels); use "
-        "fp32 (exact) or bf16\n"
-    )
+def test_fp16_on_the_cpu_warns_once_in_one_line(tmp_path, capsys):
+    image = tmp_path / "in" / "a.png"
+    image.parent.mkdir()
+    Image.fromarray(np.full((40, 48, 3), 90, np.uint8)).save(image)
+    args = ["segment", str(image), "--classes", "cat; dog", "--model", "test-san-tiny", "--dtype", "fp16"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warned == [  # said once, by the API (ovss.load), not again by the CLI
+        "ovss: warning: dtype fp16 on the CPU is about 3x slower than fp32 (no fast fp16 kernels); use "
+        "fp32 (exact) or bf16"
+    ]
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:

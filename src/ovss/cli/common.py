@@ -145,20 +145,10 @@ def _family_before_loading(model: str) -> str | None:
         return None
 
 
-def _resolves_to_cpu(device: str) -> bool:
-    if device == "cpu":
-        return True
-    if device == "auto":
-        import torch
-
-        return not torch.cuda.is_available()
-    return False
-
-
 def load_segmenter(args: argparse.Namespace):
     """Load the model named by the common arguments (inference options checked before and after).
 
-    Warns when fp16 is asked for on the CPU (no fast fp16 kernels there: ~3x slower than fp32).
+    fp16 on the CPU warns in :class:`~ovss.api.segmenter.Segmenter` (one place for the CLI and the API).
     """
     from ovss.api.segmenter import load
     from ovss.models.build import family_of
@@ -167,9 +157,6 @@ def load_segmenter(args: argparse.Namespace):
     family = _family_before_loading(args.model)
     if family is not None:
         check_model_options(args, family, args.model)
-    if args.dtype == "fp16" and _resolves_to_cpu(args.device):
-        warn("--dtype fp16 on the CPU is about 3x slower than fp32 (no fast fp16 kernels); use fp32 (exact) "
-             "or bf16")
     segmenter = load(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
     check_model_options(args, family_of(segmenter.model.config), args.model)
     return segmenter
