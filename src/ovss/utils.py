@@ -32,10 +32,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
         except FileExistsError:
             continue
+        mode = os.fstat(fd).st_mode & 0o777  # 0o666 minus the umask
         os.close(fd)
         break
     try:
         write(tmp)
+        if os.stat(tmp).st_mode & 0o777 != mode:  # a writer that re-created the file (safetensors: 0600)
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
