@@ -87,16 +87,18 @@ def test_start_line_and_progress_with_eta(data, tmp_path, capsys):
 def test_stale_temp_files_of_killed_writes_are_removed_on_start_and_resume(data, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_args(data, out, 2, period=2)) == 0
-    ours = [out / "checkpoints" / ".iter_0000004.pt.k2j4x_0a.tmp", out / ".metrics.jsonl.abc123.tmp",
-            out / ".model_final.safetensors.q9z.tmp", out / ".config.json.x1.tmp"]
-    others = [out / "checkpoints" / "notes.tmp", out / ".mydata.tmp", out / "checkpoints" / ".iter_x.pt.tmp"]
+    dead = "999999999-0123abcd"  # atomic_write's "<pid>-<hex>" of a writer that no longer runs
+    ours = [out / "checkpoints" / f".iter_0000004.pt.{dead}.tmp", out / f".metrics.jsonl.{dead}.tmp",
+            out / f".model_final.safetensors.{dead}.tmp", out / f".config.json.{dead}.tmp"]
+    others = [out / "checkpoints" / "notes.tmp", out / ".mydata.tmp", out / "checkpoints" / ".iter_x.pt.tmp",
+              out / "checkpoints" / f".iter_0000005.pt.{os.getpid()}-0123abcd.tmp"]  # a live writer's
     for path in ours + others:
         path.write_bytes(b"\0" * 100)
     capsys.readouterr()
     assert main([*_args(data, out, 3, period=3), "--resume"]) == 0
     assert "removed the stale temporary files in" in capsys.readouterr().out
     assert not any(p.exists() for p in ours)
-    assert all(p.exists() for p in others)  # not ovss's own naming: left alone
+    assert all(p.exists() for p in others)  # not ovss's own naming, or its writer runs: left alone
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL (POSIX)")

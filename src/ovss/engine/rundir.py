@@ -9,23 +9,21 @@ old metrics while the old checkpoints stay (a later ``--resume`` then continues 
 * ``resume=True`` continues the newest checkpoint there;
 * ``overwrite=True`` deletes the previous run's files (only those ovss writes) and starts over.
 
-Temporary files of ovss's own atomic writes (``.<name>.<random>.tmp``, left by a kill during a
-write) are removed on every start and resume.
+Temporary files of ovss's own atomic writes (``.<name>.<pid>-<hex>.tmp``) whose writer is gone (a
+kill during a write) are removed on every start and resume (:func:`ovss.utils.remove_stale_temp_files`).
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 from pathlib import Path
 
 from ovss.errors import ConfigError
+from ovss.utils import remove_stale_temp_files as _remove_stale_in
 
 # What a training run writes into OUT (files and folders).
 RUN_FILES = ("config.json", "metrics.jsonl", "model_final.safetensors")
 RUN_DIRS = ("checkpoints", "tensorboard", "wandb")
-# ovss.utils.atomic_write's temporary names for the files above and for checkpoints.
-_TEMP = re.compile(r"^\.(config\.json|metrics\.jsonl|model_final\.safetensors|iter_\d+\.pt)\..+\.tmp$")
 
 
 def check_run_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -66,15 +64,8 @@ def clear_run(out_dir: Path) -> list[str]:
 def remove_stale_temp_files(out_dir: Path) -> list[str]:
     """Delete the temporary files a killed write left in ``out_dir`` and ``out_dir/checkpoints``.
 
-    Only names of ovss's own pattern (``.iter_0000050.pt.k2j4x_.tmp``, ``.metrics.jsonl.*.tmp``, ...)
-    are touched. Returns the removed names (relative to ``out_dir``).
+    Only ovss's own temporary names whose writing process is gone are touched (see
+    :func:`ovss.utils.is_stale_temp_file`). Returns the removed names (relative to ``out_dir``).
     """
-    removed = []
-    for folder in (out_dir, out_dir / "checkpoints"):
-        if not folder.is_dir():
-            continue
-        for path in folder.iterdir():
-            if _TEMP.match(path.name) and path.is_file():
-                path.unlink(missing_ok=True)
-                removed.append(str(path.relative_to(out_dir)))
-    return sorted(removed)
+    removed = [*_remove_stale_in(out_dir), *_remove_stale_in(out_dir / "checkpoints")]
+    return sorted(str(path.relative_to(out_dir)) for path in removed)
