@@ -55,3 +55,14 @@ def data_dir() -> Path:
     if not DATA_DIR.is_dir():
         pytest.skip(f"sample data not found at {DATA_DIR}")
     return DATA_DIR
+
+
+@pytest.fixture
+def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if a model gets loaded (``ovss.load``): the command must stop before."""
+    import ovss.api.segmenter
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad argument was reported")
+
+    monkeypatch.setattr(ovss.api.segmenter, "load", refuse)

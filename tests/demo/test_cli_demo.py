@@ -7,21 +7,10 @@ import socket
 
 import pytest
 
-import ovss.api.segmenter
 from ovss.cli.main import build_parser, main
 from ovss.demo.app import check_port, default_examples_dir, find_examples
 from ovss.demo.backend import DemoBackend, DemoLimits
 from ovss.errors import MissingDependencyError, OvssError
-
-
-@pytest.fixture
-def no_model_load(monkeypatch):
-    """Fail the test if the command loads a model (the checks must come first)."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the check")
-
-    monkeypatch.setattr(ovss.api.segmenter, "load", refuse)
 
 
 @pytest.fixture

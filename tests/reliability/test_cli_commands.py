@@ -20,17 +20,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def no_model(monkeypatch):
-    """Fail the test if a model gets loaded (the command must stop before)."""
-    import ovss.api.segmenter
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the bad argument was reported")
-
-    monkeypatch.setattr(ovss.api.segmenter, "load", refuse)
-
-
-@pytest.fixture
 def bad_outs(tmp_path) -> dict[str, Path]:
     file = tmp_path / "file.txt"
     file.write_text("x")
@@ -44,7 +33,7 @@ def _one_line_error(capsys) -> str:
 
 
 @pytest.mark.parametrize("kind", ["a file", "under a file", "not creatable"])
-def test_bad_out_is_reported_before_any_work(kind, bad_outs, tmp_path, capsys, no_model):
+def test_bad_out_is_reported_before_any_work(kind, bad_outs, tmp_path, capsys, no_model_load):
     if kind == "not creatable" and not Path("/proc/self").is_dir():
         pytest.skip("needs Linux /proc (a folder nobody can create entries in, root included)")
     out = str(bad_outs[kind])
@@ -67,7 +56,7 @@ def test_bad_out_is_reported_before_any_work(kind, bad_outs, tmp_path, capsys, n
         assert expected in err, err
 
 
-def test_eval_options_are_checked_in_cli_words_before_loading(tmp_path, capsys, no_model):
+def test_eval_options_are_checked_in_cli_words_before_loading(tmp_path, capsys, no_model_load):
     base = ["eval", "--folder", str(tmp_path), "--classes", "a; b", "--out", str(tmp_path / "o")]
     assert main([*base, "--model", "test-san-tiny", "--inference", "slide"]) == 1
     assert _one_line_error(capsys) == (
@@ -87,7 +76,7 @@ def test_eval_options_are_checked_in_cli_words_before_loading(tmp_path, capsys, 
 
 
 @pytest.mark.parametrize("size", ["0", "-3"])
-def test_segment_batch_size_below_one_is_refused(size, tmp_path, capsys, no_model):
+def test_segment_batch_size_below_one_is_refused(size, tmp_path, capsys, no_model_load):
     code = main(["segment", str(tmp_path / "x.png"), "--classes", "a; b", "--model", "test-san-tiny",
                  "--batch-size", size, "--out", str(tmp_path / "o")])
     assert code == 1 and f"--batch-size must be >= 1, got {size}" in _one_line_error(capsys)

@@ -63,11 +63,13 @@ def warn(message: str) -> None:
     print(f"ovss: warning: {message}", file=sys.stderr, flush=True)
 
 
-def add_model_args(p: argparse.ArgumentParser, default: str | None = "san-vit-b16") -> None:
-    """--model, --weights, --device, --dtype and the model-specific inference options."""
-    p.add_argument("--model", default=default, help=f"model name or checkpoint path (default: {default})")
+def add_load_args(p: argparse.ArgumentParser) -> None:
+    """--weights, --device and --dtype: how the model of --model is loaded."""
     p.add_argument(
-        "--weights", default=None, help="local checkpoint file for --model (official or converted)"
+        "--weights",
+        default=None,
+        metavar="FILE",
+        help="local checkpoint file for --model (official or converted)",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument(
@@ -76,6 +78,12 @@ def add_model_args(p: argparse.ArgumentParser, default: str | None = "san-vit-b1
         choices=["fp32", "bf16", "fp16"],
         help="compute precision; fp32 is the exact path (default: fp32)",
     )
+
+
+def add_model_args(p: argparse.ArgumentParser, default: str | None = "san-vit-b16") -> None:
+    """--model, --weights, --device, --dtype and the model-specific inference options."""
+    p.add_argument("--model", default=default, help=f"model name or checkpoint path (default: {default})")
+    add_load_args(p)
     p.add_argument(
         "--inference",
         default=None,

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from ovss.cli.common import add_load_args
+
 DESCRIPTION = """\
 Serve a web page (gradio) where a user uploads an image, types class names and gets the colour
 overlay, a legend, a table of the classes present and the label map PNG. The model named by --model
@@ -46,19 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="NAME_OR_FILE",
         help="model loaded first: registry name or checkpoint file (default: %(default)s)",
     )
-    p.add_argument(
-        "--weights",
-        default=None,
-        metavar="FILE",
-        help="local checkpoint file for --model (official or converted)",
-    )
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
-    p.add_argument(
-        "--dtype",
-        default="fp32",
-        choices=["fp32", "bf16", "fp16"],
-        help="compute precision; fp32 is the exact path (default: %(default)s)",
-    )
+    add_load_args(p)
     p.add_argument(
         "--host",
         default="127.0.0.1",
