@@ -41,6 +41,32 @@ def need(section: dict, key: str, where: str) -> object:
     return section[key]
 
 
+# CAT-Seg aggregator config fields (CATSegConfig and CATSegV1Config) and the fixture keys that hold
+# them: (official detectron2 ``aggregator`` key, mmseg port ``neck`` / ``decode_head`` key).
+AGGREGATOR_KEYS = {
+    "guidance_proj_dims": ("DECODER_GUIDANCE_PROJ_DIMS", "decoder_guidance_proj_dims"),
+    "decoder_dims": ("DECODER_DIMS", "decoder_dims"),
+    "hidden_dim": ("HIDDEN_DIMS", "embed_dims"),
+    "appearance_proj_dim": ("APPEARANCE_GUIDANCE_PROJ_DIM", "appearance_guidance_proj_dim"),
+    "text_proj_dim": ("TEXT_GUIDANCE_PROJ_DIM", "text_guidance_proj_dim"),
+    "num_layers": ("NUM_LAYERS", "num_layers"),
+    "num_heads": ("NUM_HEADS", "num_heads"),
+    "window_size": ("WINDOW_SIZES", "window_size"),
+    "attention": ("ATTENTION_TYPE", "attention_type"),
+}
+
+
+def aggregator_fields(section: dict, where: str, mmseg: bool = False) -> dict[str, object]:
+    """The aggregator config fields of :data:`AGGREGATOR_KEYS` read from a fixture section (the
+    official ``aggregator``, or the mmseg port's ``neck`` and ``decode_head`` merged); lists become
+    tuples."""
+    fields = {}
+    for field, keys in AGGREGATOR_KEYS.items():
+        value = need(section, keys[mmseg], where)
+        fields[field] = tuple(value) if isinstance(value, list) else value
+    return fields
+
+
 def official_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """The fixture's official state dict (``state_dict.safetensors``)."""
     return load_file(str(folder / "state_dict.safetensors"))

@@ -34,6 +34,7 @@ from ovss.weights.loading import load_strict
 from tests.conftest import parity_params, relative_error
 from tests.parity._common import (
     TOL,
+    aggregator_fields,
     compare_recorded,
     decoder_chunk_hook,
     join_decoder_chunks,
@@ -85,16 +86,8 @@ def fixture_config(cfg: dict, where: str = "config.json") -> CATSegConfig:
             i + 1 for i in need(c, "guidance layer_indexes (0-based blocks hooked)", where)
         ),
         guidance_dims=tuple(need(a, "DECODER_GUIDANCE_DIMS", where)),
-        guidance_proj_dims=tuple(need(a, "DECODER_GUIDANCE_PROJ_DIMS", where)),
-        decoder_dims=tuple(need(a, "DECODER_DIMS", where)),
-        hidden_dim=need(a, "HIDDEN_DIMS", where),
-        appearance_proj_dim=need(a, "APPEARANCE_GUIDANCE_PROJ_DIM", where),
-        text_proj_dim=need(a, "TEXT_GUIDANCE_PROJ_DIM", where),
-        num_layers=need(a, "NUM_LAYERS", where),
-        num_heads=need(a, "NUM_HEADS", where),
-        window_size=need(a, "WINDOW_SIZES", where),
+        **aggregator_fields(a, where),
         pooling_test=tuple(need(a, "POOLING_SIZES", where)),
-        attention=need(a, "ATTENTION_TYPE", where),
         prompt_channels=need(a, "prompt_channel P", where),
         pad_len=need(a, "pad_len", where),
         inference="whole" if mode.startswith("whole") else "slide",
