@@ -21,3 +21,45 @@ def test_atomic_write_keeps_the_umask_mode_when_the_writer_recreates_the_file(tm
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert os.listdir(tmp_path) == ["w.st"]
+
+
+def test_a_bad_pickle_is_one_line_without_torchs_weights_only_false_hint(tmp_path, recwarn):
+    """Random bytes or a pickle of arbitrary objects: no advice to re-run with weights_only=False, no
+    torch 'please file an issue' warning, and the object's code never runs."""
+    import pickle
+
+    import pytest
+
+    from ovss.errors import CheckpointMismatchError
+    from ovss.weights.loading import read_state_dict
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"model": Evil()}, protocol=4))
+    (tmp_path / "random.pth").write_bytes(bytes(range(256)) * 8)
+    for name in ("evil.pth", "random.pth"):
+        with pytest.raises(CheckpointMismatchError) as info:
+            read_state_dict(tmp_path / name)
+        message = str(info.value)
+        start = f"cannot read checkpoint {tmp_path / name}: not a torch.save file of plain tensors ("
+        assert message.startswith(start)
+        assert "ovss never unpickles other Python objects" in message and "\n" not in message
+        assert "weights_only" not in message
+    assert not marker.exists()
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+
+
+def test_weights_of_an_unknown_layout_for_a_test_model_name_the_layout_problem(tmp_path):
+    """--model test-san-tiny --weights foreign.pth said "unknown checkpoint format 'random'"."""
+    import pytest
+
+    from ovss.errors import CheckpointMismatchError
+    from ovss.weights.cache import load_model
+
+    torch.save({"foo.weight": torch.zeros(3)}, tmp_path / "foreign.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"key layout matches \(first keys: foo\.weight\)"):
+        load_model("test-san-tiny", weights=tmp_path / "foreign.pth")

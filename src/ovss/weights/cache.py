@@ -261,6 +261,8 @@ def _convert_for(
     if found is None:
         if fits(spec.config(), raw, what):
             return raw, "ovss"  # a bare state dict already in the ovss layout
+        if spec.source_format not in formats:  # a test-* model ("random"): no converter to say why
+            detect_format(raw, what=what)  # raises: no known key layout
         return convert_state_dict(spec.source_format, raw), spec.source_format  # its converter says why
     if found not in formats:
         raise CheckpointMismatchError(

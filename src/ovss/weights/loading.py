@@ -9,6 +9,7 @@ offending keys. Key remapping never happens here: see :mod:`ovss.weights.formats
 
 from __future__ import annotations
 
+import pickle
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -77,9 +78,17 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             with warnings.catch_warnings():  # torch.jit is deprecated, but OpenAI ships these archives
                 warnings.simplefilter("ignore", DeprecationWarning)
                 return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4 ... please file an issue": noise here
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except CheckpointMismatchError:
         raise
+    except pickle.UnpicklingError as e:  # torch's text suggests weights_only=False: never for a bad file
+        raise CheckpointMismatchError(
+            f"cannot read checkpoint {path}: not a torch.save file of plain tensors "
+            f"({_unpickler_reason(e)}); ovss never unpickles other Python objects (they could run code); "
+            f"pass a safetensors file or a torch.save'd state dict of plain tensors"
+        ) from None
     except Exception as e:  # torch / safetensors raise many unrelated types for bad files
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise CheckpointMismatchError(
@@ -87,6 +96,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"torch.save'd state dict of plain tensors"
         ) from None
     return _unwrap(obj, path)
+
+
+def _unpickler_reason(error: Exception) -> str:
+    """The weights-only unpickler's own reason ("Unsupported global: GLOBAL posix.system"), one line."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    return " ".join(text.split())[:200] or type(error).__name__
 
 
 def _short(items: list[str], show: int = _SHOW) -> str:
