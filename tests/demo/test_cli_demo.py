@@ -105,6 +105,24 @@ def test_examples_folder(tmp_path, capsys, no_model_load):
     )
 
 
+@pytest.mark.parametrize(
+    ("model", "value", "choices"),
+    [
+        ("test-catseg-tiny", "whole", ["whole", "slide"]),
+        ("test-catseg-v1-tiny.mmseg", "mmseg", ["mmseg", "whole"]),
+    ],
+)
+def test_app_shows_the_catseg_inference_modes_of_the_startup_model(model, value, choices):
+    pytest.importorskip("gradio", reason="gradio not installed (pip install 'ovss[demo]')")
+    from ovss.demo.app import build_app
+
+    app = build_app(DemoBackend(model))  # the page is built from the catalogue: no model is loaded
+    props = [c["props"] for c in app.get_config_file()["components"] if "props" in c]
+    radio = next(p for p in props if p.get("label") == "CAT-Seg inference")
+    assert radio["visible"] is True and radio["value"] == value
+    assert [v for _, v in radio["choices"]] == choices
+
+
 def test_app_offers_only_usable_models_and_cleans_its_files(data_dir):
     pytest.importorskip("gradio", reason="gradio not installed (pip install 'ovss[demo]')")
     from ovss.demo.app import build_app
