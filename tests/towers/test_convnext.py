@@ -209,6 +209,33 @@ def test_stage_shapes_and_feature_info() -> None:
     ]
 
 
+def test_tiled_inference_equals_the_whole_block(monkeypatch) -> None:
+    """No-autograd inference on channels-last input runs the MLP on pixel tiles written in place over
+    the conv output; it equals the whole-tensor path (the one autograd uses), leaves the input alone,
+    and NCHW input falls back to the whole path."""
+    torch.manual_seed(0)
+    block = ConvNeXtBlock(6, kernel_size=7, ls_init_value=0.5).eval()
+    _randomise(block, seed=3)
+    block = block.double().requires_grad_(False)
+    x = torch.randn(2, 6, 9, 11, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x_copy = x.clone()
+    ref = block(x)  # grad mode: the whole path
+    monkeypatch.setattr(ConvNeXtBlock, "tile_elements", 4 * 6 * 5)  # 5 pixels a tile, 198 pixels
+    with torch.no_grad():
+        out = block(x)
+        plain = block(x.contiguous())  # NCHW: whole path
+    assert torch.equal(x, x_copy)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert relative_error(out, ref) < 1e-14 and relative_error(plain, ref) < 1e-14
+    model = ConvNeXt(ConvNeXtConfig(**TINY)).eval()
+    _randomise(model, seed=4)
+    images = torch.randn(1, 3, 64, 64)
+    whole = model.forward_features(images)  # grad enabled: untiled
+    with torch.no_grad():
+        tiled = model.forward_features(images)
+    assert all(relative_error(a, b.detach()) < 1e-6 for a, b in zip(tiled, whole))
+
+
 def test_bfloat16_forward_tracks_float32() -> None:
     model = ConvNeXt(ConvNeXtConfig(**TINY, proj="mlp")).eval()
     _randomise(model, seed=2)

@@ -70,8 +70,8 @@ class ConvNeXtBlock(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim))
 
     def mlp(self, y: torch.Tensor) -> torch.Tensor:
-        """LayerNorm, MLP and layer scale on channels-last rows: (..., C) -> (..., C)."""
-        return self.pwconv2(F.gelu(self.pwconv1(self.norm(y)))) * self.gamma
+        """LayerNorm and MLP on channels-last rows, before the layer scale: (..., C) -> (..., C)."""
+        return self.pwconv2(F.gelu(self.pwconv1(self.norm(y))))
 
     def forward(self, x: torch.Tensor, tile_rows: int = 0) -> torch.Tensor:
         """(N, C, H, W) -> (N, C, H, W).
@@ -80,11 +80,12 @@ class ConvNeXtBlock(nn.Module):
         depthwise-conv output, so its 4C-wide hidden layer stays small.
         """
         y = self.dwconv(x).permute(0, 2, 3, 1)
-        if tile_rows <= 0 or torch.is_grad_enabled():
-            return x + self.mlp(y).permute(0, 3, 1, 2)
-        rows = y.reshape(-1, y.shape[-1])  # a view: the conv output of a channels-last input
+        if tile_rows <= 0 or torch.is_grad_enabled() or not y.is_contiguous():
+            return x + (self.mlp(y) * self.gamma).permute(0, 3, 1, 2)
+        rows = y.view(-1, y.shape[-1])  # the conv output of a channels-last input
         for r0 in range(0, rows.shape[0], tile_rows):
-            rows[r0 : r0 + tile_rows] = self.mlp(rows[r0 : r0 + tile_rows])
+            tile = rows[r0 : r0 + tile_rows]
+            torch.mul(self.mlp(tile), self.gamma, out=tile)
         return y.add_(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
@@ -275,12 +276,12 @@ class FusionStage(nn.Module):
             finally:
                 torch._C._set_tracing_state(state)
         w1, cu = self.fuse.conv1.weight, self.up.out_channels
-        g = (w1.shape[1] - cu) // 2
-        w_up = w1[:, :cu].float()
+        g, dtype = (w1.shape[1] - cu) // 2, w1.dtype
+        wide = torch.promote_types(dtype, torch.float32)  # bf16/fp16 weights are composed in float32
+        w_up = w1[:, :cu].to(wide)
         # full 2-D convolution of the 2x2 up kernel with the 3x3 kernel, summed over the C-g channels
-        up = F.conv2d(F.pad(self.up.weight.float(), (2, 2, 2, 2)), w_up)
-        bias = (w_up * self.up.bias.float().view(1, -1, 1, 1)).sum(1, keepdim=True)
-        dtype = w1.dtype
+        up = F.conv2d(F.pad(self.up.weight.to(wide), (2, 2, 2, 2)), w_up)
+        bias = (w_up * self.up.bias.to(wide).view(1, -1, 1, 1)).sum(1, keepdim=True)
         return up.to(dtype), w1[:, cu : cu + g], w1[:, cu + g :], bias.to(dtype)
 
     def image_term(self, image_guide: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -360,7 +361,7 @@ class SEDDecoder(nn.Module):
         heads: int,
         pool_train: tuple[int, int],
         pool_test: tuple[int, int],
-        chunk_elements: int = 1 << 21,
+        chunk_elements: int = 1 << 23,
     ) -> None:
         super().__init__()
         stage_in = (hidden_dim, *decoder_dims[:-1])
