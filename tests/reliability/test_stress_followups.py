@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
+import pytest
 import torch
 
 from ovss.utils import atomic_write
@@ -27,8 +28,6 @@ def test_a_bad_pickle_is_one_line_without_torchs_weights_only_false_hint(tmp_pat
     """Random bytes or a pickle of arbitrary objects: no advice to re-run with weights_only=False, no
     torch 'please file an issue' warning, and the object's code never runs."""
     import pickle
-
-    import pytest
 
     from ovss.errors import CheckpointMismatchError
     from ovss.weights.loading import read_state_dict
@@ -55,11 +54,39 @@ def test_a_bad_pickle_is_one_line_without_torchs_weights_only_false_hint(tmp_pat
 
 def test_weights_of_an_unknown_layout_for_a_test_model_name_the_layout_problem(tmp_path):
     """--model test-san-tiny --weights foreign.pth said "unknown checkpoint format 'random'"."""
-    import pytest
-
     from ovss.errors import CheckpointMismatchError
     from ovss.weights.cache import load_model
 
     torch.save({"foo.weight": torch.zeros(3)}, tmp_path / "foreign.pth")
     with pytest.raises(CheckpointMismatchError, match=r"key layout matches \(first keys: foo\.weight\)"):
         load_model("test-san-tiny", weights=tmp_path / "foreign.pth")
+
+
+def test_a_negative_pixel_limit_is_refused_not_taken_as_no_limit(monkeypatch):
+    """--max-pixels -5 (or OVSS_MAX_PIXELS=-1) silently switched the decompression-bomb limit off."""
+    from ovss.data.io import resolve_max_pixels
+    from ovss.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^max_pixels=-5 is negative; give a number of pixels"):
+        resolve_max_pixels(-5)
+    monkeypatch.setenv("OVSS_MAX_PIXELS", "-1")
+    with pytest.raises(ConfigError, match=r"^OVSS_MAX_PIXELS=-1 is negative; .*0 = no limit\)$"):
+        resolve_max_pixels()
+    assert resolve_max_pixels(0) is None and resolve_max_pixels(7) == 7
+
+
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("mps", "device 'mps' requested but MPS (Apple GPU) is not available; use --device cpu"),
+     ("meta", "device 'meta' is not supported; use cpu, cuda, cuda:N, mps or auto")],
+)
+def test_devices_torch_knows_but_this_machine_lacks_are_one_line(device, message):
+    """--device mps on a machine without MPS gave torch's RuntimeError traceback at model.to()."""
+    from ovss.api.segmenter import parse_device
+    from ovss.errors import OvssError
+
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    with pytest.raises(OvssError) as info:
+        parse_device(device)
+    assert str(info.value) == message

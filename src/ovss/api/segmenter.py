@@ -57,6 +57,10 @@ def parse_device(device: str | torch.device | None) -> torch.device:
         raise OvssError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise OvssError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise OvssError(f"device {device!r} requested but MPS (Apple GPU) is not available; use --device cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):  # torch knows more types (xpu, meta, ...); ovss runs on these
+        raise OvssError(f"device {device!r} is not supported; use cpu, cuda, cuda:N, mps or auto")
     return dev
 
 

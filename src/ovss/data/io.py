@@ -53,8 +53,11 @@ MAX_PIXELS_ENV = "OVSS_MAX_PIXELS"
 
 def resolve_max_pixels(max_pixels: int | None = None) -> int | None:
     """The pixel limit in force: ``max_pixels`` if given, else ``$OVSS_MAX_PIXELS``, else
-    ``DEFAULT_MAX_PIXELS``; 0 (or a negative value) means no limit and gives None."""
+    ``DEFAULT_MAX_PIXELS``; 0 means no limit and gives None. A negative value is refused (a typo
+    must not switch the limit off)."""
+    source = "max_pixels"
     if max_pixels is None:
+        source = MAX_PIXELS_ENV
         value = os.environ.get(MAX_PIXELS_ENV, "").strip()
         if not value:
             return DEFAULT_MAX_PIXELS
@@ -65,6 +68,11 @@ def resolve_max_pixels(max_pixels: int | None = None) -> int | None:
                 f"{MAX_PIXELS_ENV}={value!r} is not a number of pixels; set it to an integer such as "
                 "200000000 (0 = no limit)"
             ) from None
+    if max_pixels < 0:
+        raise ConfigError(
+            f"{source}={max_pixels} is negative; give a number of pixels such as 200000000 "
+            f"(--max-pixels N, {MAX_PIXELS_ENV}=N; 0 = no limit)"
+        )
     return int(max_pixels) if max_pixels > 0 else None
 
 
