@@ -119,6 +119,24 @@ def _mask_is_derivable(key: str, mask: torch.Tensor) -> bool:
     return torch.equal(mask, expected)
 
 
+def checked_shift_masks(sd: Mapping[str, object], model: str) -> dict[str, torch.Tensor]:
+    """The aggregator's stored Swin shift masks, each checked against the one ovss derives (the
+    converters drop them: they are buffers rebuilt from the shape).
+
+    Raises:
+        CheckpointMismatchError: naming the masks that differ; the file is not an official ``model``
+            checkpoint.
+    """
+    masks = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor) and _is_shift_mask(k)}
+    bad = [k for k, m in masks.items() if not _mask_is_derivable(k, m)]
+    if bad:
+        raise CheckpointMismatchError(
+            f"stored Swin shift mask(s) {bad} differ from the standard one (window 12, shift 6); "
+            f"the checkpoint is not an official {model} file"
+        )
+    return masks
+
+
 def convert(state_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:
     """Rename an official CAT-Seg CVPR state dict to the ovss ``CATSeg`` module layout.
 
@@ -140,13 +158,7 @@ def convert(state_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:
             "CAT-Seg CVPR 2024 one: use a catseg-v1-* model name ('ovss models --all'), or model_base.pth / "
             "model_large.pth from the Hugging Face Space hamacojr/CAT-Seg-weights"
         )
-    masks = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor) and _is_shift_mask(k)}
-    bad_masks = [key for key, mask in masks.items() if not _mask_is_derivable(key, mask)]
-    if bad_masks:
-        raise CheckpointMismatchError(
-            f"stored Swin shift mask(s) {bad_masks} differ from the standard one (window 12, shift 6); "
-            "the checkpoint is not an official CAT-Seg CVPR file"
-        )
+    masks = checked_shift_masks(sd, "CAT-Seg CVPR")
     return rename_entries(
         sd,
         _rename,

@@ -22,7 +22,6 @@ from collections.abc import Mapping
 
 import torch
 
-from ovss.errors import CheckpointMismatchError
 from ovss.weights.formats import (
     D2_CLIP_PREFIX,
     apply_rules,
@@ -30,7 +29,7 @@ from ovss.weights.formats import (
     rename_entries,
     unwrap_checkpoint,
 )
-from ovss.weights.formats.catseg_d2 import _AGG_RULES, AGG_PREFIX, _is_shift_mask, _mask_is_derivable
+from ovss.weights.formats.catseg_d2 import _AGG_RULES, AGG_PREFIX, checked_shift_masks
 
 TITLE = "an official CAT-Seg v1 (arXiv v1, detectron2)"
 _SENTINELS = (
@@ -71,13 +70,7 @@ def convert(state_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:
         CheckpointMismatchError: keys outside the v1 layout (all listed) or a tampered shift mask.
     """
     sd = unwrap_checkpoint(state_dict)
-    masks = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor) and _is_shift_mask(k)}
-    bad = [k for k, m in masks.items() if not _mask_is_derivable(k, m)]
-    if bad:
-        raise CheckpointMismatchError(
-            f"stored Swin shift mask(s) {bad} differ from the standard one (window 12, shift 6); "
-            "the checkpoint is not an official CAT-Seg v1 file"
-        )
+    masks = checked_shift_masks(sd, "CAT-Seg v1")
     return rename_entries(
         sd,
         _rename,
