@@ -5,10 +5,18 @@ from __future__ import annotations
 import os
 import stat
 
+import numpy as np
 import pytest
 import torch
 
 from ovss.utils import atomic_write
+
+
+@pytest.fixture(scope="module")
+def tiny_san():
+    import ovss
+
+    return ovss.load("test-san-tiny")
 
 
 def test_atomic_write_keeps_the_umask_mode_when_the_writer_recreates_the_file(tmp_path):
@@ -90,3 +98,31 @@ def test_devices_torch_knows_but_this_machine_lacks_are_one_line(device, message
     with pytest.raises(OvssError) as info:
         parse_device(device)
     assert str(info.value) == message
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
+def test_predict_batch_refuses_a_batch_size_below_one_or_not_an_integer(tiny_san, batch_size):
+    """predict_batch(batch_size=0/-1/2.5) ran silently with batches of one (the CLI refuses 0)."""
+    from ovss.errors import OvssError
+
+    with pytest.raises(OvssError) as info:
+        list(tiny_san.predict_batch([np.zeros((8, 8, 3), np.uint8)], classes=["a"], batch_size=batch_size))
+    assert str(info.value) == f"batch_size must be an integer >= 1, got {batch_size!r}"
+
+
+def test_a_bytes_vocabulary_is_refused_by_type_not_as_class_99():
+    from ovss.errors import VocabularyError
+    from ovss.vocab.vocabulary import parse_vocabulary
+
+    with pytest.raises(VocabularyError, match=r"^cannot read a vocabulary from bytes; decode them first"):
+        parse_vocabulary(b"cat; dog")
+
+
+def test_an_empty_model_name_is_not_taken_for_the_current_folder():
+    """ovss.load("") said "checkpoint file . is a folder"."""
+    import ovss
+    from ovss.errors import UnknownModelError
+
+    with pytest.raises(UnknownModelError) as info:
+        ovss.load("  ")
+    assert str(info.value) == "no model given (an empty name); pass a name 'ovss models' lists or a file"

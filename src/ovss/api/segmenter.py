@@ -203,6 +203,8 @@ class Segmenter:
         in :meth:`predict`.
         """
         aug = parse_tta(tta)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise OvssError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if classes is not None:
             self.set_vocabulary(classes)
         if self._vocab is None:

@@ -161,6 +161,8 @@ def parse_vocabulary(spec: str | Path | Sequence[str | Sequence[str]] | Vocabula
             return Vocabulary.from_names(_load_json_list(text, "the --classes JSON"), unique=True)
         parts = [p for p in (s.strip() for s in text.split(";")) if p]
         return Vocabulary.from_names(parts, unique=True)
+    if isinstance(spec, (bytes, bytearray)):  # a Sequence of ints: "class 0 is 99" otherwise
+        raise VocabularyError("cannot read a vocabulary from bytes; decode them first (data.decode('utf-8'))")
     if isinstance(spec, Sequence):
         return Vocabulary.from_names(spec)
     raise VocabularyError(f"cannot read a vocabulary from {type(spec).__name__}; pass a string, list or path")

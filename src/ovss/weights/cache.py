@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ovss.errors import CheckpointMismatchError, DigestMismatchError, WeightsNotFoundError
+from ovss.errors import CheckpointMismatchError, DigestMismatchError, UnknownModelError, WeightsNotFoundError
 from ovss.utils import atomic_write, sha256_file
 from ovss.weights.detect import (  # noqa: F401  (re-exported)
     CLIP_FORMATS,
@@ -289,6 +289,8 @@ def load_model(name_or_path: str | Path, weights: str | Path | None = None) -> t
     from ovss.models.build import build_model
 
     name = str(name_or_path)
+    if not name.strip():  # Path("") is ".", the current folder: "is a folder" would mislead
+        raise UnknownModelError("no model given (an empty name); pass a name 'ovss models' lists or a file")
     path = Path(name)
     registered = name in list_weights()
     if weights is None and not registered and (
