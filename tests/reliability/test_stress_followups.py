@@ -126,3 +126,15 @@ def test_an_empty_model_name_is_not_taken_for_the_current_folder():
     with pytest.raises(UnknownModelError) as info:
         ovss.load("  ")
     assert str(info.value) == "no model given (an empty name); pass a name 'ovss models' lists or a file"
+
+
+@pytest.mark.parametrize("opset", ["3", "13", "99"])
+def test_export_refuses_an_unusable_opset_before_loading_the_model(tmp_path, capsys, no_model_load, opset):
+    """--opset 3 (or 13: no scaled_dot_product_attention) gave torch's RuntimeError or a page of graph IR."""
+    from ovss.cli.main import main
+
+    out = str(tmp_path / "m.onnx")
+    assert main(["export", "--model", "test-san-tiny", "--out", out, "--opset", opset]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ovss: error: ONNX opset {opset} is not supported: use 14..") and "\n" not in err
+    assert err.endswith("(default 18; --opset N)") and not (tmp_path / "m.onnx").exists()

@@ -61,9 +61,10 @@ def run(args: argparse.Namespace) -> int:
     from ovss.api.segmenter import load
     from ovss.cli.common import ensure_writable_file
     from ovss.errors import OvssError
-    from ovss.export.onnx import export_onnx
+    from ovss.export.onnx import check_opset, export_onnx
 
     ensure_writable_file(args.out)  # before the model loads
+    check_opset(args.opset)
     seg = load(args.model, weights=args.weights)
     cfg = seg.model.config
     options = {}

@@ -53,6 +53,24 @@ class _PredictWrapper(nn.Module):
         return assemble_blocks(blocks, shape, images.dtype, images.device)
 
 
+MIN_OPSET = 14  # scaled_dot_product_attention (all three families) has no export below 14
+
+
+def check_opset(opset: int) -> int:
+    """Refuse an opset the models cannot be exported at (below 14) or torch cannot write (above its
+    TorchScript exporter's maximum), before anything is traced: one line, not torch's IR dump."""
+    try:
+        from torch.onnx import _constants
+
+        top = int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 10**6))
+    except ImportError:  # torch moved it: let torch judge the upper end
+        top = 10**6
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= top:
+        span = f"{MIN_OPSET}..{top}" if top < 10**6 else f">= {MIN_OPSET}"
+        raise OvssError(f"ONNX opset {opset!r} is not supported: use {span} (default 18; --opset N)")
+    return opset
+
+
 def suggest_size(size: Sequence[int], div: int) -> str:
     """``"--size H W"`` with each side rounded up to a multiple of ``div`` (for error messages)."""
     h, w = (max(div, -(-int(s) // div) * div) for s in size)
@@ -107,6 +125,7 @@ def export_onnx(
         import onnx  # noqa: F401
     except ImportError:
         raise missing_dependency("onnx", "export") from None
+    check_opset(opset)
     div = max(model.config.size_divisibility, 1)
     if len(size) != 2 or min(size) <= 0 or size[0] % div or size[1] % div:
         raise OvssError(
