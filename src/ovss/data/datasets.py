@@ -135,7 +135,9 @@ class FolderDataset(SegmentationDataset):
         classes_path = Path(classes_file)
         if not classes_path.is_absolute() and not classes_path.exists() and (root / classes_path).exists():
             classes_path = root / classes_path
-        vocabulary = parse_vocabulary(classes_path)
+        inline = isinstance(classes_file, str) and ";" in classes_file and not classes_path.exists()
+        # "a; b; c" inline: label value = position, as in a file (was: "class file a; b does not exist")
+        vocabulary = parse_vocabulary(classes_file if inline else classes_path)
         image_dir, label_dir = root / images, root / labels
         layout = f"{image_dir}/<stem>{{{','.join(IMAGE_EXTENSIONS)}}} with {label_dir}/<stem>{{.png,.tif}}"
         for folder, what in ((image_dir, "images"), (label_dir, "label maps")):
