@@ -155,3 +155,11 @@ def test_a_folder_dataset_takes_inline_class_names_in_order(tmp_path):
     inline = FolderDataset(tmp_path, "sky; grass, lawn")
     from_file = FolderDataset(tmp_path, tmp_path / "classes.txt")
     assert inline.class_names == from_file.class_names == ["sky", "grass, lawn"]
+
+
+def test_a_line_break_in_a_class_string_separates_classes_as_in_a_file():
+    """--classes "$(cat classes.txt)" made ONE class "cat dog sky" (line breaks became spaces)."""
+    from ovss.vocab.vocabulary import parse_vocabulary
+
+    assert parse_vocabulary("cat\ndog\r\nsky; sofa, couch\n").names == ["cat", "dog", "sky", "sofa"]
+    assert [c.synonyms for c in parse_vocabulary("cat\nsofa, couch").classes] == [("cat",), ("sofa", "couch")]

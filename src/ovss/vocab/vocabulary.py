@@ -143,8 +143,9 @@ def parse_vocabulary(spec: str | Path | Sequence[str | Sequence[str]] | Vocabula
     Args:
         spec: a Vocabulary; a list of class strings / synonym lists; a path to a ``.json`` file (a list)
             or a text file (one class per line, ``#`` comments and blank lines ignored); or a string with
-            ``;`` between classes and ``,`` between synonyms (``"cat; sofa, couch; wall"``). A string
-            without ``;`` that names an existing file is read as that file.
+            ``;`` (or a line break) between classes and ``,`` between synonyms
+            (``"cat; sofa, couch; wall"``). A string without ``;`` that names an existing file is read
+            as that file.
 
     Raises:
         VocabularyError: empty vocabulary, empty class, unreadable file or malformed JSON.
@@ -159,7 +160,9 @@ def parse_vocabulary(spec: str | Path | Sequence[str | Sequence[str]] | Vocabula
         text = spec.strip()
         if text.startswith("["):
             return Vocabulary.from_names(_load_json_list(text, "the --classes JSON"), unique=True)
-        parts = [p for p in (s.strip() for s in text.split(";")) if p]
+        # A line break separates classes as in a file ("$(cat classes.txt)"); it was a space before,
+        # which silently made "cat\ndog" one class named "cat dog".
+        parts = [p for p in (s.strip() for s in text.replace("\n", ";").split(";")) if p]
         return Vocabulary.from_names(parts, unique=True)
     if isinstance(spec, (bytes, bytearray)):  # a Sequence of ints: "class 0 is 99" otherwise
         raise VocabularyError("cannot read a vocabulary from bytes; decode them first (data.decode('utf-8'))")
