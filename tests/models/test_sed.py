@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from ovss.errors import ConfigError
 from ovss.models.sed import SED, SEDConfig, SEDOutput, postprocess, sed_convnext_b, sed_convnext_l, sed_tiny
-from ovss.models.sed_decoder import ClassAttention, FusionStage, cer_survivors
+from ovss.models.sed_blocks import ClassAttention, FusionStage
+from ovss.models.sed_decoder import cer_survivors
 from ovss.towers.clip import vit_b_16
 from tests.conftest import parity_params
 from tests.models._blocks import check_blocks

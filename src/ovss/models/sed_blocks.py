@@ -1,0 +1,280 @@
+"""SED decoder building blocks: ConvNeXt block, linear class attention, DoubleConv, fusion stage.
+
+Per-class maps are ``(B*K, C, H, W)`` with the image index outer, channels-last in memory. The
+fusion stage keeps the literal official form (:meth:`FusionStage.forward`, the reference) and the
+split form the decoder runs (:meth:`FusionStage.split_weights`, :meth:`FusionStage.image_term`,
+:meth:`FusionStage.fuse_split`); see :mod:`ovss.models.sed_decoder`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ConvNeXtBlock(nn.Module):
+    """SED's decoder ConvNeXt block: dw conv, LayerNorm, MLP (4x, GELU), layer scale, residual.
+
+    Unlike timm's block the layer scale ``gamma`` starts at 1.0 (SED ``convnext.py``), and there is no
+    drop-path. Channels-last inputs run without any permute copy.
+
+    Args:
+        dim: channels C.
+        kernel_size: depthwise kernel (odd).
+    """
+
+    def __init__(self, dim: int, kernel_size: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def mlp(self, y: torch.Tensor) -> torch.Tensor:
+        """LayerNorm and MLP on channels-last rows, before the layer scale: (..., C) -> (..., C)."""
+        return self.pwconv2(F.gelu(self.pwconv1(self.norm(y))))
+
+    def forward(self, x: torch.Tensor, tile_rows: int = 0) -> torch.Tensor:
+        """(N, C, H, W) -> (N, C, H, W).
+
+        ``tile_rows`` > 0 (no autograd): the MLP runs on tiles of that many pixels, in place on the
+        depthwise-conv output, so its 4C-wide hidden layer stays small.
+        """
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        if tile_rows <= 0 or torch.is_grad_enabled() or not y.is_contiguous():
+            return x + (self.mlp(y) * self.gamma).permute(0, 3, 1, 2)
+        rows = y.view(-1, y.shape[-1])  # the conv output of a channels-last input
+        for r0 in range(0, rows.shape[0], tile_rows):
+            tile = rows[r0 : r0 + tile_rows]
+            torch.mul(self.mlp(tile), self.gamma, out=tile)
+        return y.add_(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ClassAttention(nn.Module):
+    """Pre-LN transformer layer across the classes at every (pooled) pixel, linear attention.
+
+    Attention is "Transformers are RNNs" linear attention with feature map elu(x) + 1 and 4 heads;
+    then an MLP (4x, ReLU). Pixels are average-pooled by ``pool`` first and the update is upsampled
+    back (bilinear, align_corners=True). Official quirk kept for checkpoint parity
+    (SED ``model.py`` ClassTransformerLayer): the result is ``x + up(pool(x) + delta)``, i.e.
+    ``2x + delta`` when the pool is 1x1.
+
+    Args:
+        dim: channels C.
+        heads: attention heads (C divisible by heads).
+        pool_train: (ph, pw) average-pool kernel (= stride) in training mode.
+        pool_test: (ph, pw) kernel in eval mode (the official eval uses 1x1).
+        eps: linear-attention denominator epsilon.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        pool_train: tuple[int, int] = (2, 2),
+        pool_test: tuple[int, int] = (1, 1),
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.heads = heads
+        self.pool_train = tuple(pool_train)
+        self.pool_test = tuple(pool_test)
+        self.eps = eps
+        self.norm1 = nn.LayerNorm(dim)
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.fc2 = nn.Linear(4 * dim, dim)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """Multi-head linear attention over the sequence axis: (N, L, C) -> (N, L, C)."""
+        n, length, c = x.shape
+        weight = torch.cat([self.q.weight, self.k.weight, self.v.weight])  # one GEMM for q, k, v
+        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        qkv = F.linear(x, weight, bias)  # (N, L, 3C)
+        q, k = (F.elu(qkv[..., : 2 * c]) + 1.0).view(n, length, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        v = qkv[..., 2 * c :].view(n, length, self.heads, -1).transpose(1, 2)  # (N, h, L, D)
+        # Dividing v by L (and multiplying back) changes nothing mathematically; it keeps the
+        # key-value sums in fp16 range, as the official code does.
+        kv = k.transpose(-1, -2) @ (v / length)  # (N, h, D, D)
+        denom = q @ k.sum(dim=2).unsqueeze(-1) + self.eps  # (N, h, L, 1)
+        out = (q @ kv) / denom * length
+        return out.transpose(1, 2).reshape(n, length, c)
+
+    def layer(self, seq: torch.Tensor) -> torch.Tensor:
+        """The transformer layer on (N, L, C) sequences: attention and MLP residuals."""
+        seq = seq + self.attend(self.norm1(seq))
+        return seq + self.fc2(F.relu(self.fc1(self.norm2(seq)), inplace=True))
+
+    def forward(self, x: torch.Tensor, batch: int, chunk_elements: int = 0) -> torch.Tensor:
+        """Mix information across classes.
+
+        Args:
+            x: (B*K, C, H, W), image index outer.
+            batch: B.
+            chunk_elements: > 0 (unpooled, no autograd): update ``x`` in place, a chunk of pixels at a
+                time, with about this many elements in the largest temporary (the MLP hidden layer).
+
+        Returns:
+            (B*K, C, H, W) (``x`` itself when updated in place).
+        """
+        c, height, width = x.shape[1:]
+        pool = self.pool_train if self.training else self.pool_test
+        if pool == (1, 1) and chunk_elements > 0:
+            return self._in_place(x, batch, chunk_elements)
+        pooled = pool != (1, 1)
+        xp = F.avg_pool2d(x, pool) if pooled else x
+        h, w = xp.shape[-2:]
+        seq = xp.permute(0, 2, 3, 1).reshape(batch, -1, h * w, c).transpose(1, 2).flatten(0, 1)
+        seq = self.layer(seq)  # (B*h*w, K, C)
+        y = seq.view(batch, h, w, -1, c).permute(0, 3, 1, 2, 4).flatten(0, 1).permute(0, 3, 1, 2)
+        if pooled:
+            y = F.interpolate(y, size=(height, width), mode="bilinear", align_corners=True)
+        return x + y
+
+    def _in_place(self, x: torch.Tensor, batch: int, chunk_elements: int) -> torch.Tensor:
+        bk, c, h, w = x.shape
+        num_classes = bk // batch
+        pixels = max(16, chunk_elements // (num_classes * 4 * c))
+        view = x.permute(0, 2, 3, 1).view(batch, num_classes, h * w, c)  # x is channels-last
+        for b in range(batch):
+            for p0 in range(0, h * w, pixels):
+                part = view[b, :, p0 : p0 + pixels]  # (K, P, C)
+                seq = part.transpose(0, 1)
+                part.copy_((seq + self.layer(seq)).transpose(0, 1))  # x + (x + delta)
+        return x
+
+
+class DoubleConv(nn.Module):
+    """(Conv3x3 without bias, GroupNorm(out // 16 groups), ReLU) twice.
+
+    Args:
+        in_dim: input channels.
+        out_dim: output channels (a multiple of 16 is safest; groups = out_dim // 16).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        groups = out_dim // 16
+        self.conv1 = nn.Conv2d(in_dim, out_dim, 3, padding=1, bias=False)
+        self.norm1 = nn.GroupNorm(groups, out_dim)
+        self.conv2 = nn.Conv2d(out_dim, out_dim, 3, padding=1, bias=False)
+        self.norm2 = nn.GroupNorm(groups, out_dim)
+
+    def tail(self, z: torch.Tensor) -> torch.Tensor:
+        """Everything after ``conv1``: (N, out_dim, H, W) -> (N, out_dim, H, W)."""
+        z = F.relu(self.norm1(z), inplace=True)
+        return F.relu(self.norm2(self.conv2(z)), inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_dim, H, W) -> (N, out_dim, H, W)."""
+        return self.tail(self.conv1(x))
+
+
+class FusionStage(nn.Module):
+    """One decoder stage: FAM (spatial ConvNeXt block + class attention), then SFM (2x up + skips).
+
+    Args:
+        in_dim: input channels C.
+        out_dim: output channels d.
+        guide_dim: channels g of each guidance (image skip and cost); the up-conv gives C - g.
+        kernel_size: ConvNeXt depthwise kernel.
+        heads: class-attention heads.
+        pool_train, pool_test: class-attention pooling kernels.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        guide_dim: int,
+        kernel_size: int,
+        heads: int,
+        pool_train: tuple[int, int],
+        pool_test: tuple[int, int],
+    ) -> None:
+        super().__init__()
+        self.spatial = ConvNeXtBlock(in_dim, kernel_size)
+        self.class_attn = ClassAttention(in_dim, heads, pool_train, pool_test)
+        self.up = nn.ConvTranspose2d(in_dim, in_dim - guide_dim, kernel_size=2, stride=2)
+        self.fuse = DoubleConv(in_dim + guide_dim, out_dim)
+
+    def forward(
+        self, x: torch.Tensor, image_guide: torch.Tensor, cost_guide: torch.Tensor, batch: int
+    ) -> torch.Tensor:
+        """The literal official stage (reference form; the decoder runs the split form).
+
+        Args:
+            x: (B*K, C, h, w).
+            image_guide: (B, g, 2h, 2w), shared by the K classes of each image.
+            cost_guide: (B*K, g, 2h, 2w).
+            batch: B.
+
+        Returns:
+            (B*K, d, 2h, 2w).
+        """
+        x = self.class_attn(self.spatial(x), batch)
+        x = self.up(x)
+        image_guide = image_guide.repeat_interleave(x.shape[0] // batch, dim=0)
+        return self.fuse(torch.cat([x, image_guide, cost_guide], dim=1))
+
+    def split_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The fusion conv split by input, with the up-conv folded in (composed in float32).
+
+        Returns:
+            ``up`` (C, d, 4, 4): ConvTranspose2d(stride 2, padding 1) kernel equal to
+            ``conv1[:, :C-g] o up``; ``image`` (d, g, 3, 3) and ``cost`` (d, g, 3, 3): ``conv1`` on the
+            two guidances; ``bias`` (d, 1, 3, 3): ``conv1[:, :C-g]`` applied to the up-conv bias (used
+            on a map of ones, so it is exact at the borders where the padding hides some taps).
+        """
+        if torch.jit.is_tracing():  # ONNX export: fold them into constants (the exporter needs kernels
+            state = torch._C._get_tracing_state()  # of static shape; traced computed kernels have none)
+            torch._C._set_tracing_state(None)
+            try:
+                return tuple(w.detach().clone() for w in self.split_weights())  # type: ignore[return-value]
+            finally:
+                torch._C._set_tracing_state(state)
+        w1, cu = self.fuse.conv1.weight, self.up.out_channels
+        g, dtype = (w1.shape[1] - cu) // 2, w1.dtype
+        wide = torch.promote_types(dtype, torch.float32)  # bf16/fp16 weights are composed in float32
+        w_up = w1[:, :cu].to(wide)
+        # full 2-D convolution of the 2x2 up kernel with the 3x3 kernel, summed over the C-g channels
+        up = F.conv2d(F.pad(self.up.weight.to(wide), (2, 2, 2, 2)), w_up)
+        bias = (w_up * self.up.bias.to(wide).view(1, -1, 1, 1)).sum(1, keepdim=True)
+        return up.to(dtype), w1[:, cu : cu + g], w1[:, cu + g :], bias.to(dtype)
+
+    def image_term(self, image_guide: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Class-independent part of the first fusion conv: (B, g, H, W) -> (B, d, H, W)."""
+        ones = image_guide.new_ones(1, 1, *image_guide.shape[-2:])
+        return F.conv2d(image_guide, weights[1], padding=1) + F.conv2d(ones, weights[3], padding=1)
+
+    def fuse_split(
+        self,
+        x: torch.Tensor,
+        image_term: torch.Tensor,
+        cost_guide: torch.Tensor,
+        weights: Sequence[torch.Tensor],
+    ) -> torch.Tensor:
+        """``fuse(cat[up(x), image_guide, cost_guide])`` from the split weights.
+
+        Args:
+            x: (n*K', C, h, w) class-attention output, n images of K' classes each.
+            image_term: (n, d, 2h, 2w) from :meth:`image_term`.
+            cost_guide: (n*K', g, 2h, 2w).
+            weights: :meth:`split_weights`.
+
+        Returns:
+            (n*K', d, 2h, 2w).
+        """
+        z = F.conv_transpose2d(x, weights[0], stride=2, padding=1) + F.conv2d(
+            cost_guide, weights[2], padding=1
+        )
+        n, d, hh, ww = image_term.shape
+        z = (z.view(n, -1, d, hh, ww) + image_term.unsqueeze(1)).flatten(0, 1)
+        return self.fuse.tail(z)
