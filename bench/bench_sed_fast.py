@@ -103,9 +103,9 @@ def main() -> None:
         dense, skips = model.image_features(image)
         encoder_s = time.perf_counter() - start
         few = text[: min(16, args.classes)]  # warm-up: kernels and allocator, both paths
-        model.decoder(dense, few, skips)
+        model.decoder(dense, few, skips, aux=False)
         model.decoder.forward_fast(dense, few, skips, args.topk[0])
-        full_s, logits = timed(lambda: model.decoder(dense, text, skips)[0].sigmoid(), args.repeat)
+        full_s, logits = timed(lambda: model.decoder(dense, text, skips, aux=False)[0].sigmoid(), args.repeat)
         full = postprocess(logits, tuple(image.shape[-2:]), (h, w), (h, w)).argmax(1)
         del logits
         rows = [
