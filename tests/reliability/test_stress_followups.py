@@ -163,3 +163,13 @@ def test_a_line_break_in_a_class_string_separates_classes_as_in_a_file():
 
     assert parse_vocabulary("cat\ndog\r\nsky; sofa, couch\n").names == ["cat", "dog", "sky", "sofa"]
     assert [c.synonyms for c in parse_vocabulary("cat\nsofa, couch").classes] == [("cat",), ("sofa", "couch")]
+
+
+def test_a_json_object_as_class_string_is_refused_not_one_class_named_like_it():
+    """--classes '{"a": 1}' became one class named '{"a":1}'."""
+    from ovss.errors import VocabularyError
+    from ovss.vocab.vocabulary import parse_vocabulary
+
+    with pytest.raises(VocabularyError, match=r"^the --classes JSON must be a JSON list of .* got dict"):
+        parse_vocabulary('{"a": 1}')
+    assert parse_vocabulary("{curly} thing; cat").names == ["{curly} thing", "cat"]

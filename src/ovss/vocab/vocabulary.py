@@ -158,7 +158,7 @@ def parse_vocabulary(spec: str | Path | Sequence[str | Sequence[str]] | Vocabula
         return _read_file(Path(spec))
     if isinstance(spec, str):
         text = spec.strip()
-        if text.startswith("["):
+        if text.startswith("[") or (text.startswith("{") and text.endswith("}")):  # {...}: a JSON object
             return Vocabulary.from_names(_load_json_list(text, "the --classes JSON"), unique=True)
         # A line break separates classes as in a file ("$(cat classes.txt)"); it was a space before,
         # which silently made "cat\ndog" one class named "cat dog".
