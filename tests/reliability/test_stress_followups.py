@@ -173,3 +173,44 @@ def test_a_json_object_as_class_string_is_refused_not_one_class_named_like_it():
     with pytest.raises(VocabularyError, match=r"^the --classes JSON must be a JSON list of .* got dict"):
         parse_vocabulary('{"a": 1}')
     assert parse_vocabulary("{curly} thing; cat").names == ["{curly} thing", "cat"]
+
+
+def test_a_full_disk_during_a_checkpoint_is_enospc_with_no_temp_file(tmp_path, monkeypatch):
+    """torch.save on a full disk raises RuntimeError ("unexpected pos 128 vs 0"): ovss train printed
+    a traceback. It is now OSError(ENOSPC) naming the checkpoint, and the temp file is gone."""
+    import errno
+    import shutil
+
+    import ovss.engine.checkpoint as ckpt
+
+    def full_disk(state, path):
+        with open(path, "wb") as f:
+            f.write(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 128 vs 0")
+
+    monkeypatch.setattr(ckpt.torch, "save", full_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    target = tmp_path / "iter_0000002.pt"
+    with pytest.raises(OSError) as info:
+        ckpt.save_checkpoint(target, {"a": 1})
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_cli_reports_a_full_disk_in_one_line(monkeypatch, capsys):
+    import errno
+
+    import ovss.cli.train as train_cli
+    from ovss.cli.main import main
+
+    def run(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/r/checkpoints/iter_0000002.pt")
+
+    monkeypatch.setattr(train_cli, "run", run)
+    assert main(["train", "--config", "tiny-san", "--out", "/r"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "ovss: error: cannot write /r/checkpoints/iter_0000002.pt: No space left on device; free space or "
+        "choose another folder, then re-run the same command (it continues where it stopped; ovss train: "
+        "add --resume)\n"
+    )

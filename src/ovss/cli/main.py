@@ -10,6 +10,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import warnings
 from collections.abc import Sequence
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Print a warning as ``ovss: warning: MESSAGE`` (no file, line or category for CLI users)."""
     text = " ".join(str(message).split())
@@ -94,6 +98,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ovss: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # disk full / quota / read-only while writing: not a bug of ovss, one line
+        if args.debug or e.errno not in _WRITE_ERRNOS:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(
+            f"ovss: error: cannot write{where}: {e.strerror}; free space or choose another folder, then "
+            "re-run the same command (it continues where it stopped; ovss train: add --resume)",
+            file=sys.stderr,
+        )
+        return 1
     except BrokenPipeError:  # the reader of our output went away (``ovss models | head``)
         try:
             import os

@@ -11,8 +11,10 @@ uses ``torch.load(weights_only=True)``: every value is a tensor, number, string 
 
 from __future__ import annotations
 
+import errno
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +75,25 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
-    """Atomically ``torch.save`` ``state`` to ``path``."""
-    return atomic_write(Path(path), lambda p: torch.save(state, p))
+    """Atomically ``torch.save`` ``state`` to ``path``.
+
+    Raises:
+        OSError: ``ENOSPC`` when the disk filled up (torch's zip writer reports that as a
+            ``RuntimeError``; the CLI prints one line for it). No temporary file is left.
+    """
+
+    def write(tmp: Path) -> None:
+        try:
+            torch.save(state, tmp)
+        except RuntimeError:
+            if shutil.disk_usage(tmp.parent).free < _FULL_BYTES:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path)) from None
+            raise
+
+    return atomic_write(Path(path), write)
+
+
+_FULL_BYTES = 16 << 20  # below this much free space a failed torch.save is taken for a full disk
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
