@@ -14,27 +14,38 @@ import json
 from pathlib import Path
 
 
-def load_rows(path: Path) -> dict[tuple[str, str, str], dict[int, float]]:
-    """{(run, dtype, version): {K: s/img}} from a JSON-lines file."""
+def load_rows(path: Path, key: str = "s/img") -> dict[tuple[str, str, str], dict[int, float]]:
+    """{(run, dtype, version): {K: row[key]}} from a JSON-lines file."""
     series: dict[tuple[str, str, str], dict[int, float]] = {}
     for line in path.read_text().splitlines():
         if line.strip():
             row = json.loads(line)
-            series.setdefault((row["run"], row["dtype"], row["version"]), {})[int(row["K"])] = row["s/img"]
+            series.setdefault((row["run"], row["dtype"], row["version"]), {})[int(row["K"])] = row[key]
     return series
 
 
-def plot_seconds(rows: Path, out: Path, title: str | None = None) -> None:
-    """Write the PNG ``out`` from the rows in ``rows``."""
+def plot_seconds(rows: Path, out: Path, title: str | None = None, cpu_rows: Path | None = None) -> None:
+    """Write the PNG ``out`` from the rows in ``rows`` (and a CPU-seconds panel from ``cpu_rows``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = load_rows(rows)
+    panels = [(rows, "s/img", title or "Segmenter.predict, 2 threads, wall clock")]
+    if cpu_rows is not None:
+        panels.append((cpu_rows, "CPU s", "1 thread, process CPU seconds"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 5.5), dpi=100, squeeze=False)
+    for ax, (path, key, label) in zip(axes[0], panels):
+        _panel(plt, ax, load_rows(path, key), label)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def _panel(plt, ax, series: dict[tuple[str, str, str], dict[int, float]], title: str) -> None:
     runs = sorted({(run, dtype) for run, dtype, _ in series})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     for i, (run, dtype) in enumerate(runs):
         for version, style in (("before", "--"), ("after", "-")):
             points = series.get((run, dtype, version))
@@ -48,15 +59,12 @@ def plot_seconds(rows: Path, out: Path, title: str | None = None) -> None:
     ax.set_yscale("log")
     ks = sorted({k for points in series.values() for k in points})
     ax.set_xticks(ks, [str(k) for k in ks])
+    ax.xaxis.set_minor_locator(plt.NullLocator())
     ax.set_xlabel("classes K")
     ax.set_ylabel("seconds per 640 x 853 image")
-    ax.set_title(title or "Segmenter.predict, 2 threads, random weights")
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
 
 
 def markdown_table(path: Path) -> str:
@@ -92,9 +100,10 @@ def main() -> None:
     parser.add_argument("rows", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--title")
+    parser.add_argument("--cpu-rows", type=Path, help="rows of a --threads 1 run: a CPU-seconds panel")
     parser.add_argument("--markdown", action="store_true", help="also print a before/after markdown table")
     args = parser.parse_args()
-    plot_seconds(args.rows, args.out, args.title)
+    plot_seconds(args.rows, args.out, args.title, args.cpu_rows)
     if args.markdown:
         print(markdown_table(args.rows))
 
