@@ -10,6 +10,7 @@ Internal cost layout is channels-last ``(B, T, H, W, C)`` (T classes); the offic
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -337,6 +338,35 @@ class ClassAttention(nn.Module):
         return out.transpose(-2, -3).reshape(b, p, t, c)
 
 
+def pooled_class_update(
+    cost: torch.Tensor, pool: tuple[int, int], update: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """The class aggregation's frame: average-pool, per-pixel class update, upsample, residual.
+
+    Args:
+        cost: (B, T, H, W, C).
+        pool: (kh, kw) average-pooling window and stride ((1, 1): no pooling).
+        update: maps the (B, pixels, T, C) pooled class sequences to their updated values.
+
+    Returns:
+        ``cost + Up(update(pool(cost)))`` (B, T, H, W, C), Up bilinear with aligned corners (the
+        official ``x + Up(pool(x) + delta)`` quirk when ``update`` is residual).
+    """
+    b, t, h, w, c = cost.shape
+    x = cost
+    if tuple(pool) != (1, 1):
+        x = F.avg_pool2d(cost.reshape(b * t, h, w, c).permute(0, 3, 1, 2), pool)
+        x = x.permute(0, 2, 3, 1).reshape(b, t, x.shape[-2], x.shape[-1], c)
+    hp, wp = x.shape[2], x.shape[3]
+    x = update(x.permute(0, 2, 3, 1, 4).reshape(b, hp * wp, t, c))  # (B, pixels, T, C)
+    x = x.reshape(b, hp, wp, t, c).permute(0, 3, 1, 2, 4)  # (B, T, h, w, C)
+    if (hp, wp) != (h, w):
+        x = x.reshape(b * t, hp, wp, c).permute(0, 3, 1, 2)
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=True)
+        x = x.permute(0, 2, 3, 1).reshape(b, t, h, w, c)
+    return cost + x
+
+
 class ClassAggregation(nn.Module):
     """Class aggregation on an average-pooled cost, padded to a fixed class budget.
 
@@ -374,27 +404,19 @@ class ClassAggregation(nn.Module):
         Returns:
             (B, T, H, W, C).
         """
-        b, t, h, w, c = cost.shape
+        t, c = cost.shape[1], cost.shape[4]
         pad = None
         if (self.pad_len > 0 and torch.jit.is_tracing()) or t < self.pad_len:  # export: count may be 0
             pad_x = self.norm1(self.pad_token.to(cost.dtype)).reshape(c)
             pad = (pad_x, self.pad_guidance.to(cost.dtype).reshape(-1), self.pad_len - t)
         if tuple(pool) == (1, 1) and not torch.jit.is_tracing():
             return self._unpooled(cost, guidance, pad)
-        x = cost
-        if tuple(pool) != (1, 1):
-            x = F.avg_pool2d(cost.reshape(b * t, h, w, c).permute(0, 3, 1, 2), pool)
-            x = x.permute(0, 2, 3, 1).reshape(b, t, x.shape[-2], x.shape[-1], c)
-        hp, wp = x.shape[2], x.shape[3]
-        x = x.permute(0, 2, 3, 1, 4).reshape(b, hp * wp, t, c)  # (B, pixels, T, C)
-        x = x + self.attn(self.norm1(x), guidance, pad)
-        x = x + self.mlp(self.norm2(x))
-        x = x.reshape(b, hp, wp, t, c).permute(0, 3, 1, 2, 4)  # (B, T, h, w, C)
-        if (hp, wp) != (h, w):
-            x = x.reshape(b * t, hp, wp, c).permute(0, 3, 1, 2)
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=True)
-            x = x.permute(0, 2, 3, 1).reshape(b, t, h, w, c)
-        return cost + x
+
+        def update(x: torch.Tensor) -> torch.Tensor:
+            x = x + self.attn(self.norm1(x), guidance, pad)
+            return x + self.mlp(self.norm2(x))
+
+        return pooled_class_update(cost, pool, update)
 
     def _unpooled(
         self, cost: torch.Tensor, guidance: torch.Tensor, pad: tuple[torch.Tensor, torch.Tensor, int] | None

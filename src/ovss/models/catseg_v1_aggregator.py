@@ -27,6 +27,7 @@ from ovss.models.catseg_aggregator import (
     UpBlock,
     _conv_relu,
     cost_volume,
+    pooled_class_update,
 )
 
 
@@ -47,22 +48,13 @@ class ClassAggregationV1(nn.Module):
 
     def forward(self, cost: torch.Tensor, guidance: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
         """(B, T, H, W, C) cost, (B, T, G) text guidance, (kh, kw) pooling -> (B, T, H, W, C)."""
-        b, t, h, w, c = cost.shape
-        x = cost
-        if tuple(pool) != (1, 1):
-            x = F.avg_pool2d(cost.reshape(b * t, h, w, c).permute(0, 3, 1, 2), pool)
-            x = x.permute(0, 2, 3, 1).reshape(b, t, x.shape[-2], x.shape[-1], c)
-        hp, wp = x.shape[2], x.shape[3]
-        x = x.permute(0, 2, 3, 1, 4).reshape(b, hp * wp, t, c)  # (B, pixels, T, C)
-        x = x + self.attn(self.norm1(x), guidance, None)
-        y = self.norm2(x)
-        x = x + y + self.mlp(y) if self.mlp_identity else x + self.mlp(y)
-        x = x.reshape(b, hp, wp, t, c).permute(0, 3, 1, 2, 4)  # (B, T, h, w, C)
-        if (hp, wp) != (h, w):
-            x = x.reshape(b * t, hp, wp, c).permute(0, 3, 1, 2)
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=True)
-            x = x.permute(0, 2, 3, 1).reshape(b, t, h, w, c)
-        return cost + x
+
+        def update(x: torch.Tensor) -> torch.Tensor:
+            x = x + self.attn(self.norm1(x), guidance, None)
+            y = self.norm2(x)
+            return x + y + self.mlp(y) if self.mlp_identity else x + self.mlp(y)
+
+        return pooled_class_update(cost, pool, update)
 
 
 class AggregatorLayerV1(nn.Module):
