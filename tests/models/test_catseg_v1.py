@@ -101,6 +101,30 @@ def test_wrong_text_and_bad_configs_are_refused() -> None:
     assert CATSegV1Config.from_json(cfg.to_json()) == cfg
 
 
+def test_option_and_text_errors_name_each_model() -> None:
+    """The text check and the inference= parser are shared with CAT-Seg; messages stay per model."""
+    from ovss.models.catseg import CATSeg, catseg_tiny
+
+    cases = (
+        (_small(), "CAT-Seg v1", "['whole', 'slide', 'mmseg']", "P=80", "'imagenet'"),
+        (CATSeg(catseg_tiny()), "CAT-Seg", "['whole', 'slide']", "P=1", "'catseg'"),
+    )
+    for model, label, modes, p, templates in cases:
+        with pytest.raises(ConfigError) as err:
+            model.preprocess_size(64, 64, tiles=2)
+        assert str(err.value) == f"unknown {label} option(s) ['tiles']; the only one is inference="
+        with pytest.raises(ConfigError) as err:
+            model.preprocess_size(64, 64, inference="tiles")
+        assert str(err.value) == f"{label} inference='tiles' is not one of {modes}"
+        with pytest.raises(ConfigError) as err:
+            model.predict(torch.zeros(1, 3, 64, 64), torch.zeros(3, 2, 32), (64, 64), (64, 64))
+        expected = (
+            f"{label} text must be (K, {p}, E) from encode_text, got (3, 2, 32); "
+            f"embed the vocabulary with templates={templates}"
+        )
+        assert str(err.value) == expected
+
+
 def test_cv2_resize_reproduces_the_mmseg_fixture_input() -> None:
     folder = parity_dir() / "catsegmm_a"
     if not (folder / "input.npy").is_file():

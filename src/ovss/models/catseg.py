@@ -174,6 +174,11 @@ class CATSeg(SegmentationModel):
     All parameters CAT-Seg does not train are frozen at construction (see :meth:`freeze`).
     """
 
+    # the model's name in error messages and its ``inference=`` protocols (CAT-Seg v1 shares the
+    # methods that use them)
+    label = "CAT-Seg"
+    inference_modes: tuple[str, ...] = INFERENCE_MODES
+
     def __init__(self, config: CATSegConfig) -> None:
         super().__init__()
         self.config = config
@@ -267,11 +272,7 @@ class CATSeg(SegmentationModel):
 
     def _logits(self, images: torch.Tensor, text: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
         """(B, 3, R, R) images and (K, P, E) text -> (B, K, 4h, 4w) logits."""
-        if text.ndim != 3 or text.shape[1] != self.config.prompt_channels:
-            raise ConfigError(
-                f"CAT-Seg text must be (K, P={self.config.prompt_channels}, E) from encode_text, got "
-                f"{tuple(text.shape)}; embed the vocabulary with templates={self.config.templates!r}"
-            )
+        self._check_text(text)
         tokens, guidance, (h, w) = self.encode_image_dense(images)
         b = images.shape[0]
 
@@ -282,6 +283,14 @@ class CATSeg(SegmentationModel):
         maps = [up(to_map(g)) for up, g in zip(self.guidance_up, guidance)]
         text = text.to(image.dtype).unsqueeze(0).expand(b, *text.shape)
         return self.aggregator(image, text, maps, pool)
+
+    def _check_text(self, text: torch.Tensor) -> None:
+        """Raise :class:`ConfigError` unless ``text`` is (K, P, E) with P = ``config.prompt_channels``."""
+        if text.ndim != 3 or text.shape[1] != self.config.prompt_channels:
+            raise ConfigError(
+                f"{self.label} text must be (K, P={self.config.prompt_channels}, E) from encode_text, got "
+                f"{tuple(text.shape)}; embed the vocabulary with templates={self.config.templates!r}"
+            )
 
     def _resize(self, images: torch.Tensor, size: int) -> torch.Tensor:
         if images.shape[-2:] == (size, size):
@@ -307,9 +316,9 @@ class CATSeg(SegmentationModel):
     def _mode(self, options: dict[str, Any]) -> str:
         mode = options.pop("inference", None) or self.config.inference
         if options:
-            raise ConfigError(f"unknown CAT-Seg option(s) {sorted(options)}; the only one is inference=")
-        if mode not in INFERENCE_MODES:
-            raise ConfigError(f"CAT-Seg inference={mode!r} is not one of {list(INFERENCE_MODES)}")
+            raise ConfigError(f"unknown {self.label} option(s) {sorted(options)}; the only one is inference=")
+        if mode not in self.inference_modes:
+            raise ConfigError(f"{self.label} inference={mode!r} is not one of {list(self.inference_modes)}")
         return mode
 
     def preprocess_size(self, height: int, width: int, **options: Any) -> tuple[int, int]:

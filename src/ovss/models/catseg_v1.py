@@ -200,6 +200,9 @@ class CATSegV1(SegmentationModel):
     Parameters CAT-Seg v1 does not train are frozen at construction (see :meth:`is_trainable`).
     """
 
+    label = "CAT-Seg v1"  # in error messages
+    inference_modes: tuple[str, ...] = INFERENCE_MODES
+
     def __init__(self, config: CATSegV1Config) -> None:
         super().__init__()
         self.config = config
@@ -238,11 +241,14 @@ class CATSegV1(SegmentationModel):
             return self.config.backbone_lr_mult > 0 and "norm0" not in name
         return True
 
-    # The CVPR model's: requires_grad by is_trainable, the (name, parameter) pairs it trains, and
-    # (P, K, L) tokens -> (K, P, E) text embeddings L2-normalised per template.
+    # The CVPR model's: requires_grad by is_trainable, the (name, parameter) pairs it trains,
+    # (P, K, L) tokens -> (K, P, E) text embeddings L2-normalised per template, the (K, P, E) text
+    # check and the ``inference=`` option parser (both by ``label`` and ``inference_modes``).
     freeze = CATSeg.freeze
     trainable_parameters = CATSeg.trainable_parameters
     encode_text = CATSeg.encode_text
+    _check_text = CATSeg._check_text
+    _mode = CATSeg._mode
 
     def encode_image_dense(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, 3, R, R) CLIP-normalised -> tokens (B, 1 + h*w, E) after the v1 dense block, and (h, w)."""
@@ -281,11 +287,7 @@ class CATSegV1(SegmentationModel):
         self, clip_x: torch.Tensor, bb_x: torch.Tensor, text: torch.Tensor, pool: tuple[int, int]
     ) -> torch.Tensor:
         """Network: (B, 3, R, R) CLIP input, (B, 3, S, S) backbone input, (K, P, E) text -> (B, K, 4h, 4w)."""
-        if text.ndim != 3 or text.shape[1] != self.config.prompt_channels:
-            raise ConfigError(
-                f"CAT-Seg v1 text must be (K, P={self.config.prompt_channels}, E) from encode_text, got "
-                f"{tuple(text.shape)}; embed the vocabulary with templates={self.config.templates!r}"
-            )
+        self._check_text(text)
         tokens, (h, w) = self.encode_image_dense(clip_x)
         b = clip_x.shape[0]
         image = tokens[:, 1:].transpose(1, 2).reshape(b, -1, h, w)
@@ -307,14 +309,6 @@ class CATSegV1(SegmentationModel):
         return self.logits(*self.inputs(images), text, pool)
 
     # ------------------------------------------------------------------ inference
-    def _mode(self, options: dict[str, Any]) -> str:
-        mode = options.pop("inference", None) or self.config.inference
-        if options:
-            raise ConfigError(f"unknown CAT-Seg v1 option(s) {sorted(options)}; the only one is inference=")
-        if mode not in INFERENCE_MODES:
-            raise ConfigError(f"CAT-Seg v1 inference={mode!r} is not one of {list(INFERENCE_MODES)}")
-        return mode
-
     def preprocess_size(self, height: int, width: int, **options: Any) -> tuple[int, int]:
         """whole / slide: the detectron2 test resize (short side 640); mmseg: none (the model resizes
         with cv2's arithmetic itself)."""
