@@ -465,6 +465,43 @@ class AggregatorLayer(nn.Module):
         return self.classes(self.spatial(cost, appearance), text, pool)
 
 
+def build_aggregator_modules(
+    module: nn.Module,
+    *,
+    embed_dim: int,
+    prompt_channels: int,
+    appearance_dim: int,
+    guidance_dims: tuple[int, int],
+    hidden_dim: int,
+    appearance_proj_dim: int,
+    text_proj_dim: int,
+    guidance_proj_dims: tuple[int, int],
+    decoder_dims: tuple[int, int],
+    layer: Callable[[], nn.Module],
+    num_layers: int,
+) -> None:
+    """Register an aggregator's submodules on ``module`` (CVPR :class:`Aggregator` and CAT-Seg v1).
+
+    In this order (it fixes the state-dict order and the random initialisation): ``cost_embed``,
+    ``appearance_proj`` (from ``appearance_dim`` channels), ``text_proj``, ``decoder_guidance_proj``,
+    ``layers`` (``num_layers`` calls of ``layer``), ``decoder`` (two :class:`UpBlock`) and ``head``.
+    """
+    module.cost_embed = nn.Conv2d(prompt_channels, hidden_dim, kernel_size=7, padding=3)
+    module.appearance_proj = _conv_relu(appearance_dim, appearance_proj_dim)
+    module.text_proj = nn.Sequential(nn.Linear(embed_dim, text_proj_dim), nn.ReLU())
+    module.decoder_guidance_proj = nn.ModuleList(
+        _conv_relu(d, p) for d, p in zip(guidance_dims, guidance_proj_dims)
+    )
+    module.layers = nn.ModuleList(layer() for _ in range(num_layers))
+    module.decoder = nn.ModuleList(
+        [
+            UpBlock(hidden_dim, decoder_dims[0], guidance_proj_dims[0]),
+            UpBlock(decoder_dims[0], decoder_dims[1], guidance_proj_dims[1]),
+        ]
+    )
+    module.head = nn.Conv2d(decoder_dims[1], 1, kernel_size=3, padding=1)
+
+
 class Aggregator(nn.Module):
     """Cost volume -> embedding -> N x (spatial, class) aggregation -> upsampling decoder -> logits.
 
@@ -501,25 +538,22 @@ class Aggregator(nn.Module):
     ) -> None:
         super().__init__()
         self.pad_len = pad_len
-        self.cost_embed = nn.Conv2d(prompt_channels, hidden_dim, kernel_size=7, padding=3)
-        self.appearance_proj = _conv_relu(embed_dim, appearance_proj_dim)
-        self.text_proj = nn.Sequential(nn.Linear(embed_dim, text_proj_dim), nn.ReLU())
-        self.decoder_guidance_proj = nn.ModuleList(
-            _conv_relu(d, p) for d, p in zip(guidance_dims, guidance_proj_dims)
-        )
-        self.layers = nn.ModuleList(
-            AggregatorLayer(
+        build_aggregator_modules(
+            self,
+            embed_dim=embed_dim,
+            prompt_channels=prompt_channels,
+            appearance_dim=embed_dim,
+            guidance_dims=guidance_dims,
+            hidden_dim=hidden_dim,
+            appearance_proj_dim=appearance_proj_dim,
+            text_proj_dim=text_proj_dim,
+            guidance_proj_dims=guidance_proj_dims,
+            decoder_dims=decoder_dims,
+            layer=lambda: AggregatorLayer(
                 hidden_dim, appearance_proj_dim, text_proj_dim, heads, resolution, window, attention, pad_len
-            )
-            for _ in range(num_layers)
+            ),
+            num_layers=num_layers,
         )
-        self.decoder = nn.ModuleList(
-            [
-                UpBlock(hidden_dim, decoder_dims[0], guidance_proj_dims[0]),
-                UpBlock(decoder_dims[0], decoder_dims[1], guidance_proj_dims[1]),
-            ]
-        )
-        self.head = nn.Conv2d(decoder_dims[1], 1, kernel_size=3, padding=1)
 
     def forward(
         self,

@@ -24,8 +24,7 @@ from ovss.models.catseg_aggregator import (
     DECODER_CHUNK,
     ClassAttention,
     SpatialAggregation,
-    UpBlock,
-    _conv_relu,
+    build_aggregator_modules,
     cost_volume,
     pooled_class_update,
 )
@@ -115,14 +114,18 @@ class AggregatorV1(nn.Module):
         class_mlp_identity: bool = False,
     ) -> None:
         super().__init__()
-        self.cost_embed = nn.Conv2d(prompt_channels, hidden_dim, kernel_size=7, padding=3)
-        self.appearance_proj = _conv_relu(appearance_dim, appearance_proj_dim)
-        self.text_proj = nn.Sequential(nn.Linear(embed_dim, text_proj_dim), nn.ReLU())
-        self.decoder_guidance_proj = nn.ModuleList(
-            _conv_relu(d, p) for d, p in zip(guidance_dims, guidance_proj_dims)
-        )
-        self.layers = nn.ModuleList(
-            AggregatorLayerV1(
+        build_aggregator_modules(
+            self,
+            embed_dim=embed_dim,
+            prompt_channels=prompt_channels,
+            appearance_dim=appearance_dim,
+            guidance_dims=guidance_dims,
+            hidden_dim=hidden_dim,
+            appearance_proj_dim=appearance_proj_dim,
+            text_proj_dim=text_proj_dim,
+            guidance_proj_dims=guidance_proj_dims,
+            decoder_dims=decoder_dims,
+            layer=lambda: AggregatorLayerV1(
                 hidden_dim,
                 appearance_proj_dim,
                 text_proj_dim,
@@ -131,16 +134,9 @@ class AggregatorV1(nn.Module):
                 window,
                 attention,
                 class_mlp_identity,
-            )
-            for _ in range(num_layers)
+            ),
+            num_layers=num_layers,
         )
-        self.decoder = nn.ModuleList(
-            [
-                UpBlock(hidden_dim, decoder_dims[0], guidance_proj_dims[0]),
-                UpBlock(decoder_dims[0], decoder_dims[1], guidance_proj_dims[1]),
-            ]
-        )
-        self.head = nn.Conv2d(decoder_dims[1], 1, kernel_size=3, padding=1)
 
     def forward(
         self,
