@@ -95,7 +95,9 @@ def test_pixel_limit_is_configurable(tmp_path, monkeypatch):
         read_image(photo)
     with pytest.raises(ImageTooLargeError):  # arrays and PIL images are held to the same limit
         read_image(np.zeros((48, 64, 3), np.uint8))
+    pil_limit = Image.MAX_IMAGE_PIXELS
     assert read_image(photo, max_pixels=0).shape == (48, 64, 3)  # an explicit argument wins
+    assert pil_limit == Image.MAX_IMAGE_PIXELS  # Pillow's process-wide bomb limit is left as it was
     monkeypatch.setenv("OVSS_MAX_PIXELS", "0")
     assert read_image(photo).shape == (48, 64, 3)
     monkeypatch.setenv("OVSS_MAX_PIXELS", "lots")

@@ -83,7 +83,8 @@ def check_pixels(width: int, height: int, name: str, max_pixels: int | None = No
         raise ImageTooLargeError(
             f"{name} is {width}x{height} = {width * height:,} pixels, above the limit of {limit:,} "
             f"(max_pixels); raise it with --max-pixels N, "
-            f"{MAX_PIXELS_ENV}=N or Segmenter(max_pixels=N) (0 = no limit), or downscale the image"
+            f"{MAX_PIXELS_ENV}=N or Segmenter(max_pixels=N) (0 = no limit), or downscale the image",
+            size=(width, height),
         )
 
 
@@ -232,10 +233,10 @@ def _open(path: Path, max_pixels: int | None = None) -> Image.Image:
         kind = "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
         raise ImageReadError(f"{path} is {kind}; pass an image file (save the stream to a file first)")
     limit = resolve_max_pixels(max_pixels)
+    pil_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            pil_limit = Image.MAX_IMAGE_PIXELS
             if pil_limit is not None and (limit is None or limit > 2 * pil_limit):
                 Image.MAX_IMAGE_PIXELS = limit  # Pillow's bomb check must not refuse what we allow
             image = Image.open(path)
@@ -257,6 +258,8 @@ def _open(path: Path, max_pixels: int | None = None) -> Image.Image:
         ) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(f"cannot decode {path}: {exc}; re-export or re-download the file") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit  # Pillow's process-wide setting is left as it was
     return image
 
 
