@@ -51,7 +51,14 @@ class ImageReadError(OvssError):
 
 
 class ImageTooLargeError(ImageReadError):
-    """An image has more pixels than the configured limit (``max_pixels`` / ``$OVSS_MAX_PIXELS``)."""
+    """An image has more pixels than the configured limit (``max_pixels`` / ``$OVSS_MAX_PIXELS``).
+
+    ``size`` is the image's (width, height) when its header could be read, else None.
+    """
+
+    def __init__(self, message: str, size: tuple[int, int] | None = None) -> None:
+        super().__init__(message)
+        self.size = size
 
 
 class OutputPathError(OvssError):

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ovss.errors import ImageReadError, OvssError, VocabularyError
+from ovss.errors import ImageReadError, ImageTooLargeError, OvssError, VocabularyError
 
 EXAMPLE_CLASSES = "person; car; bus; road; building; sky; tree; grass"
 DISPLAY_SIDE = 2048  # the overlay shown in the page is at most this many pixels on its long side
@@ -275,21 +275,14 @@ def read_upload(path: Path, limits: DemoLimits) -> np.ndarray:
     bad = DemoUserError(
         "the upload is not an image this demo can read; use a JPEG, PNG, WebP, TIFF or BMP file"
     )
-    try:
-        with Image.open(path) as header:  # reads the header only
-            width, height = header.size
-    except Image.DecompressionBombError:
-        width, height = 0, 0  # over Pillow's own limit: certainly over ours
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise bad from None
-    if width * height == 0 or width * height > limits.max_pixels:
-        shown = f"is {width}x{height} pixels" if width else "has far too many pixels"
+    try:  # read_image checks the pixel count from the header before decoding anything
+        return read_image(path, max_pixels=limits.max_pixels)
+    except ImageTooLargeError as exc:
+        shown = f"is {exc.size[0]}x{exc.size[1]} pixels" if exc.size else "has far too many pixels"
         raise DemoUserError(
             f"the image {shown}; this demo accepts up to {limits.max_pixels / 1e6:g} million pixels: "
             "downscale it and upload it again"
-        )
-    try:
-        return read_image(path, max_pixels=limits.max_pixels)
+        ) from None
     except ImageReadError:
         raise bad from None
 
