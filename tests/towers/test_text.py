@@ -126,3 +126,92 @@ def test_onnx_export_runs_the_full_context(tmp_path):
         torch.from_numpy(session.run(None, {"tokens": longer.numpy()})[0]), ours(longer).detach(),
         rtol=1e-4, atol=1e-5,
     )
+
+
+def _prompts(templates: list[list[int]], classes: list[list[int]]) -> torch.Tensor:
+    """Rows SOT + template prefix + class + template suffix + EOT, as the embedder builds them."""
+    rows = [[47, *pre, *name, *suf, 49] for pre, suf in templates for name in classes]
+    out = torch.zeros(len(rows), CFG.context_length, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r)
+    return out
+
+
+TEMPLATES = [([1, 2], [9]), ([1, 2, 3], []), ([4], [9, 8]), ([], [])]  # (before, after) the class
+CLASSES = [[10], [11, 12], [10, 13], [14, 15, 16], [10]]  # a repeat, a shared first token
+
+
+def test_shared_prefix_lengths():
+    from ovss.towers.text import shared_prefix_lengths
+
+    rows = [[47, 1, 2, 49, 0], [47, 1, 3, 4, 49], [47, 1, 2, 49, 0], [47, 5, 49, 0, 0], [6, 49, 0, 0, 0]]
+    tokens = torch.tensor(rows)
+    split = shared_prefix_lengths(tokens, tokens.argmax(-1))
+    # rows 0 and 2 are equal: everything before EOT is shared; row 1 shares "47 1"; row 3 "47"; row 4 nothing
+    assert split.tolist() == [3, 2, 3, 1, 0]
+    one = shared_prefix_lengths(tokens[:1], tokens[:1].argmax(-1))
+    assert one.tolist() == [0]
+
+
+@pytest.mark.parametrize("batch", [1, 3, 256])
+def test_shared_prefixes_are_computed_once_and_exact(monkeypatch, batch: int):
+    """Template x class prompts share their template's prefix: that path runs, and equals the reference."""
+    import ovss.towers.text as module
+
+    monkeypatch.setattr(module, "TEXT_BATCH", batch)
+    calls = []
+    original = TextTransformer._embed_shared
+    spy = lambda self, *a: calls.append(a) or original(self, *a)  # noqa: E731
+    monkeypatch.setattr(TextTransformer, "_embed_shared", spy)
+    ref, ours = _pair(seed=4)
+    tokens = _prompts(TEMPLATES, CLASSES)
+    out = ours(tokens)
+    assert len(calls) == 1
+    torch.testing.assert_close(out, ref(tokens), rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(module, "MIN_SHARED", 2.0)  # never share: the length-sorted batches
+    torch.testing.assert_close(ours(tokens), out, rtol=1e-5, atol=1e-6)
+    assert len(calls) == 1
+
+
+def test_shared_prefix_gradients_equal_the_plain_path(monkeypatch):
+    """CAT-Seg fine-tunes the text tower: gradients through shared prefixes are the plain ones."""
+    import ovss.towers.text as module
+
+    _, ours = _pair(seed=5)
+    tokens = _prompts(TEMPLATES, CLASSES)
+    grads = []
+    for min_shared in (0.2, 2.0):
+        monkeypatch.setattr(module, "MIN_SHARED", min_shared)
+        ours.zero_grad()
+        (ours(tokens) ** 2).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in ours.named_parameters()})
+    for name in grads[0]:
+        scale = float(grads[1][name].abs().max())  # sums of thousands of terms: rounding scales with them
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6 * scale, msg=name)
+
+
+def test_shared_prefixes_in_bfloat16_stay_close():
+    _, ours = _pair(seed=6)
+    tokens = _prompts(TEMPLATES, CLASSES)
+    y = ours(tokens)
+    y16 = ours.to(torch.bfloat16)(tokens)
+    assert y16.dtype == torch.bfloat16
+    assert (y16.float() - y).norm() / y.norm() < 5e-2
+
+
+def test_real_templates_share_most_tokens():
+    """CLIP tokenizer, ImageNet templates, 40 COCO-Stuff names: under half of the tokens are computed."""
+    from pathlib import Path
+
+    import ovss
+    from ovss.towers.text import _masked_prefixes, shared_prefix_lengths
+    from ovss.towers.tokenizer import get_tokenizer
+    from ovss.vocab.templates import get_templates
+
+    names = (Path(ovss.__file__).parent / "assets" / "classes" / "coco171.txt").read_text().split("\n")[:40]
+    tokens = get_tokenizer()([t.format(n) for t in get_templates("imagenet") for n in names])
+    eot = tokens.argmax(-1)
+    split = shared_prefix_lengths(tokens, eot)
+    distinct = int((torch.unique(_masked_prefixes(tokens, split), dim=0) >= 0).sum())
+    computed = int((eot + 1 - split).sum()) + distinct
+    assert computed < 0.5 * int((eot + 1).sum())

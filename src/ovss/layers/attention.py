@@ -107,11 +107,54 @@ class Attention(nn.Module):
                     "convert it with torch.zeros_like(m, dtype=x.dtype).masked_fill(m, float('-inf'))"
                 )
             attn_mask = attn_mask.to(x.dtype)
-        b, n, _ = x.shape
         q, k, v = self.project_qkv(x)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-        out = out.transpose(1, 2).reshape(b, n, self.width)
-        return self.out_proj(out)
+        return self.attend(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        """Scaled dot-product attention of projected heads, merged and passed through ``out_proj``.
+
+        Args:
+            q: (B, heads, Lq, head_dim); k, v: (B, heads, Lk, head_dim) (from :meth:`project_qkv`,
+                possibly with keys of other tokens prepended, e.g. a cached prompt prefix).
+            attn_mask: optional additive float mask broadcastable to (B, heads, Lq, Lk), in q's dtype.
+            is_causal: causal attention without a materialised mask.
+
+        Returns:
+            (B, Lq, D).
+        """
+        return self.merge(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal))
+
+    def merge(self, heads: torch.Tensor) -> torch.Tensor:
+        """(B, heads, L, head_dim) attention output -> (B, L, D) through ``out_proj``."""
+        b, _, n, _ = heads.shape
+        return self.out_proj(heads.transpose(1, 2).reshape(b, n, self.width))
+
+
+def short_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor
+) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(head_dim) + attn_mask) v`` as explicit batched matmuls.
+
+    Same result as ``F.scaled_dot_product_attention`` (up to rounding); for many very short
+    sequences (a few queries, tens of keys) it is several times faster on the CPU than the fused
+    kernel, whose per-block overhead dominates there.
+
+    Args:
+        q: (B, heads, Lq, head_dim); k, v: (B, heads, Lk, head_dim).
+        attn_mask: additive float mask broadcastable to (B, heads, Lq, Lk); every query must keep a key.
+
+    Returns:
+        (B, heads, Lq, head_dim).
+    """
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    return (scores + attn_mask).softmax(dim=-1) @ v
 
 
 def split_in_proj(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
