@@ -56,12 +56,10 @@ def parse_run(spec: str) -> tuple[str, dict[str, object]]:
 
 
 def native_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (avx512_bf16 or AMX; Linux /proc/cpuinfo)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """True when the CPU has native bf16 arithmetic (the package's own test, used by ``dtype="auto"``)."""
+    from ovss.api.segmenter import native_bf16_cpu
+
+    return native_bf16_cpu()
 
 
 def text_for(model, k: int):

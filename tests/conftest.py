@@ -49,6 +49,15 @@ def _isolated_ovss_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["OVSS_HOME"] = str(tmp_path_factory.mktemp("ovss_home"))
 
 
+@pytest.fixture(autouse=True)
+def _auto_dtype_is_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dtype="auto"`` (the default of ovss.load, segment, demo) means fp32 in tests on every CPU, so
+    results compared with references do not depend on whether the test machine has bf16 units."""
+    import ovss.api.segmenter
+
+    monkeypatch.setattr(ovss.api.segmenter, "native_bf16_cpu", lambda: False)
+
+
 @pytest.fixture
 def data_dir() -> Path:
     """The real sample photos (``../shared/data``)."""

@@ -121,11 +121,56 @@ def test_tiny_models_end_to_end_on_real_photos(name, data_dir, tmp_path):
 def test_bf16_runs_close_to_fp32(name, data_dir):
     photo = data_dir / "voc" / "2011_000025.jpg"
     classes = "bus; car; road; sky; person"
-    ref = ovss.load(name).predict(photo, classes, return_scores=True)
+    ref = ovss.load(name, dtype="fp32").predict(photo, classes, return_scores=True)
     fast = ovss.load(name, dtype="bf16").predict(photo, classes, return_scores=True)
     assert fast.scores.shape == ref.scores.shape and np.isfinite(fast.scores).all()
     rel = np.linalg.norm(fast.scores - ref.scores) / np.linalg.norm(ref.scores)
-    assert rel < 0.1
+    assert rel < 0.03  # measured 0.001-0.01
+    # Labels: random tiny weights leave most pixels near a tie, so agreement is asked where fp32's
+    # top-2 margin exceeds 2 % of the score range (measured: every such pixel agrees, all models).
+    top2 = np.sort(ref.scores, axis=0)[-2:]
+    clear = top2[1] - top2[0] > 0.02 * (ref.scores.max() - ref.scores.min())
+    assert clear.any() and np.array_equal(fast.label_map[clear], ref.label_map[clear])
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_dtype_is_bf16_only_where_bf16_is_native(monkeypatch, native):
+    """``dtype="auto"`` (ovss.load's default): bf16 on CPUs with bf16 units and bf16 GPUs, else fp32."""
+    import ovss.api.segmenter as module
+    from ovss.api.segmenter import parse_dtype
+
+    monkeypatch.setattr(module, "native_bf16_cpu", lambda: native)
+    want = torch.bfloat16 if native else torch.float32
+    assert parse_dtype("auto") == parse_dtype("Auto", torch.device("cpu")) == want
+    assert parse_dtype("fp32") == torch.float32 and parse_dtype("bf16") == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: not native)
+    assert parse_dtype("auto", torch.device("cuda")) == (torch.float32 if native else torch.bfloat16)
+    seg = ovss.load("test-san-tiny")
+    assert seg.dtype == want and next(seg.model.parameters()).dtype == want
+    assert ovss.load("test-san-tiny", dtype="fp32").dtype == torch.float32
+    with pytest.raises(OvssError, match="use fp32, bf16, fp16 or auto"):
+        parse_dtype("fast")
+
+
+def test_cli_dtype_defaults_auto_for_segment_fp32_for_eval(monkeypatch, tmp_path, capsys):
+    """segment (and the demo) resolve --dtype auto and record the dtype used; eval stays exact by default."""
+    from PIL import Image
+
+    import ovss.api.segmenter as module
+    from ovss.cli.main import main
+
+    monkeypatch.setattr(module, "native_bf16_cpu", lambda: True)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(photo)
+    out = tmp_path / "out"
+    args = ["segment", str(photo), "--model", "test-san-tiny", "--classes", "cat; sky", "--out", str(out)]
+    assert main(args) == 0
+    (run,) = (out / ".ovss-segment").glob("run-*.json")  # the settings a re-run must match
+    assert json.loads(run.read_text())["dtype"] == "bf16"
+    for command, default in (("segment", "auto"), ("demo", "auto"), ("eval", "fp32")):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert f"(default: {default})" in " ".join(capsys.readouterr().out.split()), command
 
 
 def test_result_dataclass_is_plain():

@@ -29,7 +29,7 @@ def test_help_describes_every_option(capsys):
     for option, shown in [
         ("--port PORT", "TCP port to serve on (default: 7860)"),
         ("--device DEVICE", "cpu, cuda, cuda:N or auto (default: cpu)"),
-        ("--dtype {fp32,bf16,fp16}", "(default: fp32)"),
+        ("--dtype {auto,fp32,bf16,fp16}", "(default: auto)"),
         ("--host HOST", "(default: 127.0.0.1)"),
         ("--max-pixels N", "(default: 25000000)"),
         ("--max-classes N", "(default: 1000)"),

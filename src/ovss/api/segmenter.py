@@ -37,14 +37,39 @@ DTYPES = {
 }
 
 
-def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``"fp32" | "bf16" | "fp16"`` (or a torch dtype) -> torch dtype."""
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX, read from /proc/cpuinfo).
+
+    Without them PyTorch emulates bf16 matrix products, tens of times slower than float32.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def parse_dtype(dtype: str | torch.dtype, device: torch.device | None = None) -> torch.dtype:
+    """``"fp32" | "bf16" | "fp16" | "auto"`` (or a torch dtype) -> torch dtype.
+
+    ``auto`` is the fast precision where it is safe: bfloat16 on CUDA GPUs that support it and on
+    CPUs with native bf16 units (:func:`native_bf16_cpu`), float32 (exact) everywhere else.
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
+    if str(dtype).lower() == "auto":
+        device = device or torch.device("cpu")
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if device.type == "cpu" and native_bf16_cpu() else torch.float32
     try:
         return DTYPES[str(dtype).lower()]
     except KeyError:
-        raise OvssError(f"unknown dtype {dtype!r}; use fp32, bf16 or fp16") from None
+        raise OvssError(f"unknown dtype {dtype!r}; use fp32, bf16, fp16 or auto") from None
 
 
 def parse_device(device: str | torch.device | None) -> torch.device:
@@ -73,7 +98,8 @@ class Segmenter:
         digest: identifies the weights (sha256 of the source checkpoint); keys the text cache.
         device: where to run.
         dtype: compute dtype: float32 is the exact path; bfloat16/float16 cast the weights once and
-            run the whole network in that dtype (4x faster matrix products on CPUs with AMX/AVX512-BF16).
+            run the whole network in that dtype (4x faster matrix products on CPUs with AMX/AVX512-BF16);
+            ``auto``: bf16 on GPUs and on CPUs with native bf16 units, else fp32 (:func:`parse_dtype`).
         cache_dir: folder of the on-disk text-embedding cache (None: memory only).
         block_mb: working-set budget (MiB) of the full-resolution scores: models with
             ``predict_blocks`` hand the score map over in blocks of about this size and only the
@@ -98,7 +124,7 @@ class Segmenter:
             raise OvssError(f"block_mb must be > 0 (MiB of scores per block), got {block_mb}")
         self.block_mb = float(block_mb)
         self.device = parse_device(device)
-        self.dtype = parse_dtype(dtype)
+        self.dtype = parse_dtype(dtype, self.device)
         if self.dtype == torch.float16 and self.device.type == "cpu":
             warn_fp16_on_cpu()
         self.model = model.to(self.device, self.dtype).eval()
@@ -402,7 +428,7 @@ def warn_fp16_on_cpu() -> None:
 def load(
     name_or_path: str | Path,
     device: str | torch.device | None = "cpu",
-    dtype: str | torch.dtype = "fp32",
+    dtype: str | torch.dtype = "auto",
     weights: str | Path | None = None,
 ) -> Segmenter:
     """Load a model by registry name or checkpoint path and wrap it in a :class:`Segmenter`.
@@ -411,8 +437,11 @@ def load(
         name_or_path: registry name (``ovss models`` lists them; downloaded and converted once), a
             converted ``.safetensors`` file, or an official checkpoint file (format auto-detected).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
-        dtype: ``fp32`` (exact), ``bf16`` or ``fp16`` (for GPUs: on the CPU it is ~3x slower than
-            fp32, and a ``UserWarning`` says so once).
+        dtype: ``auto`` (default: bf16 on GPUs and on CPUs with native bf16 units, where it is
+            several times faster, its scores stay within ~1 % of fp32 and labels change only where two
+            classes score within that error; fp32 elsewhere),
+            ``fp32`` (exact: what ``ovss eval`` uses by default), ``bf16`` or ``fp16`` (for GPUs: on
+            the CPU it is ~3x slower than fp32, and a ``UserWarning`` says so once).
         weights: an explicit checkpoint file for the registry name (official or converted).
     """
     from ovss.weights.cache import load_model, ovss_home

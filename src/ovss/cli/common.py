@@ -63,8 +63,8 @@ def warn(message: str) -> None:
     print(f"ovss: warning: {message}", file=sys.stderr, flush=True)
 
 
-def add_load_args(p: argparse.ArgumentParser) -> None:
-    """--weights, --device and --dtype: how the model of --model is loaded."""
+def add_load_args(p: argparse.ArgumentParser, dtype: str = "auto") -> None:
+    """--weights, --device and --dtype (default ``dtype``): how the model of --model is loaded."""
     p.add_argument(
         "--weights",
         default=None,
@@ -74,16 +74,19 @@ def add_load_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     p.add_argument(
         "--dtype",
-        default="fp32",
-        choices=["fp32", "bf16", "fp16"],
-        help="compute precision; fp32 is the exact path (default: fp32)",
+        default=dtype,
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="compute precision; fp32 is the exact path, auto is bf16 on GPUs and on CPUs with native "
+        f"bf16 units (AVX512-BF16/AMX), else fp32 (default: {dtype})",
     )
 
 
-def add_model_args(p: argparse.ArgumentParser, default: str | None = "san-vit-b16") -> None:
-    """--model, --weights, --device, --dtype and the model-specific inference options."""
+def add_model_args(
+    p: argparse.ArgumentParser, default: str | None = "san-vit-b16", dtype: str = "auto"
+) -> None:
+    """--model, --weights, --device, --dtype (default ``dtype``) and the model-specific inference options."""
     p.add_argument("--model", default=default, help=f"model name or checkpoint path (default: {default})")
-    add_load_args(p)
+    add_load_args(p, dtype)
     p.add_argument(
         "--inference",
         default=None,

@@ -66,7 +66,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="reports and resume state (default: ovss_eval/MODEL[-OPTIONS], one folder per model, "
         "--weights, --dtype and inference options)",
     )
-    add_model_args(p)
+    add_model_args(p, dtype="fp32")  # evaluation is exact by default
     add_tta_arguments(p)
     p.set_defaults(run=run)
 

@@ -182,10 +182,12 @@ def _run_key(seg: Any, vocab: Any, args: argparse.Namespace) -> tuple[str, dict[
     """(short hash, settings) of what determines the results: model, weights, dtype, options, classes."""
     import hashlib
 
+    from ovss.api.segmenter import DTYPE_NAMES
+
     settings = {
         "model": seg.name,
         "digest": getattr(seg, "digest", ""),
-        "dtype": args.dtype,
+        "dtype": DTYPE_NAMES.get(getattr(seg, "dtype", None), args.dtype),  # "auto" resolved
         "options": model_options(args),
         "tta": str(getattr(args, "tta", None)),  # test-time augmentation changes the results
         "classes": [c.text for c in vocab.classes],

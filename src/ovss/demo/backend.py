@@ -385,7 +385,7 @@ class DemoBackend:
         self,
         model: str,
         device: str = "cpu",
-        dtype: str = "fp32",
+        dtype: str = "auto",
         weights: str | None = None,
         limits: DemoLimits | None = None,
     ) -> None:
