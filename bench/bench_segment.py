@@ -143,7 +143,10 @@ def child(spec: str, classes: int, dtype: str, args: argparse.Namespace) -> dict
     peak = args.peak or matmul_peak(tdtype)
 
     def run() -> None:
-        seg.predict(image, **options)
+        if args.batch == 1:
+            seg.predict(image, **options)
+        else:  # one forward over args.batch copies of the photo: throughput per image
+            list(seg.predict_batch([image] * args.batch, batch_size=args.batch, **options))
 
     start, cpu_start = time.perf_counter(), time.process_time()
     flops = count_flops(run)  # doubles as the warm-up run
@@ -162,9 +165,10 @@ def child(spec: str, classes: int, dtype: str, args: argparse.Namespace) -> dict
         "K": classes,
         "dtype": dtype,
         "net input": f"{h}x{w}",
-        "GFLOP": flops / 1e9,
-        "s/img": best,
-        "CPU s": cpu,
+        "batch": args.batch,
+        "GFLOP": flops / 1e9 / args.batch,
+        "s/img": best / args.batch,
+        "CPU s": cpu / args.batch,
         "first s": first_s,
         "GFLOP/s": flops / best / 1e9,
         "peak GFLOP/s": peak,
@@ -186,7 +190,7 @@ def spawn(
     cmd = [sys.executable, "-m", "bench.bench_segment", "--child", spec, str(classes), dtype,
            "--label", label, "--size", *map(str, args.size), "--repeat", str(args.repeat),
            "--top", str(args.top)]
-    for flag, value in (("--threads", args.threads), ("--peak", args.peak)):
+    for flag, value in (("--threads", args.threads), ("--peak", args.peak), ("--batch", args.batch)):
         if value:
             cmd += [flag, str(value)]
     cmd += ["--profile"] if args.profile else []
@@ -202,8 +206,8 @@ def spawn(
     return json.loads(lines[-1][len("RESULT "):])
 
 
-TABLE_KEYS = ["version", "run", "K", "dtype", "net input", "GFLOP", "s/img", "CPU s", "GFLOP/s", "% peak",
-              "peak GFLOP/s", "peak RSS MiB", "load"]
+TABLE_KEYS = ["version", "run", "K", "dtype", "batch", "net input", "GFLOP", "s/img", "CPU s", "GFLOP/s",
+              "% peak", "peak GFLOP/s", "peak RSS MiB", "load"]
 
 
 def main() -> None:
@@ -215,6 +219,7 @@ def main() -> None:
                         help="default: fp32, plus bf16 on CPUs with native bf16 units")
     parser.add_argument("--repeat", type=int, default=2, help="timed runs after the warm-up (best kept)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=1, help="images per forward (s/img, GFLOP per image)")
     parser.add_argument("--peak", type=float, help="matmul GFLOP/s of the case's dtype (default: measured)")
     parser.add_argument("--profile", action="store_true", help="print the top ops of one extra run")
     parser.add_argument("--top", type=int, default=15)
