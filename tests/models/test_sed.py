@@ -131,8 +131,22 @@ def test_class_attention_matches_formula() -> None:
     with torch.no_grad():
         attn.eval()
         torch.testing.assert_close(attn(x, batch=2), reference(x, 1), rtol=1e-5, atol=1e-5)
+        # the in-place inference path (pixel chunks, doubled_layer): any chunk size, same values
+        for chunk in (16 * 64, 1 << 20):
+            got = attn(x.contiguous(memory_format=torch.channels_last).clone(), 2, chunk)
+            torch.testing.assert_close(got, reference(x, 1), rtol=1e-5, atol=1e-5)
         attn.train()
         torch.testing.assert_close(attn(x, batch=2), reference(x, 2), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_doubled_layer_equals_seq_plus_layer_in_float64(heads: int) -> None:
+    """The fused inference form (one block-diagonal [k^T v | ksum] product per pixel) is the layer."""
+    torch.manual_seed(heads)
+    attn = ClassAttention(32, heads).double().eval()
+    seq = torch.randn(7, 150, 32, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(attn.doubled_layer(seq), seq + attn.layer(seq), rtol=1e-12, atol=1e-12)
 
 
 def test_fast_keeps_every_class_when_topk_covers_all(model: SED) -> None:
