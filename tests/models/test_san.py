@@ -158,7 +158,7 @@ def test_predict_blocks_are_row_bands_of_predict(model, image_size, output_size)
 
 
 def test_single_image_class_product_matches_the_batched_path(model):
-    """B = 1 takes one (rows*W0, Q) @ (Q, K) product instead of the broadcast bmm: same scores."""
+    """An image alone gets the scores it gets inside a batch (the class product is per image)."""
     images, text = torch.randn(2, 3, 64, 96), F.normalize(torch.randn(4, 32), dim=-1)
     batched = check_blocks(model, images, text, (50, 70), (47, 33))
     for i in range(2):
