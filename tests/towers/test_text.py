@@ -165,6 +165,8 @@ def test_shared_prefixes_are_computed_once_and_exact(monkeypatch, batch: int):
     monkeypatch.setattr(TextTransformer, "_embed_shared", spy)
     ref, ours = _pair(seed=4)
     tokens = _prompts(TEMPLATES, CLASSES)
+    tokens[-1, :3] = torch.tensor([6, 7, 49])  # a row sharing nothing (prefix length 0)
+    tokens[-1, 3:] = 0
     out = ours(tokens)
     assert len(calls) == 1
     torch.testing.assert_close(out, ref(tokens), rtol=1e-5, atol=1e-5)
