@@ -170,9 +170,13 @@ def test_shared_prefixes_are_computed_once_and_exact(monkeypatch, batch: int):
     out = ours(tokens)
     assert len(calls) == 1
     torch.testing.assert_close(out, ref(tokens), rtol=1e-5, atol=1e-5)
+    # zero columns beyond the context (EOTs inside it) change nothing
+    wide = torch.cat([tokens, torch.zeros(len(tokens), 5, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(ours(wide), out, rtol=1e-5, atol=1e-6)
+    assert len(calls) == 2
     monkeypatch.setattr(module, "MIN_SHARED", 2.0)  # never share: the length-sorted batches
     torch.testing.assert_close(ours(tokens), out, rtol=1e-5, atol=1e-6)
-    assert len(calls) == 1
+    assert len(calls) == 2
 
 
 def test_shared_prefix_gradients_equal_the_plain_path(monkeypatch):

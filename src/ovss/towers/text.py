@@ -202,7 +202,7 @@ class TextTransformer(nn.Module):
         b, device = tokens.shape[0], tokens.device
         length, prefix_len = int(tail.max()), int(split.max())
         pos = split[:, None] + torch.arange(length, device=device)  # (B, T) absolute positions
-        pos = pos.clamp(max=tokens.shape[1] - 1)  # padding after a short tail: any valid index
+        pos = pos.clamp(max=min(tokens.shape[1], self.context_length) - 1)  # padding: any valid index
         x = self.token_embedding(tokens.gather(1, pos))
         x = x + self.positional_embedding[pos].to(x.dtype)
         # (B, 1, T, S + T): a tail token sees its prompt's prefix and the tail up to itself
