@@ -10,6 +10,7 @@ Typical use::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,6 +41,7 @@ DTYPES = {
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
+@functools.cache  # the hardware does not change while the process runs
 def native_bf16_cpu() -> bool:
     """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX, read from /proc/cpuinfo).
 

@@ -92,12 +92,16 @@ class ClassAttention(nn.Module):
         self.fc1 = nn.Linear(dim, 4 * dim)
         self.fc2 = nn.Linear(4 * dim, dim)
 
+    def qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """q, k and v of (N, L, C) tokens in one GEMM: (N, L, 3C)."""
+        weight = torch.cat([self.q.weight, self.k.weight, self.v.weight])
+        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        return F.linear(x, weight, bias)
+
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         """Multi-head linear attention over the sequence axis: (N, L, C) -> (N, L, C)."""
         n, length, c = x.shape
-        weight = torch.cat([self.q.weight, self.k.weight, self.v.weight])  # one GEMM for q, k, v
-        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
-        qkv = F.linear(x, weight, bias)  # (N, L, 3C)
+        qkv = self.qkv(x)  # (N, L, 3C)
         q, k = (F.elu(qkv[..., : 2 * c]) + 1.0).view(n, length, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
         v = qkv[..., 2 * c :].view(n, length, self.heads, -1).transpose(1, 2)  # (N, h, L, D)
         # Dividing v by L (and multiplying back) changes nothing mathematically; it keeps the
@@ -166,9 +170,7 @@ class ClassAttention(nn.Module):
         """
         n, length, c = seq.shape
         heads, d = self.heads, c // self.heads
-        weight = torch.cat([self.q.weight, self.k.weight, self.v.weight])
-        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
-        qkv = F.linear(self.norm1(seq), weight, bias)  # (N, L, 3C)
+        qkv = self.qkv(self.norm1(seq))  # (N, L, 3C)
         qk = qkv[..., : 2 * c]
         F.elu(qk, inplace=True).add_(1.0)  # feature map elu + 1 of q and k
         q, k, v = qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -121,17 +122,10 @@ class TextTransformer(nn.Module):
         saved = int(split.sum()) - int((prefixes >= 0).sum())  # tokens not computed
         if saved >= MIN_SHARED * int(eot.sum() + eot.numel()):
             return self._embed_shared(tokens, eot, split, prefixes, prefix_id)
-        order = torch.argsort(eot, stable=True)
-        lengths = eot[order].tolist()
-        out = None
-        for start in range(0, len(lengths), TEXT_BATCH):
-            rows = order[start : start + TEXT_BATCH]
-            longest = lengths[min(start + TEXT_BATCH, len(lengths)) - 1]  # sorted: the batch's last
-            emb = self._embed(tokens[rows, : longest + 1], eot[rows])
-            if out is None:
-                out = emb.new_empty(tokens.shape[0], emb.shape[1])
-            out[rows] = emb
-        return out
+        return _in_batches(
+            torch.argsort(eot, stable=True),
+            lambda rows: self._embed(tokens[rows, : int(eot[rows].max()) + 1], eot[rows]),
+        )
 
     def _check_length(self, length: int) -> None:
         if length > self.context_length:
@@ -163,15 +157,11 @@ class TextTransformer(nn.Module):
         """
         keys, values = self._prefix_kv(prefixes)  # per block: (U, heads, S, head_dim)
         tail = eot - split + 1  # (N,) tail lengths, >= 1 (the EOT token)
-        order = torch.argsort(tail, stable=True)
-        out = None
-        for start in range(0, len(order), TEXT_BATCH):
-            rows = order[start : start + TEXT_BATCH]
-            emb = self._embed_tail(tokens[rows], split[rows], tail[rows], prefix_id[rows], keys, values)
-            if out is None:
-                out = emb.new_empty(tokens.shape[0], emb.shape[1])
-            out[rows] = emb
-        return out
+
+        def embed(rows: torch.Tensor) -> torch.Tensor:
+            return self._embed_tail(tokens[rows], split[rows], tail[rows], prefix_id[rows], keys, values)
+
+        return _in_batches(torch.argsort(tail, stable=True), embed)
 
     def _prefix_kv(self, prefixes: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Keys and values of every block for (U, S) prefix rows (-1 after each prefix's end)."""
@@ -224,6 +214,25 @@ class TextTransformer(nn.Module):
             x = x + block.attn.merge(short_attention(q, k, v, mask))
             x = x + block.mlp(block.ln_2(x))
         return self.ln_final(x[:, -1]) @ self.text_projection.to(x.dtype)
+
+
+def _in_batches(order: torch.Tensor, embed: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Run ``embed`` on batches of ``TEXT_BATCH`` row indices taken in ``order`` (similar rows together).
+
+    Args:
+        order: (N,) a permutation of the rows; embed: (n,) row indices -> (n, E) embeddings.
+
+    Returns:
+        (N, E), rows in input order.
+    """
+    out = None
+    for start in range(0, len(order), TEXT_BATCH):
+        rows = order[start : start + TEXT_BATCH]
+        emb = embed(rows)
+        if out is None:
+            out = emb.new_empty(len(order), emb.shape[1])
+        out[rows] = emb
+    return out
 
 
 def shared_prefix_lengths(tokens: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
