@@ -13,8 +13,6 @@ packing, allocator growth).
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -69,20 +67,20 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(child(args.child, args.classes, args.threads)))
+        from bench.common import emit_result
+
+        emit_result(child(args.child, args.classes, args.threads))
         return
-    from bench.common import print_table
+    from bench.common import print_table, run_child
 
     rows = []
     for spec in args.runs:
         cmd = [sys.executable, "-m", "bench.bench_first", "--child", spec, "--classes", args.classes,
                "--threads", str(args.threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-        if out.returncode or not lines:
-            print(f"{spec}: failed (exit {out.returncode})\n{out.stderr[-1500:]}", file=sys.stderr)
+        row = run_child(cmd, spec)
+        if row is None:
             continue
-        rows.append(json.loads(lines[-1][len("RESULT "):]))
+        rows.append(row)
         print(f"{spec}: {rows[-1]['total to first label map s']:.1f} s to the first label map", flush=True)
     print(f"\n{args.threads} threads, fp32, random weights read from a local .safetensors\n")
     print_table(rows)

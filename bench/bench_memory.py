@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -121,9 +119,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.child:
         row = child(args.child[0], args.child[1], args.classes, tuple(args.size), args.dtype, args.block_mb)
-        print("RESULT " + json.dumps(row))
+        from bench.common import emit_result
+
+        emit_result(row)
         return
-    from bench.common import print_table
+    from bench.common import print_table, run_child
 
     rows = []
     for spec in args.runs:
@@ -133,12 +133,10 @@ def main() -> None:
                    "--block-mb", str(args.block_mb)]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-            if out.returncode or not lines:
-                print(f"{spec} {mode}: failed (exit {out.returncode})\n{out.stderr[-2000:]}", file=sys.stderr)
+            row = run_child(cmd, f"{spec} {mode}")
+            if row is None:
                 continue
-            rows.append(json.loads(lines[-1][len("RESULT "):]))
+            rows.append(row)
             print(f"{spec} {mode}: peak +{rows[-1]['peak - before']:.0f} MiB", flush=True)
     print(f"\nK = {args.classes}, dtype {args.dtype}, block_mb {args.block_mb}; (K, H, W) float32 map = "
           f"{args.classes * args.size[0] * args.size[1] * 4 / 2**20:.0f} MiB\n")

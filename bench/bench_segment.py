@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,13 +52,6 @@ def parse_run(spec: str) -> tuple[str, dict[str, object]]:
         key, _, value = item.partition("=")
         options[key] = int(value) if value.isdigit() else value
     return name, options
-
-
-def native_bf16() -> bool:
-    """True when the CPU has native bf16 arithmetic (the package's own test, used by ``dtype="auto"``)."""
-    from ovss.api.segmenter import native_bf16_cpu
-
-    return native_bf16_cpu()
 
 
 def text_for(model, k: int):
@@ -197,13 +189,9 @@ def spawn(
     cmd += ["--tune-malloc"] if args.tune_malloc else []
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, str(REPO), env.get("PYTHONPATH")]))
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, cwd=REPO)
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-    if out.returncode or not lines:
-        print(f"{label} {spec} K={classes} {dtype}: failed (exit {out.returncode})\n{out.stderr[-1500:]}",
-              file=sys.stderr, flush=True)
-        return None
-    return json.loads(lines[-1][len("RESULT "):])
+    from bench.common import run_child
+
+    return run_child(cmd, f"{label} {spec} K={classes} {dtype}", env=env, cwd=REPO)
 
 
 TABLE_KEYS = ["version", "run", "K", "dtype", "batch", "net input", "GFLOP", "s/img", "CPU s", "GFLOP/s",
@@ -231,12 +219,14 @@ def main() -> None:
     parser.add_argument("--child", nargs=3, metavar=("RUN", "K", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        row = child(args.child[0], int(args.child[1]), args.child[2], args)
-        print("RESULT " + json.dumps(row))
+        from bench.common import emit_result
+
+        emit_result(child(args.child[0], int(args.child[1]), args.child[2], args))
         return
     from bench.common import print_table
+    from ovss.api.segmenter import native_bf16_cpu
 
-    dtypes = args.dtypes or (["fp32", "bf16"] if native_bf16() else ["fp32"])
+    dtypes = args.dtypes or (["fp32", "bf16"] if native_bf16_cpu() else ["fp32"])
     versions = [(None, args.label)] + ([(args.before, "before")] if args.before else [])
     rows = []
     for spec in args.runs:
@@ -255,7 +245,7 @@ def main() -> None:
                     if args.json:
                         with args.json.open("a") as f:
                             f.write(json.dumps({k: v for k, v in row.items() if k != "profile"}) + "\n")
-    print(f"\n{args.threads} threads; image {args.size[0]}x{args.size[1]}; native bf16: {native_bf16()}; "
+    print(f"\n{args.threads} threads; image {args.size[0]}x{args.size[1]}; native bf16: {native_bf16_cpu()}; "
           f"peak = 2048^3 matmul GFLOP/s of the dtype measured in the case's process\n")
     print_table([{k: r[k] for k in TABLE_KEYS} for r in rows])
     if args.plot and args.json:

@@ -36,9 +36,8 @@ def main() -> None:
     import torch
 
     import ovss.towers.text as text_module
-    from bench.bench_segment import native_bf16
     from bench.common import count_flops, print_table, setup_threads
-    from ovss.api.segmenter import Segmenter
+    from ovss.api.segmenter import Segmenter, native_bf16_cpu
     from ovss.models.build import build_model
     from ovss.vocab.templates import get_templates
     from ovss.weights.registry import get_weight_spec
@@ -51,7 +50,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     threads = setup_threads(args.threads)
-    dtypes = args.dtypes or (["fp32", "bf16"] if native_bf16() else ["fp32"])
+    dtypes = args.dtypes or (["fp32", "bf16"] if native_bf16_cpu() else ["fp32"])
     classes_dir = __import__("pathlib").Path(__import__("ovss").__file__).parent / "assets" / "classes"
     defaults = (text_module.TEXT_BATCH, text_module.MIN_SHARED)
     rows = []

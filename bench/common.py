@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -55,3 +58,29 @@ def setup_threads(threads: int | None) -> int:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
 
+
+
+RESULT = "RESULT "  # prefix of the one stdout line a bench child process reports its row on
+
+
+def emit_result(row: dict[str, object]) -> None:
+    """Report a child process's row on stdout (read back by :func:`run_child`)."""
+    print(RESULT + json.dumps(row), flush=True)
+
+
+def run_child(
+    cmd: list[str], label: str, env: dict[str, str] | None = None, cwd: object = None
+) -> dict | None:
+    """Run one bench case in a fresh interpreter; its row, or None after printing why it failed.
+
+    Args:
+        cmd: the child's command line; it reports with :func:`emit_result`.
+        label: names the case in the failure message.
+        env, cwd: as for ``subprocess.run``.
+    """
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, cwd=cwd)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith(RESULT)]
+    if out.returncode or not lines:
+        print(f"{label}: failed (exit {out.returncode})\n{out.stderr[-2000:]}", file=sys.stderr, flush=True)
+        return None
+    return json.loads(lines[-1][len(RESULT) :])
