@@ -43,6 +43,26 @@ def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return float((ours - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
+def noise_photo(path: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
+    """Write an (h, w) RGB PNG of uniform noise to ``path``; returns ``path``."""
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def segment_max_scores(args: list[str], out: Path, name: str = "photo") -> list[float]:
+    """Run ``ovss segment ARGS --out OUT`` in-process (it must succeed); the classes' max scores
+    from ``OUT/NAME.json``."""
+    import json
+
+    from ovss.cli.main import main
+
+    assert main(["segment", *args, "--out", str(out)]) == 0
+    return [c["max_score"] for c in json.loads((out / f"{name}.json").read_text())["classes"]]
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_ovss_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never read or write the user's cache (~/.cache/ovss): each session gets its own."""

@@ -14,6 +14,7 @@ from ovss.data.io import read_image, read_label
 from ovss.errors import ImageReadError, OvssError, VocabularyError
 from ovss.models.base import ModelConfig, ResizeConfig, SegmentationModel
 from ovss.weights.registry import list_weights
+from tests.conftest import noise_photo, segment_max_scores
 
 TINY = [n for n in list_weights(include_test=True) if n.startswith("test-")]
 
@@ -154,17 +155,13 @@ def test_auto_dtype_is_bf16_only_where_bf16_is_native(monkeypatch, native):
 
 def test_cli_dtype_defaults_auto_for_segment_fp32_for_eval(monkeypatch, tmp_path, capsys):
     """segment (and the demo) resolve --dtype auto and record the dtype used; eval stays exact by default."""
-    from PIL import Image
-
     import ovss.api.segmenter as module
     from ovss.cli.main import main
 
     monkeypatch.setattr(module, "native_bf16_cpu", lambda: True)
-    photo = tmp_path / "photo.png"
-    Image.fromarray(np.random.default_rng(4).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(photo)
+    photo = noise_photo(tmp_path / "photo.png", 40, 48, seed=4)
     out = tmp_path / "out"
-    args = ["segment", str(photo), "--model", "test-san-tiny", "--classes", "cat; sky", "--out", str(out)]
-    assert main(args) == 0
+    segment_max_scores([str(photo), "--model", "test-san-tiny", "--classes", "cat; sky"], out)
     (run,) = (out / ".ovss-segment").glob("run-*.json")  # the settings a re-run must match
     assert json.loads(run.read_text())["dtype"] == "bf16"
     for command, default in (("segment", "auto"), ("demo", "auto"), ("eval", "fp32")):
@@ -262,17 +259,11 @@ def test_tune_cpu_allocator_applies_on_glibc():
 
 def test_segment_cli_catseg_defaults_to_whole_eval_keeps_slide(tmp_path):
     """``ovss segment`` runs CAT-Seg whole-image unless told; the model (and ovss eval) default is slide."""
-    from PIL import Image
-
-    from ovss.cli.main import main
-
-    photo = tmp_path / "photo.png"
-    Image.fromarray(np.random.default_rng(3).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(photo)
-    base = ["segment", str(photo), "--model", "test-catseg-tiny", "--classes", "cat; grass; sky"]
+    photo = noise_photo(tmp_path / "photo.png", seed=3)
+    base = [str(photo), "--model", "test-catseg-tiny", "--classes", "cat; grass; sky"]
 
     def max_scores(out: str, *flags: str) -> list[float]:
-        assert main([*base, *flags, "--out", str(tmp_path / out)]) == 0
-        return [c["max_score"] for c in json.loads((tmp_path / out / "photo.json").read_text())["classes"]]
+        return segment_max_scores([*base, *flags], tmp_path / out)
 
     whole, slide = max_scores("w", "--inference", "whole"), max_scores("s", "--inference", "slide")
     assert max_scores("d") == whole != slide

@@ -12,6 +12,7 @@ import ovss
 from ovss.api.tta import MMSEG_RATIOS, TTAConfig, mean_blocks, parse_scales, parse_tta, scaled_size
 from ovss.errors import ConfigError
 from ovss.models.base import ResizeConfig
+from tests.conftest import noise_photo, segment_max_scores
 
 MODELS = [("test-san-tiny", {}), ("test-catseg-tiny", {"inference": "whole"}), ("test-sed-tiny", {})]
 
@@ -136,16 +137,13 @@ def test_tta_options_and_errors():
 
 # ------------------------------------------------------------------------------------------------ CLI
 def test_segment_cli_tta_flags(tmp_path, capsys):
-    import json
-
     from ovss.cli.main import main
 
-    photo = tmp_path / "photo.png"
-    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(photo)
+    photo = noise_photo(tmp_path / "photo.png", 40, 60, seed=1)
     base = ["segment", str(photo), "--model", "test-san-tiny", "--classes", "cat; grass; sky"]
+
     def max_scores(out: str, *flags: str) -> list[float]:
-        assert main([*base, *flags, "--out", str(tmp_path / out)]) == 0
-        return [c["max_score"] for c in json.loads((tmp_path / out / "photo.json").read_text())["classes"]]
+        return segment_max_scores([*base[1:], *flags], tmp_path / out)
 
     plain = max_scores("plain")
     assert max_scores("one", "--tta-scales", "1", "--no-tta-flip") == plain  # the plain prediction

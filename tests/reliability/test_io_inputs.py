@@ -14,6 +14,7 @@ from PIL import Image
 
 from ovss.data.io import DEFAULT_MAX_PIXELS, read_image, read_label
 from ovss.errors import ConfigError, ImageReadError, ImageTooLargeError
+from tests.conftest import noise_photo
 
 
 def png_header_only(path: Path, width: int, height: int) -> Path:
@@ -30,8 +31,7 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
 
 
 def small_png(path: Path, h: int = 48, w: int = 64) -> Path:
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
-    return path
+    return noise_photo(path, h, w)
 
 
 def _returns_within(fn, seconds: float = 20.0):

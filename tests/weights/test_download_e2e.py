@@ -20,16 +20,14 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import ovss
 from ovss.cli.main import main
 from ovss.errors import DigestMismatchError, WeightsNotFoundError
 from ovss.weights import cache, registry
-from tests.conftest import parity_dir
+from tests.conftest import noise_photo, parity_dir
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -158,9 +156,7 @@ def tiny_spec(monkeypatch, name: str = "san-tiny-hub", **changes: object) -> reg
 
 
 def photo(tmp_path: Path) -> Path:
-    path = tmp_path / "photo.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(path)
-    return path
+    return noise_photo(tmp_path / "photo.png")
 
 
 def test_download_convert_segment(hub, official_bytes, monkeypatch, tmp_path, capsys):
