@@ -14,8 +14,9 @@ from ovss.data.io import read_label
 from ovss.data.prepare import prepare
 from ovss.data.prepare.ade import resize_bilinear_u8, resize_nearest
 from ovss.errors import DatasetError
+from tests.conftest import DATA_DIR
 
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "voc"
+SAMPLES = DATA_DIR / "voc"
 
 
 def _jpeg(path: Path, h: int, w: int, seed: int = 0) -> None:

@@ -7,13 +7,13 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from ovss.cli.main import main
 from ovss.cli.segment import STATE_DIR, plan_names
 from ovss.data.io import read_label
+from tests.conftest import noise_photo
 from tests.reliability.test_io_inputs import png_header_only
 
 CLASSES = "person; bus; car"
@@ -26,9 +26,7 @@ def _fast(fast_model):
 
 def photo(path: Path, h: int, w: int, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    array = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    Image.fromarray(array).save(path)
-    return path
+    return noise_photo(path, h, w, seed)
 
 
 def segment(*args, out: Path) -> int:
@@ -80,7 +78,7 @@ def test_duplicate_stems_never_overwrite_each_other(tmp_path, capsys):
 def test_bad_images_are_listed_at_the_end_and_every_good_result_is_kept(tmp_path, capsys, batch_size):
     good = [photo(tmp_path / f"in/good{i}.png", 24, 32, seed=i) for i in range(3)]
     truncated = tmp_path / "in/truncated.jpg"
-    truncated.write_bytes((Path(__file__).parents[2].parent / "shared/data/quokka.jpg").read_bytes()[:3000])
+    truncated.write_bytes(photo(tmp_path / "full.jpg", 240, 320).read_bytes()[:3000])  # cut in the scan data
     fifo = tmp_path / "in/pipe.png"
     os.mkfifo(fifo)
     bomb = png_header_only(tmp_path / "in/bomb.png", 30000, 20000)
