@@ -14,10 +14,16 @@ from PIL import Image
 from ovss.api.visualize import palette
 from ovss.data.io import read_label
 from ovss.demo import backend as demo
-from ovss.demo.backend import DemoBackend, DemoLimits, DemoUserError
+from ovss.demo.backend import NOT_UPLOADED, DemoBackend, DemoLimits, DemoUserError, UploadGate
 from ovss.errors import OvssError, VocabularyError
+from tests.conftest import DATA_DIR
 
 LIMITS = DemoLimits(max_pixels=1_000_000, max_classes=5, max_upload_mb=1)
+
+
+def photos_gate(data_dir: Path) -> UploadGate:
+    """A gate admitting the sample photos as if they were the page's examples."""
+    return UploadGate(examples=sorted(data_dir.rglob("*.jpg")))
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -214,7 +220,7 @@ def test_catseg_v1_models_get_their_inference_modes():
 
 
 def test_segment_passes_the_catseg_v1_inference_mode(data_dir, monkeypatch):
-    backend = DemoBackend("test-catseg-v1-tiny.mmseg")
+    backend = DemoBackend("test-catseg-v1-tiny.mmseg", gate=photos_gate(data_dir))
     seen = []
     real_predict = type(backend.segmenter()).predict
 
@@ -246,7 +252,7 @@ def test_limits_are_validated():
 # ----------------------------------------------------------------------------------------- backend
 @pytest.fixture(scope="module")
 def backend():
-    b = DemoBackend("test-san-tiny", limits=DemoLimits(max_classes=10))
+    b = DemoBackend("test-san-tiny", limits=DemoLimits(max_classes=10), gate=photos_gate(DATA_DIR))
     b.segmenter()
     yield b
     b.close()
@@ -337,3 +343,41 @@ def test_vocabulary_errors_from_the_model_become_page_messages(backend, data_dir
     monkeypatch.setattr(type(backend.segmenter()), "predict", refuse)
     with pytest.raises(DemoUserError, match=r"^the class list is not valid: duplicate class 'cat'$"):
         backend.segment({"path": str(data_dir / "quokka.jpg")}, "cat; Cat")
+
+
+# ------------------------------------------------------------------------------------ upload gate
+def test_gate_admits_only_uploads_and_examples(tmp_path):
+    uploads = {str(tmp_path / "gradio" / "abc" / "cat.png")}
+    gate = UploadGate(lambda: uploads, examples=[tmp_path / "gradio" / "ex" / "quokka.jpg"])
+    assert gate.admits(tmp_path / "gradio" / "abc" / "cat.png")
+    assert gate.admits(str(tmp_path / "gradio" / "ex" / "quokka.jpg"))
+    # A path that normalises onto an admitted file is the same file; any other path is not.
+    assert gate.admits(f"{tmp_path}/gradio/abc/../abc/cat.png")
+    for other in ("/etc/passwd", f"{tmp_path}/gradio/abc", f"{tmp_path}/gradio/abc/cat.png/..", "cat.png"):
+        assert not gate.admits(other), other
+    uploads.add(str(tmp_path / "later.png"))  # read at each request: a new upload is admitted at once
+    assert gate.admits(tmp_path / "later.png")
+    assert not UploadGate().admits(tmp_path / "gradio" / "abc" / "cat.png")  # the default admits nothing
+
+
+def test_segment_refuses_server_files_without_telling_whether_they_exist(data_dir, tmp_path, caplog):
+    """The demo's one API endpoint names its image by a server path: only uploads and examples pass."""
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(secret)
+    backend = DemoBackend("test-san-tiny", gate=UploadGate(examples=[data_dir / "quokka.jpg"]))
+    calls = []
+    backend.segmenter = lambda model=None: calls.append(model)  # the model must never be reached
+    caplog.set_level(logging.INFO, logger="ovss.demo")
+    messages = set()
+    for image in (
+        {"path": str(secret)},
+        str(secret),
+        {"path": str(tmp_path / "missing.png")},
+        {"path": str(data_dir / ".." / "data" / "voc")},
+        {"path": "/etc/passwd", "url": "http://127.0.0.1/quokka.jpg", "orig_name": "quokka.jpg"},
+    ):
+        with pytest.raises(DemoUserError) as info:
+            backend.segment(image, "cat; dog")
+        messages.add(str(info.value))
+    assert messages == {NOT_UPLOADED} and calls == []
+    assert str(tmp_path) not in caplog.text and "passwd" not in caplog.text

@@ -11,12 +11,7 @@ import io
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +19,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import DATA_DIR
+from tests.demo.conftest import serve_demo
 
 pytest.importorskip("gradio", reason="gradio not installed (pip install 'ovss[demo]')")
 
@@ -61,51 +57,9 @@ def server(tmp_path_factory):
     if not DATA_DIR.is_dir():
         pytest.skip(f"sample data not found at {DATA_DIR}")
     root = tmp_path_factory.mktemp("demo_server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(
-        os.environ,
-        OVSS_HOME=str(root / "home"),
-        OVSS_OFFLINE="1",
-        GRADIO_TEMP_DIR=str(root / "gradio"),
-        GRADIO_ANALYTICS_ENABLED="False",
-        OMP_NUM_THREADS="1",
-        TMPDIR=str(root / "tmp"),
-    )
-    (root / "tmp").mkdir()
-    log = root / "server.log"
-    command = [
-        *(sys.executable, "-m", "ovss.cli.main", "demo", "--model", "test-san-tiny", "--port", str(port)),
-        *("--examples", str(DATA_DIR), "--keep-files", str(KEEP_FILES_S), "--max-classes", str(MAX_CLASSES)),
-        *("--max-upload-mb", "1"),
-    ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 180
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"ovss demo exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"ovss demo did not answer within 180 s:\n{log.read_text()}")
-        time.sleep(0.5)
-    yield url, log, root / "gradio"
-    proc.send_signal(signal.SIGTERM)  # `kill` stops the server as Ctrl+C does, removing its files
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == 0 and "ovss demo: stopped" in log.read_text(), log.read_text()
-    assert not list((root / "tmp").glob("ovss-demo-*"))
+    args = ("--examples", str(DATA_DIR), "--keep-files", str(KEEP_FILES_S), "--max-classes", str(MAX_CLASSES))
+    with serve_demo(root, *args, "--max-upload-mb", "1") as url:
+        yield url, root / "server.log", root / "gradio"
 
 
 def disjoint(a: dict, b: dict) -> bool:

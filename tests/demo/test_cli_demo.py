@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import os
 import socket
 
 import pytest
@@ -140,3 +141,18 @@ def test_app_offers_only_usable_models_and_cleans_its_files(data_dir):
     assert app._queue.max_size == 3
     endpoint = [fn for fn in app.fns.values() if fn.api_name == "segment"]
     assert len(endpoint) == 1 and endpoint[0].concurrency_limit == 1 and not endpoint[0].preprocess
+
+
+def test_the_server_gets_a_private_upload_folder(monkeypatch, tmp_path):
+    """gradio serves any file of its upload folder by name: the demo's is its own, not /tmp/gradio."""
+    from ovss.demo.app import private_upload_dir
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.delenv("GRADIO_TEMP_DIR", raising=False)
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    folder = private_upload_dir()
+    assert folder is not None and folder.parent == tmp_path and folder.name.startswith("ovss-demo-uploads-")
+    assert os.environ["GRADIO_TEMP_DIR"] == str(folder) and (folder.stat().st_mode & 0o777) == 0o700
+    assert private_upload_dir() is None  # a folder the user chose is kept

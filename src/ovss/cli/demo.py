@@ -91,7 +91,9 @@ def examples_from(option: str | None) -> list[list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ovss.demo.app import build_app, check_port, import_gradio, launch
+    import shutil
+
+    from ovss.demo.app import build_app, check_port, import_gradio, launch, private_upload_dir
     from ovss.demo.backend import DemoBackend, DemoLimits
     from ovss.errors import OvssError
 
@@ -112,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"ovss demo: loading {args.model} ...", file=sys.stderr, flush=True)
     backend.segmenter()  # load now: a bad name or missing weights fails before the server starts
-    app = build_app(backend, examples)
-    launch(app, backend, args.host, args.port, share=args.share)
+    uploads = private_upload_dir()
+    try:
+        app = build_app(backend, examples)
+        launch(app, backend, args.host, args.port, share=args.share)
+    finally:
+        if uploads is not None:
+            shutil.rmtree(uploads, ignore_errors=True)
     return 0

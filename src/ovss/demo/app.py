@@ -20,6 +20,7 @@ from ovss.demo.backend import (
     INFERENCE_LABELS,
     DemoBackend,
     DemoUserError,
+    UploadGate,
     option_visibility,
     web_message,
     weights_table,
@@ -220,8 +221,10 @@ def build_app(backend: DemoBackend, examples: list[list[str]] | None = None) -> 
                     interactive=False,
                     elem_id="ovss-table",
                 )
+        example_photos: list[str] = []
         if examples:
-            gr.Examples(examples, inputs=[image, classes], label="examples (click one, then Segment)")
+            shown = gr.Examples(examples, inputs=[image, classes], label="examples (click one, then Segment)")
+            example_photos = _example_paths(shown)
         with gr.Accordion("models and weights on this server", open=False):
             gr.Markdown(weights_table(catalogue))
         gr.Markdown(
@@ -244,7 +247,37 @@ def build_app(backend: DemoBackend, examples: list[list[str]] | None = None) -> 
             concurrency_limit=1,
         )
     app.queue(default_concurrency_limit=1, max_size=limits.queue_size)
+    # A request may name only the files this server received as uploads, and the example photos.
+    backend.gate = UploadGate(lambda: app.upload_file_set, example_photos)
     return app
+
+
+def _example_paths(examples: Any) -> list[str]:
+    """The server paths the page sends for its example photos (gradio's copies in its cache)."""
+    paths = []
+    for sample in examples.dataset.samples:
+        photo = sample[0] if sample else None
+        path = photo.get("path") if isinstance(photo, dict) else photo
+        if isinstance(path, str):
+            paths.append(path)
+    return paths
+
+
+def private_upload_dir() -> Path | None:
+    """Give this server its own gradio upload folder (``GRADIO_TEMP_DIR``), unless the user chose one.
+
+    gradio serves every file of its upload folder to whoever knows the name, and its default
+    (``/tmp/gradio``) is shared by every gradio app of the machine. Call before :func:`build_app`;
+    returns the folder created (to remove at exit), or None when ``GRADIO_TEMP_DIR`` was set.
+    """
+    import os
+    import tempfile
+
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="ovss-demo-uploads-"))  # mode 0700
+    os.environ["GRADIO_TEMP_DIR"] = str(folder)
+    return folder
 
 
 def _interrupt(signum: int, frame: Any) -> None:

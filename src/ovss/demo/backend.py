@@ -11,11 +11,13 @@ import dataclasses
 import html
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
 import threading
 from collections import deque
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -247,13 +249,60 @@ def parse_classes(text: str | None, limits: DemoLimits) -> list[list[str]]:
 
 
 def upload_path(image: Any) -> Path:
-    """The file of an uploaded image (gradio's ``{"path": ...}`` payload or a plain path)."""
+    """The file of an uploaded image (gradio's ``{"path": ...}`` payload or a plain path).
+
+    Only the path is read from the payload (never its ``url``); whether the server may open that file
+    is :class:`UploadGate`'s decision.
+    """
     if image is None or image == "":
         raise DemoUserError("no image: upload an image (or pick an example) first")
     path = image.get("path") if isinstance(image, dict) else image
-    if not isinstance(path, str | Path) or not str(path):
+    if not isinstance(path, str | Path) or not str(path) or "\x00" in str(path):
         raise DemoUserError("no image: upload an image (or pick an example) first")
     return Path(path)
+
+
+NOT_UPLOADED = "the image was not uploaded to this page: upload it (or pick an example), then press Segment"
+
+
+class UploadGate:
+    """The server files a web request may name: what this server received as uploads, and its examples.
+
+    A request names its image by a server path (gradio's file payload), so without this check a client
+    could have any file the server can read segmented. The check compares the normalised path string
+    with the allowed ones *before* touching the file system, so a refusal never tells whether a path
+    exists. Uploaded files live in the server's private upload folder under content-hash names that
+    gradio returns only to the uploader.
+
+    Args:
+        uploaded: returns the paths of the files uploaded to this server (gradio's
+            ``Blocks.upload_file_set``); read at each request. The default admits no upload.
+        examples: the example photos the page offers (their paths as the page sends them).
+    """
+
+    def __init__(
+        self, uploaded: Callable[[], Collection[str]] = frozenset, examples: Iterable[str | Path] = ()
+    ) -> None:
+        self._uploaded = uploaded
+        self.examples = {self.key(p) for p in examples}
+
+    @staticmethod
+    def key(path: str | Path) -> str:
+        """The comparable form of a path: absolute and normalised (``..`` folded), symlinks kept."""
+        return os.path.normpath(os.path.abspath(os.fspath(path)))
+
+    def admits(self, path: str | Path) -> bool:
+        """Whether a request may read ``path``."""
+        key = self.key(path)
+        return key in self.examples or key in {self.key(p) for p in self._uploaded()}
+
+    def check(self, path: Path) -> Path:
+        """The admitted file to open (normalised), or the page's one-line refusal, the same whether
+        ``path`` exists or not."""
+        if not self.admits(path):
+            log.info("request refused: it names a file that was not uploaded")
+            raise DemoUserError(NOT_UPLOADED)
+        return Path(self.key(path))
 
 
 def read_upload(path: Path, limits: DemoLimits) -> np.ndarray:
@@ -379,6 +428,8 @@ class DemoBackend:
             command line, never inside a web request).
         device, dtype, weights: as for :func:`ovss.load`.
         limits: per-request limits.
+        gate: which server files a request may name (:class:`UploadGate`; the page installs one that
+            admits its uploads and examples). The default admits none.
     """
 
     def __init__(
@@ -388,9 +439,11 @@ class DemoBackend:
         dtype: str = "auto",
         weights: str | None = None,
         limits: DemoLimits | None = None,
+        gate: UploadGate | None = None,
     ) -> None:
         self.device, self.dtype, self.weights = device, dtype, weights
         self.limits = limits or DemoLimits()
+        self.gate = gate or UploadGate()
         self.startup_model = self.model_name = model
         self._segmenter: Any = None
         self._family = ""
@@ -462,7 +515,7 @@ class DemoBackend:
     ) -> DemoOutput:
         """One web request: check the inputs against the limits, segment, render the outputs."""
         vocabulary = parse_classes(classes, self.limits)
-        path = upload_path(image)
+        path = self.gate.check(upload_path(image))
         rgb = read_upload(path, self.limits)
         model = model or self.model_name
         if not isinstance(model, str):
@@ -489,7 +542,8 @@ class DemoBackend:
             [name, round(100 * frac, 2), round(float(result.class_scores[result.class_names.index(name)]), 4)]
             for name, frac in result.present()
         ]
-        stem = Path(image.get("orig_name") or path.name).stem if isinstance(image, dict) else path.stem
+        orig_name = image.get("orig_name") if isinstance(image, dict) else None
+        stem = Path(orig_name).stem if isinstance(orig_name, str) and orig_name else path.stem
         return DemoOutput(
             overlay=display_overlay(result.image, result.label_map, result.class_names),
             legend=legend_html(result.class_names, result.fractions, colours),
