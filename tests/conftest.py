@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import torch
@@ -27,11 +28,48 @@ def parity_folders(prefix: str) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix))
 
 
+# ``OVSS_REQUIRE_FIXTURES=1`` (set by .ci/run): a test whose shared fixture or sample data is missing
+# fails instead of skipping, so a checkout without ../shared cannot pass by skipping.
+REQUIRE_FIXTURES_ENV = "OVSS_REQUIRE_FIXTURES"
+
+
+def missing_fixture(what: object) -> NoReturn:
+    """Skip the running test because ``what`` (a shared fixture or data path) is missing; fail it
+    instead when ``$OVSS_REQUIRE_FIXTURES`` is 1."""
+    reason = f"{what} not found (shared fixtures: ../shared, $OVSS_PARITY_DIR, $OVSS_DATA_DIR)"
+    if os.environ.get(REQUIRE_FIXTURES_ENV) == "1":
+        pytest.fail(f"{reason}; {REQUIRE_FIXTURES_ENV}=1 makes a missing fixture a failure", pytrace=False)
+    pytest.skip(reason)
+
+
+def needs(path: Path) -> Path:
+    """``path`` when it exists, else :func:`missing_fixture` (skip, or fail under the flag)."""
+    if not path.exists():
+        missing_fixture(path)
+    return path
+
+
+def requires(path: Path) -> pytest.MarkDecorator:
+    """A test mark: the test needs ``path`` (checked when it runs, by :func:`missing_fixture`)."""
+    return pytest.mark.ovss_needs(path)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "ovss_needs(path): the test needs this shared fixture or data path")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for mark in item.iter_markers("ovss_needs"):
+        needs(Path(mark.args[0]))
+
+
 def parity_params(prefix: str) -> list:
-    """``pytest.param`` per fixture folder with the folder name as id; a skip marker if none."""
+    """``pytest.param`` per fixture folder with the folder name as id; if there are none, one param
+    that skips (fails under ``$OVSS_REQUIRE_FIXTURES``)."""
     folders = parity_folders(prefix)
     if not folders:
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no {prefix}* fixtures in {parity_dir()}"))]
+        missing = parity_dir() / f"{prefix}*"
+        return [pytest.param(None, id=f"no-{prefix}-fixtures", marks=requires(missing))]
     return [pytest.param(p, id=p.name) for p in folders]
 
 
@@ -81,9 +119,7 @@ def _auto_dtype_is_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def data_dir() -> Path:
     """The real sample photos (``../shared/data``)."""
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"sample data not found at {DATA_DIR}")
-    return DATA_DIR
+    return needs(DATA_DIR)
 
 
 @pytest.fixture

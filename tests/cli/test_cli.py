@@ -102,11 +102,9 @@ def test_unreadable_image_is_one_line(tmp_path, capsys):
 
 
 def test_checkpoint_of_the_wrong_model_is_one_line(tmp_path, capsys):
-    from tests.conftest import parity_dir
+    from tests.conftest import needs, parity_dir
 
-    catseg = parity_dir() / "catseg_a" / "state_dict.safetensors"
-    if not catseg.is_file():
-        pytest.skip("catseg_a fixture not available")
+    catseg = needs(parity_dir() / "catseg_a" / "state_dict.safetensors")
     shutil.copy(catseg, tmp_path / "catseg.safetensors")
     img = tmp_path / "img.png"
     from PIL import Image

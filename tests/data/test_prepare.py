@@ -14,7 +14,7 @@ from ovss.data.io import read_label
 from ovss.data.prepare import prepare
 from ovss.data.prepare.ade import resize_bilinear_u8, resize_nearest
 from ovss.errors import DatasetError
-from tests.conftest import DATA_DIR
+from tests.conftest import DATA_DIR, requires
 
 SAMPLES = DATA_DIR / "voc"
 
@@ -222,7 +222,7 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-@pytest.mark.skipif(not SAMPLES.is_dir(), reason="shared VOC samples not available")
+@requires(SAMPLES)
 def test_voc_three_conventions_on_real_masks(tmp_path):
     root, out = _voc(tmp_path), tmp_path / "out"
     raw = np.asarray(Image.open(root / "SegmentationClass/2011_000003.png"))

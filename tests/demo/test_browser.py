@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import DATA_DIR
+from tests.conftest import DATA_DIR, needs
 from tests.demo.conftest import serve_demo
 
 pytest.importorskip("gradio", reason="gradio not installed (pip install 'ovss[demo]')")
@@ -59,8 +59,7 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``ovss demo --model test-san-tiny`` on a free port of 127.0.0.1; yields (url, log path, temp dir)."""
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"sample data not found at {DATA_DIR}")
+    needs(DATA_DIR)
     root = tmp_path_factory.mktemp("demo_server")
     args = ("--examples", str(DATA_DIR), "--keep-files", str(KEEP_FILES_S), "--max-classes", str(MAX_CLASSES))
     with serve_demo(root, *args, "--max-upload-mb", "1") as url:

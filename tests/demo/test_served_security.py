@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from ovss.demo.backend import NOT_UPLOADED
-from tests.conftest import DATA_DIR
+from tests.conftest import DATA_DIR, needs
 from tests.demo.conftest import serve_demo
 
 pytest.importorskip("gradio", reason="gradio not installed (pip install 'ovss[demo]')")
@@ -25,8 +25,7 @@ pytest.importorskip("gradio", reason="gradio not installed (pip install 'ovss[de
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(url, server root, a secret image on the server, a checkpoint file on the server)."""
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"sample data not found at {DATA_DIR}")
+    needs(DATA_DIR)
     root = tmp_path_factory.mktemp("demo_security")
     secret = root / "secret" / "server-only.png"
     secret.parent.mkdir()

@@ -10,7 +10,7 @@ from ovss.errors import ConfigError
 from ovss.layers.cv2_resize import cv2_resize_linear, mmcv_rescale_size
 from ovss.models.catseg_v1 import CATSegV1, CATSegV1Config, catseg_v1_tiny, catseg_v1_tiny_mmseg
 from ovss.towers.swin import SwinConfig
-from tests.conftest import parity_dir
+from tests.conftest import needs, parity_dir
 
 
 def _small(base=catseg_v1_tiny, **changes) -> CATSegV1:
@@ -127,8 +127,7 @@ def test_option_and_text_errors_name_each_model() -> None:
 
 def test_cv2_resize_reproduces_the_mmseg_fixture_input() -> None:
     folder = parity_dir() / "catsegmm_a"
-    if not (folder / "input.npy").is_file():
-        pytest.skip("catsegmm_a fixture not found")
+    needs(folder / "input.npy")
     from PIL import Image
 
     rgb = torch.from_numpy(np.asarray(Image.open(folder / "input.png").convert("RGB")).copy()).permute(

@@ -22,7 +22,7 @@ from ovss.towers.clip import ClipConfig
 from ovss.towers.convnext import ConvNeXtConfig
 from ovss.towers.text import TextConfig
 from ovss.towers.vit import VisionConfig
-from tests.conftest import parity_dir
+from tests.conftest import needs, parity_dir
 
 TOL = 1e-4  # the parity bar: relative error in float32
 OUTPUT_FILES = ("outputs.safetensors", "outputs_large.safetensors")
@@ -154,10 +154,7 @@ def compare_recorded(
 
 def read_manifest(name: str) -> dict:
     """``<parity dir>/<name>`` (a full-size checkpoint manifest); skips the test when it is absent."""
-    path = parity_dir() / name
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return json.loads(path.read_text())
+    return json.loads(needs(parity_dir() / name).read_text())
 
 
 def meta_state_dict(manifest: dict) -> dict[str, torch.Tensor]:

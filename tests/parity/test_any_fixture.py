@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import parity_dir
+from tests.conftest import needs, parity_dir
 from tests.parity import test_catseg_parity as catseg_harness
 from tests.parity._common import TOL, read_array, recorded_tensors, reference_outputs
 
@@ -23,8 +23,7 @@ from tests.parity._common import TOL, read_array, recorded_tensors, reference_ou
 def _variant(tmp_path: Path, name: str, edit_config, edit_outputs=None) -> Path:
     """A copy of fixture ``name`` with config.json / outputs.safetensors edited (big files linked)."""
     src = parity_dir() / name
-    if not (src / "config.json").is_file():
-        pytest.skip(f"{src} not found")
+    needs(src / "config.json")
     dst = tmp_path / name
     dst.mkdir()
     for f in src.iterdir():
@@ -92,8 +91,7 @@ def test_san_unfused_clip_records_come_from_the_tower() -> None:
     from tests.parity.test_san_parity import load_fixture_model, run_with_intermediates
 
     folder = parity_dir() / "san_a"
-    if not (folder / "config.json").is_file():
-        pytest.skip(f"{folder} not found")
+    needs(folder / "config.json")
     model, _ = load_fixture_model(folder)
     original, calls = model.clip_features, []
 

@@ -26,7 +26,7 @@ from ovss.cli.main import main
 from ovss.errors import CacheError, CheckpointMismatchError, WeightsFileError
 from ovss.weights import cache, modelfile, registry
 from ovss.weights.cache import converted_path, load_model, save_model_file
-from tests.conftest import parity_dir
+from tests.conftest import needs, parity_dir
 
 
 @pytest.fixture
@@ -310,9 +310,7 @@ def test_convert_accepts_an_ovss_safetensors(tiny, tiny_release, tmp_path, home,
 
 
 def test_convert_names_the_detected_format(tmp_path, home, capsys):
-    fixture = parity_dir() / "san_a" / "state_dict.safetensors"
-    if not fixture.is_file():
-        pytest.skip(f"{fixture} not available")
+    fixture = needs(parity_dir() / "san_a" / "state_dict.safetensors")
     from safetensors.torch import load_file
 
     san = tmp_path / "san.pth"

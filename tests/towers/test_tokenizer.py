@@ -11,14 +11,14 @@ import torch
 from ovss.errors import ConfigError, VocabularyError, WeightsNotFoundError
 from ovss.towers.tokenizer import DEFAULT_BPE_PATH, Tokenizer, bytes_to_unicode, get_tokenizer, tokenize
 from ovss.utils import sha256_file
-from tests.conftest import parity_dir
+from tests.conftest import parity_dir, requires
 
 
 def _fixture_files() -> list:
     root = parity_dir()
     files = sorted(root.glob("tokenizer*.json")) if root.is_dir() else []
     if not files:
-        return [pytest.param(None, marks=pytest.mark.skip(reason=f"no tokenizer*.json in {root}"))]
+        return [pytest.param(None, id="no-tokenizer-fixture", marks=requires(root / "tokenizer*.json"))]
     return [pytest.param(f, id=f.name) for f in files]
 
 

@@ -14,7 +14,7 @@ from ovss.cli.main import main
 from ovss.errors import CheckpointMismatchError
 from ovss.weights import cache
 from ovss.weights.registry import get_weight_spec
-from tests.conftest import parity_dir, relative_error
+from tests.conftest import needs, parity_dir, relative_error
 
 # family, fixture folder, tiny registry entry shaped like the fixture, official format
 CASES = [
@@ -25,10 +25,7 @@ CASES = [
 
 
 def _fixture(folder: str):
-    path = parity_dir() / folder / "state_dict.safetensors"
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
-    return path
+    return needs(parity_dir() / folder / "state_dict.safetensors")
 
 
 @pytest.mark.parametrize(("family", "folder", "tiny", "fmt"), CASES, ids=[c[0] for c in CASES])

@@ -10,7 +10,7 @@ from ovss.models.catseg import CATSeg, catseg_tiny, catseg_vit_b16, catseg_vit_l
 from ovss.models.catseg_aggregator import shift_window_mask
 from ovss.weights.formats import catseg_d2
 from ovss.weights.loading import mismatches
-from tests.conftest import parity_dir
+from tests.conftest import needs, parity_dir
 from tests.parity._common import meta_state_dict, official_state_dict, read_manifest
 
 MANIFESTS = {"vit_b16": catseg_vit_b16, "vit_l14_336": catseg_vit_l14}
@@ -19,8 +19,7 @@ MASK_KEY = "sem_seg_head.predictor.transformer.layers.0.swin_block.block_2.attn_
 
 def _fixture_state_dict() -> dict[str, torch.Tensor]:
     folder = parity_dir() / "catseg_a"
-    if not (folder / "state_dict.safetensors").is_file():
-        pytest.skip(f"{folder / 'state_dict.safetensors'} not found")
+    needs(folder / "state_dict.safetensors")
     return official_state_dict(folder)
 
 

@@ -15,7 +15,7 @@ from ovss.models.catseg_v1 import (
 )
 from ovss.weights.formats import catseg_d2, catseg_mm, catseg_v1_d2
 from ovss.weights.loading import mismatches
-from tests.conftest import parity_dir
+from tests.conftest import needs, parity_dir
 from tests.parity._common import meta_state_dict, official_state_dict, read_manifest
 
 MANIFESTS = {
@@ -53,8 +53,7 @@ def test_full_size_manifest_converts_with_the_recorded_counts(name: str) -> None
 
 def _fixture(name: str) -> dict[str, torch.Tensor]:
     folder = parity_dir() / name
-    if not (folder / "state_dict.safetensors").is_file():
-        pytest.skip(f"{folder} not found")
+    needs(folder / "state_dict.safetensors")
     return official_state_dict(folder)
 
 

@@ -16,13 +16,11 @@ from ovss.errors import CheckpointMismatchError
 from ovss.models.san import SAN, san_tiny, san_vit_b16, san_vit_l14
 from ovss.weights.formats import san_d2, san_mmseg
 from ovss.weights.loading import load_strict
-from tests.conftest import parity_dir
+from tests.conftest import parity_dir, requires
 from tests.parity._common import meta_state_dict, official_state_dict, read_array, read_manifest
 
 FIXTURE = parity_dir() / "san_a"
-needs_fixture = pytest.mark.skipif(
-    not (FIXTURE / "state_dict.safetensors").is_file(), reason=f"no parity fixture at {FIXTURE}"
-)
+needs_fixture = requires(FIXTURE / "state_dict.safetensors")
 
 _CLIP_BLOCK_MMCV = {"ln_1": "norms.0", "attn": "attentions.0.attn", "ln_2": "norms.1",
                     "mlp.c_fc": "ffns.0.layers.0.0", "mlp.c_proj": "ffns.0.layers.1"}
