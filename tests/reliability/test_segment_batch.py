@@ -137,15 +137,14 @@ def test_rerun_skips_complete_images_and_completes_partial_ones(tmp_path, capsys
     again = outputs(out)
     assert {k: again[k] for k in first} == first  # bit for bit what the first run wrote
     assert {"p3_label.png", "p3_overlay.png", "p3.json"} <= set(again)
-    # --overwrite recomputes everything; another vocabulary does too, under the same names
+    # --overwrite recomputes everything; another vocabulary stops, unless --overwrite replaces the results
     assert segment(*images, "--overwrite", out=out) == 0
     assert "already done" not in capsys.readouterr().out
-    assert (
-        main(
-            ["segment", *map(str, images), "--model", "test-san-tiny", "--classes", "a; b", "--out", str(out)]
-        )
-        == 0
-    )
+    other = ["segment", *map(str, images), "--model", "test-san-tiny", "--classes", "a; b", "--out", str(out)]
+    assert main(other) == 1
+    assert "other settings (classes: 3 -> 2 items, #1 'person' -> 'a')" in capsys.readouterr().err
+    assert outputs(out) == again
+    assert main([*other, "--overwrite"]) == 0
     assert "already done" not in capsys.readouterr().out
     assert json.loads((out / "p0.json").read_text())["vocabulary"] == [["a"], ["b"]]
     assert sorted(outputs(out)) == sorted(again)

@@ -21,7 +21,12 @@ CLASSES = "person; bus; car"
 
 
 def _args(images: list[Path], out: Path) -> list[str]:
-    return ["segment", *map(str, images), "--model", "test-san-tiny", "--classes", CLASSES, "--out", str(out)]
+    # --dtype fp32: the child processes must resolve the dtype as this process does (tests pin auto to
+    # fp32 in-process only), else the re-run meets other settings
+    return [
+        "segment", *map(str, images), "--model", "test-san-tiny", "--classes", CLASSES, "--out", str(out),
+        "--dtype", "fp32",
+    ]
 
 
 def _outputs(out: Path) -> dict[str, bytes]:
@@ -44,7 +49,7 @@ def test_kill_9_then_rerun_leaves_no_junk_and_equals_a_clean_run(tmp_path, fast_
     clean = _outputs(tmp_path / "clean")
 
     out = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
     seed = random.randrange(2**32)
     pick = random.Random(seed)
     kills: list[list[str]] = []

@@ -27,11 +27,19 @@ from typing import Any
 
 from ovss.api.tta import add_tta_arguments
 from ovss.cli.common import add_model_args, ensure_writable_dir, load_segmenter, model_options
+from ovss.cli.segment_inputs import IMAGE_EXTS, STATE_DIR, InputImage, collect_inputs, plan_names, shown
+from ovss.cli.segment_runs import (
+    OutputLock,
+    file_entries,
+    on_rank0,
+    outputs_intact,
+    prepare_out,
+    read_done,
+    settings_key,
+)
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 OUTPUT_KINDS = ("label", "overlay", "json")
-STATE_DIR = ".ovss-segment"  # inside --out: done-rank<r>.jsonl logs and run-<key>.json settings
-_OWN_SUFFIXES = ("_label.png", "_overlay.png")
+__all__ = ["IMAGE_EXTS", "OUTPUT_KINDS", "STATE_DIR", "add_parser", "collect_inputs", "plan_names", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,9 +53,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "images",
         nargs="+",
-        type=Path,
-        help="image files, or folders whose images are taken (not recursive; a folder skips ovss's "
+        help="image files, http(s) URLs, or folders whose images are taken (a folder skips ovss's "
         "own outputs and single-channel label PNGs named like a photo beside them)",
+    )
+    p.add_argument(
+        "--recursive",
+        action="store_true",
+        help="take the images of sub-folders too; outputs keep their relative paths (a/b/x.jpg -> "
+        "OUT/a/b/x_label.png)",
     )
     p.add_argument(
         "--classes",
@@ -74,114 +87,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="recompute images already done in --out (default: skip them)",
+        help="recompute images already done in --out (default: skip them); when --out holds results "
+        "of other settings, delete those first",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another run is using --out, wait for it to end (default: stop with an error)",
     )
     add_model_args(p)
     add_tta_arguments(p)
     p.set_defaults(run=run)
 
 
-# ---------------------------------------------------------------------------------------- inputs
-def _is_label_png(path: Path) -> bool:
-    """A single-channel PNG (palette, grey, 16-bit): the layout of label maps."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return image.mode in ("P", "L", "1", "I", "I;16", "I;16B", "I;16L")
-    except Exception:  # unreadable: not skipped, it will be reported like any bad image
-        return False
-
-
-def _folder_images(folder: Path, out: Path) -> tuple[list[Path], list[Path]]:
-    """(images, skipped) of one folder: skips ovss outputs and label PNGs beside their photos."""
-    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.is_dir())
-    own = (folder / STATE_DIR).is_dir() or folder.resolve() == out.resolve()
-    stems = {p.stem.casefold() for p in found if p.suffix.lower() != ".png"}
-    images, skipped = [], []
-    for p in found:
-        is_output = own and p.name.endswith(_OWN_SUFFIXES)
-        is_label = p.suffix.lower() == ".png" and p.stem.casefold() in stems and _is_label_png(p)
-        (skipped if is_output or is_label else images).append(p)
-    return images, skipped
-
-
-def collect_inputs(paths: list[Path], out: Path) -> tuple[list[Path], list[Path]]:
-    """Expand folders; drop repeats of the same file. Returns (images, skipped files).
-
-    Raises:
-        ImageReadError: a path does not exist, or a folder holds no images.
-    """
-    from ovss.errors import ImageReadError
-
-    files: list[Path] = []
-    skipped: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            images, skip = _folder_images(path, out)
-            if not images:
-                raise ImageReadError(
-                    f"folder {path} contains no images ({', '.join(IMAGE_EXTS)})"
-                    + (f"; {len(skip)} ovss output(s)/label map(s) skipped" if skip else "")
-                )
-            files.extend(images)
-            skipped.extend(skip)
-        elif path.exists() or path.is_symlink():
-            files.append(path)
-        else:
-            raise ImageReadError(f"image {path} does not exist; check the path")
-    unique: dict[str, Path] = {}
-    for f in files:
-        unique.setdefault(str(f.resolve()), f)
-    return list(unique.values()), skipped
-
-
-def plan_names(sources: list[str], pinned: dict[str, str]) -> list[str]:
-    """Output name per source, unique (case-insensitively) against every name of the run.
-
-    ``pinned`` (source -> name, from earlier runs into the same --out) keeps those names; the other
-    sources get their file stem when it is free, else ``<stem>_<n>`` with the smallest free n.
-    The result depends only on the inputs and ``pinned``, so every rank and every re-run agrees.
-    """
-    taken = {name.casefold() for name in pinned.values()}
-    names: list[str | None] = [pinned.get(s) for s in sources]
-    for i, source in enumerate(sources):
-        stem = Path(source).stem
-        if names[i] is None and stem.casefold() not in taken:
-            names[i] = stem
-            taken.add(stem.casefold())
-    for i, source in enumerate(sources):
-        if names[i] is None:
-            stem, n = Path(source).stem, 1
-            while f"{stem}_{n}".casefold() in taken:
-                n += 1
-            names[i] = f"{stem}_{n}"
-            taken.add(names[i].casefold())
-    return [n for n in names if n is not None]
-
-
 # ----------------------------------------------------------------------------------------- state
-def _read_done(state: Path) -> dict[str, dict[str, Any]]:
-    """source -> latest done record of every earlier run (records of killed writes are skipped)."""
-    latest: dict[str, dict[str, Any]] = {}
-    for log in sorted(state.glob("done-rank*.jsonl")):
-        with open(log, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                    source, t = record["source"], float(record["t"])
-                    str(record["name"]), str(record["key"])
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut by a kill, or not ours
-                if source not in latest or t >= float(latest[source]["t"]):
-                    latest[source] = record
-    return latest
+def _run_key(
+    seg: Any, vocab: Any, args: argparse.Namespace, outputs: tuple[str, ...]
+) -> tuple[str, dict[str, Any]]:
+    """(short hash, settings) of what determines the outputs: model, weights, dtype, options, classes.
 
-
-def _run_key(seg: Any, vocab: Any, args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
-    """(short hash, settings) of what determines the results: model, weights, dtype, options, classes."""
-    import hashlib
-
+    The settings are recorded in --out (``segment_runs``); an option that changes the outputs adds
+    a key here, and a re-run with another value stops and names it.
+    """
     from ovss.api.segmenter import DTYPE_NAMES
 
     settings = {
@@ -191,9 +118,10 @@ def _run_key(seg: Any, vocab: Any, args: argparse.Namespace) -> tuple[str, dict[
         "options": model_options(args),
         "tta": str(getattr(args, "tta", None)),  # test-time augmentation changes the results
         "classes": [c.text for c in vocab.classes],
+        "recursive": bool(args.recursive),  # the layout of the output tree
+        "outputs": list(outputs),  # which files: may change between runs (FILE_CHOICE_KEYS)
     }
-    blob = json.dumps(settings, sort_keys=True, ensure_ascii=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16], settings
+    return settings_key(settings), settings
 
 
 def _parse_outputs(text: str) -> tuple[str, ...]:
@@ -218,12 +146,9 @@ def _barrier() -> None:
 
 # ------------------------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
-    from ovss.api.result import SegmentationResult
     from ovss.data.io import resolve_max_pixels
     from ovss.errors import ConfigError, OutputPathError
     from ovss.evaluation.runner import init_distributed_from_env, rank_and_world
-    from ovss.models.build import family_of
-    from ovss.utils import atomic_write_text, remove_stale_temp_files
     from ovss.vocab.vocabulary import parse_vocabulary
 
     outputs = _parse_outputs(args.outputs)
@@ -234,10 +159,33 @@ def run(args: argparse.Namespace) -> int:
     if state.exists() and not state.is_dir():
         raise OutputPathError(f"{state} is a file, but ovss keeps its progress there; move it away")
     resolve_max_pixels(args.max_pixels)  # a bad $OVSS_MAX_PIXELS fails now, not per image
-    files, skipped = collect_inputs(args.images, out)
+    inputs, skipped = collect_inputs(args.images, out, recursive=args.recursive)
     vocab = parse_vocabulary(args.classes)  # a bad vocabulary fails before the model loads
     init_distributed_from_env()
     rank, world = rank_and_world()
+    # --out belongs to one run at a time; rank 0 holds the lock for all ranks of this run
+    lock = on_rank0(lambda: OutputLock(state).acquire(out, wait=args.wait), rank, world)
+    try:
+        return _run_locked(args, inputs, skipped, vocab, outputs, out, rank, world)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(
+    args: argparse.Namespace,
+    inputs: list[InputImage],
+    skipped: list[Path],
+    vocab: Any,
+    outputs: tuple[str, ...],
+    out: Path,
+    rank: int,
+    world: int,
+) -> int:
+    from ovss.models.build import family_of
+    from ovss.utils import remove_stale_temp_files
+
+    state = out / STATE_DIR
     seg = load_segmenter(args)
     if args.inference is None and family_of(seg.model.config) == "catseg":
         # labelling default: one whole-image pass (the official demo's and yaml's mode, aspect ratio
@@ -245,46 +193,54 @@ def run(args: argparse.Namespace) -> int:
         args.inference = "whole"
     seg.max_pixels = args.max_pixels
     seg.set_vocabulary(vocab)
-    key, settings = _run_key(seg, vocab, args)
-
-    sources = [str(f.resolve()) for f in files]
-    if rank == 0:
-        state.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(out)
-        remove_stale_temp_files(state)
-        atomic_write_text(state / f"run-{key}.json", json.dumps(settings, indent=2) + "\n")
-    done = _read_done(state) if state.is_dir() else {}
+    key, settings = _run_key(seg, vocab, args, outputs)
+    status = on_rank0(lambda: prepare_out(out, state, settings, args.overwrite), rank, world)
+    if status == "replaced":
+        print(f"--overwrite: deleted the results of other settings in {out}")
+    done = read_done(state)
     _barrier()  # every rank has read the same state before anyone writes
-    names = plan_names(sources, {s: r["name"] for s, r in done.items()})
-
-    def complete(i: int) -> bool:
+    sources = [x.source for x in inputs]
+    names = plan_names(sources, {s: r["name"] for s, r in done.items()}, [x.stem for x in inputs])
+    if rank == 0:
+        for folder in sorted({(out / n).parent for n in names} | {out}):  # --recursive: sub-folders too
+            remove_stale_temp_files(folder)
+        remove_stale_temp_files(state)
+    mine = [i for i in range(rank, len(inputs), world)]
+    todo, damaged = [], 0
+    for i in mine:
         record = done.get(sources[i])
         if args.overwrite or record is None or record["key"] != key:
-            return False
-        paths = SegmentationResult.output_paths(out, names[i])
-        return all(paths[o].is_file() for o in outputs)
-
-    mine = [i for i in range(rank, len(files), world)]
-    todo = [i for i in mine if not complete(i)]
-    if rank == 0:
-        if skipped:
-            print(
-                f"skipped {len(skipped)} ovss output(s)/label map(s) in the input folder(s), "
-                f"e.g. {skipped[0]}"
-            )
-        if len(todo) < len(mine):
-            print(
-                f"{len(mine) - len(todo)} of {len(mine)} image(s) already done in {out} with the same model, "
-                "vocabulary and options: skipped (--overwrite recomputes them)"
-            )
+            todo.append(i)
+        elif not outputs_intact(out, record, outputs):
+            todo.append(i)
+            damaged += bool(record.get("files"))  # outputs of an older ovss have no digests to check
+    _tell_skipped(rank, skipped, len(mine), len(todo), damaged, out)
+    files = [x.src for x in inputs]
     failures = _segment(seg, vocab, files, sources, names, todo, out, outputs, state, rank, key, args)
     return _report(failures, len(todo), len(mine) - len(todo), out, rank, world)
+
+
+def _tell_skipped(rank: int, skipped: list[Path], mine: int, todo: int, damaged: int, out: Path) -> None:
+    if rank != 0:
+        return
+    if skipped:
+        print(
+            f"skipped {len(skipped)} ovss output(s)/label map(s) in the input folder(s), "
+            f"e.g. {shown(skipped[0])}"
+        )
+    if todo < mine:
+        print(
+            f"{mine - todo} of {mine} image(s) already done in {shown(out)} with the same model, "
+            "vocabulary and options: skipped (--overwrite recomputes them)"
+        )
+    if damaged:
+        print(f"{damaged} image(s) done earlier have outputs that are missing, truncated or changed: redone")
 
 
 def _segment(
     seg: Any,
     vocab: Any,
-    files: list[Path],
+    files: list[Path | str],
     sources: list[str],
     names: list[str],
     todo: list[int],
@@ -294,15 +250,16 @@ def _segment(
     rank: int,
     key: str,
     args: argparse.Namespace,
-) -> list[tuple[Path, str]]:
-    """Segment ``todo`` (indices into files), save each result at once, log it; returns failures."""
+) -> list[tuple[Path | str, str]]:
+    """Segment ``todo`` (indices into files), save each result at once, log it with the size and
+    sha256 of every file written; returns failures."""
     from tqdm import tqdm
 
     from ovss.data.io import read_image
     from ovss.errors import OutputPathError, OvssError
 
     synonyms = [list(c.synonyms) for c in vocab.classes]
-    failures: list[tuple[Path, str]] = []
+    failures: list[tuple[Path | str, str]] = []
     queue: deque[int] = deque()  # indices handed to predict_batch whose results are still due
     options = model_options(args)
     if getattr(args, "tta", None):  # ovss segment --tta (Segmenter.predict's tta=)
@@ -319,17 +276,20 @@ def _segment(
         result.source = sources[i]
         result.vocabulary = synonyms
         try:
-            result.save(out, names[i], outputs)
+            saved = result.save(out, names[i], outputs)
+            files_written = file_entries(out, saved)  # read back: what is on disk is what is recorded
         except OSError as e:  # disk full, folder removed or made read-only meanwhile: stop, one line
             raise OutputPathError(
-                f"cannot write the results of {files[i]} into {out}: {e.strerror or e}; free space or fix "
-                "the folder, then re-run the same command to finish"
+                f"cannot write the results of {shown(files[i])} into {out}: {e.strerror or e}; free space or "
+                "fix the folder, then re-run the same command to finish"
             ) from None
         record = {"source": sources[i], "name": names[i], "key": key, "outputs": list(outputs)}
-        log.write(json.dumps({**record, "t": time.time()}, ensure_ascii=False) + "\n")
+        record["files"] = files_written
+        # ASCII JSON: a non-UTF-8 file name (a lone surrogate in Python) is written as \\udcXX and read back
+        log.write(json.dumps({**record, "t": time.time()}, ensure_ascii=True) + "\n")
         log.flush()  # the image counts as done only once all its outputs are in place
         top = ", ".join(f"{n} {100 * f:.0f}%" for n, f in result.present()[:5])
-        tqdm.write(f"{files[i]}: {top}")
+        tqdm.write(f"{shown(files[i])}: {top}")
         bar.update(1)
 
     remaining = iter(todo)  # shared by every pass, so a pass resumes where the last one stopped
@@ -376,13 +336,13 @@ def _segment(
 
 
 def _report(
-    failures: list[tuple[Path, str]], attempted: int, already: int, out: Path, rank: int, world: int
+    failures: list[tuple[Path | str, str]], attempted: int, already: int, out: Path, rank: int, world: int
 ) -> int:
     """Print the failures (every rank its own) and the totals (rank 0); 1 when any image failed."""
     import torch.distributed as dist
 
     for path, message in failures:
-        print(f"ovss: failed: {path}: {message}", file=sys.stderr)
+        print(f"ovss: failed: {shown(path)}: {shown(message)}", file=sys.stderr)
     counts = [(attempted, len(failures), already)]
     if world > 1 and dist.is_available() and dist.is_initialized():
         gathered: list[Any] = [None] * world

@@ -26,10 +26,13 @@ Decisions (documented here once):
   decompression-bomb check is raised along with it when needed, never lowered.
 * **Only regular files** are read: a named pipe, socket or device is refused at once (reading one
   would block forever or never end).
+* **URLs**: a ``str`` starting with ``http://`` or ``https://`` is downloaded (byte limit, timeout,
+  refused in offline mode; :mod:`ovss.data.remote`), other ``scheme://`` strings are refused.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 import warnings
@@ -41,6 +44,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ovss.data.png import row_bands, save_png
+from ovss.data.remote import fetch, url_scheme
 from ovss.errors import ConfigError, ImageReadError, ImageTooLargeError
 
 ImageInput = str | Path | Image.Image | np.ndarray
@@ -92,7 +96,8 @@ def read_image(src: ImageInput, max_pixels: int | None = None) -> np.ndarray:
     """Read any image Pillow can decode (or an array / PIL image) as RGB.
 
     Args:
-        src: a file path, a ``PIL.Image.Image``, or a numpy array in RGB channel order
+        src: a file path, an http(s) URL (a ``str``; :mod:`ovss.data.remote`: byte limit, timeout,
+            refused in offline mode), a ``PIL.Image.Image``, or a numpy array in RGB channel order
             (OpenCV users: convert BGR first), one of ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or
             ``(H, W, 4)`` (alpha dropped), dtype ``uint8`` or float in [0, 1] (scaled by 255
             and rounded).
@@ -119,12 +124,15 @@ def read_image(src: ImageInput, max_pixels: int | None = None) -> np.ndarray:
                 f"PIL image has size {src.size}: it holds no pixels; pass an image of at least 1x1"
             )
         return _pil_to_rgb(src, name="PIL image")
+    if url_scheme(src) is not None:  # a str "scheme://..." (a Path is always a local file)
+        with _decode(io.BytesIO(fetch(str(src))), str(src), max_pixels) as image:
+            return _pil_to_rgb(image, name=str(src))
     if isinstance(src, str | Path):
         with _open(Path(src), max_pixels) as image:
             return _pil_to_rgb(image, name=str(src))
     raise ImageReadError(
-        f"cannot read an image from a {type(src).__name__}; pass a file path, a PIL.Image or a "
-        "numpy array (H, W[, 3|4]) uint8/float"
+        f"cannot read an image from a {type(src).__name__}; pass a file path, an http(s) URL, a "
+        "PIL.Image or a numpy array (H, W[, 3|4]) uint8/float"
     )
 
 
@@ -232,6 +240,11 @@ def _open(path: Path, max_pixels: int | None = None) -> Image.Image:
     if not stat.S_ISREG(st.st_mode):
         kind = "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
         raise ImageReadError(f"{path} is {kind}; pass an image file (save the stream to a file first)")
+    return _decode(path, str(path), max_pixels)
+
+
+def _decode(source: Path | io.BytesIO, path: str, max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode a file or the bytes of a download (``path`` names it in messages)."""
     limit = resolve_max_pixels(max_pixels)
     pil_limit = Image.MAX_IMAGE_PIXELS
     try:
@@ -239,7 +252,7 @@ def _open(path: Path, max_pixels: int | None = None) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             if pil_limit is not None and (limit is None or limit > 2 * pil_limit):
                 Image.MAX_IMAGE_PIXELS = limit  # Pillow's bomb check must not refuse what we allow
-            image = Image.open(path)
+            image = Image.open(source)
             try:
                 check_pixels(*image.size, f"image {path}", limit or 0)
                 image.load()  # decode now so truncated files fail here, not later
