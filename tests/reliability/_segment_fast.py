@@ -7,9 +7,14 @@ tests.reliability._segment_fast ARGS`` is ``ovss ARGS`` with this setting (used 
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+from pathlib import Path
 
 from ovss.models.base import ResizeConfig
+
+GATE_ENV = "OVSS_TEST_GATE"  # a path: the run (lock taken) writes GATE.waiting and waits for GATE to exist
 
 
 def patch_load_segmenter(module) -> None:
@@ -17,6 +22,11 @@ def patch_load_segmenter(module) -> None:
     original = module.load_segmenter
 
     def load(args):
+        gate = os.environ.get(GATE_ENV)
+        if gate:  # hold --out (the lock is taken before the model loads) until the test opens the gate
+            Path(gate + ".waiting").write_text(str(os.getpid()))
+            while not Path(gate).exists():
+                time.sleep(0.01)
         seg = original(args)
         seg.model.config.test_resize = ResizeConfig(size=64, max_size=256)
         return seg

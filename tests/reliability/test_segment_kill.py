@@ -49,7 +49,8 @@ def test_kill_9_then_rerun_leaves_no_junk_and_equals_a_clean_run(tmp_path, fast_
     clean = _outputs(tmp_path / "clean")
 
     out = tmp_path / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])}
+    path = os.pathsep.join([str(REPO / "src"), str(REPO)])  # this checkout's ovss, not an installed one
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     seed = random.randrange(2**32)
     pick = random.Random(seed)
     kills: list[list[str]] = []

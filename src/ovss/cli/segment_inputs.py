@@ -65,7 +65,7 @@ def _resolved(path: Path) -> str:
 
 
 def _kind(path: Path) -> str:
-    """"dir", "file", "loop" (a symbolic link loop) or "missing" (e.g. a dangling link)."""
+    """ "dir", "file", "loop" (a symbolic link loop) or "missing" (e.g. a dangling link)."""
     try:
         mode = path.stat().st_mode
     except OSError as exc:
