@@ -1,4 +1,4 @@
-"""``ovss segment`` owns its --out: one run at a time (lock), settings recorded, outputs re-checked on resume."""
+"""``ovss segment`` owns its --out: one run at a time, settings recorded, outputs re-checked on resume."""
 
 from __future__ import annotations
 

@@ -203,7 +203,8 @@ class Segmenter:
         """Segment one image.
 
         Args:
-            image: path, PIL image or (H, W, 3) uint8 RGB array.
+            image: path, http(s) URL (a ``str``; byte limit, timeout, refused offline: see
+                :mod:`ovss.data.remote`), PIL image or (H, W, 3) uint8 RGB array.
             classes: vocabulary (``"cat; sofa, couch; wall"``, a list, a file); None keeps the last one.
             return_scores: keep the full (K, H, W) score map in the result.
             tta: test-time augmentation: ``True`` (mmseg's ratios 0.5-1.75 + flip, 12 passes), a

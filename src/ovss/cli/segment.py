@@ -6,8 +6,11 @@ NAME.json (source path, model, vocabulary, per-class fractions and peak scores);
 writes the label PNG only (the compact mode for large folders).
 
 A re-run with the same --out skips the images already done with the same model, vocabulary and
-options and completes the rest (also after a kill); images that cannot be read are listed at the
-end (exit status 1) without stopping the others. Shard over processes or GPUs with torchrun; each
+options whose outputs are intact (size and sha256 logged) and completes the rest (also after a
+kill); a re-run with other settings stops and names them (--overwrite replaces the earlier
+results); a second run into an --out in use stops at once (--wait: waits). Images that cannot be
+read are listed at the end (exit status 1) without stopping the others. Inputs: files, folders
+(--recursive: sub-folders too) and http(s) URLs. Shard over processes or GPUs with torchrun; each
 rank takes a disjoint slice of the images:
 
     torchrun --nproc_per_node 4 -m ovss.cli.main segment photos/ --classes classes.txt \\
@@ -283,8 +286,13 @@ def _segment(
                 f"cannot write the results of {shown(files[i])} into {out}: {e.strerror or e}; free space or "
                 "fix the folder, then re-run the same command to finish"
             ) from None
-        record = {"source": sources[i], "name": names[i], "key": key, "outputs": list(outputs)}
-        record["files"] = files_written
+        record = {
+            "source": sources[i],
+            "name": names[i],
+            "key": key,
+            "outputs": list(outputs),
+            "files": files_written,
+        }
         # ASCII JSON: a non-UTF-8 file name (a lone surrogate in Python) is written as \\udcXX and read back
         log.write(json.dumps({**record, "t": time.time()}, ensure_ascii=True) + "\n")
         log.flush()  # the image counts as done only once all its outputs are in place

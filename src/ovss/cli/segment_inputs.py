@@ -82,7 +82,10 @@ def _is_own(folder: Path, out: Path) -> bool:
 def _folder_images(folder: Path, out: Path) -> tuple[list[Path], list[Path], list[Path]]:
     """(images, skipped, sub-folders) of one folder: skips ovss outputs, label PNGs beside their
     photos and (with a warning) symbolic link loops."""
-    images, skipped, folders, found = [], [], [], []
+    images: list[Path] = []
+    skipped: list[Path] = []
+    folders: list[Path] = []
+    found: list[Path] = []
     for p in sorted(folder.iterdir()):
         kind = _kind(p)
         if kind == "loop":

@@ -286,11 +286,13 @@ def outputs_intact(out: Path, record: dict[str, Any], outputs: tuple[str, ...]) 
             return False
         for entry in entries:
             path = _inside(out, entry.get("path") if isinstance(entry, dict) else None)
+            if path is None:
+                return False
             try:
-                st = path.stat() if path is not None else None
+                st = path.stat()
             except OSError:
                 return False
-            if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != entry.get("size"):
+            if not stat.S_ISREG(st.st_mode) or st.st_size != entry.get("size"):
                 return False
             if sha256_file(path) != entry.get("sha256"):
                 return False
