@@ -162,8 +162,8 @@ def test_cli_dtype_defaults_auto_for_segment_fp32_for_eval(monkeypatch, tmp_path
     photo = noise_photo(tmp_path / "photo.png", 40, 48, seed=4)
     out = tmp_path / "out"
     segment_max_scores([str(photo), "--model", "test-san-tiny", "--classes", "cat; sky"], out)
-    (run,) = (out / ".ovss-segment").glob("run-*.json")  # the settings a re-run must match
-    assert json.loads(run.read_text())["dtype"] == "bf16"
+    run = out / ".ovss-segment" / "settings.json"  # the settings a re-run must match
+    assert json.loads(run.read_text())["settings"]["dtype"] == "bf16"
     for command, default in (("segment", "auto"), ("demo", "auto"), ("eval", "fp32")):
         with pytest.raises(SystemExit):
             main([command, "--help"])

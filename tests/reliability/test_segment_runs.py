@@ -194,3 +194,20 @@ def _sha(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+def test_other_settings_are_free_while_no_image_is_done(tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    out = tmp_path / "out"
+    assert main(_args([bad], out)) == 1  # nothing done: settings recorded, no results
+    assert main(_args(_photos(tmp_path / "in", 1), out, "cat; dog")) == 0
+    assert _vocabularies(out) == {json.dumps([["cat"], ["dog"]])}
+    (out / STATE_DIR / "lock").unlink()
+    (out / STATE_DIR / "lock").mkdir()  # a lock file that cannot be opened: one line
+    capsys.readouterr()
+    assert main(_args(_photos(tmp_path / "in", 1), out, "cat; dog")) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"ovss: error: cannot open the lock file {out / STATE_DIR / 'lock'}: Is a directory; move it away or "
+        "choose another --out"
+    )

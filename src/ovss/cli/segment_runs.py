@@ -53,8 +53,14 @@ class OutputLock:
             import fcntl
         except ImportError:  # not a POSIX system: no advisory locks
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise OutputPathError(
+                f"cannot open the lock file {self.path}: {exc.strerror or exc}; move it away or choose "
+                "another --out"
+            ) from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -164,10 +170,11 @@ def prepare_out(out: Path, state: Path, settings: dict[str, Any], overwrite: boo
     state.mkdir(parents=True, exist_ok=True)
     recorded = _recorded_settings(state)
     key = settings_key(settings)
-    # without settings.json, results logged under the same key (other ranks of this run) are ours
-    has_results = any(r["key"] != key for r in iter_records(state))
+    records = [r["key"] for r in iter_records(state)]
+    if recorded is None:  # results logged under this key come from other ranks of this run
+        records = [k for k in records if k != key]
     status = "fresh"
-    if recorded is not None or has_results:
+    if records:  # no image done yet: nothing to mix, whatever the earlier settings were
         changed = describe_changes(recorded, settings) if recorded is not None else ""
         if recorded is not None and not changed:
             status = "resume"
