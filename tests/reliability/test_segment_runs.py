@@ -211,3 +211,31 @@ def test_other_settings_are_free_while_no_image_is_done(tmp_path, capsys):
         f"ovss: error: cannot open the lock file {out / STATE_DIR / 'lock'}: Is a directory; move it away or "
         "choose another --out"
     )
+
+
+def test_torchrun_ranks_share_the_lock_of_their_run(tmp_path):
+    """Rank 0 holds --out for the whole run: its ranks never lock each other out, and when another
+    run holds --out every rank stops with the one line (none waits forever for rank 0)."""
+    images = _photos(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = [sys.executable, *torchrun, "-m", "tests.reliability._segment_fast", *_args(images, out)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]),
+    }
+    lock = OutputLock(out / STATE_DIR).acquire(out)
+    try:
+        held = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        lock.release()
+    assert held.returncode != 0
+    lines = [line for line in held.stderr.splitlines() if line.startswith("ovss: error: ")]
+    assert len(lines) == 2 and all(
+        f"--out {out} is in use by another ovss segment run (pid {os.getpid()}" in x for x in lines
+    )
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "wrote 3 result(s)" in done.stdout
+    assert sorted(p.name for p in out.glob("*_label.png")) == ["p0_label.png", "p1_label.png", "p2_label.png"]
