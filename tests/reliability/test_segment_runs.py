@@ -239,3 +239,11 @@ def test_torchrun_ranks_share_the_lock_of_their_run(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "wrote 3 result(s)" in done.stdout
     assert sorted(p.name for p in out.glob("*_label.png")) == ["p0_label.png", "p1_label.png", "p2_label.png"]
+
+
+def test_a_run_that_fails_before_recording_its_settings_leaves_nothing(tmp_path, capsys):
+    out = tmp_path / "new" / "out"
+    photo = _photos(tmp_path / "in", 1)[0]
+    assert main(_args([photo], out, "a; b", "--weights", str(tmp_path / "missing.safetensors"))) == 1
+    assert "missing.safetensors does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # no lock file, no folder left by the failed command

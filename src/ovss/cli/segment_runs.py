@@ -37,61 +37,98 @@ T = TypeVar("T")
 
 # ------------------------------------------------------------------------------------------ lock
 class OutputLock:
-    """An exclusive advisory lock (``flock``) on ``STATE/lock``; :meth:`release` or process exit ends it."""
+    """An exclusive advisory lock (``flock``) on ``STATE/lock``; :meth:`release` or process exit ends it.
+
+    A run that ends before recording any settings (e.g. the model failed to load) removes the lock
+    file and the folders it created, so a failed command leaves nothing behind. Removal happens
+    while the lock is held, and a run that gets a lock checks that its file is still the one at
+    ``STATE/lock`` (else it locks the new one), so two runs never both hold the folder.
+    """
 
     def __init__(self, state: Path) -> None:
         self.path = state / LOCK_NAME
         self._fd: int | None = None
+        self._created: list[Path] = []  # folders this run created for the lock, deepest first
 
     def acquire(self, out: Path, wait: bool = False) -> OutputLock:
         """Take the lock; when another run holds it, raise one line (or, with ``wait``, block until it ends).
 
         Raises:
-            OutputPathError: ``out`` is in use by another run (and ``wait`` is false).
+            OutputPathError: ``out`` is in use by another run (and ``wait`` is false), or the lock
+                file cannot be opened.
         """
         try:
             import fcntl
         except ImportError:  # not a POSIX system: no advisory locks
             return self
+        self._created = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
+        while True:
+            fd = self._open()
+            try:
+                if not self._lock(fd, fcntl, out, wait) or self._is_current(fd):
+                    break
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # its last holder removed the file meanwhile: lock the one now in place
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": started}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        self._fd = fd
+        return self
+
+    def _open(self) -> int:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
             raise OutputPathError(
                 f"cannot open the lock file {self.path}: {exc.strerror or exc}; move it away or choose "
                 "another --out"
             ) from None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _holder(fd)
-                if not wait:
-                    raise OutputPathError(
-                        f"--out {out} is in use by another ovss segment run ({holder}); wait for it to end, "
-                        "add --wait to start when it ends, or choose another --out"
-                    ) from None
-                print(f"ovss: waiting for the run using --out {out} to end ({holder})", file=sys.stderr)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            except OSError as exc:  # a file system without locks: say so, go on unprotected
-                from ovss.cli.common import warn
 
-                warn(f"cannot lock --out {out} ({exc.strerror or exc}); make sure no other run uses it")
-            started = time.strftime("%Y-%m-%d %H:%M:%S")
-            me = {"pid": os.getpid(), "host": socket.gethostname(), "started": started}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(me).encode(), 0)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
-        return self
+    def _lock(self, fd: int, fcntl: Any, out: Path, wait: bool) -> bool:
+        """flock ``fd``; False when the file system has no locks (warned, the run goes on unprotected)."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            if not wait:
+                raise OutputPathError(
+                    f"--out {out} is in use by another ovss segment run ({holder}); wait for it to end, "
+                    "add --wait to start when it ends, or choose another --out"
+                ) from None
+            print(f"ovss: waiting for the run using --out {out} to end ({holder})", file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            from ovss.cli.common import warn
+
+            warn(f"cannot lock --out {out} ({exc.strerror or exc}); make sure no other run uses it")
+            return False
+        return True
+
+    def _is_current(self, fd: int) -> bool:
+        try:
+            here, there = os.fstat(fd), os.stat(self.path)
+        except OSError:
+            return False
+        return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
     def release(self) -> None:
-        """Give the lock back (closing the file releases the flock). The file itself stays."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Give the lock back (closing the file releases the flock). The file stays, unless this run
+        recorded no settings: then it and the folders the lock created are removed."""
+        if self._fd is None:
+            return
+        if not (self.path.parent / SETTINGS_NAME).exists():  # nothing of this run: leave no trace
+            self.path.unlink(missing_ok=True)  # still held: no other run can be using this file
+            for folder in self._created:
+                try:
+                    folder.rmdir()  # only when empty
+                except OSError:
+                    break
+        os.close(self._fd)
+        self._fd = None
 
 
 def _holder(fd: int) -> str:
