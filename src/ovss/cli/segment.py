@@ -216,7 +216,8 @@ def _run_locked(
             todo.append(i)
         elif not outputs_intact(out, record, outputs):
             todo.append(i)
-            damaged += bool(record.get("files"))  # outputs of an older ovss have no digests to check
+            logged = record.get("files")  # not a dict: an older ovss, no digests to check
+            damaged += isinstance(logged, dict) and set(outputs) <= set(logged)  # not just new kinds
     _tell_skipped(rank, skipped, len(mine), len(todo), damaged, out)
     files = [x.src for x in inputs]
     failures = _segment(seg, vocab, files, sources, names, todo, out, outputs, state, rank, key, args)
