@@ -44,6 +44,11 @@ class _Handler(BaseHTTPRequestHandler):
         elif self.path == "/slow.png":
             type(self).release.wait(30)  # answers only when the test ends
             self._send(200, body, length=True)
+        elif self.path == "/cut.png":  # the connection ends before the declared length
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:10])
         elif self.path == "/to-ftp":
             self.send_response(302)
             self.send_header("Location", "ftp://127.0.0.1/x.png")
@@ -83,6 +88,8 @@ def server(monkeypatch):
 def test_a_url_reads_like_the_file(server, tmp_path):
     np.testing.assert_array_equal(read_image(f"{server}/img/cat.png"), PIXELS)
     np.testing.assert_array_equal(read_image(f"{server}/img/cat.png?size=1#x"), PIXELS)
+    np.testing.assert_array_equal(read_image(f"{server}/img/a café.png"), PIXELS)  # sent as %XX
+    assert _Handler.requests[-1] == "/img/a%20caf%C3%A9.png"
 
 
 def test_limits_errors_and_schemes_are_one_line(server, monkeypatch):
@@ -107,6 +114,8 @@ def test_limits_errors_and_schemes_are_one_line(server, monkeypatch):
         ImageReadError, match=r"slow.png: no answer within 0.2 s; retry, raise OVSS_URL_TIMEOUT"
     ):
         read_image(f"{server}/slow.png")
+    with pytest.raises(ImageReadError, match=r"cannot download .*/cut.png: the connection ended after 10 of \d+ bytes; retry"):
+        read_image(f"{server}/cut.png")
     with pytest.raises(ImageReadError, match=r"redirects to ftp://127.0.0.1/x.png: not an http\(s\) URL"):
         read_image(f"{server}/to-ftp")
     for url in ("file:///etc/hostname", "ftp://127.0.0.1/x.png"):

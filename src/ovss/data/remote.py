@@ -15,6 +15,7 @@ Rules (used by :func:`ovss.data.io.read_image`, ``Segmenter.predict`` and ``ovss
 
 from __future__ import annotations
 
+import http.client
 import math
 import os
 import re
@@ -91,8 +92,11 @@ def fetch(url: str) -> bytes:
     check_url(url)
     max_bytes, timeout = url_limits()
     opener = urllib.request.build_opener(_HttpOnlyRedirects)
-    request = urllib.request.Request(url, headers={"User-Agent": "ovss", "Accept": "image/*,*/*;q=0.5"})
+    quoted = urllib.parse.quote(url, safe=":/?#[]@!$&'()*+,;=%~")  # non-ASCII and spaces as %XX
     try:
+        request = urllib.request.Request(
+            quoted, headers={"User-Agent": "ovss", "Accept": "image/*,*/*;q=0.5"}
+        )
         with opener.open(request, timeout=timeout) as response:
             declared = response.headers.get("Content-Length")
             if declared and declared.strip().isdigit() and int(declared) > max_bytes:
@@ -102,6 +106,11 @@ def fetch(url: str) -> bytes:
                 data += block
                 if len(data) > max_bytes:
                     raise _too_large(url, None, max_bytes)
+            if declared and declared.strip().isdigit() and len(data) < int(declared):
+                raise ImageReadError(
+                    f"cannot download {url}: the connection ended after {len(data)} of {int(declared)} "
+                    "bytes; retry"
+                )
     except urllib.error.HTTPError as exc:
         raise ImageReadError(f"cannot download {url}: HTTP {exc.code} {exc.reason}; check the URL") from None
     except urllib.error.URLError as exc:
@@ -112,8 +121,10 @@ def fetch(url: str) -> bytes:
         raise ImageReadError(f"cannot download {url}: {why}") from None
     except TimeoutError:
         raise _timed_out(url, timeout) from None
-    except OSError as exc:  # connection reset, incomplete read, ...
+    except OSError as exc:  # connection reset, ...
         raise ImageReadError(f"cannot download {url}: {exc.strerror or exc}") from None
+    except (http.client.HTTPException, ValueError) as exc:  # a cut body, a malformed URL or answer
+        raise ImageReadError(f"cannot download {url}: {type(exc).__name__} {exc}".rstrip()) from None
     if not data:
         raise ImageReadError(f"cannot read {url}: the server sent an empty body; check the URL")
     return bytes(data)
