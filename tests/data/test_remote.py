@@ -114,7 +114,9 @@ def test_limits_errors_and_schemes_are_one_line(server, monkeypatch):
         ImageReadError, match=r"slow.png: no answer within 0.2 s; retry, raise OVSS_URL_TIMEOUT"
     ):
         read_image(f"{server}/slow.png")
-    with pytest.raises(ImageReadError, match=r"cannot download .*/cut.png: the connection ended after 10 of \d+ bytes; retry"):
+    with pytest.raises(
+        ImageReadError, match=r"cannot download .*/cut.png: the connection ended after 10 of \d+ bytes; retry"
+    ):
         read_image(f"{server}/cut.png")
     with pytest.raises(ImageReadError, match=r"redirects to ftp://127.0.0.1/x.png: not an http\(s\) URL"):
         read_image(f"{server}/to-ftp")
