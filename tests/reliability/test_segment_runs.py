@@ -203,6 +203,11 @@ def test_other_settings_are_free_while_no_image_is_done(tmp_path, capsys):
     assert main(_args([bad], out)) == 1  # nothing done: settings recorded, no results
     assert main(_args(_photos(tmp_path / "in", 1), out, "cat; dog")) == 0
     assert _vocabularies(out) == {json.dumps([["cat"], ["dog"]])}
+    (out / STATE_DIR / "settings.json").write_text("{not json")
+    capsys.readouterr()
+    assert main(_args(_photos(tmp_path / "in", 1), out, "cat; dog")) == 1
+    assert "settings.json is unreadable (" in capsys.readouterr().err
+    assert main(_args(_photos(tmp_path / "in", 1), out, "cat; dog", "--overwrite")) == 0
     (out / STATE_DIR / "lock").unlink()
     (out / STATE_DIR / "lock").mkdir()  # a lock file that cannot be opened: one line
     capsys.readouterr()

@@ -205,7 +205,12 @@ def prepare_out(out: Path, state: Path, settings: dict[str, Any], overwrite: boo
     from ovss.utils import atomic_write_text
 
     state.mkdir(parents=True, exist_ok=True)
-    recorded = _recorded_settings(state)
+    try:
+        recorded = _recorded_settings(state)
+    except OutputPathError:
+        if not overwrite:
+            raise
+        recorded = {"settings.json": "unreadable"}  # replaced below, with the results it described
     key = settings_key(settings)
     records = [r["key"] for r in iter_records(state)]
     if recorded is None:  # results logged under this key come from other ranks of this run
