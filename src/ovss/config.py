@@ -9,7 +9,9 @@ override syntax used by the CLI, typed from the field annotations.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -23,6 +25,24 @@ C = TypeVar("C", bound="Config")
 @dataclasses.dataclass(kw_only=True)
 class Config:
     """Base of every config dataclass: JSON round trip and typed dotted overrides."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Every config checks that its numbers are finite before its own validation runs: NaN passes
+        # every comparison (``lr <= 0`` is False), so a field check alone lets ``lr=NaN`` through.
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if own is not None and not getattr(own, "_checks_finite", False):
+
+            @functools.wraps(own)
+            def post_init(self: Config) -> None:
+                check_finite(self)
+                own(self)
+
+            post_init._checks_finite = True  # type: ignore[attr-defined]
+            cls.__post_init__ = post_init  # type: ignore[attr-defined]
+
+    def __post_init__(self) -> None:
+        check_finite(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible dict (nested configs become dicts, tuples become lists)."""
@@ -90,6 +110,33 @@ class Config:
                 else:
                     node = node[part]
         return type(self).from_dict(data)
+
+
+def check_finite(config: Config) -> None:
+    """Raise ConfigError naming the first field of ``config`` that holds a NaN or infinite float (also
+    inside tuples, lists and dicts; nested configs check themselves when they are built)."""
+    for f in dataclasses.fields(config):
+        bad = _non_finite(getattr(config, f.name, None))
+        if bad is not None:
+            raise ConfigError(
+                f"{type(config).__name__}.{f.name} must be a finite number, got {bad}; give a real value "
+                "(NaN and infinity are not accepted)"
+            )
+
+
+def _non_finite(value: Any) -> float | None:
+    if isinstance(value, float):
+        return None if math.isfinite(value) else value
+    if isinstance(value, (list, tuple)):
+        values = value
+    elif isinstance(value, dict):
+        values = list(value.values())
+    else:
+        return None
+    for v in values:
+        if not isinstance(v, Config) and (bad := _non_finite(v)) is not None:
+            return bad
+    return None
 
 
 def _to_plain(value: Any) -> Any:

@@ -126,7 +126,7 @@ def test_tta_options_and_errors():
     assert parse_tta({"scales": [0.5], "flip": False}) == TTAConfig(scales=(0.5,), flip=False)
     assert TTAConfig.from_json(TTAConfig(scales=(0.5, 1.0)).to_json()) == TTAConfig(scales=(0.5, 1.0))
     assert parse_scales("0.5, 1,1.5") == (0.5, 1.0, 1.5)
-    with pytest.raises(ConfigError, match="TTA scales must be positive ratios"):
+    with pytest.raises(ConfigError, match=r"TTA scales must be ratios of the test size in \(0, 4\]"):
         TTAConfig(scales=(0.0, 1.0))
     message = "--tta-scales takes comma-separated ratios like 0.5,1,1.5, got 'x'$"
     with pytest.raises(ConfigError, match=message):
@@ -149,7 +149,7 @@ def test_segment_cli_tta_flags(tmp_path, capsys):
     assert max_scores("one", "--tta-scales", "1", "--no-tta-flip") == plain  # the plain prediction
     assert max_scores("tta", "--tta-scales", "0.5,1") != plain  # the flags reach predict
     assert main([*base, "--tta-scales", "0,1", "--out", str(tmp_path / "bad")]) == 1
-    assert "TTA scales must be positive ratios" in capsys.readouterr().err
+    assert "--tta-scales must be ratios of the test size in (0, 4]" in capsys.readouterr().err
 
 
 def test_eval_cli_tta_flags_and_default_out():

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ovss.api.result import SegmentationResult
-from ovss.api.tta import TTAConfig, mean_blocks, parse_tta, scaled_size
+from ovss.api.tta import TTAConfig, check_pass_sizes, mean_blocks, parse_tta, scaled_size
 from ovss.data.io import ImageInput, read_image
 from ovss.errors import ImageReadError, OvssError
 from ovss.models.base import SegmentationModel
@@ -278,6 +278,7 @@ class Segmenter:
             batch = self._normalise([t for _, t, _ in items], items[0][2])
             blocks = self._score_blocks(batch, items[0][2], out_size, **options)
         else:
+            check_pass_sizes(items[0][2], tta)
             blocks = mean_blocks([
                 (flip, self._augmented_blocks(items, scale, flip, out_size, options))
                 for scale, flip in tta.augmentations

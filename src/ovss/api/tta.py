@@ -20,16 +20,44 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Iterator, Sequence
+import numbers
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ovss.config import Config
-from ovss.errors import ConfigError
+from ovss.errors import ConfigError, ImageTooLargeError
 
 if TYPE_CHECKING:  # torch is imported where the maps are averaged: the CLI parsers stay light
     import torch
 
 MMSEG_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmsegmentation's default ``img_ratios``
+
+
+MAX_SCALE = 4.0  # the largest ratio: 4x the test size is 16x its pixels in one pass
+MAX_SCALES = 16  # at most this many ratios (32 passes with the flip)
+MAX_PASS_PIXELS = 4096 * 4096  # pixels of one pass's input (scaled test size), whatever the ratio
+
+
+def check_scales(scales: object, what: str) -> tuple[float, ...]:
+    """``scales`` as floats, or ConfigError (named ``what``) unless there are 1..MAX_SCALES ratios, each
+    a finite number in (0, MAX_SCALE]."""
+    if isinstance(scales, (str, bytes, dict)) or not isinstance(scales, Iterable):
+        raise ConfigError(f"{what} must be a list of ratios like (0.5, 1.0, 1.5), got {scales!r}")
+    items = tuple(scales)
+    if any(isinstance(s, bool) or not isinstance(s, numbers.Real) for s in items):
+        shown = repr(list(items)) if len(items) <= 8 else f"{len(items)} items"
+        raise ConfigError(f"{what} must be numbers like 0.5, 1.0, 1.5, got {shown}")
+    values = tuple(float(s) for s in items)
+    if not 1 <= len(values) <= MAX_SCALES:
+        raise ConfigError(
+            f"{what}: give 1 to {MAX_SCALES} ratios (each is one or two forward passes), got {len(values)}"
+        )
+    bad = [s for s in values if not 0 < s <= MAX_SCALE]  # NaN fails the comparison too
+    if bad:
+        raise ConfigError(
+            f"{what} must be ratios of the test size in (0, {MAX_SCALE:g}], got {bad[0]:g}; e.g. 0.5,1,1.5"
+        )
+    return values
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -45,9 +73,7 @@ class TTAConfig(Config):
     flip: bool = True
 
     def __post_init__(self) -> None:
-        self.scales = tuple(float(s) for s in self.scales)
-        if not self.scales or any(not s > 0 for s in self.scales):
-            raise ConfigError(f"TTA scales must be positive ratios (e.g. 0.5, 1.0, 1.5), got {self.scales}")
+        self.scales = check_scales(self.scales, "TTA scales")
 
     @property
     def augmentations(self) -> list[tuple[float, bool]]:
@@ -77,7 +103,7 @@ def parse_scales(text: str) -> tuple[float, ...]:
         scales = tuple(float(s) for s in text.replace(" ", "").split(",") if s)
     except ValueError:
         raise ConfigError(f"--tta-scales takes comma-separated ratios like 0.5,1,1.5, got {text!r}") from None
-    return TTAConfig(scales=scales).scales
+    return TTAConfig(scales=check_scales(scales, "--tta-scales")).scales
 
 
 def add_tta_arguments(p: argparse.ArgumentParser) -> None:
@@ -112,6 +138,19 @@ def tta_option(args: argparse.Namespace) -> bool | dict | None:
 def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
     """(h, w) times ``scale``, rounded, at least 1 pixel a side."""
     return max(1, int(size[0] * scale + 0.5)), max(1, int(size[1] * scale + 0.5))
+
+
+def check_pass_sizes(size: tuple[int, int], tta: TTAConfig) -> None:
+    """Raise ImageTooLargeError when a scale makes one pass's input (``size`` = the test size (h, w))
+    larger than MAX_PASS_PIXELS, before any pass runs."""
+    for scale in tta.scales:
+        h, w = scaled_size(size, scale)
+        if h * w > MAX_PASS_PIXELS:
+            raise ImageTooLargeError(
+                f"TTA scale {scale:g} makes this image's {size[1]}x{size[0]} test size {w}x{h} pixels "
+                f"({h * w / 1e6:.1f}M) for one pass; at most {MAX_PASS_PIXELS / 1e6:.1f}M pixels per pass: "
+                "use smaller --tta-scales"
+            )
 
 
 def mean_blocks(

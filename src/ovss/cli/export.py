@@ -38,8 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         nargs=2,
         default=None,
         metavar=("H", "W"),
-        help="input size baked into the graph, multiples of the model's padding (32) "
-        "(default: the model's test size, 640 640)",
+        help="input size baked into the graph, multiples of the model's padding (32), each side at most "
+        "4096 and H x W at most 2048 x 2048 (default: the model's test size, 640 640)",
     )
     p.add_argument(
         "--inference",
@@ -61,10 +61,12 @@ def run(args: argparse.Namespace) -> int:
     from ovss.api.segmenter import load
     from ovss.cli.common import ensure_writable_file
     from ovss.errors import OvssError
-    from ovss.export.onnx import check_opset, export_onnx
+    from ovss.export.onnx import check_export_size, check_opset, export_onnx
 
     ensure_writable_file(args.out)  # before the model loads
     check_opset(args.opset)
+    if args.size:
+        check_export_size(args.size)
     seg = load(args.model, weights=args.weights)
     cfg = seg.model.config
     options = {}

@@ -71,6 +71,23 @@ def check_opset(opset: int) -> int:
     return opset
 
 
+MAX_EXPORT_SIDE = 4096  # largest side of the export size (the official test sizes are 384..640)
+MAX_EXPORT_PIXELS = 2048 * 2048  # largest H x W: tracing holds the whole score map and its activations
+
+
+def check_export_size(size: Sequence[int]) -> None:
+    """OvssError unless ``size`` is two integers (H, W), each in 1..MAX_EXPORT_SIDE, H*W at most
+    MAX_EXPORT_PIXELS; checked before the model loads (a 65536 x 65536 trace would allocate ~48 GiB)."""
+    if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) for s in size):
+        raise OvssError(f"export size {tuple(size)!r} must be two integers H W, e.g. --size 640 640")
+    h, w = int(size[0]), int(size[1])
+    if not (0 < h <= MAX_EXPORT_SIDE and 0 < w <= MAX_EXPORT_SIDE) or h * w > MAX_EXPORT_PIXELS:
+        raise OvssError(
+            f"export size {h} {w} is out of range: each side 1..{MAX_EXPORT_SIDE} and H x W at most "
+            f"{MAX_EXPORT_PIXELS} ({MAX_EXPORT_PIXELS / 1e6:.1f}M pixels); e.g. --size 640 640"
+        )
+
+
 def suggest_size(size: Sequence[int], div: int) -> str:
     """``"--size H W"`` with each side rounded up to a multiple of ``div`` (for error messages)."""
     h, w = (max(div, -(-int(s) // div) * div) for s in size)
@@ -126,6 +143,7 @@ def export_onnx(
     except ImportError:
         raise missing_dependency("onnx", "export") from None
     check_opset(opset)
+    check_export_size(size)
     div = max(model.config.size_divisibility, 1)
     if len(size) != 2 or min(size) <= 0 or size[0] % div or size[1] % div:
         raise OvssError(

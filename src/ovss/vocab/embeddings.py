@@ -35,6 +35,7 @@ Encoder = Callable[[torch.Tensor], torch.Tensor]  # tokens (P, K, L) -> (K, ...)
 
 CACHE_VERSION = "2"
 DEFAULT_MEMORY_MB = 256.0
+MAX_MEMORY_MB = 65536.0  # 64 GiB: a bound for $OVSS_TEXT_CACHE_MB / memory_mb (NaN and infinity refused)
 _log = logging.getLogger("ovss")
 
 
@@ -49,9 +50,19 @@ def default_memory_mb() -> float:
         value = float(raw) if raw else DEFAULT_MEMORY_MB
     except ValueError:
         raise CacheError(f"OVSS_TEXT_CACHE_MB={raw!r} is not a number; set MiB to keep, e.g. 256") from None
-    if value < 0:
-        raise CacheError(f"OVSS_TEXT_CACHE_MB={raw!r} is negative; set it to the MiB to keep (0: no cache)")
-    return value
+    return check_memory_mb(value, f"OVSS_TEXT_CACHE_MB={raw!r}")
+
+
+def check_memory_mb(value: float, what: str) -> float:
+    """``value`` when it is a finite number of MiB in [0, MAX_MEMORY_MB], else CacheError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CacheError(f"{what} is not a number; set the MiB of text embeddings to keep, e.g. 256")
+    if not 0 <= value <= MAX_MEMORY_MB:  # NaN fails the comparison too
+        raise CacheError(
+            f"{what} is out of range; set the MiB of text embeddings to keep, from 0 (no cache) to "
+            f"{MAX_MEMORY_MB:g}, e.g. 256"
+        )
+    return float(value)
 
 
 def _checksum(entries: Mapping[str, torch.Tensor]) -> str:
@@ -98,7 +109,10 @@ class TextEmbedder:
         self.chunk = chunk
         self.cache_id = cache_id
         self._tokenize = tokenize
-        self.memory_limit = int((default_memory_mb() if memory_mb is None else memory_mb) * (1 << 20))
+        if memory_mb is not None:
+            check_memory_mb(memory_mb, f"memory_mb={memory_mb!r}")
+        mb = default_memory_mb() if memory_mb is None else float(memory_mb)
+        self.memory_limit = int(mb * (1 << 20))
         self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()  # oldest first
         self._bytes = 0
         self._disk_path = (

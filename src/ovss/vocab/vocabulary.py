@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -177,12 +178,20 @@ def _looks_like_file(text: str) -> bool:
     text = text.strip()
     if not text or "\n" in text or len(text) > 4096:
         return False
-    path = Path(text).expanduser()
-    if path.exists():
+    if _exists(Path(text)):
         return True
     return bool(_FILE_SUFFIX.match(Path(text).suffix)) or text.startswith(("./", "../", "~/", "/")) or (
         text.endswith("/")
     )
+
+
+def _exists(path: Path) -> bool:
+    """Whether ``path`` names something on disk; False when the name cannot be a path at all (too long,
+    a NUL byte, no permission to look: ``OSError`` / ``ValueError``), so such text is read as classes."""
+    try:
+        return path.expanduser().exists()
+    except (OSError, ValueError, RuntimeError):  # RuntimeError: "~user" of an unknown user
+        return False
 
 
 def _decode(path: Path, data: bytes) -> str:
@@ -206,16 +215,24 @@ def _decode(path: Path, data: bytes) -> str:
 
 
 def _read_file(path: Path) -> Vocabulary:
-    path = path.expanduser()
-    if path.is_dir():
-        raise VocabularyError(f"class file {path} is a folder; pass a .txt (one class per line) or .json")
-    if path.exists() and not path.is_file():
-        raise VocabularyError(f"class file {path} is not a regular file; pass a .txt or .json file")
-    if not path.is_file():
+    try:
+        path = path.expanduser()
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
         raise VocabularyError(
-            f"class file {path} does not exist; pass an existing .txt/.json file (or class names separated "
-            'by ";")'
-        )
+            f"class file {_shown(path)} does not exist; pass an existing .txt/.json file (or class names "
+            'separated by ";")'
+        ) from None
+    except (OSError, ValueError, RuntimeError) as e:  # name too long, loop, NUL byte, unknown ~user
+        reason = getattr(e, "strerror", None) or e
+        raise VocabularyError(
+            f"cannot read class file {_shown(path)} ({reason}); pass an existing .txt/.json file (or class "
+            'names separated by ";")'
+        ) from None
+    if stat.S_ISDIR(mode):
+        raise VocabularyError(f"class file {path} is a folder; pass a .txt (one class per line) or .json")
+    if not stat.S_ISREG(mode):
+        raise VocabularyError(f"class file {path} is not a regular file; pass a .txt or .json file")
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -226,6 +243,11 @@ def _read_file(path: Path) -> Vocabulary:
         return Vocabulary.from_names(_load_json_list(text, str(path)), unique=True)
     lines = [line.strip() for line in text.splitlines()]
     return Vocabulary.from_names([line for line in lines if line and not line.startswith("#")], unique=True)
+
+
+def _shown(path: Path) -> str:
+    text = str(path)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _load_json_list(text: str, where: str) -> list:
