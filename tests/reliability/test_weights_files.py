@@ -28,6 +28,8 @@ from ovss.weights import cache, modelfile, registry
 from ovss.weights.cache import converted_path, load_model, save_model_file
 from tests.conftest import needs, parity_dir
 
+V3 = modelfile.FORMAT_VERSION
+
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
@@ -118,12 +120,12 @@ def test_corrupt_weights_through_the_cli(tiny, tmp_path, home, capsys):
 def test_metadata_without_family_is_a_clear_error(tiny, tmp_path, home):
     state, config = tiny
     path = tmp_path / "nofamily.safetensors"
-    save_file(dict(state), str(path), metadata={"ovss_format": "2", "config": config.to_json()})
+    save_file(dict(state), str(path), metadata={"ovss_format": V3, "config": config.to_json()})
     with pytest.raises(
         WeightsFileError, match=r"has no 'family' entry in its metadata \(expected one of san"
     ):
         ovss.load(path)
-    save_file(dict(state), str(path), metadata={"ovss_format": "2", "family": "san", "config": "{bad"})
+    save_file(dict(state), str(path), metadata={"ovss_format": V3, "family": "san", "config": "{bad"})
     with pytest.raises(WeightsFileError, match="has an invalid model config in its metadata"):
         ovss.load(path)
     save_file(dict(state), str(path), metadata={"ovss_format": "9", "family": "san", "config": "{}"})
@@ -146,18 +148,19 @@ def test_flipped_bytes_in_the_cache_are_detected(tiny, home, monkeypatch):
     target = converted_path("san-vit-b16")
     write_tiny(target, tiny, name="san-vit-b16", source_format="san_d2", source_sha256="ab" * 32)
     meta = modelfile.open_model_file(target).metadata
-    assert len(meta["data_sha256"]) == 64 and meta["ovss_format"] == "2"
+    assert len(meta["content_sha256"]) == 64 and meta["ovss_format"] == "3"
     seg = ovss.load("san-vit-b16")  # first use: full check, then a stamp
     assert seg.name == "san-vit-b16" and modelfile.stamp_path(target).is_file()
     # unchanged file: the stamp makes the check free (no hashing)
     with monkeypatch.context() as m:
-        m.setattr(modelfile.ModelFile, "_hash", lambda self: pytest.fail("hashed an unchanged cache file"))
+        m.setattr(modelfile.ModelFile, "_hash", lambda *a: pytest.fail("hashed an unchanged cache file"))
         ovss.load("san-vit-b16")
     flip_byte(target)
     with pytest.raises(WeightsFileError) as info:
         ovss.load("san-vit-b16")
     msg = str(info.value)
-    assert "is corrupt: its data has sha256" in msg and "delete it and run 'ovss download san-vit-b16'" in msg
+    assert "is corrupt or was edited: its content (config, names and data) has sha256" in msg
+    assert "delete it and run 'ovss download san-vit-b16'" in msg
 
 
 def test_flipped_bytes_in_a_file_given_by_path_are_detected(tiny, tmp_path, home):
@@ -169,15 +172,14 @@ def test_flipped_bytes_in_a_file_given_by_path_are_detected(tiny, tmp_path, home
         load_model(path)
 
 
-def test_legacy_cache_file_without_digest_is_protected_from_first_use(tiny, home):
+def test_legacy_cache_file_without_digest_is_refused_with_the_fix(tiny, home):
     state, config = tiny
     target = converted_path("san-vit-b16")
     target.parent.mkdir(parents=True)
     meta = {"ovss_format": "1", "family": "san", "config": config.to_json(), "name": "san-vit-b16"}
     save_file(dict(state), str(target), metadata=meta)
-    ovss.load("san-vit-b16")
-    flip_byte(target)
-    with pytest.raises(WeightsFileError, match="is corrupt"):
+    expected = r"earlier ovss \(ovss_format 1\).*delete it and run 'ovss download"
+    with pytest.raises(WeightsFileError, match=expected):
         ovss.load("san-vit-b16")
 
 
@@ -191,7 +193,7 @@ def test_crafted_config_asking_for_a_huge_model_does_not_allocate(tiny, tmp_path
     _, config = tiny
     huge = dataclasses.replace(config, side_depth=20000, deep_supervision=(20000,))
     path = tmp_path / "crafted.safetensors"
-    save_file({"x": torch.zeros(4)}, str(path), metadata={"ovss_format": "2", "family": "san",
+    save_file({"x": torch.zeros(4)}, str(path), metadata={"ovss_format": V3, "family": "san",
                                                          "config": huge.to_json()})  # fmt: skip
     assert path.stat().st_size < 4096
     child = textwrap.dedent(
@@ -334,7 +336,7 @@ def test_segment_reads_and_checks_a_weights_file_once(tiny, tmp_path, home, monk
     real_open, real_hash = cache.open_model_file, modelfile.ModelFile._hash
     real_load = modelfile.ModelFile.load_tensors
     monkeypatch.setattr(cache, "open_model_file", lambda *a, **k: opened.append(a) or real_open(*a, **k))
-    monkeypatch.setattr(modelfile.ModelFile, "_hash", lambda self: hashed.append(1) or real_hash(self))
+    monkeypatch.setattr(modelfile.ModelFile, "_hash", lambda s, *a: hashed.append(1) or real_hash(s, *a))
     monkeypatch.setattr(modelfile.ModelFile, "load_tensors", lambda self: loaded.append(1) or real_load(self))
     img = small_png(tmp_path / "x.png")
     args = ["segment", str(img), "--model", str(path), "--classes", "a; b", "--out", str(tmp_path / "o")]

@@ -2,9 +2,10 @@
 
 Each NAME (see ``ovss models``) is downloaded from the Hugging Face Hub into $OVSS_HOME/hub (resumed
 when interrupted; checked against its sha256) and converted into $OVSS_HOME/weights/NAME.safetensors,
-which records a digest of its data. A NAME already converted and intact is skipped; a converted file
-that fails its integrity check is converted again. Weights without a hub copy (SED, the mmseg SAN
-files) are downloaded by hand and installed with 'ovss convert NAME FILE'.
+which records a digest of its config and data. A NAME already converted and intact is skipped; a
+converted file that fails its integrity check (or was written by an earlier ovss) is converted again.
+Weights without a hub copy (SED, the mmseg SAN files) are downloaded by hand and installed with
+'ovss convert NAME FILE'.
 
 Environment: OVSS_HOME (cache root, default ~/.cache/ovss), HF_ENDPOINT (a Hub mirror),
 OVSS_OFFLINE=1 or HF_HUB_OFFLINE=1 (never use the network: only already downloaded files convert).
@@ -36,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ovss.errors import WeightsFileError
+    from ovss.errors import CheckpointMismatchError, WeightsFileError
     from ovss.weights.cache import (
         check_file_slot,
         convert_checkpoint,
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
                 mf = open_model_file(target)
                 mf.model_config()
                 mf.verify(stamp=stamp_path(target))
-            except WeightsFileError as e:
+            except (WeightsFileError, CheckpointMismatchError) as e:  # damaged, old format, no metadata
                 say(f"{spec.name}: the converted file is damaged ({str(e).split('; ')[0]}); converting again")
             else:
                 print(f"{spec.name}: already at {target}")

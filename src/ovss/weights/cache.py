@@ -4,7 +4,7 @@
   ``$OVSS_HOME/hub`` or downloaded (``HF_ENDPOINT`` honoured; an unreachable endpoint fails at once
   with one line; offline mode, ``OVSS_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``, never touches the network).
 - ``convert_checkpoint``: official (or ovss) file -> ``$OVSS_HOME/weights/<name>.safetensors``, a
-  self-describing file (:mod:`ovss.weights.modelfile`) carrying the digest of its data.
+  self-describing file (:mod:`ovss.weights.modelfile`) carrying a digest of its config and data.
 - ``load_model``: registry name, file path, or name + explicit file -> (model, info). Each file is
   opened, checked (header, metadata, shapes on the meta device, integrity) and read exactly once.
 
@@ -224,7 +224,7 @@ def convert_checkpoint(spec: WeightSpec, source: Path, out: Path | None = None) 
     if looks_like_safetensors(source):
         mf = open_model_file(source)
         if mf.is_ovss:
-            _, family = mf.model_config()
+            _, family = mf.model_config(legacy_ok=True)  # the architecture comes from spec, not the file
             if family != spec.family:
                 raise CheckpointMismatchError(
                     f"{source} holds a {family} model (ovss file), not {spec.name}; pass a {spec.family} file"

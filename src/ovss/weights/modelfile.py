@@ -4,15 +4,23 @@ File layout (safetensors): an 8-byte little-endian header length N, N bytes of J
 names, dtypes, shapes, byte ranges, and a ``__metadata__`` table of strings), then the tensor data.
 ovss writes these metadata keys:
 
-- ``ovss_format``: ``"2"`` (``"1"`` files have no data digest and are still read);
+- ``ovss_format``: ``"3"``;
 - ``family``: ``san`` | ``catseg`` | ``sed``; ``config``: the model config as JSON;
-- ``data_sha256``: sha256 of the data region (everything after the header), recorded when written;
+- ``content_sha256``: sha256 of the whole file (header with every metadata entry, tensor names,
+  shapes and byte ranges, then the data) as written with this entry's value set to a fixed
+  placeholder: editing the config (a pixel mean, say), the family, a tensor's name or its data
+  is detected;
 - ``name``, ``source_format``, ``source_sha256`` where the file was converted from a release.
+
+Files of earlier formats (``"1"``: no digest; ``"2"``: ``data_sha256``, a digest of the tensor data
+only, which missed edits of the config) are refused for loading with one line saying how to convert
+them again; ``ovss convert NAME OLD_FILE`` accepts them as a source (its data digest is checked and
+the architecture comes from the registry entry NAME, not from the old file).
 
 Everything is checked before a byte of tensor data is allocated: the header structure against the
 file size (truncated or padded files), the metadata (family, config), and the config's parameter
 shapes against the file's, on the meta device with a budget that stops a crafted config asking for a
-huge model. The data digest is verified once per file and process (``verify``), or, for the
+huge model. The digest is verified once per file and process (``verify``), or, for the
 converted-weights cache, once per change of the file (a stamp of size, mtime, ctime and inode).
 """
 
@@ -38,8 +46,11 @@ from ovss.utils import atomic_write
 if TYPE_CHECKING:
     from ovss.models.base import ModelConfig
 
-FORMAT_VERSION = "2"
-KNOWN_VERSIONS = ("1", "2")
+FORMAT_VERSION = "3"
+LEGACY_VERSIONS = ("1", "2")  # digest over the tensor data only (2) or none (1): re-convert
+KNOWN_VERSIONS = (*LEGACY_VERSIONS, FORMAT_VERSION)
+DIGEST_KEY = "content_sha256"  # format 3: the whole file, this value written as the placeholder
+DEFAULT_FIX = "re-download or re-convert it"
 MAX_HEADER = 100 << 20  # bytes; the safetensors library refuses larger headers too
 MAX_RESIZE_SIDE = 16384  # test_resize sizes a config may ask for
 _CHUNK = 8 << 20
@@ -104,24 +115,34 @@ class ModelFile:
         return WeightsFileError(f"{self.path} {problem}; {self.fix}")
 
     # ------------------------------------------------------------------------------ metadata
-    def model_config(self) -> tuple[ModelConfig, str]:
+    def model_config(self, legacy_ok: bool = False) -> tuple[ModelConfig, str]:
         """(config, family) from the ovss metadata, validated.
 
+        Args:
+            legacy_ok: accept files of the earlier formats (``ovss convert``, which takes the
+                architecture from the registry, not from the file); else they are refused.
+
         Raises:
-            WeightsFileError: no ovss metadata, unknown version, no or unknown family, bad config.
+            WeightsFileError: no ovss metadata, unknown or earlier version, no or unknown family, bad config.
         """
         from ovss.models.build import FAMILIES, family_classes
 
         meta = self.metadata
         if not self.is_ovss:
-            raise CheckpointMismatchError(
-                f"{self.path} is a safetensors file without ovss metadata; pass it with --model NAME "
-                f"--weights {self.path}"
+            how = (
+                self.fix if self.fix != DEFAULT_FIX  # the converted-weights cache: its own file lost them
+                else f"pass it with --model NAME --weights {self.path}"
             )
+            raise CheckpointMismatchError(f"{self.path} is a safetensors file without ovss metadata; {how}")
         if meta["ovss_format"] not in KNOWN_VERSIONS:
             raise self.error(
                 f"has ovss_format {meta['ovss_format']!r}, which this ovss does not know (known: "
                 f"{', '.join(KNOWN_VERSIONS)}); upgrade ovss or convert the weights again"
+            )
+        if meta["ovss_format"] in LEGACY_VERSIONS and not legacy_ok:
+            raise WeightsFileError(
+                f"{self.path} was written by an earlier ovss (ovss_format {meta['ovss_format']}), whose "
+                f"integrity check does not cover the model config; {self._reconvert()}"
             )
         family = meta.get("family")
         if family not in FAMILIES:
@@ -139,6 +160,12 @@ class ModelFile:
                 f"asks for test-time resize size {resize.size}/{resize.max_size}, above {MAX_RESIZE_SIDE}"
             )
         return config, family
+
+    def _reconvert(self) -> str:
+        if self.fix != DEFAULT_FIX:  # the converted-weights cache: "delete it and run 'ovss download ...'"
+            return self.fix
+        name = self.metadata.get("name", "NAME")
+        return f"convert it again: ovss convert {name} {self.path} --out NEW.safetensors"
 
     # ------------------------------------------------------------------------------ shapes
     def meta_tensors(self) -> dict[str, torch.Tensor]:
@@ -161,55 +188,63 @@ class ModelFile:
 
     # ------------------------------------------------------------------------------ integrity
     def verify(self, stamp: Path | None = None) -> str | None:
-        """Check the data digest (``data_sha256``) against the bytes on disk.
+        """Check the recorded digest (``content_sha256``; ``data_sha256`` of a format 2 file) against
+        the bytes on disk.
 
         Args:
             stamp: a file recording the last successful check (converted-weights cache): while the
-                file's size, mtime, ctime and inode are unchanged, the check is skipped; files without a
-                recorded digest (format 1) are protected from the first check on by the stamp's digest.
+                file's size, mtime, ctime and inode and its recorded digest are unchanged, the check is
+                skipped.
 
         Returns:
             the sha256 of the whole file when it was read here (None when the stamp made it unnecessary).
 
         Raises:
-            WeightsFileError: the data does not have the recorded digest, or the file changed since the
-                header was read.
+            WeightsFileError: the file does not have the recorded digest (or records none), or it changed
+                since the header was read.
         """
-        recorded = self.metadata.get("data_sha256")
+        legacy = not self.is_ovss or self.metadata.get("ovss_format") in LEGACY_VERSIONS
+        recorded = self.metadata.get("data_sha256" if legacy else DIGEST_KEY)  # none: a foreign file
+        if not legacy and (not isinstance(recorded, str) or len(recorded) != 64):
+            raise self.error(f"records no valid {DIGEST_KEY} in its metadata: it is corrupt or was edited")
         if stamp is not None:
             previous = _read_stamp(stamp)
-            same = previous.get("stat") == list(self.stat_key)
-            if same and previous.get("data_sha256") in (recorded, None):
+            if previous.get("stat") == list(self.stat_key) and previous.get(DIGEST_KEY) == recorded:
                 return None
-            same_file = (previous.get("stat") or [None] * 5)[3:] == list(self.stat_key[3:])  # inode, device
-            if recorded is None and same_file:  # format 1: the digest seen at first use protects it
-                recorded = previous.get("data_sha256")
         key = (str(self.path.resolve()), *self.stat_key)
         if key in _VERIFIED and stamp is None:
             return _VERIFIED[key]
-        whole, data = self._hash()
-        if recorded is not None and data != recorded:
+        whole, data, content = self._hash(None if legacy else recorded)
+        found = data if legacy else content
+        if recorded is not None and found != recorded:
+            what = "its data" if legacy else "its content (config, names and data)"
             raise self.error(
-                f"is corrupt: its data has sha256 {data[:12]}..., recorded {recorded[:12]}... when it was "
-                f"written"
+                f"is corrupt or was edited: {what} has sha256 {found[:12]}..., recorded {recorded[:12]}... "
+                "when it was written"
             )
         _VERIFIED[key] = whole
-        if stamp is not None:
-            _write_stamp(stamp, self.stat_key, data)
+        if stamp is not None and not legacy:
+            _write_stamp(stamp, self.stat_key, content)
         return whole
 
-    def _hash(self) -> tuple[str, str]:
-        """(sha256 of the whole file, sha256 of the data region), one pass."""
-        whole, data = hashlib.sha256(), hashlib.sha256()
+    def _hash(self, recorded: str | None) -> tuple[str, str, str]:
+        """(sha256 of the whole file, of the data region, of the file with ``recorded`` replaced by the
+        placeholder), one pass."""
+        whole, data, content = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
         with open(self.path, "rb") as f:
             head = f.read(self.header_size)
             whole.update(head)
+            if recorded is not None:
+                if head.count(recorded.encode()) != 1:
+                    raise self.error(f"records its {DIGEST_KEY} more than once: it is corrupt or was edited")
+                content.update(head.replace(recorded.encode(), _PLACEHOLDER.encode()))
             while block := f.read(_CHUNK):
                 whole.update(block)
                 data.update(block)
+                content.update(block)
         if len(head) != self.header_size or _stat_key(self.path) != self.stat_key:
             raise self.error("changed while it was being read")
-        return whole.hexdigest(), data.hexdigest()
+        return whole.hexdigest(), data.hexdigest(), content.hexdigest()
 
     # ------------------------------------------------------------------------------ data
     def load_tensors(self) -> dict[str, torch.Tensor]:
@@ -265,7 +300,7 @@ def looks_like_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < MAX_HEADER
 
 
-def open_model_file(path: str | Path, fix: str = "re-download or re-convert it") -> ModelFile:
+def open_model_file(path: str | Path, fix: str = DEFAULT_FIX) -> ModelFile:
     """Read and check the header of a safetensors file (structure only; see :class:`ModelFile`).
 
     Args:
@@ -403,7 +438,7 @@ def save_model_file(
         "family": family,
         "config": config.to_json(),
         **meta,
-        "data_sha256": _PLACEHOLDER,
+        DIGEST_KEY: _PLACEHOLDER,
     }
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
 
@@ -415,17 +450,18 @@ def save_model_file(
 
 
 def _record_digest(path: Path) -> str:
-    """Replace the digest placeholder in the header by the data region's sha256 (same length, in place)."""
+    """Replace the digest placeholder in the header by the sha256 of the whole file as it is (the
+    placeholder included; same length, in place)."""
     with open(path, "r+b") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = f.read(n)
-        data = hashlib.sha256()
-        while block := f.read(_CHUNK):
-            data.update(block)
-        digest = data.hexdigest()
+        first = f.read(8)
+        header = f.read(int.from_bytes(first, "little"))
         marker = _PLACEHOLDER.encode()
         if header.count(marker) != 1:
             raise OvssError(f"internal error: digest placeholder not found once in {path}")
+        content = hashlib.sha256(first + header)
+        while block := f.read(_CHUNK):
+            content.update(block)
+        digest = content.hexdigest()
         f.seek(8)
         f.write(header.replace(marker, digest.encode()))
     return digest
@@ -445,7 +481,7 @@ def _read_stamp(stamp: Path) -> dict[str, Any]:
 
 
 def _write_stamp(stamp: Path, key: tuple[int, ...], digest: str) -> None:
-    text = json.dumps({"stat": list(key), "data_sha256": digest})
+    text = json.dumps({"stat": list(key), DIGEST_KEY: digest})
     with contextlib.suppress(OSError):  # a read-only cache: the check simply runs again next time
         atomic_write(stamp, lambda p: p.write_text(text))
 
@@ -453,7 +489,7 @@ def _write_stamp(stamp: Path, key: tuple[int, ...], digest: str) -> None:
 def write_stamp(path: Path) -> None:
     """Record that the cache file ``path`` (just written and verified) is intact as it is now."""
     mf = open_model_file(path)
-    digest = mf.metadata.get("data_sha256")
+    digest = mf.metadata.get(DIGEST_KEY)
     if digest:
         _write_stamp(stamp_path(path), mf.stat_key, digest)
 
