@@ -49,8 +49,8 @@ def test_resume_state_is_keyed_by_weights_classes_and_data(tmp_path, capsys, sma
     # another class list, same label ids
     assert main(_eval(folder, out, "other.txt")) == 1
     err = capsys.readouterr().err.strip()
-    assert err == (f"ovss: error: {out / 'data'} holds a partial evaluation made with other class list; pass "
-                   f"another --out, or delete {out / 'data'} to start over")
+    assert err == (f"ovss: error: {out / 'data'} holds a finished evaluation (2 images) made with other "
+                   f"class list; pass another --out, or delete {out / 'data'} to start over")
 
     # other weights under the same model name
     import ovss
@@ -71,3 +71,27 @@ def test_resume_state_is_keyed_by_weights_classes_and_data(tmp_path, capsys, sma
 
     # a fresh --out works with every one of them
     assert main(_eval(folder, tmp_path / "eval2", "other.txt")) == 0
+
+
+def test_limit_gets_its_own_default_folder_and_messages_tell_finished_from_partial(
+    tmp_path, capsys, small_model, monkeypatch
+):
+    from ovss.cli.eval import default_out
+    from ovss.cli.main import build_parser
+    from ovss.evaluation.runner import _state_extent
+
+    argv = ["eval", "--dataset", "voc20", "--model", "san-vit-b16", "--limit", "50"]
+    args = build_parser().parse_args(argv)
+    assert default_out(args).name == "san-vit-b16-limit50"
+    folder = _folder(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    base = ["eval", "--folder", str(folder), "--classes", f"{folder}/classes.txt", "--model", "test-san-tiny"]
+    assert main([*base, "--limit", "1"]) == 0  # the quick check docs/benchmarks.md suggests
+    assert main(base) == 0  # then the full run, with the default --out too: not refused
+    limited = json.loads((tmp_path / "ovss_eval/test-san-tiny-limit1/data/metrics.json").read_text())
+    full = json.loads((tmp_path / "ovss_eval/test-san-tiny/data/metrics.json").read_text())
+    assert (limited["images"], full["images"]) == (1, 2)
+    two = {"total": 50, "world": 2}
+    assert _state_extent({"done": [0, 2]}, two, 0) == "a partial evaluation (2 of 25 images of this process)"
+    assert _state_extent({"done": list(range(1, 50, 2))}, two, 1) == "a finished evaluation (50 images)"
+    assert _state_extent({"done": [0]}, {"total": 3, "world": 1}, 0) == "a partial evaluation (1 of 3 images)"

@@ -64,7 +64,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         help="reports and resume state (default: ovss_eval/MODEL[-OPTIONS], one folder per model, "
-        "--weights, --dtype and inference options)",
+        "--weights, --dtype, inference options and --limit)",
     )
     add_model_args(p, dtype="fp32")  # evaluation is exact by default
     add_tta_arguments(p)
@@ -77,8 +77,8 @@ def _stem(value: str) -> str:
 
 
 def default_out(args: argparse.Namespace) -> Path:
-    """``ovss_eval/<model>[-<weights>][-<dtype>][-<options>]``: runs that differ get their own folder
-    (a folder's resume state refuses other settings), e.g. ``ovss_eval/sed-convnext-b-fast-topk8``."""
+    """``ovss_eval/<model>[-<weights>][-<dtype>][-<options>][-limit<N>]``: runs that differ get their own
+    folder (a folder's resume state refuses other settings), e.g. ``ovss_eval/sed-convnext-b-fast-topk8``."""
     parts = [_stem(args.model)]
     if args.weights:
         parts.append(_stem(str(args.weights)))
@@ -91,6 +91,8 @@ def default_out(args: argparse.Namespace) -> Path:
             parts.append(f"tta{scales}" + ("-noflip" if custom and not value["flip"] else ""))
             continue
         parts.append(key if value is True else f"{key}{value}" if key == "topk" else str(value))
+    if getattr(args, "limit", None) is not None:  # a quick check never shares a folder with a full run
+        parts.append(f"limit{args.limit}")
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts)).strip("._") or "model"
     return Path("ovss_eval") / name
 

@@ -101,7 +101,7 @@ def evaluate(
         "dtype": str(segmenter.dtype),
     }
     matrix = ConfusionMatrix(data.num_classes, data.ignore_index)
-    done = _resume(state_path, fingerprint, matrix)
+    done = _resume(state_path, fingerprint, matrix, rank)
     todo = [i for i in range(rank, total, world) if i not in done]
     segmenter.set_vocabulary(classes)
 
@@ -180,7 +180,19 @@ _WHAT = {"model": "model", "weights": "weights", "classes": "class list", "data"
          "options": "inference options", "dtype": "--dtype"}
 
 
-def _resume(path: Path, fingerprint: dict[str, Any], matrix: ConfusionMatrix) -> set[int]:
+def _state_extent(state: dict[str, Any], fingerprint: dict[str, Any], rank: int) -> str:
+    """"a finished evaluation (50 images)" or "a partial evaluation (20 of 50 images)" of a saved state."""
+    done = len(state.get("done", ()))
+    total, world = fingerprint.get("total"), fingerprint.get("world")
+    if not isinstance(total, int) or not isinstance(world, int) or world < 1:
+        return f"an evaluation ({done} images)"
+    own = len(range(rank, total, world))  # this rank's share
+    if done >= own:
+        return f"a finished evaluation ({total} images)"
+    return f"a partial evaluation ({done} of {own} images{' of this process' if world > 1 else ''})"
+
+
+def _resume(path: Path, fingerprint: dict[str, Any], matrix: ConfusionMatrix, rank: int = 0) -> set[int]:
     if not path.is_file():
         return set()
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -191,8 +203,8 @@ def _resume(path: Path, fingerprint: dict[str, Any], matrix: ConfusionMatrix) ->
             old = {}
         changed = [_WHAT.get(k, k) for k in fingerprint if old.get(k) != fingerprint[k]] or ["settings"]
         raise DatasetError(
-            f"{path.parent} holds a partial evaluation made with other {', '.join(changed)}; pass another "
-            f"--out, or delete {path.parent} to start over"
+            f"{path.parent} holds {_state_extent(state, old, rank)} made with other {', '.join(changed)}; "
+            f"pass another --out, or delete {path.parent} to start over"
         )
     matrix.load_state_dict(state["matrix"])
     return set(state["done"].tolist())
