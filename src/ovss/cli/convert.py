@@ -15,6 +15,7 @@ Example (SED, from the Google Drive link in SED's README):
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -31,20 +32,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--out",
-        type=Path,
         default=None,
-        help="write here (a file, or a folder to hold NAME.safetensors) instead of the cache "
-        "(default: $OVSS_HOME/weights/NAME.safetensors)",
+        help="write here (a file, or a folder to hold NAME.safetensors: an existing folder, or a path "
+        "ending in '/', created) instead of the cache (default: $OVSS_HOME/weights/NAME.safetensors)",
     )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ovss.cli.common import ensure_writable_file
     from ovss.weights.cache import check_regular_file, convert_checkpoint
     from ovss.weights.registry import get_weight_spec
 
     spec = get_weight_spec(args.name)
     check_regular_file(args.file)
-    out = convert_checkpoint(spec, args.file, args.out)
+    out = None
+    if args.out is not None:
+        out = Path(args.out).expanduser()
+        if args.out.endswith(("/", os.sep)) or out.is_dir():  # a folder, created when missing
+            out = out / f"{spec.name}.safetensors"
+        ensure_writable_file(out)  # before the conversion
+    out = convert_checkpoint(spec, args.file, out)
     print(f"{spec.name}: {out}")
     return 0

@@ -37,6 +37,7 @@ from ovss.weights.detect import (  # noqa: F401  (re-exported)
     match_variant,
     model_formats,
     other_family_error,
+    other_variant_error,
 )
 from ovss.weights.home import cache_folder, check_file_slot, is_offline, ovss_home
 from ovss.weights.modelfile import (  # noqa: F401  (re-exported)
@@ -196,8 +197,10 @@ def verify_digest(path: Path, expected: str | None, what: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------- conversion
-def convert_checkpoint(spec: WeightSpec, source: Path, out: Path | None = None) -> Path:
+def convert_checkpoint(spec: WeightSpec, source: Path, out: str | Path | None = None) -> Path:
     """Convert a checkpoint file for ``spec`` into ovss's format (once; atomic; digest recorded).
+
+    ``out``: a file, or a folder (an existing one, or a path ending in "/", created) for NAME.safetensors.
 
     ``source`` may be in any model format of ``spec``'s family (detected), an ovss ``.safetensors``
     (copied with a fresh name and digest) or a bare state dict already in the ovss layout.
@@ -210,26 +213,26 @@ def convert_checkpoint(spec: WeightSpec, source: Path, out: Path | None = None) 
     from ovss.weights.loading import read_state_dict
 
     source = check_regular_file(Path(source))
-    out = Path(out) if out is not None else converted_path(spec.name)
-    if out.is_dir():
+    folder = out is not None and str(out).endswith(("/", os.sep))  # "newdir/": a folder, created
+    out = Path(out).expanduser() if out is not None else converted_path(spec.name)
+    if folder or out.is_dir():
         out = out / f"{spec.name}.safetensors"
     if out == converted_path(spec.name):
         cache_folder("weights", create=True)
         check_file_slot(out)
     digest = verify_digest(source, spec.sha256, spec.name)
     config = spec.config()
-    what = f"{source} as {spec.name}"
     started = time.monotonic()
     source_format, source_digest = spec.source_format, digest
     if looks_like_safetensors(source):
         mf = open_model_file(source)
         if mf.is_ovss:
-            _, family = mf.model_config(legacy_ok=True)  # the architecture comes from spec, not the file
+            stored, family = mf.model_config(legacy_ok=True)  # the architecture comes from spec, not the file
             if family != spec.family:
                 raise CheckpointMismatchError(
                     f"{source} holds a {family} model (ovss file), not {spec.name}; pass a {spec.family} file"
                 )
-            mf.check_fits(config, what)
+            _check_variant(spec, mf.meta_tensors(), source, stored, mf.metadata.get("name"))
             say(f"converting {source.name} into {out} ...")
             mf.verify()
             state_dict = mf.load_tensors()
@@ -241,7 +244,7 @@ def convert_checkpoint(spec: WeightSpec, source: Path, out: Path | None = None) 
     else:
         say(f"converting {source.name} into {out} ...")
         state_dict, source_format = _convert_for(spec, read_state_dict(source), str(source))
-    check_fits(config, state_dict, what)
+    _check_variant(spec, state_dict, source)
     result = save_model_file(
         out, state_dict, config, spec.family, name=spec.name, source_format=source_format,
         source_sha256=source_digest,
@@ -250,6 +253,20 @@ def convert_checkpoint(spec: WeightSpec, source: Path, out: Path | None = None) 
         write_stamp(out)
     say(f"converted {spec.name} in {time.monotonic() - started:.1f} s")
     return result
+
+
+def _check_variant(
+    spec: WeightSpec, tensors: dict[str, torch.Tensor], source: Path, stored: Any = None, name: Any = None
+) -> None:
+    """check_fits against ``spec``; a misfit that is another registered variant, or an ovss file of another
+    architecture (``stored``: its config), is said as such instead of listing keys or "crafted"."""
+    try:
+        check_fits(spec.config(), tensors, f"{source} as {spec.name}")
+    except CheckpointMismatchError:
+        better = other_variant_error(spec, tensors, str(source), stored, name)
+        if better is None:
+            raise
+        raise better from None
 
 
 def _convert_for(
@@ -261,6 +278,8 @@ def _convert_for(
     if found is None:
         if fits(spec.config(), raw, what):
             return raw, "ovss"  # a bare state dict already in the ovss layout
+        if (other := other_variant_error(spec, raw, what)) is not None:
+            raise other
         if spec.source_format not in formats:  # a test-* model ("random"): no converter to say why
             detect_format(raw, what=what)  # raises: no known key layout
         return convert_state_dict(spec.source_format, raw), spec.source_format  # its converter says why

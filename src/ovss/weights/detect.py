@@ -158,3 +158,49 @@ def match_variant(state_dict: Mapping[str, torch.Tensor], source_format: str, wh
         f"{what} is {format_title(source_format)} checkpoint but fits none of {names}; pass --model NAME "
         f"to see which keys differ"
     )
+
+
+def other_variant_error(
+    spec: WeightSpec,
+    tensors: Mapping[str, torch.Tensor],
+    what: str,
+    file_config: ModelConfig | None = None,
+    stored_name: str | None = None,
+) -> CheckpointMismatchError | None:
+    """Why ``tensors`` (ovss layout; meta tensors will do), which do not fit ``spec``, are not ``spec``'s
+    weights: they fit another registered variant of its family (named), or, for an ovss file with its
+    own config (``file_config``), they are a model of another architecture (e.g. a training run with
+    architecture overrides), used directly rather than converted. None when neither applies."""
+    family = family_title(spec.family)
+    for other in WEIGHTS:
+        if other.family == spec.family and other.name != spec.name and fits(other.config(), tensors, what):
+            return CheckpointMismatchError(
+                f"{what} holds the weights of {other.name}, another {family} variant, not {spec.name}; "
+                f"install it as that model ('ovss convert {other.name} FILE'), or pass a {spec.name} file"
+            )
+    if file_config is None:
+        return None
+    named = f" named {stored_name!r}" if stored_name else ""
+    return CheckpointMismatchError(
+        f"{what} holds a {family} model{named} whose architecture differs from {spec.name}'s "
+        f"({config_difference(file_config, spec.config())}), e.g. a training run with architecture "
+        "overrides; it carries its own config: use the file itself (--model FILE, or ovss.load(FILE)) "
+        "instead of converting it"
+    )
+
+
+def config_difference(a: ModelConfig, b: ModelConfig, limit: int = 4) -> str:
+    """``"side_patch_size 8 vs 16, ..."``: the first ``limit`` dotted fields where ``a`` and ``b`` differ."""
+
+    def flat(value: object, prefix: str = "") -> dict[str, object]:
+        if isinstance(value, dict):
+            out: dict[str, object] = {}
+            for k, v in value.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        return {prefix[:-1]: value}
+
+    fa, fb = flat(a.to_dict()), flat(b.to_dict())
+    diffs = [f"{k} {fa.get(k)} vs {fb.get(k)}" for k in {**fa, **fb} if fa.get(k) != fb.get(k)]
+    more = f", and {len(diffs) - limit} more" if len(diffs) > limit else ""
+    return ", ".join(diffs[:limit]) + more if diffs else "the same config, other tensors"
