@@ -155,6 +155,25 @@ def _eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def _complete_run(out_dir: Path, done: int, iterations: int, is_main: bool) -> dict[str, Any] | None:
+    """``train``'s result for a resumed run that has already done its iterations and written its final
+    model (nothing is changed, nothing written); None when there is training (or the export) left."""
+    final = out_dir / "model_final.safetensors"
+    if done < iterations or not final.is_file():
+        return None
+    if is_main:
+        print(f"the run in {out_dir} is already complete ({done} of {iterations} iterations): nothing to do; "
+              f"its model is {final} (to train longer, add --set solver.iterations=N with N > {done})",
+              flush=True)
+    return {"iteration": done, "model": final, "metrics": {}, "eval": {}}
+
+
+def _iterations_left(start: int, iterations: int, batch: int) -> str:
+    if start >= iterations:  # the last checkpoint was written, the final model was not
+        return f"all {iterations} iterations done, writing the final model"
+    return f"iterations {start + 1}..{iterations} x batch {batch}"
+
+
 def train(
     cfg: TrainConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
@@ -198,6 +217,9 @@ def train(
         changed = _changed_keys(TrainConfig.from_json(state["config"]).to_dict(), cfg.to_dict())
         if changed and dist.is_main:
             print(f"resume: the config differs from the checkpoint's in {', '.join(changed)}", flush=True)
+        complete = _complete_run(out_dir, int(state["iteration"]), cfg.solver.iterations, dist.is_main)
+        if complete is not None:
+            return complete
     if cfg.tf32 and device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -258,7 +280,7 @@ def train(
         where = f"{cfg.data.benchmark} {cfg.data.split} in " if cfg.data.benchmark else ""
         print(f"training {cfg.name or family}: {len(pairs)} images ({where}{cfg.data.root}), {len(vocab)} "
               f"classes ({names}); device {device}, {world} process(es), {precision}, {workers} data "
-              f"worker(s); iterations {start + 1}..{cfg.solver.iterations} x batch {cfg.solver.batch_size}; "
+              f"worker(s); {_iterations_left(start, cfg.solver.iterations, cfg.solver.batch_size)}; "
               f"writing to {out_dir}",
               flush=True)
     logger = MetricLogger(out_dir, dist.is_main, cfg.tensorboard, cfg.wandb_project, cfg.to_dict(),
