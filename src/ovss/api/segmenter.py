@@ -11,7 +11,7 @@ Typical use::
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ovss.api.result import SegmentationResult
-from ovss.api.tta import TTAConfig, check_pass_sizes, mean_blocks, parse_tta, scaled_size
+from ovss.api.tta import TTAConfig, check_pass_sizes, mean_blocks, parse_tta, report_passes, scaled_size
 from ovss.data.io import ImageInput, read_image
 from ovss.errors import ImageReadError, OvssError
 from ovss.models.base import SegmentationModel
@@ -37,6 +37,8 @@ DTYPES = {
     "float16": torch.float16,
 }
 
+
+Progress = Callable[[float, float, str], None]  # progress(done, total, unit), see Segmenter.predict
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -198,6 +200,7 @@ class Segmenter:
         classes: str | Path | Sequence[str | Sequence[str]] | Vocabulary | None = None,
         return_scores: bool = False,
         tta: bool | TTAConfig | Sequence[float] | None = None,
+        progress: Progress | None = None,
         **options: Any,
     ) -> SegmentationResult:
         """Segment one image.
@@ -210,11 +213,17 @@ class Segmenter:
             tta: test-time augmentation: ``True`` (mmseg's ratios 0.5-1.75 + flip, 12 passes), a
                 :class:`~ovss.api.tta.TTAConfig` or a list of ratios (with flip); the result is the
                 mean of the score maps (``ovss.api.tta``). Costs one forward pass per augmentation.
+            progress: called as ``progress(done, total, unit)`` while an image (batch) is segmented,
+                for progress bars: with ``tta`` after each forward pass (unit ``"pass"``, total = the
+                number of augmentations), else as blocks of the score map are done (unit ``"%"``,
+                total 100; CAT-Seg's slide: class by class). Called on the calling thread.
             options: model options: CAT-Seg ``inference="slide"`` (its default: the official evaluation
                 protocol, 5 passes) or ``"whole"`` (one pass, 4-5x faster; ``ovss segment``'s default);
                 SED ``fast=True, topk=8``.
         """
-        results = self.predict_batch([image], classes, return_scores=return_scores, tta=tta, **options)
+        results = self.predict_batch(
+            [image], classes, return_scores=return_scores, tta=tta, progress=progress, **options
+        )
         return next(iter(results))
 
     def predict_batch(
@@ -224,12 +233,13 @@ class Segmenter:
         batch_size: int = 1,
         return_scores: bool = False,
         tta: bool | TTAConfig | Sequence[float] | None = None,
+        progress: Progress | None = None,
         **options: Any,
     ) -> Iterator[SegmentationResult]:
         """Segment many images with one vocabulary (embedded once); yields results in order.
 
-        Consecutive images of the same size are run as one batch (up to ``batch_size``). ``tta`` as
-        in :meth:`predict`.
+        Consecutive images of the same size are run as one batch (up to ``batch_size``). ``tta`` and
+        ``progress`` (reported per batch) as in :meth:`predict`.
         """
         aug = parse_tta(tta)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -244,11 +254,11 @@ class Segmenter:
             tensor, size = self._preprocess(rgb, **options)
             same = pending and rgb.shape == pending[0][0].shape and size == pending[0][2]
             if pending and (not same or len(pending) >= batch_size):
-                yield from self._run(pending, return_scores, aug, **options)
+                yield from self._run(pending, return_scores, aug, progress, **options)
                 pending = []
             pending.append((rgb, tensor, size))
         if pending:
-            yield from self._run(pending, return_scores, aug, **options)
+            yield from self._run(pending, return_scores, aug, progress, **options)
 
     def _preprocess(self, rgb: np.ndarray, **options: Any) -> tuple[torch.Tensor, tuple[int, int]]:
         """Resize (PIL bilinear on uint8, as detectron2's ResizeShortestEdge) -> (3, h, w) float 0..255."""
@@ -270,6 +280,7 @@ class Segmenter:
         items: list[tuple[np.ndarray, torch.Tensor, tuple[int, int]]],
         return_scores: bool,
         tta: TTAConfig | None = None,
+        progress: Progress | None = None,
         **options: Any,
     ) -> Iterator[SegmentationResult]:
         out_size = tuple(items[0][0].shape[:2])  # a batch holds images of one original size
@@ -277,12 +288,17 @@ class Segmenter:
         if tta is None:
             batch = self._normalise([t for _, t, _ in items], items[0][2])
             blocks = self._score_blocks(batch, items[0][2], out_size, **options)
+            if progress is not None:
+                blocks = _report_blocks(blocks, shape, progress)
         else:
             check_pass_sizes(items[0][2], tta)
-            blocks = mean_blocks([
+            streams = [
                 (flip, self._augmented_blocks(items, scale, flip, out_size, options))
                 for scale, flip in tta.augmentations
-            ])
+            ]
+            if progress is not None:
+                streams = report_passes(streams, progress)
+            blocks = mean_blocks(streams)
         reduced = reduce_scores(blocks, shape, return_scores, self.device)
         for i, (rgb, _, _) in enumerate(items):
             yield self._to_result(rgb, reduced, i)
@@ -341,6 +357,18 @@ class Segmenter:
             scores=reduced.scores[i].cpu().numpy() if reduced.scores is not None else None,
             model=self.name,
         )
+
+
+def _report_blocks(
+    blocks: Iterator[tuple[int, int, torch.Tensor]], shape: tuple[int, ...], progress: Progress
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """``blocks`` unchanged, calling ``progress(percent, 100, "%")`` as they cover the map."""
+    total, done = float(np.prod(shape)), 0
+    progress(0, 100, "%")
+    for item in blocks:
+        yield item
+        done += item[2].numel()
+        progress(round(100 * done / total, 1), 100, "%")
 
 
 class ReducedScores(NamedTuple):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import numbers
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from ovss.config import Config
@@ -182,3 +182,23 @@ def mean_blocks(
                 raise RuntimeError(f"TTA streams tile the map differently: {got} vs {want}")
             total += block.flip(-1) if flipped else block
         yield k0, r0, total.div_(len(streams))
+
+
+def report_passes(
+    streams: list[tuple[bool, Iterator[tuple[int, int, torch.Tensor]]]],
+    progress: Callable[[float, float, str], None],
+) -> list[tuple[bool, Iterator[tuple[int, int, torch.Tensor]]]]:
+    """The TTA streams, calling ``progress(passes, n, "pass")`` when each has run its forward pass (its
+    first block comes out: :func:`mean_blocks` takes the streams' first blocks in order)."""
+    n, done = len(streams), [0]
+
+    def watched(blocks: Iterator[tuple[int, int, torch.Tensor]]) -> Iterator[tuple[int, int, torch.Tensor]]:
+        first = True
+        for item in blocks:
+            if first:
+                first, done[0] = False, done[0] + 1
+                progress(done[0], n, "pass")
+            yield item
+
+    progress(0, n, "pass")
+    return [(flip, watched(blocks)) for flip, blocks in streams]

@@ -259,6 +259,7 @@ def _segment(
     sha256 of every file written; returns failures."""
     from tqdm import tqdm
 
+    from ovss.api.progress import ImageProgress
     from ovss.data.io import read_image
     from ovss.errors import OutputPathError, OvssError
 
@@ -269,6 +270,7 @@ def _segment(
     if getattr(args, "tta", None):  # ovss segment --tta (Segmenter.predict's tta=)
         options["tta"] = args.tta
     bar = tqdm(total=len(todo), unit="img", disable=rank != 0 or len(todo) < 2)
+    passes = ImageProgress(enabled=rank == 0)  # inside one slow image: TTA passes, score-map blocks
     state.mkdir(parents=True, exist_ok=True)
     log = open(state / f"done-rank{rank}.jsonl", "a", encoding="utf-8")  # noqa: SIM115
 
@@ -314,7 +316,7 @@ def _segment(
             yield rgb
 
     def batches() -> Iterator[Any]:
-        return seg.predict_batch(readable(), batch_size=args.batch_size, **options)
+        return seg.predict_batch(readable(), batch_size=args.batch_size, progress=passes, **options)
 
     try:
         results = batches()
@@ -330,7 +332,8 @@ def _segment(
                 queue.clear()
                 for i in retry:
                     try:
-                        single = seg.predict(read_image(files[i], args.max_pixels), **options)
+                        rgb = read_image(files[i], args.max_pixels)
+                        single = seg.predict(rgb, progress=passes, **options)
                     except OvssError as e:
                         fail(i, e)
                         continue
@@ -340,6 +343,7 @@ def _segment(
             finish(queue.popleft(), result)  # outside the try: a write error stops the job
     finally:
         log.close()
+        passes.close()
         bar.close()
     return failures
 

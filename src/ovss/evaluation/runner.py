@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ovss.api.progress import ImageProgress
 from ovss.data.catalog import get_benchmark
 from ovss.errors import DatasetError
 from ovss.evaluation.metrics import ConfusionMatrix
@@ -109,10 +110,11 @@ def evaluate(
     bar = _progress(len(todo), len(done), desc, progress and rank == 0)
     log_path = folder / f"images-rank{rank}.jsonl"
     folder.mkdir(parents=True, exist_ok=True)
+    passes = ImageProgress(enabled=progress and rank == 0)  # inside one slow image (TTA, slide)
     with open(log_path, "a", encoding="utf-8") as log:
         for n, index in enumerate(todo, 1):
             item = data[index]
-            pred = segmenter.predict(item["image"], **options).label_map
+            pred = segmenter.predict(item["image"], progress=passes, **options).label_map
             if merge_from is not None:  # PAS-20b: every extra (background) class scores as one
                 pred = np.minimum(pred, merge_from)
             gt = item["label"]
@@ -127,6 +129,7 @@ def evaluate(
                 log.flush()
                 _save_state(state_path, fingerprint, matrix, done)
             bar.update(1)
+    passes.close()
     bar.close()
     _save_state(state_path, fingerprint, matrix, done)
     matrix.all_reduce()
