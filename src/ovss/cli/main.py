@@ -28,7 +28,7 @@ _EPILOG = """\
   OVSS_DATA           data root of prepared benchmarks for 'ovss eval' (default: ./datasets)
   OVSS_OFFLINE=1      never touch the network (also HF_HUB_OFFLINE=1); HF_ENDPOINT: a Hub mirror
   OVSS_MAX_PIXELS     largest image accepted (default: 100000000; 0 = no limit)
-  OVSS_TEXT_CACHE_MB  in-memory text-embedding cache per model (default: 256)
+  OVSS_TEXT_CACHE_MB  in-memory text-embedding cache per model in MiB (default: 256; 0 to 65536)
 """
 
 
