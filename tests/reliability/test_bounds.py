@@ -220,3 +220,11 @@ def test_path_like_names_that_cannot_be_looked_up_are_one_error(tmp_path, monkey
     for spec, reason in cases.items():
         with pytest.raises(VocabularyError, match=rf"^cannot read class file .*{reason}"):
             parse_vocabulary(spec)
+
+
+def test_a_very_long_model_name_is_an_unknown_model_not_oserror():
+    import ovss
+    from ovss.errors import UnknownModelError
+
+    with pytest.raises(UnknownModelError, match="unknown model"):
+        ovss.load("x" * 400)

@@ -158,6 +158,6 @@ def test_eval_all_skips_unprepared_benchmarks_and_writes_per_model(tmp_path, cap
     assert ".py:" not in captured.err and "UserWarning" not in captured.err
     assert "not prepared, skipped: ade847, pc459, ade150, pc59" in captured.out
     assert "<dataset>" not in captured.out
-    assert (tmp_path / "ovss_eval" / "test-san-tiny" / "voc20" / "metrics.json").is_file()
+    assert (tmp_path / "ovss_eval" / "test-san-tiny-limit1" / "voc20" / "metrics.json").is_file()
     assert re.search(r"^voc20 +detectron2 +1 ", captured.out, re.MULTILINE)
     assert os.environ["OVSS_DATA"] in captured.err

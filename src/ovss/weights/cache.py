@@ -313,7 +313,7 @@ def load_model(name_or_path: str | Path, weights: str | Path | None = None) -> t
     path = Path(name)
     registered = name in list_weights()
     if weights is None and not registered and (
-        path.suffix in {".pth", ".pt", ".pkl", ".bin", ".safetensors"} or path.exists() or os.sep in name
+        path.suffix in {".pth", ".pt", ".pkl", ".bin", ".safetensors"} or _exists(path) or os.sep in name
     ):
         return _load_path(path, spec=None)
     spec = get_weight_spec(name)
@@ -336,6 +336,14 @@ def load_model(name_or_path: str | Path, weights: str | Path | None = None) -> t
     model = _build(config, mf.load_tensors(), str(target))
     digest = mf.metadata.get("source_sha256", "")
     return model, {"name": spec.name, "family": family, "source": str(target), "digest": digest}
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()``, False for a name that cannot be a path (too long, a NUL byte: a model name)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _build(config: Any, state_dict: dict[str, torch.Tensor], what: str) -> Any:
