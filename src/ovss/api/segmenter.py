@@ -11,6 +11,7 @@ Typical use::
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ovss.api.result import SegmentationResult
+from ovss.api.result import SegmentationResult, unlabelled_value
 from ovss.api.tta import TTAConfig, check_pass_sizes, mean_blocks, parse_tta, report_passes, scaled_size
 from ovss.data.io import ImageInput, read_image
 from ovss.errors import ImageReadError, OvssError
@@ -198,9 +199,10 @@ class Segmenter:
         self,
         image: ImageInput,
         classes: str | Path | Sequence[str | Sequence[str]] | Vocabulary | None = None,
-        return_scores: bool = False,
+        return_scores: bool | Sequence[int] = False,
         tta: bool | TTAConfig | Sequence[float] | None = None,
         progress: Progress | None = None,
+        min_score: float | None = None,
         **options: Any,
     ) -> SegmentationResult:
         """Segment one image.
@@ -209,7 +211,8 @@ class Segmenter:
             image: path, http(s) URL (a ``str``; byte limit, timeout, refused offline: see
                 :mod:`ovss.data.remote`), PIL image or (H, W, 3) uint8 RGB array.
             classes: vocabulary (``"cat; sofa, couch; wall"``, a list, a file); None keeps the last one.
-            return_scores: keep the full (K, H, W) score map in the result.
+            return_scores: keep the full (K, H, W) score map in the result; a list of class indices
+                keeps only those classes' maps ((len, H, W), listed in ``result.score_classes``).
             tta: test-time augmentation: ``True`` (mmseg's ratios 0.5-1.75 + flip, 12 passes), a
                 :class:`~ovss.api.tta.TTAConfig` or a list of ratios (with flip); the result is the
                 mean of the score maps (``ovss.api.tta``). Costs one forward pass per augmentation.
@@ -220,9 +223,20 @@ class Segmenter:
             options: model options: CAT-Seg ``inference="slide"`` (its default: the official evaluation
                 protocol, 5 passes) or ``"whole"`` (one pass, 4-5x faster; ``ovss segment``'s default);
                 SED ``fast=True, topk=8``.
+            min_score: pixels whose best score is below it are unlabelled: they hold 255 in
+                ``label_map`` (65535 above 255 classes, :func:`~ovss.api.result.unlabelled_value`),
+                stay uncoloured in the overlay and are counted in ``result.unlabelled_fraction``.
+                Scores are per family (docs/visualize.md): CAT-Seg / SED sigmoid probabilities,
+                SAN mask probabilities summed over its queries. None: every pixel is labelled.
         """
         results = self.predict_batch(
-            [image], classes, return_scores=return_scores, tta=tta, progress=progress, **options
+            [image],
+            classes,
+            return_scores=return_scores,
+            tta=tta,
+            progress=progress,
+            min_score=min_score,
+            **options,
         )
         return next(iter(results))
 
@@ -231,17 +245,19 @@ class Segmenter:
         images: Iterable[ImageInput],
         classes: str | Path | Sequence[str | Sequence[str]] | Vocabulary | None = None,
         batch_size: int = 1,
-        return_scores: bool = False,
+        return_scores: bool | Sequence[int] = False,
         tta: bool | TTAConfig | Sequence[float] | None = None,
         progress: Progress | None = None,
+        min_score: float | None = None,
         **options: Any,
     ) -> Iterator[SegmentationResult]:
         """Segment many images with one vocabulary (embedded once); yields results in order.
 
-        Consecutive images of the same size are run as one batch (up to ``batch_size``). ``tta`` and
-        ``progress`` (reported per batch) as in :meth:`predict`.
+        Consecutive images of the same size are run as one batch (up to ``batch_size``). ``tta``,
+        ``progress`` (reported per batch), ``return_scores`` and ``min_score`` as in :meth:`predict`.
         """
         aug = parse_tta(tta)
+        min_score = check_min_score(min_score)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise OvssError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if classes is not None:
@@ -254,11 +270,11 @@ class Segmenter:
             tensor, size = self._preprocess(rgb, **options)
             same = pending and rgb.shape == pending[0][0].shape and size == pending[0][2]
             if pending and (not same or len(pending) >= batch_size):
-                yield from self._run(pending, return_scores, aug, progress, **options)
+                yield from self._run(pending, return_scores, aug, progress, min_score, **options)
                 pending = []
             pending.append((rgb, tensor, size))
         if pending:
-            yield from self._run(pending, return_scores, aug, progress, **options)
+            yield from self._run(pending, return_scores, aug, progress, min_score, **options)
 
     def _preprocess(self, rgb: np.ndarray, **options: Any) -> tuple[torch.Tensor, tuple[int, int]]:
         """Resize (PIL bilinear on uint8, as detectron2's ResizeShortestEdge) -> (3, h, w) float 0..255."""
@@ -278,9 +294,10 @@ class Segmenter:
     def _run(
         self,
         items: list[tuple[np.ndarray, torch.Tensor, tuple[int, int]]],
-        return_scores: bool,
+        return_scores: bool | Sequence[int],
         tta: TTAConfig | None = None,
         progress: Progress | None = None,
+        min_score: float | None = None,
         **options: Any,
     ) -> Iterator[SegmentationResult]:
         out_size = tuple(items[0][0].shape[:2])  # a batch holds images of one original size
@@ -299,9 +316,10 @@ class Segmenter:
             if progress is not None:
                 streams = report_passes(streams, progress)
             blocks = mean_blocks(streams)
-        reduced = reduce_scores(blocks, shape, return_scores, self.device)
+        keep = return_scores if isinstance(return_scores, bool) else _class_indices(return_scores, shape[1])
+        reduced = reduce_scores(blocks, shape, keep, self.device)
         for i, (rgb, _, _) in enumerate(items):
-            yield self._to_result(rgb, reduced, i)
+            yield self._to_result(rgb, reduced, i, min_score, None if isinstance(keep, bool) else keep)
 
     def _normalise(self, tensors: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         """(3, h, w) float 0..255 images -> (B, 3, H, W) normalised, in the compute dtype, padded."""
@@ -342,20 +360,37 @@ class Segmenter:
         max_elements = max(1, int(self.block_mb * 2**20) // 4)
         return self.model.predict_blocks(batch, self._text, size, out_size, max_elements, **options)
 
-    def _to_result(self, rgb: np.ndarray, reduced: ReducedScores, i: int) -> SegmentationResult:
+    def _to_result(
+        self,
+        rgb: np.ndarray,
+        reduced: ReducedScores,
+        i: int,
+        min_score: float | None = None,
+        score_classes: list[int] | None = None,
+    ) -> SegmentationResult:
         assert self._vocab is not None
         label_map = reduced.labels[i].cpu().numpy().astype(np.int64, copy=False)
+        confidence = reduced.confidence[i].cpu().numpy().astype(np.float32, copy=False)
         k = reduced.class_scores.shape[1]
-        counts = np.bincount(label_map.ravel(), minlength=k)
+        unlabelled = 0.0
+        if min_score is not None:
+            value = unlabelled_value(k)
+            below = confidence < min_score
+            label_map[below] = value
+            unlabelled = float(np.count_nonzero(below)) / max(label_map.size, 1)
+        counts = np.bincount(label_map.ravel(), minlength=k)[:k]
         return SegmentationResult(
             label_map=label_map,
             class_names=self._vocab.names,
-            confidence=reduced.confidence[i].cpu().numpy().astype(np.float32, copy=False),
+            confidence=confidence,
             class_scores=reduced.class_scores[i].cpu().numpy().astype(np.float32, copy=False),
             fractions=counts / max(label_map.size, 1),
             image=rgb,
             scores=reduced.scores[i].cpu().numpy() if reduced.scores is not None else None,
             model=self.name,
+            min_score=min_score,
+            unlabelled_fraction=unlabelled,
+            score_classes=score_classes,
         )
 
 
@@ -380,10 +415,37 @@ class ReducedScores(NamedTuple):
     scores: torch.Tensor | None  # (B, K, H0, W0) float32, only when asked for
 
 
+def check_min_score(min_score: float | None) -> float | None:
+    """``min_score`` as a float (None stays None); OvssError (one line) for anything not a finite number."""
+    if min_score is None:
+        return None
+    try:
+        value = float(min_score)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(min_score, bool) or not np.isfinite(value):
+        raise OvssError(f"min_score must be a finite number (e.g. 0.3), got {min_score!r}")
+    return value
+
+
+def _class_indices(classes: Sequence[int], k: int) -> list[int]:
+    """``return_scores`` given as class indices -> a checked list (OvssError when out of range)."""
+    try:
+        indices = [operator.index(c) for c in classes]
+    except TypeError:
+        raise OvssError(
+            f"return_scores takes True/False or a list of class indices, got {classes!r}"
+        ) from None
+    bad = [c for c in indices if not 0 <= c < k]
+    if bad:
+        raise OvssError(f"return_scores: class index {bad[0]} is out of range for {k} classes")
+    return indices
+
+
 def reduce_scores(
     blocks: Iterable[tuple[int, int, torch.Tensor]],
     shape: tuple[int, int, int, int],
-    keep_scores: bool = False,
+    keep_scores: bool | Sequence[int] = False,
     device: str | torch.device = "cpu",
 ) -> ReducedScores:
     """Reduce a score map handed over in blocks (the ``predict_blocks`` contract), never holding it whole.
@@ -392,7 +454,8 @@ def reduce_scores(
         blocks: ``(class_start, row_start, scores)`` with scores (B, k, r, W0) covering the map exactly
             once, classes ascending within each band of rows; any float dtype (reduced in float32).
         shape: (B, K, H0, W0) of the whole map.
-        keep_scores: also assemble the whole (B, K, H0, W0) float32 map.
+        keep_scores: also assemble the whole (B, K, H0, W0) float32 map; a list of class indices:
+            only those classes' maps, (B, len(list), H0, W0) in the list's order.
         device: where the blocks are (and the results stay).
 
     Returns:
@@ -403,7 +466,11 @@ def reduce_scores(
     confidence = torch.full((b, h0, w0), float("-inf"), device=device)
     labels = torch.zeros((b, h0, w0), dtype=torch.int64, device=device)
     class_scores = torch.full((b, k), float("-inf"), device=device)
-    scores = torch.empty(shape, device=device) if keep_scores else None
+    chosen = None if isinstance(keep_scores, bool) else list(keep_scores)
+    if chosen is None:
+        scores = torch.empty(shape, device=device) if keep_scores else None
+    else:
+        scores = torch.empty((b, len(chosen), h0, w0), device=device)
     for k0, r0, block in blocks:
         block = block.float()
         k1, r1 = k0 + block.shape[1], r0 + block.shape[2]
@@ -413,7 +480,11 @@ def reduce_scores(
         confidence[:, r0:r1] = torch.where(better, value, best)
         labels[:, r0:r1] = torch.where(better, label + k0, labels[:, r0:r1])
         class_scores[:, k0:k1] = torch.maximum(class_scores[:, k0:k1], block.amax(dim=(2, 3)))
-        if scores is not None:
+        if chosen is not None:
+            for j, c in enumerate(chosen):
+                if k0 <= c < k1:
+                    scores[:, j, r0:r1] = block[:, c - k0]
+        elif scores is not None:
             scores[:, k0:k1, r0:r1] = block
     return ReducedScores(labels, confidence, class_scores, scores)
 

@@ -68,6 +68,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p, dtype="fp32")  # evaluation is exact by default
     add_tta_arguments(p)
+    p.add_argument(  # accepted only to refuse it with a reason (ovss segment has it)
+        "--min-score", type=float, default=None, metavar="S", help="not available in eval (ovss segment only)"
+    )
     p.set_defaults(run=run)
 
 
@@ -110,6 +113,11 @@ def run(args: argparse.Namespace) -> int:
     )
     from ovss.models.build import family_of
 
+    if getattr(args, "min_score", None) is not None:
+        raise ConfigError(
+            "--min-score is not available in ovss eval: the benchmarks label every pixel, so every pixel "
+            "needs a class; remove --min-score (it is for ovss segment)"
+        )
     if args.folder is not None and args.classes is None:
         raise DatasetError("--folder needs --classes FILE (one class per line, label value = line index)")
     if args.dataset is not None and args.classes is not None:

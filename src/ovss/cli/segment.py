@@ -3,7 +3,9 @@
 Per image NAME it writes NAME_label.png (the class index of every pixel: an 8-bit palette PNG for
 up to 256 classes, a 16-bit grayscale PNG above 256), NAME_overlay.png (colours + legend) and
 NAME.json (source path, model, vocabulary, per-class fractions and peak scores); --outputs label
-writes the label PNG only (the compact mode for large folders).
+writes the label PNG only (the compact mode for large folders). --outputs scores adds
+NAME_scores.npz (float16 per-class score maps), --outputs heatmaps one heat-map PNG per class (a
+sheet above 16 classes). --min-score S leaves pixels whose best score is below S unlabelled (255).
 
 A re-run with the same --out skips the images already done with the same model, vocabulary and
 options whose outputs are intact (size and sha256 logged) and completes the rest (also after a
@@ -41,7 +43,7 @@ from ovss.cli.segment_runs import (
     settings_key,
 )
 
-OUTPUT_KINDS = ("label", "overlay", "json")
+OUTPUT_KINDS = ("label", "overlay", "json", "scores", "heatmaps")
 __all__ = ["IMAGE_EXTS", "OUTPUT_KINDS", "STATE_DIR", "add_parser", "collect_inputs", "plan_names", "run"]
 
 
@@ -75,9 +77,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--outputs",
         default="label,overlay,json",
-        help="comma-separated outputs per image among label, overlay, json (default: "
+        help="comma-separated outputs per image among label, overlay, json, scores (float16 .npz of "
+        "the per-class score maps), heatmaps (a PNG per class; a sheet above 16 classes) (default: "
         "label,overlay,json); 'label' alone is the compact mode",
     )
+    add_render_args(p)
     p.add_argument(
         "--batch-size", type=int, default=1, help="images of one size per forward pass (default: 1)"
     )
@@ -103,6 +107,74 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def add_render_args(p: argparse.ArgumentParser) -> None:
+    """--min-score, --opacity, --palette and --no-labels (docs/visualize.md)."""
+    p.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        metavar="S",
+        help="leave pixels whose best score is below S unlabelled (value 255 in the label PNG, 65535 "
+        "above 255 classes; uncoloured in the overlay; 'unlabelled' in the JSON). Scores per family: "
+        "CAT-Seg/SED sigmoid probabilities, SAN summed mask probabilities (docs/visualize.md)",
+    )
+    p.add_argument(
+        "--opacity", type=float, default=None, help="opacity of the overlay colours, 0 to 1 (default: 0.55)"
+    )
+    p.add_argument(
+        "--palette",
+        default=None,
+        metavar="NAME_OR_JSON",
+        help="overlay colours: default, voc, hues, or a JSON file of colours (a list, or an object of "
+        "class name -> colour); a class keeps its colour across images (default: default)",
+    )
+    p.add_argument(
+        "--no-labels",
+        dest="labels",
+        action="store_false",
+        help="do not write the class names on the overlay's regions",
+    )
+
+
+def render_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The checked rendering options of ``args`` (only those set): min_score, opacity, palette, labels.
+
+    Raises:
+        ConfigError: a bad --opacity, --palette or --min-score (before any model loads).
+    """
+    from ovss.api.palettes import get_palette
+    from ovss.api.segmenter import check_min_score
+    from ovss.api.visualize import check_opacity
+    from ovss.errors import ConfigError, OvssError
+
+    settings: dict[str, Any] = {}
+    if getattr(args, "min_score", None) is not None:
+        try:
+            settings["min_score"] = check_min_score(args.min_score)
+        except OvssError:
+            raise ConfigError(
+                f"--min-score must be a finite number (e.g. 0.3), got {args.min_score}"
+            ) from None
+    if getattr(args, "opacity", None) is not None:
+        try:
+            settings["opacity"] = check_opacity(args.opacity)
+        except ConfigError:
+            raise ConfigError(
+                f"--opacity must be from 0 (image only) to 1 (colours only), got {args.opacity}"
+            ) from None
+    if getattr(args, "palette", None) is not None:
+        from ovss.api.palettes import PALETTE_NAMES
+        from ovss.utils import sha256_file
+
+        get_palette(args.palette)  # a bad name or file: one line now
+        settings["palette"] = args.palette
+        if args.palette not in PALETTE_NAMES:  # a file: its colours, not its name, decide the overlay
+            settings["palette_sha256"] = sha256_file(Path(args.palette))
+    if getattr(args, "labels", True) is False:
+        settings["labels"] = False
+    return settings
+
+
 # ----------------------------------------------------------------------------------------- state
 def _run_key(
     seg: Any, vocab: Any, args: argparse.Namespace, outputs: tuple[str, ...]
@@ -124,6 +196,9 @@ def _run_key(
         "recursive": bool(args.recursive),  # the layout of the output tree
         "outputs": list(outputs),  # which files: may change between runs (FILE_CHOICE_KEYS)
     }
+    render = render_settings(args)  # --min-score, --opacity, --palette, --no-labels change the outputs
+    if render:
+        settings["render"] = render
     return settings_key(settings), settings
 
 
@@ -155,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
     from ovss.vocab.vocabulary import parse_vocabulary
 
     outputs = _parse_outputs(args.outputs)
+    render_settings(args)  # bad --opacity / --palette / --min-score: one line before the model loads
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = ensure_writable_dir(args.out)  # before the model loads: a bad --out costs nothing
@@ -269,6 +345,12 @@ def _segment(
     options = model_options(args)
     if getattr(args, "tta", None):  # ovss segment --tta (Segmenter.predict's tta=)
         options["tta"] = args.tta
+    render = render_settings(args)
+    if "min_score" in render:
+        options["min_score"] = render["min_score"]
+    if "scores" in outputs or "heatmaps" in outputs:
+        options["return_scores"] = True  # the (K, H, W) map of return_scores=True, written class by class
+    draw = {k: render[k] for k in ("opacity", "palette", "labels") if k in render}
     bar = tqdm(total=len(todo), unit="img", disable=rank != 0 or len(todo) < 2)
     passes = ImageProgress(enabled=rank == 0)  # inside one slow image: TTA passes, score-map blocks
     state.mkdir(parents=True, exist_ok=True)
@@ -282,7 +364,7 @@ def _segment(
         result.source = sources[i]
         result.vocabulary = synonyms
         try:
-            saved = result.save(out, names[i], outputs)
+            saved = result.save(out, names[i], outputs, **draw)
             files_written = file_entries(out, saved)  # read back: what is on disk is what is recorded
         except OSError as e:  # disk full, folder removed or made read-only meanwhile: stop, one line
             raise OutputPathError(

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm")
 STATE_DIR = ".ovss-segment"  # inside --out: lock, settings.json and the done-rank<r>.jsonl logs
-_OWN_SUFFIXES = ("_label.png", "_overlay.png")
+_OWN_SUFFIXES = ("_label.png", "_overlay.png", "_heatmaps.png")
+_OWN_HEATMAP = re.compile(r"_heatmap-\d+-[A-Za-z0-9-]*\.png$")  # STEM_heatmap-K-NAME.png (ovss.api.heatmaps)
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def _folder_images(folder: Path, out: Path) -> tuple[list[Path], list[Path], lis
     own = _is_own(folder, out)
     stems = {p.stem.casefold() for p in found if p.suffix.lower() != ".png"}
     for p in found:
-        is_output = own and p.name.endswith(_OWN_SUFFIXES)
+        is_output = own and (p.name.endswith(_OWN_SUFFIXES) or bool(_OWN_HEATMAP.search(p.name)))
         is_label = p.suffix.lower() == ".png" and p.stem.casefold() in stems and _is_label_png(p)
         (skipped if is_output or is_label else images).append(p)
     return images, skipped, folders
