@@ -79,6 +79,10 @@ def test_out_that_cannot_be_written_fails_before_the_model_loads(
         (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
         (["--batch-size", "-3"], "--batch-size must be >= 1, got -3"),
         (["--outputs", "label,mask"], "--outputs 'label,mask': choose one or more of label, overlay, json"),
+        (["--opacity", "1.5"], "--opacity must be from 0 (image only) to 1 (colours only), got 1.5"),
+        (["--palette", "nope"], "unknown palette 'nope'; use one of default, voc, hues or a JSON file"),
+        (["--palette", "missing.json"], "palette file missing.json does not exist; check the path"),
+        (["--min-score", "nan"], "--min-score must be a finite number (e.g. 0.3), got nan"),
     ],
 )
 def test_bad_options_are_one_line(tmp_path, data_dir, no_model, capsys, extra, message):
@@ -93,8 +97,12 @@ def test_help_describes_every_option_with_its_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for expected in [
         "--out OUT output folder (default: ovss_out)",
-        "--outputs OUTPUTS comma-separated outputs per image among label, overlay, json "
+        "--outputs OUTPUTS comma-separated outputs per image among label, overlay, json, scores",
         "(default: label,overlay,json)",
+        "--opacity OPACITY opacity of the overlay colours, 0 to 1 (default: 0.55)",
+        "--palette NAME_OR_JSON overlay colours: default, voc, hues, or a JSON file",
+        "--min-score S leave pixels whose best score is below S unlabelled",
+        "--no-labels do not write the class names",
         "--batch-size BATCH_SIZE images of one size per forward pass (default: 1)",
         "--max-pixels MAX_PIXELS refuse larger images (default: $OVSS_MAX_PIXELS or 100000000; 0 = no limit)",
         "--overwrite recompute images already done in --out (default: skip them)",
@@ -103,3 +111,50 @@ def test_help_describes_every_option_with_its_default(capsys):
         "skips the images already done",
     ]:
         assert expected in text, expected
+
+
+def test_eval_refuses_min_score(tmp_path, no_model_load, capsys):
+    assert main(["eval", "--model", "test-san-tiny", "--dataset", "voc20", "--min-score", "0.3"]) == 1
+    assert _error(capsys).startswith(
+        "--min-score is not available in ovss eval: the benchmarks label every pixel"
+    )
+
+
+def test_scores_heatmaps_min_score_and_rendering_options(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import noise_photo
+
+    photo = noise_photo(tmp_path / "photo.png", 40, 56)
+    out = tmp_path / "out"
+    args = ["--outputs", "label,overlay,json,scores,heatmaps", "--palette", "voc", "--opacity", "0.3"]
+    assert _segment(photo, out, *args, "--min-score", "1e9") == 0
+    names = sorted(p.name for p in out.iterdir() if p.is_file())
+    assert names == [
+        "photo.json",
+        "photo_heatmap-0-a.png",
+        "photo_heatmap-1-b.png",
+        "photo_label.png",
+        "photo_overlay.png",
+        "photo_scores.npz",
+    ]
+    with np.load(out / "photo_scores.npz") as data:
+        assert data["scores"].shape == (2, 40, 56) and data["class_names"].tolist() == ["a", "b"]
+    record = json.loads((out / "photo.json").read_text())
+    assert record["unlabelled"] == {"value": 255, "min_score": 1e9, "fraction": 1.0}  # nothing is that sure
+    assert np.all(np.asarray(Image.open(out / "photo_label.png")) == 255)
+    overlay = np.asarray(Image.open(out / "photo_overlay.png").convert("RGB"))
+    assert np.array_equal(overlay[:, :56], np.asarray(Image.open(photo).convert("RGB")))  # uncoloured
+    capsys.readouterr()
+    # The same options: done; another opacity or threshold changes the outputs: recomputed.
+    assert _segment(photo, out, *args, "--min-score", "1e9") == 0
+    assert "1 of 1 image(s) already done" in capsys.readouterr().out
+    assert _segment(photo, out, *args[:-1], "0.8", "--min-score", "1e9") == 0
+    assert "already done" not in capsys.readouterr().out
+    assert _segment(photo, out, *args[:-1], "0.8") == 0
+    assert "unlabelled" not in json.loads((out / "photo.json").read_text())
+    # The output folder as input: the heat maps are ovss outputs, not photos.
+    assert segment_cli._folder_images(out, out) == ([], sorted(out.glob("photo_*.png")))

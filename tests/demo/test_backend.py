@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ovss.api.palettes import class_colours
 from ovss.api.visualize import palette
 from ovss.data.io import read_label
 from ovss.demo import backend as demo
@@ -127,7 +128,7 @@ def test_display_overlay_is_bounded_and_keeps_colours():
     out = demo.display_overlay(image, labels, ["a", "b"])
     assert out.size == (demo.DISPLAY_SIDE, round(h * demo.DISPLAY_SIDE / w))
     pixels = np.asarray(out)
-    colours = palette(2).astype(np.float64) * 0.55
+    colours = class_colours(["a", "b"]).astype(np.float64) * 0.55  # colours are per class name
     assert np.abs(pixels[10, 10] - colours[0]).max() <= 1 and np.abs(pixels[10, -10] - colours[1]).max() <= 1
     small = demo.display_overlay(image[:10, :20], labels[:10, :20], ["a", "b"])
     assert small.size == (20, 10)

@@ -1,9 +1,9 @@
 """Per-class score maps on disk: a float16 ``.npz`` and heat-map PNGs (one per class, or a sheet).
 
-The heat maps of one image share one colour scale, from ``min(0, lowest score)`` to the highest score
-of any class in the image, so that classes can be compared by eye (CAT-Seg and SED scores are
-sigmoid probabilities in [0, 1]; SAN's are mask probabilities summed over its queries, about [0, 1];
-CAT-Seg v1's ``mmseg`` protocol averages logits, which may be negative). Colours run from black
+The heat maps share one colour scale, 0 to 1, so that classes and images can be compared by eye
+(CAT-Seg and SED scores are sigmoid probabilities in [0, 1]; SAN's are mask probabilities summed over
+its queries, about [0, 1]); it widens to ``min(0, lowest)`` .. ``max(1, highest)`` of the image's
+scores where they leave it (CAT-Seg v1's ``mmseg`` protocol averages logits). Colours run from black
 through purple, red and orange to pale yellow, over a dimmed grey copy of the photo.
 """
 
@@ -44,10 +44,9 @@ def colour_scale(n: int = 256) -> np.ndarray:
 
 
 def score_range(scores: np.ndarray) -> tuple[float, float]:
-    """(low, high) of the colour scale of one image's (K, H, W) scores: min(0, min) .. max."""
-    low = min(0.0, float(np.min(scores)))
-    high = float(np.max(scores))
-    return low, high if high > low else low + 1.0
+    """(low, high) of the colour scale of one image's scores: min(0, lowest) .. max(1, highest), so
+    that probabilities always use the fixed 0..1 scale."""
+    return min(0.0, float(np.min(scores))), max(1.0, float(np.max(scores)))
 
 
 def heat(scores: np.ndarray, image: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -120,7 +119,7 @@ def heat_sheet(
     bar = np.repeat(colour_scale(160)[None], 10, axis=0)
     sheet.paste(Image.fromarray(bar), (pad + 40, 7))
     draw.text((pad, 6), f"{low:.2f}", fill=(0, 0, 0), font=font)
-    draw.text((pad + 206, 6), f"{high:.2f}  (score scale of this image)", fill=(0, 0, 0), font=font)
+    draw.text((pad + 206, 6), f"{high:.2f}  (score scale)", fill=(0, 0, 0), font=font)
     return np.asarray(sheet)
 
 

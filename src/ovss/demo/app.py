@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ovss.demo.backend import (
+    DEFAULT_OPACITY,
     EXAMPLE_CLASSES,
     INFERENCE_LABELS,
     DemoBackend,
@@ -33,6 +34,7 @@ PHOTO_SUFFIXES = (".jpg", ".jpeg", ".webp")
 EXAMPLE_VOCABULARIES = {"quokka": "quokka; grass; rock, stone; sky; tree"}
 VOC_VOCABULARY = "person; bottle; chair; sofa, couch; bus; car; road; building; wall; floor; sky; tree"
 MAX_EXAMPLES = 8
+MAX_SCORE_CHOICES = 200  # classes listed in the score-map dropdown (any class can be typed)
 
 CSS = """
 .ovss-legend { max-height: 520px; overflow-y: auto; font-size: 0.95rem; }
@@ -127,9 +129,31 @@ def build_app(backend: DemoBackend, examples: list[list[str]] | None = None) -> 
             ),
         )
 
-    def segment(image, classes, model, sed_fast, sed_topk, catseg_inference):
+    def segment(
+        image,
+        classes,
+        model,
+        sed_fast,
+        sed_topk,
+        catseg_inference,
+        min_score=None,
+        opacity=DEFAULT_OPACITY,
+        labels=True,
+        score_class="",
+    ):
         try:
-            out = backend.segment(image, classes, model, bool(sed_fast), sed_topk, catseg_inference or "")
+            out = backend.segment(
+                image,
+                classes,
+                model,
+                bool(sed_fast),
+                sed_topk,
+                catseg_inference or "",
+                min_score=min_score,
+                opacity=opacity,
+                labels=labels,
+                score_class=score_class or "",
+            )
         except DemoUserError as e:
             log.info("request refused: %s", e)
             raise gr.Error(str(e), print_exception=False) from None
@@ -141,7 +165,7 @@ def build_app(backend: DemoBackend, examples: list[list[str]] | None = None) -> 
             raise gr.Error(
                 "internal error while segmenting (details are in the server log)", print_exception=False
             ) from None
-        return out.overlay, out.legend, str(out.label_file), out.table
+        return out.overlay, out.legend, str(out.label_file), out.table, out.score_map
 
     limits = backend.limits
     with gr.Blocks(
@@ -197,6 +221,7 @@ def build_app(backend: DemoBackend, examples: list[list[str]] | None = None) -> 
                     label="CAT-Seg inference",
                     visible=visible["catseg"],
                 )
+                display = display_controls(gr)
                 button = gr.Button("Segment", variant="primary", elem_id="ovss-segment")
             with gr.Column(scale=3):
                 with gr.Row():
@@ -221,6 +246,15 @@ def build_app(backend: DemoBackend, examples: list[list[str]] | None = None) -> 
                     interactive=False,
                     elem_id="ovss-table",
                 )
+                score_map = gr.Image(
+                    type="pil",
+                    format="png",
+                    label="score map of the chosen class (black 0, pale yellow 1)",
+                    interactive=False,
+                    visible=False,
+                    elem_id="ovss-score-map",
+                )
+                score_state = gr.State(None)  # not part of the /segment API (State is not exposed)
         example_photos: list[str] = []
         if examples:
             shown = gr.Examples(examples, inputs=[image, classes], label="examples (click one, then Segment)")
@@ -238,14 +272,15 @@ def build_app(backend: DemoBackend, examples: list[list[str]] | None = None) -> 
         fast.change(lambda on: gr.update(visible=bool(on)), [fast], [topk], api_name=False)
         # The legend (HTML) shows no error state: clear it in the browser first, so that a failed request
         # never leaves the legend of the previous image beside the error.
+        classes.change(score_class_choices, [classes, display[3]], [display[3]], api_name=False, queue=False)
         button.click(None, None, [legend], js="() => ''", api_name=False, queue=False).then(
             segment,
-            [image, classes, model, fast, topk, inference],
-            [overlay, legend, label_file, table],
+            [image, classes, model, fast, topk, inference, *display],
+            [overlay, legend, label_file, table, score_state],
             api_name="segment",
             preprocess=False,  # the backend checks and decodes the upload itself (clear errors, limits)
             concurrency_limit=1,
-        )
+        ).then(show_score_map, [score_state], [score_map], api_name=False, queue=False)
     app.queue(default_concurrency_limit=1, max_size=limits.queue_size)
     # A request may name only the files this server received as uploads, and the example photos.
     backend.gate = UploadGate(lambda: app.upload_file_set, example_photos)
@@ -278,6 +313,59 @@ def private_upload_dir() -> Path | None:
     folder = Path(tempfile.mkdtemp(prefix="ovss-demo-uploads-"))  # mode 0700
     os.environ["GRADIO_TEMP_DIR"] = str(folder)
     return folder
+
+
+def display_controls(gr: Any) -> list[Any]:
+    """The display controls, in ``/segment``'s input order: minimum score, opacity, names on the
+    regions, score-map class (each optional in the API, with these defaults)."""
+    with gr.Row():
+        min_score = gr.Number(
+            value=None,
+            label="minimum score",
+            info="pixels whose best score is below it stay unlabelled; empty: label every pixel",
+            elem_id="ovss-min-score",
+        )
+        opacity = gr.Slider(
+            0.0, 1.0, value=DEFAULT_OPACITY, step=0.05, label="overlay opacity", elem_id="ovss-opacity"
+        )
+    labels = gr.Checkbox(value=True, label="class names on the regions", elem_id="ovss-labels")
+    score_class = gr.Dropdown(
+        choices=score_class_list(EXAMPLE_CLASSES),
+        value="",
+        label="score map of class",
+        info="shows the scores of one class as a heat map below the results",
+        allow_custom_value=True,
+        elem_id="ovss-score-class",
+    )
+    return [min_score, opacity, labels, score_class]
+
+
+def score_class_list(text: str | None) -> list[tuple[str, str]]:
+    """Dropdown choices for the score map: "(none)" and the display names typed so far."""
+    from ovss.demo.backend import DemoLimits, parse_classes
+
+    try:
+        classes = parse_classes(text, DemoLimits(max_classes=2**31))
+    except DemoUserError:  # not a valid list (yet): the request will say why
+        classes = []
+    names = list(dict.fromkeys(c[0] for c in classes))[:MAX_SCORE_CHOICES]
+    return [("(none)", ""), *((n, n) for n in names)]
+
+
+def score_class_choices(text: str | None, current: str | None) -> Any:
+    """New dropdown choices after the class list changed (keeps the choice when still listed)."""
+    import gradio as gr
+
+    choices = score_class_list(text)
+    keep = current if current in {value for _, value in choices} else ""
+    return gr.update(choices=choices, value=keep)
+
+
+def show_score_map(image: Any) -> Any:
+    """The score-map image (shown only when a class was chosen)."""
+    import gradio as gr
+
+    return gr.update(value=image, visible=image is not None)
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -24,17 +24,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ovss.demo.display import (  # noqa: F401  (DISPLAY_SIDE, display_overlay: part of this module's API)
+    DEFAULT_OPACITY,
+    DISPLAY_SIDE,
+    DemoUserError,
+    display_options,
+    display_overlay,
+    display_score_map,
+)
 from ovss.errors import ImageReadError, ImageTooLargeError, OvssError, VocabularyError
 
 EXAMPLE_CLASSES = "person; car; bus; road; building; sky; tree; grass"
-DISPLAY_SIDE = 2048  # the overlay shown in the page is at most this many pixels on its long side
 MAX_VOCABULARY_CHARS = 100_000  # characters in the class box (independent of the class count)
 
 log = logging.getLogger("ovss.demo")
-
-
-class DemoUserError(OvssError):
-    """A request the demo refuses; the message is shown to the web user as is."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,42 +340,37 @@ def read_upload(path: Path, limits: DemoLimits) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------- outputs
-def legend_html(names: list[str], fractions: np.ndarray, colours: np.ndarray) -> str:
+def _percent(fraction: float) -> str:
+    pct = 100 * float(fraction)
+    return f"{pct:.1f} %" if pct >= 0.1 else "&lt;0.1 %"
+
+
+def legend_html(names: list[str], fractions: np.ndarray, colours: np.ndarray, unlabelled: float = 0.0) -> str:
     """HTML legend of the classes present: colour swatch, name and % of pixels, largest first.
 
-    Classes that cover no pixel are left out; names are HTML-escaped.
+    Classes that cover no pixel are left out; names are HTML-escaped. ``unlabelled`` (the fraction
+    left unlabelled by the minimum score) adds a last row "unlabelled" with an empty swatch.
     """
     order = [k for k in np.argsort(-np.asarray(fractions), kind="stable") if fractions[k] > 0]
-    if not order:
+    if not order and unlabelled <= 0:
         return '<div class="ovss-legend"><p>no class covers any pixel</p></div>'
     rows = []
     for k in order:
         r, g, b = (int(c) for c in colours[k])
-        pct = 100 * float(fractions[k])
-        shown = f"{pct:.1f} %" if pct >= 0.1 else "&lt;0.1 %"
         rows.append(
             f'<tr><td><span class="ovss-swatch" style="background: rgb({r}, {g}, {b})"></span></td>'
-            f'<td class="ovss-name">{html.escape(names[k])}</td><td class="ovss-pct">{shown}</td></tr>'
+            f'<td class="ovss-name">{html.escape(names[k])}</td>'
+            f'<td class="ovss-pct">{_percent(fractions[k])}</td></tr>'
+        )
+    if unlabelled > 0:
+        rows.append(
+            '<tr class="ovss-unlabelled"><td><span class="ovss-swatch"></span></td>'
+            f'<td class="ovss-name">unlabelled</td><td class="ovss-pct">{_percent(unlabelled)}</td></tr>'
         )
     return (
         '<div class="ovss-legend"><table><thead><tr><th></th><th>class</th><th>pixels</th></tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
-
-
-def display_overlay(image: np.ndarray, label_map: np.ndarray, names: list[str]) -> Image.Image:
-    """Colour overlay for the page (no legend), at most ``DISPLAY_SIDE`` pixels on its long side."""
-    from ovss.api.visualize import overlay
-
-    h, w = label_map.shape
-    scale = min(1.0, DISPLAY_SIDE / max(h, w))
-    if scale < 1.0:
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-        rows = (np.arange(size[1]) * h // size[1])[:, None]
-        cols = (np.arange(size[0]) * w // size[0])[None, :]
-        label_map = label_map[rows, cols]
-    return overlay(image, label_map, names, legend=False)
 
 
 class ResultFiles:
@@ -388,8 +386,11 @@ class ResultFiles:
         self._keep = keep
         self._count = 0
 
-    def write_label_map(self, label_map: np.ndarray, stem: str, num_classes: int) -> Path:
-        """Write the label map as a palette PNG (the overlay's colours; 16-bit grey above 256 classes)."""
+    def write_label_map(
+        self, label_map: np.ndarray, stem: str, num_classes: int, colours: np.ndarray | None = None
+    ) -> Path:
+        """Write the label map as a palette PNG (``colours``: the overlay's; 16-bit grey above 256
+        classes or when unlabelled pixels hold 65535)."""
         from ovss.api.visualize import palette
         from ovss.data.io import write_label_png
 
@@ -398,7 +399,9 @@ class ResultFiles:
         self._count += 1
         safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:60] or "image"
         path = self.dir / f"{self._count:06d}" / f"{safe}_label.png"
-        write_label_png(path, label_map, palette(num_classes) if num_classes <= 256 else None)
+        if colours is None:
+            colours = palette(num_classes)
+        write_label_png(path, label_map, colours if num_classes <= 256 else None)
         self._files.append(path)
         while len(self._files) > self._keep:
             shutil.rmtree(self._files.popleft().parent, ignore_errors=True)
@@ -416,7 +419,8 @@ class DemoOutput:
     overlay: Image.Image  # display-size overlay, no legend
     legend: str  # HTML legend
     table: list[list[Any]]  # [class, % pixels, peak score] of the classes present
-    label_file: Path  # full-resolution label map PNG (values index the class list)
+    label_file: Path  # full-resolution label map PNG (values index the class list; 255 = unlabelled)
+    score_map: Image.Image | None = None  # display-size heat map of the chosen class, when one is chosen
 
 
 # ----------------------------------------------------------------------------------------- backend
@@ -512,9 +516,18 @@ class DemoBackend:
         fast: bool = False,
         topk: float | None = None,
         inference: str = "",
+        min_score: Any = None,
+        opacity: Any = DEFAULT_OPACITY,
+        labels: Any = True,
+        score_class: Any = "",
     ) -> DemoOutput:
-        """One web request: check the inputs against the limits, segment, render the outputs."""
+        """One web request: check the inputs against the limits, segment, render the outputs.
+
+        ``min_score``, ``opacity``, ``labels`` and ``score_class`` are the display controls
+        (:func:`display_options`); their defaults give the page's first rendering.
+        """
         vocabulary = parse_classes(classes, self.limits)
+        display = display_options(vocabulary, min_score, opacity, labels, score_class)
         path = self.gate.check(upload_path(image))
         rgb = read_upload(path, self.limits)
         model = model or self.model_name
@@ -534,21 +547,27 @@ class DemoBackend:
             default = str(getattr(segmenter.model.config, "inference", ""))
             options = model_options(self._family, fast, topk, inference, default)
             try:
-                result = segmenter.predict(rgb, vocabulary, **options)
+                result = segmenter.predict(rgb, vocabulary, **options, **_display_kwargs(display))
             except VocabularyError as e:
                 raise DemoUserError(f"the class list is not valid: {web_message(e)}") from None
-        colours = _colours(len(result.class_names))
+        colours = result.colours()
         table = [
             [name, round(100 * frac, 2), round(float(result.class_scores[result.class_names.index(name)]), 4)]
             for name, frac in result.present()
         ]
         orig_name = image.get("orig_name") if isinstance(image, dict) else None
         stem = Path(orig_name).stem if isinstance(orig_name, str) and orig_name else path.stem
+        k = len(result.class_names)
         return DemoOutput(
-            overlay=display_overlay(result.image, result.label_map, result.class_names),
-            legend=legend_html(result.class_names, result.fractions, colours),
+            overlay=display_overlay(
+                result.image, result.label_map, result.class_names, display.opacity, display.labels
+            ),
+            legend=legend_html(result.class_names, result.fractions, colours, result.unlabelled_fraction),
             table=table,
-            label_file=self.files.write_label_map(result.label_map, stem, len(result.class_names)),
+            label_file=self.files.write_label_map(result.label_map, stem, k, colours),
+            score_map=display_score_map(result.image, result.scores[0])
+            if result.scores is not None
+            else None,
         )
 
     def close(self) -> None:
@@ -556,7 +575,11 @@ class DemoBackend:
         self.files.close()
 
 
-def _colours(num_classes: int) -> np.ndarray:
-    from ovss.api.visualize import palette
-
-    return palette(num_classes)
+def _display_kwargs(display: Any) -> dict[str, Any]:
+    """The predict arguments of the display controls that are set (the model options stay apart)."""
+    kwargs: dict[str, Any] = {}
+    if display.score_class is not None:
+        kwargs["return_scores"] = [display.score_class]  # that class's map only, not all K
+    if display.min_score is not None:
+        kwargs["min_score"] = display.min_score
+    return kwargs
