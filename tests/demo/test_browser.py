@@ -107,6 +107,20 @@ def test_demo_api_client_and_upload_cleanup(server, tmp_path):
     assert sum(row[1] for row in table["data"]) == pytest.approx(100, abs=0.05)
     for name in names:
         assert f'class="ovss-name">{name}<' in legend
+    # The display inputs are optional (the call above has none); with them the outputs are the same four.
+    overlay2, legend2, label_png2, table2 = client.predict(
+        image=handle_file(str(photo)),
+        classes="quokka; grass; rock, stone; sky",
+        min_score=1e9,  # above every score: every pixel unlabelled
+        opacity=0.8,
+        labels=False,
+        score_class="quokka",
+        api_name="/segment",
+    )
+    assert np.all(np.array(Image.open(label_png2)) == 255) and table2["data"] == []
+    assert 'class="ovss-name">unlabelled<' in legend2
+    with pytest.raises(Exception, match=r"the opacity must be a number from 0 to 1, got '2.0'"):
+        client.predict(image=handle_file(str(photo)), classes="cat", opacity=2.0, api_name="/segment")
     with pytest.raises(Exception, match=r"41 classes given; this demo accepts up to 40 per request"):
         client.predict(
             image=handle_file(str(photo)), classes=";".join(f"c{i}" for i in range(41)), api_name="/segment"
@@ -129,6 +143,36 @@ def test_demo_api_client_and_upload_cleanup(server, tmp_path):
     assert not any(p.exists() for p in uploaded), f"still on the server: {uploaded}"
     assert list(cache.rglob("quokka.jpg")), "the example photo was deleted"
     assert_clean_log(log)
+
+
+def check_display_controls(page, shots: Path) -> None:
+    """Minimum score, opacity, names on regions and the score map of one class, at both widths."""
+    assert not page.is_visible("#ovss-score-map")  # no class chosen yet: no score map
+    assert page.input_value("#ovss-min-score textarea") == ""  # off: every pixel labelled
+    for width in (420, 1400):  # every control fits the screen, on a phone too
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(300)
+        for control in ("#ovss-min-score", "#ovss-opacity", "#ovss-labels", "#ovss-score-class"):
+            box = page.locator(control).bounding_box()
+            assert box and box["x"] >= 0 and box["x"] + box["width"] <= width + 1, (width, control, box)
+    page.click("#ovss-score-class input")
+    page.get_by_role("option", name="quokka").click()  # the choices follow the class box
+    page.click("#ovss-segment")
+    page.wait_for_selector("#ovss-score-map img", state="visible")
+    page.screenshot(path=str(shots / "demo_display.png"), full_page=True)
+    assert not page.is_visible("#ovss-legend tr.ovss-unlabelled")
+    page.fill("#ovss-min-score textarea", "1000000000")
+    page.fill("#ovss-opacity input[type=number]", "0.8")
+    page.click("#ovss-labels input")
+    page.click("#ovss-segment")
+    page.wait_for_selector("#ovss-score-map img", state="visible")
+    page.wait_for_selector("#ovss-legend tr.ovss-unlabelled")
+    assert page.inner_text("#ovss-legend tr.ovss-unlabelled .ovss-pct") == "100.0 %"
+    score_box = page.locator("#ovss-score-map img").bounding_box()
+    assert score_box["width"] > 100
+    page.screenshot(path=str(shots / "demo_unlabelled.png"), full_page=True)
+    page.fill("#ovss-min-score textarea", "")  # back to labelling every pixel
+    page.click("#ovss-labels input")
 
 
 def test_demo_in_browser(chromium, server, tmp_path):
@@ -178,6 +222,7 @@ def test_demo_in_browser(chromium, server, tmp_path):
                 assert beside == (width == 1400), (width, image_box, legend_box)
             table = page.inner_text("#ovss-table")
             assert all(name in table for name in legend)
+            check_display_controls(page, shots)
 
             # The full-size label map can be downloaded.
             link = page.locator("#ovss-label-file a").first

@@ -56,8 +56,8 @@ class Stamp:
 
 
 def font_size(height: int, width: int) -> int:
-    """Text height in pixels for an image: about 1/28 of its short side, 12 to 96."""
-    return int(min(96, max(12, round(min(height, width) / 28))))
+    """Text height in pixels for an image: about 1/20 of its short side, 12 to 128."""
+    return int(min(128, max(12, round(min(height, width) / 20))))
 
 
 @functools.cache

@@ -319,9 +319,10 @@ def display_controls(gr: Any) -> list[Any]:
     """The display controls, in ``/segment``'s input order: minimum score, opacity, names on the
     regions, score-map class (each optional in the API, with these defaults)."""
     with gr.Row():
-        min_score = gr.Number(
-            value=None,
+        min_score = gr.Textbox(  # a Number box cannot be empty, and 0 is a threshold like any other
+            value="",
             label="minimum score",
+            placeholder="e.g. 0.3",
             info="pixels whose best score is below it stay unlabelled; empty: label every pixel",
             elem_id="ovss-min-score",
         )
