@@ -23,7 +23,8 @@ DOCS = Path(__file__).resolve().parent
 
 
 def main(data: Path) -> None:
-    names = [n.strip().replace("_background_", "background") for n in (data / "voc" / "class_names.txt").open()]
+    lines = (data / "voc" / "class_names.txt").read_text().splitlines()
+    names = [n.replace("_background_", "background") for n in lines]
     pictures = []
     for stem in ("2011_000006", "2011_000025"):
         image = read_image(data / "voc" / f"{stem}.jpg")
@@ -39,11 +40,9 @@ def main(data: Path) -> None:
 
     image = read_image(data / "voc" / "2011_000025.jpg")
     label = read_label(data / "voc" / "2011_000025.png")
-    scores = np.stack([
-        np.asarray(Image.fromarray(((label == k) * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(12)))
-        / 255.0
-        for k in range(len(names))
-    ]).astype(np.float32)
+    blur = ImageFilter.GaussianBlur(12)
+    masks = [Image.fromarray(((label == k) * 255).astype(np.uint8)) for k in range(len(names))]
+    scores = np.stack([np.asarray(m.filter(blur)) / 255.0 for m in masks]).astype(np.float32)
     sheet = heat_sheet(scores, image, names, *score_range(scores))
     Image.fromarray(sheet).quantize(256).save(DOCS / "visualize_heatmaps.png", optimize=True)
 

@@ -108,7 +108,7 @@ def test_demo_api_client_and_upload_cleanup(server, tmp_path):
     for name in names:
         assert f'class="ovss-name">{name}<' in legend
     # The display inputs are optional (the call above has none); with them the outputs are the same four.
-    overlay2, legend2, label_png2, table2 = client.predict(
+    _, legend2, label_png2, table2 = client.predict(
         image=handle_file(str(photo)),
         classes="quokka; grass; rock, stone; sky",
         min_score=1e9,  # above every score: every pixel unlabelled

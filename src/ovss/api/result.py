@@ -202,9 +202,9 @@ class SegmentationResult:
             save_png(paths["overlay"], width, height, bands, "RGB")
         if "json" in paths:
             atomic_write_text(paths["json"], json.dumps(self.to_dict(), indent=2) + "\n")
-        if "scores" in paths:
+        if "scores" in paths and self.scores is not None:
             write_scores_npz(paths["scores"], self.scores, self.class_names)
-        if "heatmaps" in paths:
+        if "heatmaps" in paths and self.scores is not None:
             write_heatmaps(out_dir, stem, self.scores, self.image, self.class_names)
         return paths
 

@@ -118,7 +118,9 @@ def overlay_bands(
             counts = np.bincount(label_map[(label_map >= 0) & (label_map < k)].ravel(), minlength=k)
             fractions = counts / max(label_map.size, 1)
         present = [c for c in np.argsort(-fractions, kind="stable") if fractions[c] > max(min_fraction, 0.0)]
-        entries = [(class_names[c], tuple(colours[c]), float(fractions[c])) for c in present]
+        entries: list[tuple[str, tuple[int, ...] | None, float]] = [
+            (class_names[c], tuple(int(v) for v in colours[c]), float(fractions[c])) for c in present
+        ]
         unlabelled = 1.0 - float(np.sum(fractions))
         if unlabelled > 1e-9 and np.any((label_map < 0) | (label_map >= k)):
             entries.append(("unlabelled", None, unlabelled))
