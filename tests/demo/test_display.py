@@ -10,6 +10,8 @@ from ovss.api.heatmaps import heat, score_range
 from ovss.data.io import read_label
 from ovss.demo.backend import DemoBackend, DemoLimits
 from ovss.demo.display import DemoUserError, DisplayOptions, display_options
+from tests.conftest import DATA_DIR
+from tests.demo.test_backend import photos_gate
 
 VOCAB = [["quokka"], ["grass", "lawn"], ["sky"]]
 
@@ -28,7 +30,7 @@ def test_display_options_defaults_and_checks():
 
 @pytest.fixture(scope="module")
 def backend():
-    b = DemoBackend("test-san-tiny", limits=DemoLimits(max_classes=10))
+    b = DemoBackend("test-san-tiny", limits=DemoLimits(max_classes=10), gate=photos_gate(DATA_DIR))
     yield b
     b.close()
 

@@ -36,10 +36,14 @@ def served(tmp_path_factory):
         yield url, root, secret, checkpoint
 
 
+DISPLAY_DEFAULTS = ["", 0.55, True, ""]  # /segment's last inputs: min score, opacity, names, score map
+
+
 def call(url: str, data: list) -> tuple[str, object]:
-    """One raw ``/gradio_api/call/segment`` request; (event name, its data) of the final event."""
+    """One raw ``/gradio_api/call/segment`` request (``data``: the first six inputs; the display
+    inputs at their defaults); (event name, its data) of the final event."""
     with httpx.Client(timeout=120) as http:
-        posted = http.post(f"{url}gradio_api/call/segment", json={"data": data})
+        posted = http.post(f"{url}gradio_api/call/segment", json={"data": [*data, *DISPLAY_DEFAULTS]})
         assert posted.status_code == 200, posted.text
         stream = http.get(f"{url}gradio_api/call/segment/{posted.json()['event_id']}").text
     events = [line for line in stream.splitlines() if line.startswith(("event:", "data:"))]
