@@ -168,8 +168,11 @@ def check_display_controls(page, shots: Path) -> None:
     page.wait_for_selector("#ovss-score-map img", state="visible")
     page.wait_for_selector("#ovss-legend tr.ovss-unlabelled")
     assert page.inner_text("#ovss-legend tr.ovss-unlabelled .ovss-pct") == "100.0 %"
-    score_box = page.locator("#ovss-score-map img").bounding_box()
-    assert score_box["width"] > 100
+    for width in (420, 1400):  # the score map fits a phone's width too
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.wait_for_timeout(300)
+        box = page.locator("#ovss-score-map img").bounding_box()
+        assert box["width"] > 100 and box["x"] + box["width"] <= width + 1, (width, box)
     page.screenshot(path=str(shots / "demo_unlabelled.png"), full_page=True)
     page.fill("#ovss-min-score textarea", "")  # back to labelling every pixel
     page.click("#ovss-labels input")
