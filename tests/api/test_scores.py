@@ -132,3 +132,28 @@ def test_heat_maps_one_per_class_then_a_sheet(tmp_path):
     sheet = np.asarray(Image.open(path).convert("RGB"))
     assert sheet.shape[1] <= 4096 + 8 and sheet.shape[0] > 5 * 24  # 5 rows of tiles
     assert (sheet.astype(int).sum(-1) > 400).sum() > 100  # bright tiles
+
+
+def test_scores_on_disk_match_and_leave_no_file(tmp_path):
+    seg = Segmenter(RedModel(), block_mb=0.001)
+    image = _photo(30, 50)
+    memory = seg.predict(image, _classes(4), return_scores=True)
+    seg.scores_dir = tmp_path
+    results = list(
+        seg.predict_batch([image, image[:, ::-1].copy()], _classes(4), batch_size=2, return_scores=True)
+    )
+    disk = results[0].scores
+    assert isinstance(disk, np.memmap) and disk.dtype == np.float16 and disk.shape == (4, 30, 50)
+    assert np.array_equal(disk, memory.scores.astype(np.float16))
+    assert np.array_equal(results[1].scores, memory.scores[:, :, ::-1].astype(np.float16))
+    assert np.array_equal(results[0].label_map, memory.label_map)
+    path = results[0].save(tmp_path, "x", ("scores", "heatmaps"))["scores"]
+    with np.load(path) as data:
+        assert np.array_equal(data["scores"], disk)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "x_heatmap-0-c0.png",
+        "x_heatmap-1-c1.png",
+        "x_heatmap-2-c2.png",
+        "x_heatmap-3-c3.png",
+        "x_scores.npz",
+    ]  # the temporary file of the maps has no name

@@ -112,6 +112,12 @@ class Segmenter:
             ``return_scores=True``); the numbers are those of ``predict``.
         max_pixels: refuse images of more pixels (ImageTooLargeError); None: ``$OVSS_MAX_PIXELS`` or
             ``ovss.data.io.DEFAULT_MAX_PIXELS`` (100 million); 0: no limit.
+
+    Attributes:
+        scores_dir: None (default): ``return_scores=True`` keeps the (K, H, W) maps in memory, float32.
+            A folder: they go block by block into a float16 memory-mapped temporary file there
+            (:func:`disk_scores`; removed once the results are dropped), so the maps of a large image
+            never need RAM (``ovss segment --outputs scores,heatmaps`` uses its ``--out``).
     """
 
     def __init__(
@@ -152,6 +158,7 @@ class Segmenter:
         self._mean, self._std = mean.to(self.device), std.to(self.device)
         self._vocab: Vocabulary | None = None
         self._text: torch.Tensor | None = None
+        self.scores_dir: Path | None = None  # see the class docstring
 
     # ------------------------------------------------------------------------------ vocabulary
     def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -317,9 +324,13 @@ class Segmenter:
                 streams = report_passes(streams, progress)
             blocks = mean_blocks(streams)
         keep = return_scores if isinstance(return_scores, bool) else _class_indices(return_scores, shape[1])
-        reduced = reduce_scores(blocks, shape, keep, self.device)
+        disk = disk_scores(shape, self.scores_dir) if keep is True and self.scores_dir is not None else None
+        reduced = reduce_scores(blocks, shape, keep if disk is None else False, self.device, out=disk)
         for i, (rgb, _, _) in enumerate(items):
-            yield self._to_result(rgb, reduced, i, min_score, None if isinstance(keep, bool) else keep)
+            kept = disk[i] if disk is not None else None
+            if reduced.scores is not None:
+                kept = reduced.scores[i].cpu().numpy()
+            yield self._to_result(rgb, reduced, i, min_score, None if isinstance(keep, bool) else keep, kept)
 
     def _normalise(self, tensors: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         """(3, h, w) float 0..255 images -> (B, 3, H, W) normalised, in the compute dtype, padded."""
@@ -367,6 +378,7 @@ class Segmenter:
         i: int,
         min_score: float | None = None,
         score_classes: list[int] | None = None,
+        scores: np.ndarray | None = None,
     ) -> SegmentationResult:
         assert self._vocab is not None
         label_map = reduced.labels[i].cpu().numpy().astype(np.int64, copy=False)
@@ -386,7 +398,7 @@ class Segmenter:
             class_scores=reduced.class_scores[i].cpu().numpy().astype(np.float32, copy=False),
             fractions=counts / max(label_map.size, 1),
             image=rgb,
-            scores=reduced.scores[i].cpu().numpy() if reduced.scores is not None else None,
+            scores=scores,
             model=self.name,
             min_score=min_score,
             unlabelled_fraction=unlabelled,
@@ -442,11 +454,26 @@ def _class_indices(classes: Sequence[int], k: int) -> list[int]:
     return indices
 
 
+def disk_scores(shape: tuple[int, ...], folder: str | Path) -> np.ndarray:
+    """A zeroed float16 array of ``shape`` memory-mapped on an anonymous temporary file in ``folder``.
+
+    The file has no name (``tempfile.TemporaryFile``): its space returns when the array and its views
+    are gone, and a killed process leaves nothing behind. Pages are written to disk as the system
+    needs, so the array takes disk space, not RAM.
+    """
+    import tempfile
+
+    with tempfile.TemporaryFile(dir=folder, prefix=".ovss-scores-") as f:
+        f.truncate(int(np.prod(shape)) * 2)
+        return np.memmap(f, dtype=np.float16, mode="r+", shape=tuple(shape))  # keeps its own mapping
+
+
 def reduce_scores(
     blocks: Iterable[tuple[int, int, torch.Tensor]],
     shape: tuple[int, int, int, int],
     keep_scores: bool | Sequence[int] = False,
     device: str | torch.device = "cpu",
+    out: np.ndarray | None = None,
 ) -> ReducedScores:
     """Reduce a score map handed over in blocks (the ``predict_blocks`` contract), never holding it whole.
 
@@ -457,6 +484,8 @@ def reduce_scores(
         keep_scores: also assemble the whole (B, K, H0, W0) float32 map; a list of class indices:
             only those classes' maps, (B, len(list), H0, W0) in the list's order.
         device: where the blocks are (and the results stay).
+        out: a (B, K, H0, W0) numpy array (any float dtype, e.g. :func:`disk_scores`) that receives
+            the whole map block by block (cast to its dtype); independent of ``keep_scores``.
 
     Returns:
         the same labels / maxima as ``scores.max(dim=1)`` and ``scores.amax(dim=(2, 3))`` on the whole
@@ -480,6 +509,8 @@ def reduce_scores(
         confidence[:, r0:r1] = torch.where(better, value, best)
         labels[:, r0:r1] = torch.where(better, label + k0, labels[:, r0:r1])
         class_scores[:, k0:k1] = torch.maximum(class_scores[:, k0:k1], block.amax(dim=(2, 3)))
+        if out is not None:
+            out[:, k0:k1, r0:r1] = block.cpu().numpy()
         if chosen is not None:
             for j, c in enumerate(chosen):
                 if k0 <= c < k1:

@@ -350,6 +350,7 @@ def _segment(
         options["min_score"] = render["min_score"]
     if "scores" in outputs or "heatmaps" in outputs:
         options["return_scores"] = True  # the (K, H, W) map of return_scores=True, written class by class
+        seg.scores_dir = out  # kept in a nameless float16 temporary file there, not in RAM
     draw = {k: render[k] for k in ("opacity", "palette", "labels") if k in render}
     bar = tqdm(total=len(todo), unit="img", disable=rank != 0 or len(todo) < 2)
     passes = ImageProgress(enabled=rank == 0)  # inside one slow image: TTA passes, score-map blocks
