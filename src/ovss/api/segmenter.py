@@ -495,11 +495,12 @@ def reduce_scores(
     confidence = torch.full((b, h0, w0), float("-inf"), device=device)
     labels = torch.zeros((b, h0, w0), dtype=torch.int64, device=device)
     class_scores = torch.full((b, k), float("-inf"), device=device)
-    chosen = None if isinstance(keep_scores, bool) else list(keep_scores)
-    if chosen is None:
-        scores = torch.empty(shape, device=device) if keep_scores else None
-    else:
+    chosen = [] if isinstance(keep_scores, bool) else list(keep_scores)  # [] : all classes or none
+    scores = None
+    if chosen:
         scores = torch.empty((b, len(chosen), h0, w0), device=device)
+    elif keep_scores is True:
+        scores = torch.empty(shape, device=device)
     for k0, r0, block in blocks:
         block = block.float()
         k1, r1 = k0 + block.shape[1], r0 + block.shape[2]
@@ -511,7 +512,7 @@ def reduce_scores(
         class_scores[:, k0:k1] = torch.maximum(class_scores[:, k0:k1], block.amax(dim=(2, 3)))
         if out is not None:
             out[:, k0:k1, r0:r1] = block.cpu().numpy()
-        if chosen is not None:
+        if scores is not None and chosen:
             for j, c in enumerate(chosen):
                 if k0 <= c < k1:
                     scores[:, j, r0:r1] = block[:, c - k0]
