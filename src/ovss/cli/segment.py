@@ -132,7 +132,7 @@ def add_render_args(p: argparse.ArgumentParser) -> None:
         "--no-labels",
         dest="labels",
         action="store_false",
-        help="do not write the class names on the overlay's regions",
+        help="do not write the class names on the overlay's regions (default: they are written)",
     )
 
 
