@@ -62,3 +62,24 @@ def test_min_score_score_map_and_names_in_the_page(backend, data_dir):
     assert none.table == []
     rgb = np.asarray(Image.open(data_dir / "quokka.jpg").convert("RGB"))
     assert np.abs(np.asarray(none.overlay).astype(int) - rgb).max() <= 1
+
+
+def test_page_controls_and_the_demo_min_score_option(capsys, no_model_load):
+    pytest.importorskip("gradio", reason="gradio not installed (pip install 'ovss[demo]')")
+    from ovss.cli.main import main
+    from ovss.demo.app import build_app, score_class_list
+
+    def controls(app) -> dict:
+        props = [c["props"] for c in app.get_config_file()["components"] if "props" in c]
+        return {p.get("elem_id"): p for p in props if str(p.get("elem_id", "")).startswith("ovss-")}
+
+    first = controls(build_app(DemoBackend("test-san-tiny")))
+    assert first["ovss-min-score"]["value"] == "" and first["ovss-opacity"]["value"] == 0.55
+    assert first["ovss-labels"]["value"] is True and first["ovss-score-class"]["value"] == ""
+    assert (
+        controls(build_app(DemoBackend("test-san-tiny"), min_score=0.25))["ovss-min-score"]["value"] == "0.25"
+    )
+    assert score_class_list("cat; sofa, couch; cat") == [("(none)", ""), ("cat", "cat"), ("sofa", "sofa")]
+    assert score_class_list("") == [("(none)", "")]
+    assert main(["demo", "--model", "test-san-tiny", "--min-score", "nan"]) == 1
+    assert capsys.readouterr().err == "ovss: error: --min-score must be a finite number (e.g. 0.3), got nan\n"

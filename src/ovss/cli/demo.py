@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -63,6 +64,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="folder of example photos (.jpg/.jpeg/.webp) shown under the form, or 'none' (default: "
         "../shared/data beside the repository, when it exists)",
     )
+    p.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        metavar="S",
+        help="the page's minimum score at start: pixels whose best score is below S stay unlabelled "
+        "(the user can change or clear it; default: empty, every pixel labelled)",
+    )
     for flag, field, kind, metavar, what in LIMIT_OPTIONS:
         p.add_argument(
             flag,
@@ -103,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
             raise OvssError(f"{flag} must be > 0, got {getattr(args, field)}")
     limits = DemoLimits(**{field: getattr(args, field) for _, field, _, _, _ in LIMIT_OPTIONS})
     examples = examples_from(args.examples)
+    if args.min_score is not None and not math.isfinite(args.min_score):
+        raise OvssError(f"--min-score must be a finite number (e.g. 0.3), got {args.min_score}")
     check_port(args.host, args.port)  # so is a port already in use
     if not logging.getLogger("ovss.demo").handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -116,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
     backend.segmenter()  # load now: a bad name or missing weights fails before the server starts
     uploads = private_upload_dir()
     try:
-        app = build_app(backend, examples)
+        app = build_app(backend, examples, min_score=args.min_score)
         launch(app, backend, args.host, args.port, share=args.share)
     finally:
         if uploads is not None:

@@ -108,8 +108,13 @@ def _duration(seconds: int) -> str:
     return f"{seconds // 60} minutes" if seconds >= 120 else f"{seconds} seconds"
 
 
-def build_app(backend: DemoBackend, examples: list[list[str]] | None = None) -> Any:
-    """The gradio Blocks page. Call :func:`launch` to serve it with the demo's limits."""
+def build_app(
+    backend: DemoBackend, examples: list[list[str]] | None = None, min_score: float | None = None
+) -> Any:
+    """The gradio Blocks page. Call :func:`launch` to serve it with the demo's limits.
+
+    ``min_score``: the first value of the page's minimum score (None: empty, every pixel labelled).
+    """
     gr = import_gradio()
     catalogue = backend.catalogue()
     offered = [(e.label, e.name) for e in catalogue if e.usable]
@@ -221,7 +226,7 @@ def build_app(backend: DemoBackend, examples: list[list[str]] | None = None) -> 
                     label="CAT-Seg inference",
                     visible=visible["catseg"],
                 )
-                display = display_controls(gr)
+                display = display_controls(gr, min_score)
                 button = gr.Button("Segment", variant="primary", elem_id="ovss-segment")
             with gr.Column(scale=3):
                 with gr.Row():
@@ -315,12 +320,12 @@ def private_upload_dir() -> Path | None:
     return folder
 
 
-def display_controls(gr: Any) -> list[Any]:
-    """The display controls, in ``/segment``'s input order: minimum score, opacity, names on the
-    regions, score-map class (each optional in the API, with these defaults)."""
+def display_controls(gr: Any, min_score: float | None = None) -> list[Any]:
+    """The display controls, in ``/segment``'s input order: minimum score (``min_score`` at first),
+    opacity, names on the regions, score-map class (each optional in the API, with these defaults)."""
     with gr.Row():
-        min_score = gr.Textbox(  # a Number box cannot be empty, and 0 is a threshold like any other
-            value="",
+        threshold = gr.Textbox(  # a Number box cannot be empty, and 0 is a threshold like any other
+            value="" if min_score is None else f"{min_score:g}",
             label="minimum score",
             placeholder="e.g. 0.3",
             info="pixels whose best score is below it stay unlabelled; empty: label every pixel",
@@ -338,7 +343,7 @@ def display_controls(gr: Any) -> list[Any]:
         allow_custom_value=True,
         elem_id="ovss-score-class",
     )
-    return [min_score, opacity, labels, score_class]
+    return [threshold, opacity, labels, score_class]
 
 
 def score_class_list(text: str | None) -> list[tuple[str, str]]:
