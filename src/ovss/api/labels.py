@@ -68,12 +68,18 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+def text_box(name: str, size: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of ``name`` rendered by :func:`render` (measured, not drawn: cheap)."""
+    x0, y0, x1, y1 = _font(size).getbbox(name, stroke_width=max(1, size // 8))
+    return int(x0), int(y0), max(int(x0) + 1, int(x1)), max(int(y0) + 1, int(y1))
+
+
 def render(name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(rgb (h, w, 3) uint8, alpha (h, w) float32) of ``name`` in white with a black outline."""
     font = _font(size)
     stroke = max(1, size // 8)
-    x0, y0, x1, y1 = (int(v) for v in font.getbbox(name, stroke_width=stroke))
-    canvas = Image.new("RGBA", (max(1, x1 - x0), max(1, y1 - y0)), (0, 0, 0, 0))
+    x0, y0, x1, y1 = text_box(name, size)
+    canvas = Image.new("RGBA", (x1 - x0, y1 - y0), (0, 0, 0, 0))
     ImageDraw.Draw(canvas).text(
         (-x0, -y0), name, font=font, fill=(*TEXT, 255), stroke_width=stroke, stroke_fill=(*OUTLINE, 255)
     )
@@ -137,12 +143,14 @@ def label_stamps(label_map: np.ndarray, class_names: list[str], size: int | None
     for k in np.argsort(-counts, kind="stable"):
         if counts[k] == 0 or not class_names[k].strip():
             continue
+        left0, top0, right0, bottom0 = text_box(class_names[k], size)
+        th, tw = bottom0 - top0, right0 - left0
+        if counts[k] < MIN_INSIDE * th * tw * scale * scale:
+            continue  # fewer pixels than the text box needs: no region of it can hold the name
         found = interior_point(small == k)
         if found is None:
             continue
         (r, c), region = found
-        rgb, alpha = render(class_names[k], size)
-        th, tw = alpha.shape
         cy, cx = (r + 0.5) / scale, (c + 0.5) / scale  # the point in full-size pixels
         top, left = round(cy - th / 2), round(cx - tw / 2)
         if top < 0 or left < 0 or top + th > h or left + tw > w:
@@ -152,5 +160,6 @@ def label_stamps(label_map: np.ndarray, class_names: list[str], size: int | None
         x0, x1 = int(left * scale), max(int(left * scale) + 1, int(np.ceil((left + tw) * scale)))
         if region[y0:y1, x0:x1].mean() < MIN_INSIDE:
             continue
+        rgb, alpha = render(class_names[k], size)  # drawn only once it fits
         stamps.append(Stamp(class_names[k], top, left, rgb, alpha))
     return stamps
