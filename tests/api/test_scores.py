@@ -117,9 +117,10 @@ def test_heat_maps_one_per_class_then_a_sheet(tmp_path):
 
     seg = Segmenter(RedModel())
     result = seg.predict(_photo(), _classes(3), return_scores=True)
-    result.save(tmp_path, "x", ("heatmaps",))
+    saved = result.save(tmp_path, "x", ("heatmaps",))["heatmaps"]
     files = sorted(p.name for p in tmp_path.glob("x_heatmap*"))
     assert files == ["x_heatmap-0-c0.png", "x_heatmap-1-c1.png", "x_heatmap-2-c2.png"]
+    assert [p.name for p in saved] == files  # save() lists every heat-map file
     heat = np.asarray(Image.open(tmp_path / "x_heatmap-2-c2.png").convert("RGB")).astype(int)
     assert heat.shape == (24, 40, 3)
     lut = colour_scale().astype(int)
@@ -127,7 +128,7 @@ def test_heat_maps_one_per_class_then_a_sheet(tmp_path):
     assert np.abs(heat[0, 0] - 0.7 * lut[0]).max() <= 1
     assert heat[0, -1].sum() > 400 and heat[0, 0].sum() < 10
     many = seg.predict(_photo(), _classes(SHEET_ABOVE + 1), return_scores=True)
-    path = many.save(tmp_path, "m", ("heatmaps",))["heatmaps"]
+    (path,) = many.save(tmp_path, "m", ("heatmaps",))["heatmaps"]
     assert path.name == "m_heatmaps.png" and not list(tmp_path.glob("m_heatmap-*"))
     sheet = np.asarray(Image.open(path).convert("RGB"))
     assert sheet.shape[1] <= 4096 + 8 and sheet.shape[0] > 5 * 24  # 5 rows of tiles

@@ -148,13 +148,18 @@ def test_scores_heatmaps_min_score_and_rendering_options(tmp_path, capsys):
     assert np.all(np.asarray(Image.open(out / "photo_label.png")) == 255)
     overlay = np.asarray(Image.open(out / "photo_overlay.png").convert("RGB"))
     assert np.array_equal(overlay[:, :56], np.asarray(Image.open(photo).convert("RGB")))  # uncoloured
+    # The output folder as input: the heat maps are ovss outputs, not photos.
+    from ovss.cli.segment_inputs import _folder_images
+
+    images, skipped, _ = _folder_images(out, out)
+    assert images == [] and sorted(skipped) == sorted(out.glob("photo_*.png")) and len(skipped) == 4
     capsys.readouterr()
-    # The same options: done; another opacity or threshold changes the outputs: recomputed.
+    # The same options: done; another opacity or threshold changes the outputs: recorded settings
+    # differ, so the run stops and names them (--overwrite replaces the results, heat maps included).
     assert _segment(photo, out, *args, "--min-score", "1e9") == 0
     assert "1 of 1 image(s) already done" in capsys.readouterr().out
-    assert _segment(photo, out, *args[:-1], "0.8", "--min-score", "1e9") == 0
-    assert "already done" not in capsys.readouterr().out
-    assert _segment(photo, out, *args[:-1], "0.8") == 0
+    assert _segment(photo, out, *args[:-1], "0.8", "--min-score", "1e9") == 1
+    assert "holds results made with other settings (render: " in _error(capsys)
+    assert _segment(photo, out, *args[:-1], "0.8", "--outputs", "label,json", "--overwrite") == 0
     assert "unlabelled" not in json.loads((out / "photo.json").read_text())
-    # The output folder as input: the heat maps are ovss outputs, not photos.
-    assert segment_cli._folder_images(out, out) == ([], sorted(out.glob("photo_*.png")))
+    assert not list(out.glob("photo_heatmap*")) and not (out / "photo_scores.npz").exists()

@@ -166,8 +166,9 @@ class SegmentationResult:
         opacity: float = DEFAULT_OPACITY,
         palette: str | Path | Palette | None = None,
         labels: bool = True,
-    ) -> dict[str, Path]:
-        """Write the requested outputs into ``out_dir``, each atomically; returns their paths.
+    ) -> dict[str, Path | list[Path]]:
+        """Write the requested outputs into ``out_dir``, each atomically; returns their paths (a list
+        of files for ``heatmaps``, one per class or the sheet).
 
         ``<stem>_label.png``: the label map, an 8-bit palette PNG (pixel value = class index; the
         palette holds the overlay's colours) for up to 256 classes, a 16-bit grayscale PNG above
@@ -186,7 +187,20 @@ class SegmentationResult:
         needs_scores = [o for o in outputs if o in ("scores", "heatmaps")]
         if needs_scores and (self.scores is None or self.score_classes is not None):
             raise ValueError(f"{needs_scores} need the whole score map: predict(..., return_scores=True)")
-        paths = {k: v for k, v in self.output_paths(out_dir, stem, self.class_names).items() if k in outputs}
+        files = {k: v for k, v in self.output_paths(out_dir, stem, self.class_names).items() if k in outputs}
+        return self._write(files, out_dir, stem, colours, opacity, palette, labels)
+
+    def _write(
+        self,
+        paths: dict[str, Path],
+        out_dir: str | Path,
+        stem: str,
+        colours: np.ndarray,
+        opacity: float,
+        palette: str | Path | Palette | None,
+        labels: bool,
+    ) -> dict[str, Path | list[Path]]:
+        written: dict[str, Path | list[Path]] = dict(paths)
         if "label" in paths:
             self._save_label(paths["label"], colours)
         if "overlay" in paths:
@@ -205,8 +219,8 @@ class SegmentationResult:
         if "scores" in paths and self.scores is not None:
             write_scores_npz(paths["scores"], self.scores, self.class_names)
         if "heatmaps" in paths and self.scores is not None:
-            write_heatmaps(out_dir, stem, self.scores, self.image, self.class_names)
-        return paths
+            written["heatmaps"] = write_heatmaps(out_dir, stem, self.scores, self.image, self.class_names)
+        return written
 
     def _save_label(self, path: Path, colours: np.ndarray) -> None:
         k = len(self.class_names)
