@@ -4,7 +4,11 @@ For K = 847 classes (ADE20K-full) and a 640 x 853 image the (K, H, W) float32 sc
 1.85 GB. Models with ``predict_blocks`` hand the map to the Segmenter in blocks of ``block_mb`` and
 only the label map and the maxima are kept; ``whole`` wraps the same model so that the Segmenter sees
 only ``predict`` (the whole map, as before blocks existed). ``+scores`` asks for the score map too
-(``return_scores=True``), which needs the map by definition.
+(``return_scores=True``), which needs the map by definition; ``+disk`` asks for it with
+``Segmenter.scores_dir`` set (``ovss segment --outputs scores``): float16 in a memory-mapped temporary
+file, whose pages are page cache (counted in the resident size while mapped, but written out and
+reclaimable, unlike the anonymous memory of ``+scores``; ``anon MiB`` is the process's anonymous
+resident memory with the result alive).
 
 Each case runs in a fresh process (random weights, fp32 unless ``--dtype``); the peak resident set
 size (VmHWM) is reset after the model, vocabulary and a warm-up image are set up, so the numbers are
@@ -24,7 +28,7 @@ import time
 from pathlib import Path
 
 DEFAULT_RUNS = ["san-vit-b16", "catseg-vit-b16:inference=whole"]
-MODES = ["whole", "blocks", "blocks+scores"]
+MODES = ["whole", "blocks", "blocks+scores", "blocks+disk"]
 
 
 def _status_kb(field: str) -> int | None:
@@ -80,13 +84,18 @@ def child(spec: str, mode: str, classes: int, size: tuple[int, int], dtype: str,
     seg = Segmenter(WholeMap(model) if mode == "whole" else model, dtype=dtype, **extra)
     seg.set_vocabulary(Vocabulary.from_names([f"class {i}" for i in range(classes)]), embeddings=text)
     image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
-    keep = mode.endswith("+scores")
+    keep = mode.endswith(("+scores", "+disk"))
+    if mode.endswith("+disk"):
+        import tempfile
+
+        seg.scores_dir = Path(tempfile.mkdtemp(prefix="ovss-bench-"))
     seg.predict(image, return_scores=keep, **options)  # warm-up: kernels, allocator caches
     base_kb = _status_kb("VmRSS")
     reset = _reset_peak()
     start = time.perf_counter()
     result = seg.predict(image, return_scores=keep, **options)
     seconds = time.perf_counter() - start
+    anon_kb = _status_kb("RssAnon")
     peak_kb = _status_kb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "run": spec,
@@ -96,6 +105,7 @@ def child(spec: str, mode: str, classes: int, size: tuple[int, int], dtype: str,
         "before MiB": (base_kb or 0) / 1024,
         "peak MiB": (peak_kb or 0) / 1024,
         "peak - before": ((peak_kb or 0) - (base_kb or 0)) / 1024,
+        "anon MiB": (anon_kb or 0) / 1024,
         "s/img": seconds,
         "labels": int(np.unique(result.label_map).size),
         "peak reset": reset,

@@ -484,7 +484,7 @@ def reduce_scores(
         keep_scores: also assemble the whole (B, K, H0, W0) float32 map; a list of class indices:
             only those classes' maps, (B, len(list), H0, W0) in the list's order.
         device: where the blocks are (and the results stay).
-        out: a (B, K, H0, W0) numpy array (any float dtype, e.g. :func:`disk_scores`) that receives
+        out: a (B, K, H0, W0) float16 or float32 numpy array (e.g. :func:`disk_scores`) that receives
             the whole map block by block (cast to its dtype); independent of ``keep_scores``.
 
     Returns:
@@ -511,7 +511,9 @@ def reduce_scores(
         labels[:, r0:r1] = torch.where(better, label + k0, labels[:, r0:r1])
         class_scores[:, k0:k1] = torch.maximum(class_scores[:, k0:k1], block.amax(dim=(2, 3)))
         if out is not None:
-            out[:, k0:k1, r0:r1] = block.cpu().numpy()
+            # cast and lay out in torch (fast), then one contiguous copy per class into out
+            cast = block.to(torch.float16 if out.dtype == np.float16 else torch.float32)
+            out[:, k0:k1, r0:r1] = cast.contiguous().cpu().numpy()
         if scores is not None and chosen:
             for j, c in enumerate(chosen):
                 if k0 <= c < k1:
