@@ -2,7 +2,7 @@
 
 The heat maps share one colour scale, 0 to 1, so that classes and images can be compared by eye
 (CAT-Seg and SED scores are sigmoid probabilities in [0, 1]; SAN's are mask probabilities summed over
-its queries, about [0, 1]); it widens to ``min(0, lowest)`` .. ``max(1, highest)`` of the image's
+its queries, 0 and up); it widens to ``min(0, lowest)`` .. ``max(1, highest)`` of the image's
 scores where they leave it (CAT-Seg v1's ``mmseg`` protocol averages logits). Colours run from black
 through purple, red and orange to pale yellow, over a dimmed grey copy of the photo.
 """
