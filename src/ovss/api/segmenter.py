@@ -25,6 +25,7 @@ from ovss.api.result import SegmentationResult, unlabelled_value
 from ovss.api.tta import TTAConfig, check_pass_sizes, mean_blocks, parse_tta, report_passes, scaled_size
 from ovss.data.io import ImageInput, read_image
 from ovss.errors import ImageReadError, OvssError
+from ovss.layers.cv2_resize import cv2_resize_linear, mmcv_scale_factor_size
 from ovss.models.base import SegmentationModel
 from ovss.vocab.embeddings import TextEmbedder
 from ovss.vocab.vocabulary import Vocabulary, parse_vocabulary
@@ -293,9 +294,18 @@ class Segmenter:
                 f"elongated for {self.name or 'this model'}: it would be resized to {w}x{h}; crop it "
                 "into pieces closer to square"
             )
-        if (h, w) != (h0, w0):
-            rgb = np.array(Image.fromarray(rgb).resize((w, h), Image.BILINEAR))
-        return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float(), (h, w)
+        return self._resize(rgb, (h, w), self.model.test_protocol(**options) == "mmseg"), (h, w)
+
+    @staticmethod
+    def _resize(rgb: np.ndarray, size: tuple[int, int], cv2: bool) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (3, h, w) float 0..255: PIL bilinear (detectron2) or cv2-exact (mmseg)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+        if tuple(size) == tuple(rgb.shape[:2]):
+            return tensor.float()
+        if cv2:
+            return cv2_resize_linear(tensor, size)
+        small = np.array(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR))
+        return torch.from_numpy(small).permute(2, 0, 1).float()
 
     @torch.inference_mode()
     def _run(
@@ -315,14 +325,15 @@ class Segmenter:
             if progress is not None:
                 blocks = _report_blocks(blocks, shape, progress)
         else:
-            check_pass_sizes(items[0][2], tta)
+            mmseg = self.model.test_protocol(**options) == "mmseg"  # SegTTAModel: mean of softmaxes
+            check_pass_sizes(out_size if mmseg else items[0][2], tta)  # mmseg: ratios of the original
             streams = [
                 (flip, self._augmented_blocks(items, scale, flip, out_size, options))
                 for scale, flip in tta.augmentations
             ]
             if progress is not None:
                 streams = report_passes(streams, progress)
-            blocks = mean_blocks(streams)
+            blocks = mean_blocks(streams, softmax=mmseg)
         keep = return_scores if isinstance(return_scores, bool) else _class_indices(return_scores, shape[1])
         disk = disk_scores(shape, self.scores_dir) if keep is True and self.scores_dir is not None else None
         reduced = reduce_scores(blocks, shape, keep if disk is None else False, self.device, out=disk)
@@ -353,14 +364,16 @@ class Segmenter:
         """Score blocks of one TTA augmentation (mirrored when ``flip``; :func:`mean_blocks` undoes it).
 
         The image is resized from the original to ``scale`` x the model's test size (PIL bilinear, as
-        the normal path) and the map comes at the original size, as the normal path's.
+        the normal path) and the map comes at the original size, as the normal path's. mmseg protocol
+        (``test_protocol``): ``scale`` x the ORIGINAL size (mmseg's ``tta_pipeline``), cv2-exact.
         """
-        size = scaled_size(items[0][2], scale)
+        mmseg = self.model.test_protocol(**options) == "mmseg"
+        h0, w0 = out_size
+        size = mmcv_scale_factor_size(h0, w0, scale) if mmseg else scaled_size(items[0][2], scale)
         tensors = []
         for rgb, tensor, _ in items:
             if size != tensor.shape[-2:]:
-                small = np.array(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR))
-                tensor = torch.from_numpy(small).permute(2, 0, 1).float()
+                tensor = self._resize(rgb, size, mmseg)
             tensors.append(tensor.flip(-1) if flip else tensor)
         yield from self._score_blocks(self._normalise(tensors, size), size, out_size, **options)
 

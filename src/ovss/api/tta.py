@@ -155,6 +155,7 @@ def check_pass_sizes(size: tuple[int, int], tta: TTAConfig) -> None:
 
 def mean_blocks(
     streams: Sequence[tuple[bool, Iterator[tuple[int, int, torch.Tensor]]]],
+    softmax: bool = False,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """The mean of several block streams of maps of one (B, K, H0, W0) shape, block by block.
 
@@ -162,16 +163,27 @@ def mean_blocks(
         streams: ``(flipped, blocks)`` per augmentation: ``blocks`` as ``predict_blocks`` yields them
             (every stream must tile the map the same way: the same output size and block budget give
             the same tiling); the blocks of a flipped stream are mirrored back along W.
+        softmax: average ``softmax`` over the classes of each map instead of the maps (mmseg's
+            ``SegTTAModel.merge_preds``); the blocks must then hold every class (SAN's bands do).
 
     Yields:
-        ``(class_start, row_start, mean)`` float32 blocks (one stream: its blocks unchanged).
+        ``(class_start, row_start, mean)`` float32 blocks (one stream: its blocks unchanged, or their
+        softmax).
     """
     import torch
+
+    def prepared(flipped: bool, k0: int, block: torch.Tensor) -> torch.Tensor:
+        block = block.flip(-1) if flipped else block
+        if not softmax:
+            return block
+        if k0:
+            raise RuntimeError("softmax TTA needs blocks that hold every class (bands of rows)")
+        return block.float().softmax(dim=1)
 
     if len(streams) == 1:
         flipped, blocks = streams[0]
         for k0, r0, block in blocks:
-            yield k0, r0, block.flip(-1) if flipped else block
+            yield k0, r0, prepared(flipped, k0, block)
         return
     for parts in zip(*(blocks for _, blocks in streams), strict=True):
         (k0, r0, first), shape = parts[0], parts[0][2].shape
@@ -180,7 +192,7 @@ def mean_blocks(
             if (k, r, block.shape) != (k0, r0, shape):
                 got, want = (k, r, tuple(block.shape)), (k0, r0, tuple(shape))
                 raise RuntimeError(f"TTA streams tile the map differently: {got} vs {want}")
-            total += block.flip(-1) if flipped else block
+            total += prepared(flipped, k, block)
         yield k0, r0, total.div_(len(streams))
 
 

@@ -6,7 +6,8 @@ an integer horizontal pass, then the SIMD vertical pass
 ``((((S0 >> 4) * b0) >> 16) + (((S1 >> 4) * b1) >> 16) + 2) >> 2``. Columns are clamped at the
 borders (weight 1 on the edge pixel); rows are not (out-of-range rows are replaced by the edge row
 with the unclamped weights). Verified to reproduce the ``catsegmm_a`` fixture's ``input.npy`` exactly
-(cv2 4.x, 120x168 -> 512x717). Not reproduced: cv2's switch to INTER_AREA for exact 2x downscales.
+(cv2 4.x, 120x168 -> 512x717). An exact 2x downscale of both axes is, as in cv2 (``resize`` switches
+INTER_LINEAR to INTER_AREA there), the rounded mean of each 2x2 block ``(a + b + c + d + 2) >> 2``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def cv2_resize_linear(image: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     sh, sw = src.shape[-2:]
     if (sh, sw) == (h, w):
         return src.float()
+    if (sh, sw) == (2 * h, 2 * w):  # cv2's INTER_AREA fast path
+        quad = src[..., 0::2, 0::2] + src[..., 0::2, 1::2] + src[..., 1::2, 0::2] + src[..., 1::2, 1::2]
+        return ((quad + 2) >> 2).float()
     x0, x1, a0, a1, right = _coefficients(w, sw, clamp=True)
     y0, y1, b0, b1, _ = _coefficients(h, sh, clamp=False)
     dev = src.device
@@ -66,3 +70,27 @@ def mmcv_rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[
     long_edge, short_edge = max(scale), min(scale)
     factor = min(long_edge / max(height, width), short_edge / min(height, width))
     return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def mmcv_shortest_edge_size(
+    height: int, width: int, short: int = 640, max_size: int = 2560
+) -> tuple[int, int]:
+    """(h, w) of mmseg's ``ResizeShortestEdge(scale=short, max_size)`` on a ``height`` x ``width`` image.
+
+    The transform computes a target (short side ``short``, long side scaled and capped at ``max_size``,
+    each rounded half up) and hands it to mmcv ``Resize(keep_ratio=True)``, whose ``imrescale`` rounds
+    again from the factor that fits the image inside that target (:func:`mmcv_rescale_size`).
+    """
+    scale = short / min(height, width)
+    new_h, new_w = height * scale, width * scale
+    if max(new_h, new_w) > max_size:
+        cap = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * cap, new_w * cap
+    return mmcv_rescale_size(height, width, (int(new_h + 0.5), int(new_w + 0.5)))
+
+
+def mmcv_scale_factor_size(height: int, width: int, ratio: float) -> tuple[int, int]:
+    """(h, w) of mmcv ``Resize(scale_factor=ratio, keep_ratio=True)`` (mmseg's ``tta_pipeline``): the
+    target ``round(size * ratio)`` fitted by ``imrescale``."""
+    target = (int(height * float(ratio) + 0.5), int(width * float(ratio) + 0.5))
+    return mmcv_rescale_size(height, width, target)

@@ -23,10 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovss.errors import ConfigError
+from ovss.layers.cv2_resize import mmcv_shortest_edge_size
 from ovss.layers.pos_embed import resize_pos_embed
 from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
 from ovss.layers.transformer import ResidualAttentionBlock
 from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, SegmentationModel
+from ovss.models.san_protocols import MMSEG_MEAN_255, MMSEG_STD_255, SAN_PROTOCOLS, mmseg_score_blocks
 from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
 from ovss.towers.text import TextConfig
 from ovss.towers.vit import VisionConfig
@@ -59,6 +61,9 @@ class SANConfig(ModelConfig):
     mlp_layers: int = 3  # ATTN_BIAS.MLP_NUM_LAYERS
     rescale_attn_bias: bool = True  # learned scalar affine w*A+b on the attention bias
     rec_downsample: Literal["max", "avg", "bilinear", "bicubic", "nearest"] = "max"  # bias -> CLIP grid
+    # test protocol (ovss.models.san_protocols): "d2" = MendelXu/SAN's detectron2 one, "mmseg" = the
+    # mmsegmentation SAN's (cv2 resize, class scores formed at the padded size, then resized)
+    inference: Literal["d2", "mmseg"] = "d2"
 
     def __post_init__(self) -> None:
         parent = getattr(super(), "__post_init__", None)
@@ -74,6 +79,8 @@ class SANConfig(ModelConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"SANConfig.{name} must be a positive integer, got {value!r}")
+        if self.inference not in SAN_PROTOCOLS:
+            raise ConfigError(f"SANConfig.inference={self.inference!r} is not one of {list(SAN_PROTOCOLS)}")
         if not 0 < self.clip_resolution <= 4:
             raise ConfigError(f"SANConfig.clip_resolution must be in (0, 4], got {self.clip_resolution}")
         if not 1 <= self.split < v.layers:
@@ -417,6 +424,32 @@ class SAN(SegmentationModel):
             results.append({"pred_masks": masks, "pred_logits": regions @ weight.to(regions.dtype).T})
         return {**results[-1], "aux_outputs": results[:-1]}
 
+    # ---------------------------------------------------------------------------------- protocols
+    inference_modes: tuple[str, ...] = SAN_PROTOCOLS
+
+    def _mode(self, options: dict[str, Any]) -> str:
+        """The ``inference=`` option (default ``config.inference``); no other option exists."""
+        mode = options.pop("inference", None) or self.config.inference
+        if options:
+            raise ConfigError(
+                f"unknown SAN option(s) {sorted(options)}; the only one is inference= (d2 or mmseg)"
+            )
+        if mode not in SAN_PROTOCOLS:
+            raise ConfigError(f"SAN inference={mode!r} is not one of {list(SAN_PROTOCOLS)}")
+        return mode
+
+    def preprocess_size(self, height: int, width: int, **options: Any) -> tuple[int, int]:
+        """Test size: short side ``test_resize.size`` (640), long side <= ``max_size`` (2560), rounded
+        as detectron2 (d2) or as mmseg's ``ResizeShortestEdge`` + mmcv ``imrescale`` (mmseg)."""
+        r = self.config.test_resize
+        if self._mode(dict(options)) == "mmseg" and r.mode == "short_side":
+            return mmcv_shortest_edge_size(height, width, r.size, r.max_size)
+        return r.output_size(height, width)
+
+    def test_protocol(self, **options: Any) -> str:
+        """``"mmseg"`` for ``inference="mmseg"`` (cv2-exact resize, mmseg TTA), else ``"detectron2"``."""
+        return "mmseg" if self._mode(dict(options)) == "mmseg" else "detectron2"
+
     def predict_blocks(
         self,
         images: torch.Tensor,
@@ -446,11 +479,17 @@ class SAN(SegmentationModel):
             ``(0, row_start, scores)``: scores (B, K, r, W0) float32 (a channels-last view) for output
             rows ``[row_start, row_start + r)``, top to bottom. A score is the sum over queries of
             softmax(class logits)[:K] x sigmoid(mask logits) (official semantic inference).
+            ``inference="mmseg"`` (options; default ``config.inference``): mmseg's order instead, the
+            class scores formed at the padded size and then resized
+            (:func:`~ovss.models.san_protocols.mmseg_score_blocks`).
         """
-        if options:
-            raise ConfigError(f"SAN.predict takes no options, got {sorted(options)}; remove them")
+        mode = self._mode(dict(options))
         out = self.forward(images, text)
         masks, logits = out["pred_masks"], out["pred_logits"]
+        if mode == "mmseg":  # class scores at the padded size, then resized (san_protocols)
+            hw = (int(images.shape[-2]), int(images.shape[-1]))
+            yield from mmseg_score_blocks(masks, logits, hw, image_size, output_size, max_elements)
+            return
         (hs, ws), (hp, wp) = masks.shape[-2:], images.shape[-2:]
         (h, w), (h0, w0) = image_size, output_size
         resize = BandedResize(
@@ -493,6 +532,21 @@ def san_vit_l14() -> SANConfig:
         split=18,
         fusion_map=((0, 0), (6, 1), (12, 2), (18, 3)),
         attn_bias_heads=16,
+    )
+
+
+def san_vit_b16_mmseg() -> SANConfig:
+    """mmsegmentation's SAN ViT-B/16 (``configs/san/san-vit-b16_coco-stuff164k-640x640.py``): the same
+    architecture, mmseg's test protocol and its 4-decimal CLIP mean/std."""
+    return dataclasses.replace(
+        san_vit_b16(), inference="mmseg", pixel_mean=MMSEG_MEAN_255, pixel_std=MMSEG_STD_255
+    )
+
+
+def san_vit_l14_mmseg() -> SANConfig:
+    """mmsegmentation's SAN ViT-L/14@336 (``configs/san/san-vit-l14_coco-stuff164k-640x640.py``)."""
+    return dataclasses.replace(
+        san_vit_l14(), inference="mmseg", pixel_mean=MMSEG_MEAN_255, pixel_std=MMSEG_STD_255
     )
 
 

@@ -28,8 +28,13 @@ text_encoder.transformer.i.{attentions.0.attn,norms.0,norms.1,ffns.0.layers.0.0,
                     -> ov_classifier.transformer.resblocks.i.{attn,ln_1,ln_2,mlp.c_fc,mlp.c_proj}
 text_encoder.{token_embedding,positional_embedding,ln_final,text_projection,logit_scale,bg_embed,attn_mask}
                     -> ov_classifier.*
-criterion.*         -> criterion.* (kept; dropped later as in san_d2)
+criterion.empty_weight, text_encoder.attn_mask  -> dropped (DROPPED_EXTRAS)
 ```
+
+The model-zoo files (made by ``san2mmseg.py``) are a flat dict holding mmseg's 440 (B) / 584 (L) model
+keys plus the two unused extras ``criterion.empty_weight`` and ``text_encoder.attn_mask`` (mmseg's own
+``load_checkpoint`` ignores them); a ``{"state_dict": sd}`` checkpoint saved by mmengine has the model
+keys only. Both load; any other key is an error.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ _TEXT_ROOTS = ("token_embedding.", "positional_embedding", "ln_final.", "text_pr
                "bg_embed", "attn_mask")
 
 
+DROPPED_EXTRAS = ("criterion.empty_weight", "text_encoder.attn_mask")  # in the model-zoo files, unused
 _CONTAINERS = ("state_dict", "model")  # mmseg / detectron2-style checkpoint wrappers
 
 
@@ -116,7 +122,7 @@ def _official_key(key: str, value: torch.Tensor) -> tuple[str, torch.Tensor] | N
         return key[len("decode_head.") :], value
     if key.startswith("text_encoder.") and key[len("text_encoder.") :].startswith(_TEXT_ROOTS):
         return "ov_classifier." + key[len("text_encoder.") :], value
-    if key.startswith("criterion."):
+    if key == "criterion.empty_weight":  # an unused extra of the model-zoo files (dropped by san_d2)
         return key, value
     return None
 
