@@ -1,11 +1,13 @@
 """``ovss download NAME...``: fetch official weights and convert them once, for offline use.
 
 Each NAME (see ``ovss models``) is downloaded from the Hugging Face Hub into $OVSS_HOME/hub (resumed
-when interrupted; checked against its sha256) and converted into $OVSS_HOME/weights/NAME.safetensors,
-which records a digest of its config and data. A NAME already converted and intact is skipped; a
-converted file that fails its integrity check (or was written by an earlier ovss) is converted again.
-Weights without a hub copy (SED, the mmseg SAN files) are downloaded by hand and installed with
-'ovss convert NAME FILE'.
+when interrupted; checked against its sha256), or from its official URL (the .mmseg SAN files, from
+download.openmmlab.com: checked against the sha256 prefix in the file name, the full digest recorded
+on first download), and converted into $OVSS_HOME/weights/NAME.safetensors, which records a digest of
+its config and data. A NAME already converted and intact is skipped; a converted file that fails its
+integrity check (or was written by an earlier ovss) is converted again. Weights without a download
+(SED, CAT-Seg v1) are downloaded by hand and installed with 'ovss convert NAME FILE'; so is any file
+whose download fails (the message gives its URL).
 
 Environment: OVSS_HOME (cache root, default ~/.cache/ovss), HF_ENDPOINT (a Hub mirror),
 OVSS_OFFLINE=1 or HF_HUB_OFFLINE=1 (never use the network: only already downloaded files convert).

@@ -95,6 +95,12 @@ def fetch_source(spec: WeightSpec, alternative: str = "") -> Path:
         DigestMismatchError: the file does not have the pinned sha256 (or the hub's content sha256);
             a freshly downloaded bad file is removed from the cache.
     """
+    if spec.url is not None:  # a plain URL (download.openmmlab.com), not the Hub
+        from ovss.weights.urlfetch import fetch_url
+
+        if not is_offline():
+            say(f"fetching {spec.url} for {spec.name} (once; cached)")
+        return fetch_url(spec.name, spec.url, spec.sha256)
     if not spec.downloadable:
         raise WeightsNotFoundError(
             f"{spec.name} has no hub copy: download it from {spec.manual_url} and run "

@@ -31,6 +31,16 @@ def _config(family: str, builder: str) -> Callable[[], ModelConfig]:
 
 
 @dataclasses.dataclass(frozen=True)
+class Published:
+    """One published score of a set of weights (papers, official READMEs and logs), as data."""
+
+    benchmark: str  # ``ovss eval --dataset`` name: "coco171", "ade150", "ade847", "pc59", "pc459", "voc20"
+    miou: float  # mIoU (%)
+    protocol: str  # the test protocol that gives it: "single scale" or "ms+flip", and whose pipeline
+    source: str  # where it is published
+
+
+@dataclasses.dataclass(frozen=True)
 class WeightSpec:
     """One named set of weights and the architecture it fits."""
 
@@ -47,10 +57,12 @@ class WeightSpec:
     manual_url: str | None = None  # where to download by hand when there is no hub copy
     sha256: str | None = None  # pinned digest of the source file (None: recorded on first download)
     seed: int = 0  # for "random" weights
+    url: str | None = None  # direct download URL when the weights are not on the hub (ovss.weights.urlfetch)
+    published: tuple[Published, ...] = ()  # published scores of these weights
 
     @property
     def downloadable(self) -> bool:
-        return self.hub_repo is not None and self.hub_file is not None
+        return self.url is not None or (self.hub_repo is not None and self.hub_file is not None)
 
 
 _SAN_ORIGIN = "Xu et al., Side Adapter Network, CVPR 2023; github.com/MendelXu/SAN"
@@ -61,6 +73,10 @@ _CATSEG_MM_PAGE = (
     "https://github.com/open-mmlab/mmsegmentation/tree/main/projects/CAT-Seg (its README links are "
     "placeholders; use a checkpoint you trained with the port)"
 )
+_SAN_MM_URL = "https://download.openmmlab.com/mmsegmentation/v0.5/san/"
+_SAN_MM_README = "open-mmlab/mmsegmentation configs/san/README.md (COCO-Stuff164k table)"
+_MMSEG_SS = "single scale, mmseg protocol (--inference mmseg)"
+_MMSEG_MS = "ms+flip, mmseg protocol (--inference mmseg --tta)"
 _SED_ORIGIN = "Xie et al., SED, CVPR 2024; github.com/xb534/SED"
 _SED_PAGE = "https://github.com/xb534/SED#models (Google Drive links in the README)"
 
@@ -90,22 +106,32 @@ WEIGHTS: tuple[WeightSpec, ...] = (
     WeightSpec(
         name="san-vit-b16.mmseg",
         family="san",
-        config=_config("san", "san_vit_b16"),
+        config=_config("san", "san_vit_b16_mmseg"),
         source_format="san_mmseg",
-        description="SAN ViT-B/16 as released by mmsegmentation (same weights, renamed keys)",
+        description="SAN ViT-B/16 as released by mmsegmentation (renamed keys; mmseg test protocol)",
         license="Apache-2.0",
         origin=_SAN_ORIGIN + "; open-mmlab/mmsegmentation configs/san",
-        manual_url="https://download.openmmlab.com/mmsegmentation/v0.5/san/san-vit-b16_20230906-fd0a7684.pth",
+        manual_url=_SAN_MM_URL + "san-vit-b16_20230906-fd0a7684.pth",
+        url=_SAN_MM_URL + "san-vit-b16_20230906-fd0a7684.pth",  # sha256 prefix in the name (urlfetch)
+        published=(
+            Published(benchmark="coco171", miou=41.93, protocol=_MMSEG_SS, source=_SAN_MM_README),
+            Published(benchmark="coco171", miou=41.77, protocol=_MMSEG_MS, source=_SAN_MM_README),
+        ),
     ),
     WeightSpec(
         name="san-vit-l14.mmseg",
         family="san",
-        config=_config("san", "san_vit_l14"),
+        config=_config("san", "san_vit_l14_mmseg"),
         source_format="san_mmseg",
-        description="SAN ViT-L/14 as released by mmsegmentation (same weights, renamed keys)",
+        description="SAN ViT-L/14 as released by mmsegmentation (renamed keys; mmseg test protocol)",
         license="Apache-2.0",
         origin=_SAN_ORIGIN + "; open-mmlab/mmsegmentation configs/san",
-        manual_url="https://download.openmmlab.com/mmsegmentation/v0.5/san/san-vit-l14_20230907-a11e098f.pth",
+        manual_url=_SAN_MM_URL + "san-vit-l14_20230907-a11e098f.pth",
+        url=_SAN_MM_URL + "san-vit-l14_20230907-a11e098f.pth",  # sha256 prefix in the name (urlfetch)
+        published=(
+            Published(benchmark="coco171", miou=45.78, protocol=_MMSEG_SS, source=_SAN_MM_README),
+            Published(benchmark="coco171", miou=43.99, protocol=_MMSEG_MS, source=_SAN_MM_README),
+        ),
     ),
     WeightSpec(
         name="catseg-vit-b16",
