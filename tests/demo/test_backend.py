@@ -181,10 +181,11 @@ def test_catalogue_offers_only_models_on_disk(monkeypatch, tmp_path):
 def test_options_apply_only_to_their_family():
     assert demo.option_visibility("sed") == {"sed": True, "catseg": False}
     assert demo.option_visibility("catseg") == {"sed": False, "catseg": True}
-    assert demo.option_visibility("san") == {"sed": False, "catseg": False}
+    assert demo.option_visibility("san") == {"sed": False, "catseg": True}  # the inference radio
     assert demo.model_options("sed", True, 4.0, "whole") == {"fast": True, "topk": 4}
     assert demo.model_options("sed", False, 4.0, "whole") == {}
-    assert demo.model_options("san", True, 4.0, "whole") == {}
+    assert demo.model_options("san", True, 4.0, "") == {"inference": "d2"}
+    assert demo.model_options("san", True, 4.0, "", model_default="mmseg") == {"inference": "mmseg"}
     assert demo.model_options("catseg", True, 4.0, "whole") == {"inference": "whole"}
     for bad in (0.5, 0, "abc", [3], float("inf")):
         with pytest.raises(
@@ -202,10 +203,15 @@ def test_catseg_v1_models_get_their_inference_modes():
     assert demo.inference_modes("catseg_v1", "whole") == (["whole", "slide"], "whole")
     assert demo.inference_modes("catseg_v1", "mmseg") == (["mmseg", "whole"], "mmseg")
     assert demo.inference_modes("sed") == ([], "")
+    assert demo.inference_modes("san", "mmseg") == (["mmseg", "d2"], "mmseg")
+    assert demo.inference_modes("san", "d2") == (["d2", "mmseg"], "d2")
+    with pytest.raises(DemoUserError, match="inference 'whole' is not offered"):
+        demo.model_options("san", inference="whole")
+    assert [m for _, m in demo.inference_choices("san", ["mmseg", "d2"])] == ["mmseg", "d2"]
     assert demo.model_options("catseg", inference="") == {"inference": "whole"}
     assert demo.model_options("catseg_v1", inference="", model_default="mmseg") == {"inference": "mmseg"}
     assert demo.model_options("catseg_v1", inference="slide", model_default="slide") == {"inference": "slide"}
-    offered = r"^CAT-Seg inference 'mmseg' is not offered for this model; choose one of: whole, slide$"
+    offered = r"^inference 'mmseg' is not offered for this model; choose one of: whole, slide$"
     with pytest.raises(DemoUserError, match=offered):
         demo.model_options("catseg", inference="mmseg")
     backend = DemoBackend("test-san-tiny")
@@ -216,6 +222,8 @@ def test_catseg_v1_models_get_their_inference_modes():
         ("catseg-v1-r101-vit-b16", (["whole", "slide"], "slide")),
         ("catseg-v1-swinb-vit-l14.mmseg", (["mmseg", "whole"], "mmseg")),
         ("test-sed-tiny", ([], "")),
+        ("test-san-tiny", (["d2", "mmseg"], "d2")),
+        ("san-vit-b16.mmseg", (["mmseg", "d2"], "mmseg")),
     ]:
         assert backend.inference_modes(name) == expected, name
 
@@ -234,7 +242,7 @@ def test_segment_passes_the_catseg_v1_inference_mode(data_dir, monkeypatch):
     assert backend.segment(photo, "quokka; grass").table
     backend.segment(photo, "quokka; grass", inference="whole")
     assert seen == [{"inference": "mmseg"}, {"inference": "whole"}]
-    with pytest.raises(DemoUserError, match=r"^CAT-Seg inference 'slide' is not offered for this model"):
+    with pytest.raises(DemoUserError, match=r"^inference 'slide' is not offered for this model"):
         backend.segment(photo, "quokka; grass", inference="slide")
     backend.close()
 
@@ -334,7 +342,10 @@ def test_segment_switches_family_and_applies_its_options(backend, data_dir, monk
     assert seen == {"fast": True, "topk": 2}  # the CAT-Seg option is not passed to SED
     seen.clear()
     backend.segment(photo, "bus; car", model="test-san-tiny", fast=True, topk=2)
-    assert seen == {} and backend.model_name == "test-san-tiny"
+    assert seen == {"inference": "d2"} and backend.model_name == "test-san-tiny"  # SAN: its own protocol
+    seen.clear()
+    backend.segment(photo, "bus; car", model="test-san-tiny", inference="mmseg")
+    assert seen == {"inference": "mmseg"}
 
 
 def test_vocabulary_errors_from_the_model_become_page_messages(backend, data_dir, monkeypatch):

@@ -111,6 +111,7 @@ def test_examples_folder(tmp_path, capsys, no_model_load):
     [
         ("test-catseg-tiny", "whole", ["whole", "slide"]),
         ("test-catseg-v1-tiny.mmseg", "mmseg", ["mmseg", "whole"]),
+        ("test-san-tiny", "d2", ["d2", "mmseg"]),
     ],
 )
 def test_app_shows_the_catseg_inference_modes_of_the_startup_model(model, value, choices):
@@ -119,7 +120,7 @@ def test_app_shows_the_catseg_inference_modes_of_the_startup_model(model, value,
 
     app = build_app(DemoBackend(model))  # the page is built from the catalogue: no model is loaded
     props = [c["props"] for c in app.get_config_file()["components"] if "props" in c]
-    radio = next(p for p in props if p.get("label") == "CAT-Seg inference")
+    radio = next(p for p in props if p.get("label") == "inference protocol (SAN, CAT-Seg)")
     assert radio["visible"] is True and radio["value"] == value
     assert [v for _, v in radio["choices"]] == choices
 
@@ -136,7 +137,7 @@ def test_app_offers_only_usable_models_and_cleans_its_files(data_dir):
     choices = [value for _, value in by_label["model"]["choices"]]
     assert choices[0] == "test-sed-tiny" and "san-vit-b16" not in choices and "test-san-tiny" in choices
     assert by_label["SED fast mode (category early rejection)"]["visible"] is True
-    assert by_label["CAT-Seg inference"]["visible"] is False
+    assert by_label["inference protocol (SAN, CAT-Seg)"]["visible"] is False
     assert app.delete_cache == (150, 600)
     assert app._queue.max_size == 3
     endpoint = [fn for fn in app.fns.values() if fn.api_name == "segment"]

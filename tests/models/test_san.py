@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -136,8 +138,46 @@ def test_predict_is_the_official_semantic_inference(model):
     assert scores.shape == (1, 5, 25, 35)
     torch.testing.assert_close(scores[0], expected)
     assert scores.std() > 0
-    with pytest.raises(ConfigError, match="no options"):
+    with pytest.raises(ConfigError, match=r"SAN inference='slide' is not one of \['d2', 'mmseg'\]"):
         model.predict(images, text, (64, 96), (64, 96), inference="slide")
+    with pytest.raises(ConfigError, match=r"unknown SAN option\(s\) \['fast'\]"):
+        model.predict(images, text, (64, 96), (64, 96), fast=True)
+
+
+@pytest.mark.parametrize(("image_size", "output_size"), [((64, 96), (64, 96)), ((50, 70), (47, 33)),
+                                                         ((50, 70), (121, 150))])
+def test_mmseg_protocol_forms_class_scores_at_the_padded_size_then_resizes(model, image_size, output_size):
+    """mmseg's order: sigmoid of the masks at the padded size, summed with the class probabilities,
+    cropped, then the class scores resized; blocks of any budget reassemble to it bit for bit."""
+    images, text = torch.randn(2, 3, 64, 96), F.normalize(torch.randn(4, 32), dim=-1)
+    full = check_blocks(model, images, text, image_size, output_size, inference="mmseg")
+    with torch.no_grad():
+        out = model(images, text)
+        d2 = model.predict(images, text, image_size, output_size, inference="d2")
+    masks = F.interpolate(out["pred_masks"], size=(64, 96), mode="bilinear").sigmoid()
+    seg = torch.einsum("bqk,bqhw->bkhw", out["pred_logits"].softmax(-1)[..., :-1], masks)
+    seg = seg[..., : image_size[0], : image_size[1]]
+    expected = F.interpolate(seg, size=output_size, mode="bilinear", align_corners=False)
+    assert ((full - expected).norm() / expected.norm()) < 1e-6
+    if output_size != (64, 96):  # the orders differ as soon as anything is resized
+        assert ((d2 - expected).norm() / expected.norm()) > 1e-3
+
+
+def test_mmseg_protocol_sizes_and_config():
+    from ovss.models.san import san_vit_b16_mmseg, san_vit_l14_mmseg
+
+    m = SAN(dataclasses.replace(san_tiny(), inference="mmseg"))
+    assert m.test_protocol() == "mmseg" and m.test_protocol(inference="d2") == "detectron2"
+    # mmseg rounds twice (ResizeShortestEdge, then imrescale): the capped long side differs from d2's
+    assert m.preprocess_size(101, 500) == (517, 2559)
+    assert m.preprocess_size(101, 500, inference="d2") == (517, 2560)
+    assert m.preprocess_size(480, 640) == (640, 853)
+    for cfg, base in ((san_vit_b16_mmseg(), san_vit_b16()), (san_vit_l14_mmseg(), san_vit_l14())):
+        assert cfg.inference == "mmseg" and cfg.pixel_mean == (122.7709, 116.7460, 104.0937)
+        d2 = dataclasses.replace(cfg, inference="d2", pixel_mean=base.pixel_mean, pixel_std=base.pixel_std)
+        assert d2 == base
+    with pytest.raises(ConfigError, match="SANConfig.inference='x' is not one of"):
+        dataclasses.replace(san_tiny(), inference="x")
 
 
 @pytest.mark.parametrize(("image_size", "output_size"), [((64, 96), (64, 96)), ((50, 70), (47, 33))])

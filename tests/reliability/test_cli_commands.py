@@ -60,8 +60,16 @@ def test_eval_options_are_checked_in_cli_words_before_loading(tmp_path, capsys, 
     base = ["eval", "--folder", str(tmp_path), "--classes", "a; b", "--out", str(tmp_path / "o")]
     assert main([*base, "--model", "test-san-tiny", "--inference", "slide"]) == 1
     assert _one_line_error(capsys) == (
-        "ovss: error: --inference applies to CAT-Seg models only; test-san-tiny is a SAN model (remove "
-        "--inference)"
+        "ovss: error: --inference slide does not apply to test-san-tiny (a SAN model); use d2 or mmseg"
+    )
+    assert main([*base, "--model", "test-catseg-tiny", "--inference", "d2"]) == 1
+    assert "--inference d2 does not apply to test-catseg-tiny (a CAT-Seg model); use whole or slide" in (
+        _one_line_error(capsys)
+    )
+    assert main([*base, "--model", "test-sed-tiny", "--inference", "whole"]) == 1
+    assert _one_line_error(capsys) == (
+        "ovss: error: --inference applies to SAN and CAT-Seg models only; test-sed-tiny is a SED model "
+        "(remove --inference)"
     )
     assert main([*base, "--model", "test-catseg-tiny", "--fast"]) == 1
     assert "--fast applies to SED models only; test-catseg-tiny is a CAT-Seg model" in _one_line_error(capsys)

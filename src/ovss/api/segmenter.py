@@ -299,11 +299,10 @@ class Segmenter:
     @staticmethod
     def _resize(rgb: np.ndarray, size: tuple[int, int], cv2: bool) -> torch.Tensor:
         """(H, W, 3) uint8 -> (3, h, w) float 0..255: PIL bilinear (detectron2) or cv2-exact (mmseg)."""
-        tensor = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
         if tuple(size) == tuple(rgb.shape[:2]):
-            return tensor.float()
+            return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()
         if cv2:
-            return cv2_resize_linear(tensor, size)
+            return cv2_resize_linear(torch.from_numpy(np.array(rgb)).permute(2, 0, 1), size)
         small = np.array(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR))
         return torch.from_numpy(small).permute(2, 0, 1).float()
 

@@ -10,11 +10,15 @@ from typing import Any
 
 # Which family each model option belongs to (the CLI names them; the API takes them as keywords).
 OPTION_FAMILY = {
-    "inference": (("catseg", "catseg_v1"), "CAT-Seg"),
+    "inference": (("san", "catseg", "catseg_v1"), "SAN and CAT-Seg"),
     "fast": (("sed",), "SED"),
     "topk": (("sed",), "SED"),
 }
 FAMILY_NAMES = {"san": "SAN", "catseg": "CAT-Seg", "sed": "SED", "catseg_v1": "CAT-Seg v1"}
+# --inference values per family (each model's ``inference_modes``; its config's ``inference`` is the default)
+INFERENCE_MODES = {
+    "san": ("d2", "mmseg"), "catseg": ("whole", "slide"), "catseg_v1": ("whole", "slide", "mmseg")
+}
 
 
 _LITERAL = re.compile(r"``(.+?)``")  # reST inline literals in module docstrings used as descriptions
@@ -90,10 +94,13 @@ def add_model_args(
     p.add_argument(
         "--inference",
         default=None,
-        choices=["whole", "slide", "mmseg"],
-        help="CAT-Seg: whole-image or the official sliding-window protocol (CAT-Seg v1 also: mmseg); "
-        "default: whole for segment and the web demo (one pass, aspect ratio kept, 4-5x faster than "
-        "slide), the model's own for eval (slide, the official evaluation protocol) and for CAT-Seg v1",
+        choices=["whole", "slide", "mmseg", "d2"],
+        help="test protocol. SAN: d2 (MendelXu/SAN's detectron2 protocol: PIL resize, mask logits "
+        "resized before the sigmoid) or mmseg (mmsegmentation's: cv2 resize, class scores formed at the "
+        "padded size, then resized); default: mmseg for the .mmseg weights, d2 for the others. CAT-Seg: "
+        "whole-image or the official sliding-window protocol (CAT-Seg v1 also: mmseg); default: whole for "
+        "segment and the web demo (one pass, aspect ratio kept, 4-5x faster than slide), the model's own "
+        "for eval (slide, the official evaluation protocol) and for CAT-Seg v1",
     )
     p.add_argument(
         "--fast",
@@ -133,9 +140,11 @@ def check_model_options(args: argparse.Namespace, family: str, model: str) -> No
     from ovss.errors import ConfigError
 
     options = model_options(args)
-    if options.get("inference") == "mmseg" and family == "catseg":
+    mode, modes = options.get("inference"), INFERENCE_MODES.get(family, ())
+    if mode is not None and modes and mode not in modes:
         raise ConfigError(
-            f"--inference mmseg applies to CAT-Seg v1 models only; use whole or slide for {model}"
+            f"--inference {mode} does not apply to {model} (a {FAMILY_NAMES.get(family, family)} model); "
+            f"use {' or '.join(modes)}"
         )
     for key in options.keys() - {"tta"}:
         owners, label = OPTION_FAMILY[key]

@@ -18,10 +18,10 @@ from typing import Any
 from ovss.demo.backend import (
     DEFAULT_OPACITY,
     EXAMPLE_CLASSES,
-    INFERENCE_LABELS,
     DemoBackend,
     DemoUserError,
     UploadGate,
+    inference_choices,
     option_visibility,
     web_message,
     weights_table,
@@ -129,7 +129,7 @@ def build_app(
             gr.update(visible=show["sed"] and bool(sed_fast)),  # top-k only matters in fast mode
             gr.update(
                 visible=show["catseg"],
-                choices=[(INFERENCE_LABELS[m], m) for m in choices or ["whole"]],
+                choices=inference_choices(backend.family(model), choices or ["whole"]),
                 value=first or "whole",
             ),
         )
@@ -221,9 +221,9 @@ def build_app(
                     elem_id="ovss-sed-topk",
                 )
                 inference = gr.Radio(
-                    [(INFERENCE_LABELS[m], m) for m in modes or ["whole"]],
+                    inference_choices(backend.family(backend.model_name), modes or ["whole"]),
                     value=first_mode or "whole",
-                    label="CAT-Seg inference",
+                    label="inference protocol (SAN, CAT-Seg)",
                     visible=visible["catseg"],
                 )
                 display = display_controls(gr, min_score)

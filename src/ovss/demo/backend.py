@@ -130,28 +130,43 @@ def weights_table(entries: list[ModelEntry]) -> str:
     return "\n".join(rows) + note
 
 
-CATSEG_FAMILIES = ("catseg", "catseg_v1")  # the families with an inference mode
+CATSEG_FAMILIES = ("catseg", "catseg_v1")
+INFERENCE_FAMILIES = ("san", *CATSEG_FAMILIES)  # the families with an inference protocol
 INFERENCE_LABELS = {
     "whole": "whole image (faster)",
     "slide": "sliding window (official, slower)",
     "mmseg": "sliding window (mmseg port)",
 }
+SAN_INFERENCE_LABELS = {
+    "d2": "detectron2 protocol (official SAN)",
+    "mmseg": "mmsegmentation protocol",
+}
+
+
+def inference_choices(family: str, modes: list[str]) -> list[tuple[str, str]]:
+    """(label, mode) pairs of the page's inference radio for a model of ``family``."""
+    labels = SAN_INFERENCE_LABELS if family == "san" else INFERENCE_LABELS
+    return [(labels.get(m, m), m) for m in modes]
 
 
 def option_visibility(family: str) -> dict[str, bool]:
-    """Which per-model options apply: ``{"sed": ..., "catseg": ...}`` (the rest take none)."""
-    return {"sed": family == "sed", "catseg": family in CATSEG_FAMILIES}
+    """Which per-model options apply: ``{"sed": ..., "catseg": ...}`` (the rest take none); ``catseg``
+    is the inference-protocol radio, shown for SAN and CAT-Seg."""
+    return {"sed": family == "sed", "catseg": family in INFERENCE_FAMILIES}
 
 
 def inference_modes(family: str, model_default: str = "") -> tuple[list[str], str]:
-    """The CAT-Seg inference modes the page offers for a model, and the one selected at first.
+    """The inference modes the page offers for a model (SAN, CAT-Seg), and the one selected at first.
 
     The first selection is ``ovss segment``'s default: ``whole`` for CAT-Seg (one pass, aspect ratio
     kept, 4-5x faster than the official ``slide``); the model's own protocol (``model_default``, its
     config's ``inference``) for CAT-Seg v1. CAT-Seg v1 models of the official code offer ``whole`` and
     ``slide``, those of the mmseg port (``model_default == "mmseg"``) their ``mmseg`` protocol and
-    ``whole``. Other families: ``([], "")``.
+    ``whole``. SAN: its config's protocol first (``mmseg`` for the ``.mmseg`` weights, else ``d2``),
+    then the other. Other families: ``([], "")``.
     """
+    if family == "san":
+        return (["mmseg", "d2"], "mmseg") if model_default == "mmseg" else (["d2", "mmseg"], "d2")
     if family == "catseg":
         return ["whole", "slide"], "whole"
     if family == "catseg_v1":
@@ -171,7 +186,7 @@ def model_options(
     """The predict options of the widgets that apply to ``family`` (the others are ignored).
 
     ``inference`` empty means the first selection of :func:`inference_modes`; ``model_default`` is
-    the model config's ``inference`` (CAT-Seg v1 only).
+    the model config's ``inference`` (SAN and CAT-Seg v1).
 
     Raises:
         DemoUserError: a SED top-k that is not a whole number >= 1, or an inference mode the model
@@ -188,13 +203,13 @@ def model_options(
                 raise DemoUserError(f"'classes kept per pixel' must be a whole number >= 1, got {topk!r}")
             options["topk"] = k
         return options
-    if family in CATSEG_FAMILIES:
+    if family in INFERENCE_FAMILIES:
         modes, first = inference_modes(family, model_default)
         if not inference:
             return {"inference": first}
         if inference not in modes:
             raise DemoUserError(
-                f"CAT-Seg inference {str(inference)[:40]!r} is not offered for this model; choose one of: "
+                f"inference {str(inference)[:40]!r} is not offered for this model; choose one of: "
                 f"{', '.join(modes)}"
             )
         return {"inference": inference}
