@@ -19,7 +19,9 @@ mmseg convention) or on a folder of images with label PNGs. Reports go to OUT/<d
 Benchmarks are read from --data-root, else $OVSS_DATA, else ./datasets (prepare them with
 `ovss prepare`). With --dataset all, benchmarks that are not prepared are listed and skipped.
 CAT-Seg models use the model's default --inference (the official sliding window for the released
-CAT-Seg weights) unless --inference is given.
+CAT-Seg weights) unless --inference is given. SAN models too: d2 (MendelXu/SAN's detectron2
+protocol) for the official weights, mmseg (mmsegmentation's own test protocol, the one of its
+README's numbers) for the .mmseg weights.
 """
 
 _EPILOG = """\
