@@ -144,6 +144,7 @@ def test_catseg_fixture_with_more_classes_than_the_budget(tmp_path: Path) -> Non
     perm = torch.randperm(8, generator=torch.Generator().manual_seed(0))
     refs = {
         "agg.cost_volume_full": ours["agg.cost_volume_full"],
+        "agg.trunc.class_scores": ours["agg.trunc.class_scores"],  # official order: not permuted
         "agg.trunc.classes": ours["agg.trunc.classes"][:, perm],
         "agg.cost_volume": ours["agg.cost_volume"][:, :, perm],
         "agg.text_guidance_proj": ours["agg.text_guidance_proj"][:, perm],
@@ -163,3 +164,70 @@ def test_catseg_fixture_with_more_classes_than_the_budget(tmp_path: Path) -> Non
     catseg_harness._to_official_class_order(run["ours"], run["refs"])
     errors = catseg_harness.check_fixture(folder)
     assert set(errors) == set(refs) and max(errors.values()) <= 1e-6, errors
+
+
+# ------------------------------------------------------------------ CAT-Seg v1 / mmseg: Swin and synonyms
+SWIN_D2 = {
+    "type": "cat_seg D2SwinTransformer (MODEL.BACKBONE.NAME D2SwinTransformer)", "EMBED_DIM": 16,
+    "DEPTHS": [2, 2, 6, 2], "NUM_HEADS": [2, 4, 8, 16], "WINDOW_SIZE": 6, "PATCH_SIZE": 4, "MLP_RATIO": 4.0,
+    "PRETRAIN_IMG_SIZE": 384, "OUT_FEATURES": ["res2", "res3", "res4"], "SOLVER.BACKBONE_MULTIPLIER": 0.0,
+}
+SWIN_MM = {
+    "type": "mmseg SwinTransformer", "embed_dims": 16, "depths": [2, 2, 6, 2], "num_heads": [2, 4, 8, 16],
+    "window_size": 6, "patch_size": 4, "mlp_ratio": 4, "pretrain_img_size": 384, "out_indices": [0, 1, 2],
+    "lr_mult": 0.01,
+}
+
+
+@pytest.mark.parametrize(("name", "section", "swin"), [("catsegv1_a", "backbone", SWIN_D2),
+                                                       ("catsegmm_a", "feature_extractor", SWIN_MM)])
+def test_catsegv1_fixture_with_a_swin_backbone_builds_it(name, section, swin) -> None:
+    """A Swin-guided v1 / mmseg fixture's config gives a Swin trunk with its keys (stages up to res4),
+    and the backbone multiplier decides what trains, as for the ResNet fixtures."""
+    from ovss.models.catseg_v1 import CATSegV1
+    from tests.parity.test_catsegv1_parity import fixture_config, read_config
+
+    folder = parity_dir() / name
+    if not (folder / "config.json").is_file():
+        pytest.skip(f"{folder} not found")
+    cfg = read_config(folder)
+    cfg[section] = swin
+    config = fixture_config(cfg, f"{name}/config.json")
+    assert config.resnet is None and config.backbone_lr_mult == (0.0 if section == "backbone" else 0.01)
+    s = config.swin
+    assert (s.embed_dim, s.depths, s.heads, s.window, s.patch_size) == (16, (2, 2, 6), (2, 4, 8), 6, 4)
+    model = CATSegV1(config)
+    frozen = all(not p.requires_grad for p in model.backbone.parameters())
+    assert frozen == (config.backbone_lr_mult == 0)
+    del swin["WINDOW_SIZE" if section == "backbone" else "window_size"]
+    with pytest.raises(pytest.fail.Exception, match="missing needed key 'WINDOW_SIZE'|'window_size'"):
+        fixture_config(cfg, f"{name}/config.json")
+
+
+def test_catsegv1_synonym_token_rows_give_the_embedders_classes() -> None:
+    """``token_rows`` with n_synonyms > 1 (for each template one row per synonym) give the class
+    embedding the vocabulary embedder makes for "sofa, couch" (synonyms averaged per template)."""
+    from ovss.api.segmenter import Segmenter
+    from ovss.towers.tokenizer import get_tokenizer
+    from ovss.vocab.templates import get_templates
+    from tests.parity.test_catsegv1_parity import _run, text_from_token_rows
+
+    folder = parity_dir() / "catsegv1_a"
+    if not (folder / "config.json").is_file():
+        pytest.skip(f"{folder} not found")
+    model = _run(folder)["model"]
+    classes = [["sofa", "couch"], ["chair"], ["tv", "monitor", "screen"]]
+    strings, rows = [], []
+    for names in classes:
+        rows.append([len(strings), 80 * len(names), len(names)])
+        strings += [t.format(n) for t in get_templates("imagenet") for n in names]
+    with torch.no_grad():
+        ours = text_from_token_rows(model, get_tokenizer()(strings), rows)
+    seg = Segmenter(model)
+    seg.set_vocabulary("sofa, couch; chair; tv, monitor, screen")
+    assert ours.shape == seg.text_embeddings.shape == (3, 80, model.config.clip.embed_dim)
+    torch.testing.assert_close(ours, seg.text_embeddings, rtol=1e-5, atol=1e-6)
+    sofa = [t.format("sofa") for t in get_templates("imagenet")]
+    with torch.no_grad():
+        alone = text_from_token_rows(model, get_tokenizer()(sofa), [[0, 80, 1]])
+    assert not torch.allclose(ours[0], alone[0], atol=1e-3)  # the synonym really counts

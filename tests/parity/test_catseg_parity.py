@@ -151,6 +151,7 @@ def _truncation(ours: dict[str, torch.Tensor], pad_len: int) -> None:
     image, text = ours["agg.in.img_feats"], ours["agg.in.text_feats"]
     full = cost_volume(image, text)  # (B, P, T, h, w)
     ours["agg.cost_volume_full"] = full
+    ours["agg.trunc.class_scores"] = full.amax(dim=(1, 3, 4))  # (B, T): the top pad_len are kept
     if not 0 < pad_len < text.shape[1]:
         return
     kept = full.amax(dim=(1, 3, 4)).topk(pad_len, dim=1).indices  # (B, pad_len)

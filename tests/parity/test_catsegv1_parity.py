@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from ovss.layers.cv2_resize import cv2_resize_linear
 from ovss.models.catseg_v1 import CATSegV1, CATSegV1Config
 from ovss.towers.resnet import ResNetConfig
+from ovss.towers.swin import SwinConfig
 from ovss.vocab.templates import get_templates
 from ovss.weights.formats import catseg_mm, catseg_v1_d2
 from ovss.weights.loading import load_strict
@@ -71,19 +72,9 @@ def fixture_config(cfg: dict, where: str) -> CATSegV1Config:
     if _is_mmseg(cfg):
         fe, neck = need(cfg, "feature_extractor", where), need(cfg, "neck (CATSegAggregator)", where)
         head = need(cfg, "decode_head (CATSegHead)", where)
-        assert need(fe, "style", where).startswith("pytorch") and "BN" in need(fe, "norm_cfg", where)
-        base = need(fe, "base_channels", where)
-        resnet = ResNetConfig(
-            depths=tuple(need(fe, "blocks", where)),
-            stem_channels=need(fe, "stem_channels", where),
-            res2_channels=4 * base,
-            width_per_group=base,
-            stride_in_1x1=False,
-            norm="bn",
-        )
         return CATSegV1Config(
             **common,
-            resnet=resnet,
+            **backbone_fields(fe, where, mmseg=True),
             backbone_mean=tuple(need(pre, "pixel_mean (feature extractor)", where)),
             backbone_std=tuple(need(pre, "pixel_std (feature extractor)", where)),
             **aggregator_fields({**head, **neck}, where, mmseg=True),  # neck's embed_dims: hidden_dim
@@ -95,18 +86,9 @@ def fixture_config(cfg: dict, where: str) -> CATSegV1Config:
             size_divisibility=0,
         )
     bb, agg = need(cfg, "backbone", where), need(cfg, "aggregator", where)
-    assert "resnet" in need(bb, "type", where) and need(bb, "NORM", where).startswith("FrozenBN")
-    resnet = ResNetConfig(
-        depths=tuple(need(bb, "blocks_per_stage (res2,res3,res4)", where)),
-        stem_channels=need(bb, "STEM_OUT_CHANNELS", where),
-        res2_channels=need(bb, "RES2_OUT_CHANNELS", where),
-        num_groups=need(bb, "NUM_GROUPS", where),
-        width_per_group=need(bb, "WIDTH_PER_GROUP", where),
-        stride_in_1x1=need(bb, "STRIDE_IN_1X1", where),
-    )
     return CATSegV1Config(
         **common,
-        resnet=resnet,
+        **backbone_fields(bb, where, mmseg=False),
         backbone_mean=tuple(need(pre, "pixel_mean (extra backbone)", where)),
         backbone_std=tuple(need(pre, "pixel_std (extra backbone)", where)),
         **aggregator_fields(agg, where),
@@ -115,6 +97,69 @@ def fixture_config(cfg: dict, where: str) -> CATSegV1Config:
         size_divisibility=need(pre, "size_divisibility", where),
         inference="whole" if need(cfg, "inference_mode", where).startswith("whole") else "slide",
     )
+
+
+_SWIN_KEYS = {  # SwinConfig field: (detectron2 MODEL.SWIN key, mmseg SwinTransformer key)
+    "embed_dim": ("EMBED_DIM", "embed_dims"),
+    "depths": ("DEPTHS", "depths"),
+    "heads": ("NUM_HEADS", "num_heads"),
+    "window": ("WINDOW_SIZE", "window_size"),
+    "patch_size": ("PATCH_SIZE", "patch_size"),
+    "mlp_ratio": ("MLP_RATIO", "mlp_ratio"),
+    "image_size": ("PRETRAIN_IMG_SIZE", "pretrain_img_size"),
+}
+
+
+def backbone_fields(bb: dict, where: str, mmseg: bool) -> dict[str, object]:
+    """``resnet`` / ``swin`` and ``backbone_lr_mult`` of CATSegV1Config from the fixture's guidance
+    backbone section (detectron2 ``backbone`` or mmseg ``feature_extractor``; ResNet or Swin)."""
+    kind = str(need(bb, "type", where))
+    lr_mult = float(need(bb, "lr_mult" if mmseg else "SOLVER.BACKBONE_MULTIPLIER", where))
+    if "swin" in kind.lower():
+        fields = {f: need(bb, keys[mmseg], where) for f, keys in _SWIN_KEYS.items()}
+        # CAT-Seg v1 builds the stages up to res4 (its guidance: res2, res3, res4)
+        built = need(bb, "out_indices", where) if mmseg and "out_indices" in bb else None
+        stages = max(built) + 1 if built else len(bb.get("OUT_FEATURES", ["res2", "res3", "res4"]))
+        fields["depths"], fields["heads"] = tuple(fields["depths"])[:stages], tuple(fields["heads"])[:stages]
+        return {"resnet": None, "swin": SwinConfig(**fields), "backbone_lr_mult": lr_mult}
+    if mmseg:
+        assert need(bb, "style", where).startswith("pytorch") and "BN" in need(bb, "norm_cfg", where)
+        base = need(bb, "base_channels", where)
+        resnet = ResNetConfig(
+            depths=tuple(need(bb, "blocks", where)),
+            stem_channels=need(bb, "stem_channels", where),
+            res2_channels=4 * base,
+            width_per_group=base,
+            stride_in_1x1=False,
+            norm="bn",
+        )
+    else:
+        assert "resnet" in kind and need(bb, "NORM", where).startswith("FrozenBN"), f"{where}: {kind}"
+        resnet = ResNetConfig(
+            depths=tuple(need(bb, "blocks_per_stage (res2,res3,res4)", where)),
+            stem_channels=need(bb, "STEM_OUT_CHANNELS", where),
+            res2_channels=need(bb, "RES2_OUT_CHANNELS", where),
+            num_groups=need(bb, "NUM_GROUPS", where),
+            width_per_group=need(bb, "WIDTH_PER_GROUP", where),
+            stride_in_1x1=need(bb, "STRIDE_IN_1X1", where),
+        )
+    return {"resnet": resnet, "swin": None, "backbone_lr_mult": lr_mult}
+
+
+def text_from_token_rows(model: CATSegV1, tokens: torch.Tensor, rows: list) -> torch.Tensor:
+    """(K, P, E) text embeddings from ``tokens.npy`` and ``token_rows`` ``[first_row, n_rows,
+    n_synonyms]``: per class, for each template one row per synonym; synonyms are encoded like classes
+    and averaged per template, then re-normalised (the model's ``synonyms="mean"`` rule, as the
+    vocabulary embedder applies it)."""
+    if all(s == 1 for _, _, s in rows):  # one batch: (K*P, L) -> (P, K, L)
+        p = rows[0][1]
+        assert all(n == p for _, n, _ in rows), "classes with different template counts"
+        return model.encode_text(tokens.reshape(len(rows), p, -1).transpose(0, 1))
+    out = []
+    for first, n, s in rows:
+        per = model.encode_text(tokens[first : first + n].reshape(n // s, s, -1))  # (S, P, E)
+        out.append(F.normalize(per.mean(0), dim=-1) if s > 1 else per[0])
+    return torch.stack(out)
 
 
 def _hooks(model: CATSegV1, ours: dict[str, torch.Tensor]) -> list:
@@ -195,8 +240,6 @@ def _run(folder: Path) -> dict:
     load_strict(model, _CONVERTERS[mm].convert(official_state_dict(folder)), str(folder))
     tokens = read_array(folder, "tokens.npy")
     rows = need(cfg, "token_rows", where)
-    p = rows[0][1] // rows[0][2]
-    assert all(n == p and s == 1 for _, n, s in rows), "synonym fixtures: build tokens per synonym"
     ours: dict[str, torch.Tensor] = {"_t": len(rows)}
     rgb = normalized_png(folder, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # the model normalises itself
     h, w = (int(v) for v in need(need(cfg, "input", where), "input_hw", where))
@@ -209,7 +252,7 @@ def _run(folder: Path) -> dict:
     div = model.config.size_divisibility
     x = F.pad(rgb, (0, (-w) % div, 0, (-h) % div)) if div > 1 else rgb
     with torch.no_grad():
-        text = model.encode_text(tokens.reshape(len(rows), p, -1).transpose(0, 1))
+        text = text_from_token_rows(model, tokens, rows)
         ours["text_embeds"] = text
         hooks = _hooks(model, ours)
         try:
