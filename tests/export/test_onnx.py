@@ -124,6 +124,17 @@ def test_export_cli(tmp_path, capsys):
     assert "onnxruntime vs eager at K = 1, 2, 7: max abs err" in capsys.readouterr().out
 
 
+def test_san_mmseg_protocol_exports(tmp_path):
+    """A SAN with the mmseg protocol (the .mmseg weights) traces its own post-processing."""
+    import dataclasses
+
+    seg = ovss.load("test-san-tiny")
+    seg.model.config = dataclasses.replace(seg.model.config, inference="mmseg")
+    seg.set_vocabulary("a; b; c")
+    report = export_onnx(seg.model, seg.text_embeddings, tmp_path / "m.onnx", size=SIZE)
+    assert report["rel_err"] < 1e-4, report
+
+
 def test_export_cli_size_error_suggests_a_pair(tmp_path, capsys):
     argv = ["export", "--model", "test-san-tiny", "--size", "500", "700", "--out", str(tmp_path / "m.onnx")]
     assert main(argv) == 1

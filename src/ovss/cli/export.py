@@ -10,7 +10,8 @@ Export a model's score map to ONNX. The graph takes 'images' (1, 3, H, W), CLIP-
 at the size fixed here (one image per run), and 'text' (K, ...) text embeddings from ovss (the text
 tower is not exported), and returns 'scores' (1, K, H, W); the label map is their argmax over K.
 The vocabulary size K is dynamic: any number of classes runs on the same file. CAT-Seg exports
-its whole-image mode unless --inference slide; SED exports its normal (all-class) inference.
+its whole-image mode unless --inference slide; SAN its model's protocol (mmseg for the .mmseg weights,
+else d2); SED exports its normal (all-class) inference.
 Unless --no-check, the file is run with onnxruntime against eager PyTorch at K = 1, the traced K
 and K + 5."""
 
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from ovss.cli.common import ensure_writable_file
     from ovss.errors import OvssError
     from ovss.export.onnx import check_export_size, check_opset, export_onnx
+    from ovss.models.build import family_of
 
     ensure_writable_file(args.out)  # before the model loads
     check_opset(args.opset)
@@ -70,9 +72,9 @@ def run(args: argparse.Namespace) -> int:
     seg = load(args.model, weights=args.weights)
     cfg = seg.model.config
     options = {}
-    if hasattr(cfg, "inference"):  # CAT-Seg
+    if family_of(cfg) in ("catseg", "catseg_v1"):
         options["inference"] = args.inference or "whole"
-    elif args.inference:
+    elif args.inference:  # SAN bakes its config's protocol (d2, or mmseg for the .mmseg weights)
         raise OvssError(f"--inference is a CAT-Seg option; {args.model} has no inference modes, remove it")
     seg.set_vocabulary(args.classes)
     size = tuple(args.size) if args.size else (cfg.test_resize.size, cfg.test_resize.size)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
+from ovss.utils import is_tracing
 
 SAN_PROTOCOLS = ("d2", "mmseg")
 MMSEG_MEAN_255 = (122.7709, 116.7460, 104.0937)  # configs/san: data_preprocessor mean (RGB)
@@ -76,6 +77,12 @@ def mmseg_score_blocks(
     probs = logits.float().softmax(-1)[..., :-1]  # (B, Q, K)
     b, q, k = probs.shape
     cols = first.columns(masks)  # (h_s, B, w, Q)
+    if is_tracing():  # ONNX export: one dense product per axis (a fixed-size graph, K dynamic)
+        sig = first.band(cols, 0, h, rowwise=torch.Tensor.sigmoid_)  # (h, B, w, Q)
+        s = torch.matmul(cols_b, torch.matmul(sig, probs))  # (h, B, W0, K)
+        out = second.rows.to(s.device) @ s.reshape(h, -1)
+        yield 0, 0, bands_to_blocks(out.reshape(h0, b, w0, k))
+        return
     group = first.group
     per_row = b * max(w, w0) * (q + k)
     rows = second.band_rows(int(max_elements) // max(per_row, 1))
