@@ -20,8 +20,9 @@ def run(args: argparse.Namespace) -> int:
         if spec.name.startswith("test-") and not args.all:
             continue
         state = "random" if spec.source_format == "random" else ("on disk" if is_available(spec) else "-")
-        if spec.url is not None:
-            source = spec.url
+        if spec.url is not None:  # host/.../file: the full URL is in the error messages and docs
+            host = spec.url.split("://", 1)[-1].split("/", 1)[0]
+            source = f"{host}/.../{spec.url.rsplit('/', 1)[-1]}"
         elif spec.downloadable:
             space = "spaces/" if spec.hub_repo_type == "space" else ""  # a Space's files live under /spaces/
             source = f"hf:{space}{spec.hub_repo}/{spec.hub_file}"

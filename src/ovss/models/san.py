@@ -562,3 +562,10 @@ def san_tiny() -> SANConfig:
         side_heads=4, side_image_size=96, num_queries=10, deep_supervision=(3, 4), attn_bias_heads=4,
         embed_channels=32, mlp_channels=32,
     )
+
+
+def san_tiny_mmseg() -> SANConfig:
+    """:func:`san_tiny` with mmsegmentation's test protocol (as the ``.mmseg`` weights)."""
+    return dataclasses.replace(
+        san_tiny(), inference="mmseg", pixel_mean=MMSEG_MEAN_255, pixel_std=MMSEG_STD_255
+    )

@@ -227,6 +227,15 @@ WEIGHTS: tuple[WeightSpec, ...] = (
         origin="ovss",
     ),
     WeightSpec(
+        name="test-san-tiny.mmseg",
+        family="san",
+        config=_config("san", "san_tiny_mmseg"),
+        source_format="random",
+        description="tiny random SAN with mmsegmentation's test protocol (as the .mmseg weights)",
+        license="Apache-2.0",
+        origin="ovss",
+    ),
+    WeightSpec(
         name="test-catseg-tiny",
         family="catseg",
         config=_config("catseg", "catseg_tiny"),
