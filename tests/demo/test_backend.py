@@ -205,8 +205,9 @@ def test_catseg_v1_models_get_their_inference_modes():
     assert demo.inference_modes("sed") == ([], "")
     assert demo.inference_modes("san", "mmseg") == (["mmseg", "d2"], "mmseg")
     assert demo.inference_modes("san", "d2") == (["d2", "mmseg"], "d2")
-    with pytest.raises(DemoUserError, match="inference 'whole' is not offered"):
-        demo.model_options("san", inference="whole")
+    assert demo.model_options("san", inference="whole", model_default="mmseg") == {"inference": "mmseg"}
+    with pytest.raises(DemoUserError, match="inference 'nope' is not offered"):
+        demo.model_options("san", inference="nope")
     assert [m for _, m in demo.inference_choices("san", ["mmseg", "d2"])] == ["mmseg", "d2"]
     assert demo.model_options("catseg", inference="") == {"inference": "whole"}
     assert demo.model_options("catseg_v1", inference="", model_default="mmseg") == {"inference": "mmseg"}

@@ -205,7 +205,9 @@ def model_options(
         return options
     if family in INFERENCE_FAMILIES:
         modes, first = inference_modes(family, model_default)
-        if not inference:
+        # the page's one radio serves every family: a CAT-Seg mode sent with a SAN model (a client
+        # that fills the hidden radio with "whole", as before SAN had protocols) means its own protocol
+        if not inference or (family == "san" and inference in ("whole", "slide")):
             return {"inference": first}
         if inference not in modes:
             raise DemoUserError(
