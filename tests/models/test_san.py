@@ -167,7 +167,7 @@ def test_mmseg_protocol_sizes_and_config():
     from ovss.models.san import san_vit_b16_mmseg, san_vit_l14_mmseg
 
     m = SAN(dataclasses.replace(san_tiny(), inference="mmseg"))
-    assert m.test_protocol() == "mmseg" and m.test_protocol(inference="d2") == "detectron2"
+    assert m.input_protocol() == "mmseg" and m.input_protocol(inference="d2") == "detectron2"
     # mmseg rounds twice (ResizeShortestEdge, then imrescale): the capped long side differs from d2's
     assert m.preprocess_size(101, 500) == (517, 2559)
     assert m.preprocess_size(101, 500, inference="d2") == (517, 2560)

@@ -294,7 +294,7 @@ class Segmenter:
                 f"elongated for {self.name or 'this model'}: it would be resized to {w}x{h}; crop it "
                 "into pieces closer to square"
             )
-        return self._resize(rgb, (h, w), self.model.test_protocol(**options) == "mmseg"), (h, w)
+        return self._resize(rgb, (h, w), self.model.input_protocol(**options) == "mmseg"), (h, w)
 
     @staticmethod
     def _resize(rgb: np.ndarray, size: tuple[int, int], cv2: bool) -> torch.Tensor:
@@ -324,7 +324,7 @@ class Segmenter:
             if progress is not None:
                 blocks = _report_blocks(blocks, shape, progress)
         else:
-            mmseg = self.model.test_protocol(**options) == "mmseg"  # SegTTAModel: mean of softmaxes
+            mmseg = self.model.input_protocol(**options) == "mmseg"  # SegTTAModel: mean of softmaxes
             check_pass_sizes(out_size if mmseg else items[0][2], tta)  # mmseg: ratios of the original
             streams = [
                 (flip, self._augmented_blocks(items, scale, flip, out_size, options))
@@ -364,9 +364,9 @@ class Segmenter:
 
         The image is resized from the original to ``scale`` x the model's test size (PIL bilinear, as
         the normal path) and the map comes at the original size, as the normal path's. mmseg protocol
-        (``test_protocol``): ``scale`` x the ORIGINAL size (mmseg's ``tta_pipeline``), cv2-exact.
+        (``input_protocol``): ``scale`` x the ORIGINAL size (mmseg's ``tta_pipeline``), cv2-exact.
         """
-        mmseg = self.model.test_protocol(**options) == "mmseg"
+        mmseg = self.model.input_protocol(**options) == "mmseg"
         h0, w0 = out_size
         size = mmcv_scale_factor_size(h0, w0, scale) if mmseg else scaled_size(items[0][2], scale)
         tensors = []

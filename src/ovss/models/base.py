@@ -73,7 +73,7 @@ class SegmentationModel(nn.Module):
         """Size the predictor resizes an original ``height`` x ``width`` image to."""
         return self.config.test_resize.output_size(height, width)
 
-    def test_protocol(self, **options: Any) -> str:
+    def input_protocol(self, **options: Any) -> str:
         """How the predictor prepares images: ``"detectron2"`` (PIL bilinear test resize; TTA ratios of
         the test size, score maps averaged) or ``"mmseg"`` (cv2-exact bilinear resize of the uint8
         image; TTA ratios of the original size as mmcv ``Resize(scale_factor=r)``, each map softmaxed

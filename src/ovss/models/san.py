@@ -446,7 +446,7 @@ class SAN(SegmentationModel):
             return mmcv_shortest_edge_size(height, width, r.size, r.max_size)
         return r.output_size(height, width)
 
-    def test_protocol(self, **options: Any) -> str:
+    def input_protocol(self, **options: Any) -> str:
         """``"mmseg"`` for ``inference="mmseg"`` (cv2-exact resize, mmseg TTA), else ``"detectron2"``."""
         return "mmseg" if self._mode(dict(options)) == "mmseg" else "detectron2"
 
