@@ -535,19 +535,19 @@ def san_vit_l14() -> SANConfig:
     )
 
 
+def _mmseg(cfg: SANConfig) -> SANConfig:
+    """``cfg`` with mmsegmentation's test protocol and its 4-decimal CLIP mean/std (``configs/san``)."""
+    return dataclasses.replace(cfg, inference="mmseg", pixel_mean=MMSEG_MEAN_255, pixel_std=MMSEG_STD_255)
+
+
 def san_vit_b16_mmseg() -> SANConfig:
-    """mmsegmentation's SAN ViT-B/16 (``configs/san/san-vit-b16_coco-stuff164k-640x640.py``): the same
-    architecture, mmseg's test protocol and its 4-decimal CLIP mean/std."""
-    return dataclasses.replace(
-        san_vit_b16(), inference="mmseg", pixel_mean=MMSEG_MEAN_255, pixel_std=MMSEG_STD_255
-    )
+    """mmsegmentation's SAN ViT-B/16 (``configs/san/san-vit-b16_coco-stuff164k-640x640.py``)."""
+    return _mmseg(san_vit_b16())
 
 
 def san_vit_l14_mmseg() -> SANConfig:
     """mmsegmentation's SAN ViT-L/14@336 (``configs/san/san-vit-l14_coco-stuff164k-640x640.py``)."""
-    return dataclasses.replace(
-        san_vit_l14(), inference="mmseg", pixel_mean=MMSEG_MEAN_255, pixel_std=MMSEG_STD_255
-    )
+    return _mmseg(san_vit_l14())
 
 
 def san_tiny() -> SANConfig:
@@ -566,6 +566,4 @@ def san_tiny() -> SANConfig:
 
 def san_tiny_mmseg() -> SANConfig:
     """:func:`san_tiny` with mmsegmentation's test protocol (as the ``.mmseg`` weights)."""
-    return dataclasses.replace(
-        san_tiny(), inference="mmseg", pixel_mean=MMSEG_MEAN_255, pixel_std=MMSEG_STD_255
-    )
+    return _mmseg(san_tiny())
