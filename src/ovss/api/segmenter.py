@@ -302,7 +302,8 @@ class Segmenter:
         if tuple(size) == tuple(rgb.shape[:2]):
             return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float()
         if cv2:
-            return cv2_resize_linear(torch.from_numpy(np.array(rgb)).permute(2, 0, 1), size)
+            pixels = rgb if rgb.flags.writeable else rgb.copy()  # torch warns on read-only arrays
+            return cv2_resize_linear(torch.from_numpy(pixels).permute(2, 0, 1), size)
         small = np.array(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR))
         return torch.from_numpy(small).permute(2, 0, 1).float()
 

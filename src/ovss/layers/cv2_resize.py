@@ -47,18 +47,22 @@ def cv2_resize_linear(image: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
         (..., h, w) float32 holding integers in 0..255.
     """
     h, w = size
-    src = image.round().long() if image.is_floating_point() else image.long()
+    # int32 is enough (at most (255 * 2048 >> 4) * 2048 < 2**31); a uint8 image is indexed as it is,
+    # so a large photo is never held in a wide integer type (only its (..., H, w) horizontal pass)
+    src = image.round().to(torch.int32) if image.is_floating_point() else image
     sh, sw = src.shape[-2:]
     if (sh, sw) == (h, w):
         return src.float()
     x0, x1, a0, a1, right = _coefficients(w, sw, clamp=True)
     y0, y1, b0, b1, _ = _coefficients(h, sh, clamp=False)
     dev = src.device
-    x0, x1, a0, a1, right = (t.to(dev) for t in (x0, x1, a0, a1, right))
-    rows = src[..., x0] * a0 + src[..., x1] * a1  # (..., H, w), horizontal pass
-    rows = torch.where(right, src[..., x0] * _ONE, rows)
+    x0, x1, right = x0.to(dev), x1.to(dev), right.to(dev)
+    a0, a1 = a0.to(dev, torch.int32), a1.to(dev, torch.int32)
+    left = src[..., x0].to(torch.int32)
+    rows = left * a0 + src[..., x1].to(torch.int32) * a1  # (..., H, w), horizontal pass
+    rows = torch.where(right, left * _ONE, rows)
     r0, r1 = rows[..., y0.to(dev), :], rows[..., y1.to(dev), :]
-    b0, b1 = b0.to(dev).view(-1, 1), b1.to(dev).view(-1, 1)
+    b0, b1 = b0.to(dev, torch.int32).view(-1, 1), b1.to(dev, torch.int32).view(-1, 1)
     out = (((r0 >> 4) * b0) >> 16) + (((r1 >> 4) * b1) >> 16)
     return ((out + 2) >> 2).clamp(0, 255).float()
 
