@@ -95,7 +95,8 @@ def test_registry_names_the_official_urls() -> None:
         spec = registry.get_weight_spec(name)
         assert spec.url.startswith("https://download.openmmlab.com/mmsegmentation/v0.5/san/")
         assert name_hash_prefix(spec.url) == prefix and spec.downloadable
-        assert {p.protocol.split(",")[0] for p in spec.published} == {"single scale", "ms+flip"}
+        assert {p.protocol for p in spec.published} == {"single scale", "ms+flip"}
+        assert {p.benchmark for p in spec.published} == {"coco171"}
         assert spec.config().inference == "mmseg"
 
 

@@ -32,12 +32,20 @@ def _config(family: str, builder: str) -> Callable[[], ModelConfig]:
 
 @dataclasses.dataclass(frozen=True)
 class Published:
-    """One published score of a set of weights (papers, official READMEs and logs), as data."""
+    """One published mIoU of a set of weights (shown on its model card, ``ovss models NAME``)."""
 
-    benchmark: str  # ``ovss eval --dataset`` name: "coco171", "ade150", "ade847", "pc59", "pc459", "voc20"
-    miou: float  # mIoU (%)
-    protocol: str  # the test protocol that gives it: "single scale" or "ms+flip", and whose pipeline
-    source: str  # where it is published
+    benchmark: str  # benchmark name of ovss.data.catalog: "ade847", "pc459", "ade150", "pc59", "voc20", ...
+    miou: float  # mIoU in percent, as published
+    protocol: str = "single scale"  # "single scale" | "ms+flip" (multi-scale + flip test-time augmentation)
+    source: str = ""  # where it is published: paper table, official README, official log
+    note: str = ""  # anything needed to read the number (options, known discrepancies)
+
+
+def published(
+    source: str, protocol: str = "single scale", note: str = "", **miou: float
+) -> tuple[Published, ...]:
+    """Published results of one source as data: ``published("README", ade150=31.8, pc59=57.5)``."""
+    return tuple(Published(b, v, protocol, source, note) for b, v in miou.items())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +63,10 @@ class WeightSpec:
     hub_file: str | None = None  # file inside the repo
     hub_repo_type: str = "model"  # "model" | "space" | "dataset"
     manual_url: str | None = None  # where to download by hand when there is no hub copy
+    url: str | None = None  # direct download URL when the weights are not on the hub (ovss.weights.urlfetch)
     sha256: str | None = None  # pinned digest of the source file (None: recorded on first download)
     seed: int = 0  # for "random" weights
-    url: str | None = None  # direct download URL when the weights are not on the hub (ovss.weights.urlfetch)
-    published: tuple[Published, ...] = ()  # published scores of these weights
+    published: tuple[Published, ...] = ()  # published mIoU per benchmark and protocol (model card)
 
     @property
     def downloadable(self) -> bool:
@@ -74,9 +82,9 @@ _CATSEG_MM_PAGE = (
     "placeholders; use a checkpoint you trained with the port)"
 )
 _SAN_MM_URL = "https://download.openmmlab.com/mmsegmentation/v0.5/san/"
-_SAN_MM_README = "open-mmlab/mmsegmentation configs/san/README.md (COCO-Stuff164k table)"
-_MMSEG_SS = "single scale, mmseg protocol (--inference mmseg)"
-_MMSEG_MS = "ms+flip, mmseg protocol (--inference mmseg --tta)"
+_SAN_MM_README = "mmsegmentation configs/san/README.md (COCO-Stuff164k table), mmseg IoUMetric"
+_SAN_MM_NOTE = "mmseg test protocol (--inference mmseg, the default of the .mmseg weights)"
+_SAN_MM_TTA = "mmseg test protocol with --tta: mmseg's ratios of the original image, mean of softmaxes"
 _SED_ORIGIN = "Xie et al., SED, CVPR 2024; github.com/xb534/SED"
 _SED_PAGE = "https://github.com/xb534/SED#models (Google Drive links in the README)"
 
@@ -113,10 +121,8 @@ WEIGHTS: tuple[WeightSpec, ...] = (
         origin=_SAN_ORIGIN + "; open-mmlab/mmsegmentation configs/san",
         manual_url=_SAN_MM_URL + "san-vit-b16_20230906-fd0a7684.pth",
         url=_SAN_MM_URL + "san-vit-b16_20230906-fd0a7684.pth",  # sha256 prefix in the name (urlfetch)
-        published=(
-            Published(benchmark="coco171", miou=41.93, protocol=_MMSEG_SS, source=_SAN_MM_README),
-            Published(benchmark="coco171", miou=41.77, protocol=_MMSEG_MS, source=_SAN_MM_README),
-        ),
+        published=published(_SAN_MM_README, note=_SAN_MM_NOTE, coco171=41.93)
+        + published(_SAN_MM_README, "ms+flip", _SAN_MM_TTA, coco171=41.77),
     ),
     WeightSpec(
         name="san-vit-l14.mmseg",
@@ -128,10 +134,8 @@ WEIGHTS: tuple[WeightSpec, ...] = (
         origin=_SAN_ORIGIN + "; open-mmlab/mmsegmentation configs/san",
         manual_url=_SAN_MM_URL + "san-vit-l14_20230907-a11e098f.pth",
         url=_SAN_MM_URL + "san-vit-l14_20230907-a11e098f.pth",  # sha256 prefix in the name (urlfetch)
-        published=(
-            Published(benchmark="coco171", miou=45.78, protocol=_MMSEG_SS, source=_SAN_MM_README),
-            Published(benchmark="coco171", miou=43.99, protocol=_MMSEG_MS, source=_SAN_MM_README),
-        ),
+        published=published(_SAN_MM_README, note=_SAN_MM_NOTE, coco171=45.78)
+        + published(_SAN_MM_README, "ms+flip", _SAN_MM_TTA, coco171=43.99),
     ),
     WeightSpec(
         name="catseg-vit-b16",
