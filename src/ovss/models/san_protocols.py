@@ -84,8 +84,8 @@ def mmseg_score_blocks(
         yield 0, 0, bands_to_blocks(out.reshape(h0, b, w0, k))
         return
     group = first.group
-    per_row = b * max(w, w0) * (q + k)
-    rows = second.band_rows(int(max_elements) // max(per_row, 1))
+    per_row = b * max(w, w0) * (q + k) * max(1.0, h / h0)  # an output row needs h / h0 rows of S
+    rows = second.band_rows(int(int(max_elements) // max(per_row, 1.0)))
     for start in range(0, h0, rows):
         stop = min(start + rows, h0)
         lo = int(second._first[start:stop].min()) // group * group
