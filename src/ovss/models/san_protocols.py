@@ -39,6 +39,34 @@ MMSEG_MEAN_255 = (122.7709, 116.7460, 104.0937)  # configs/san: data_preprocesso
 MMSEG_STD_255 = (68.5005, 66.6322, 70.3232)  # configs/san: data_preprocessor std (RGB)
 
 
+class _Taps:
+    """A 1-D bilinear resize (align_corners False) as two taps per output position:
+    ``out[j] = w0[j] * x[i0[j]] + w1[j] * x[i1[j]]`` (the weights ``F.interpolate`` uses; an elementwise
+    form, so a value never depends on which other positions are computed with it)."""
+
+    def __init__(self, in_size: int, out_size: int, device: torch.device) -> None:
+        m = bilinear_matrix(in_size, out_size)  # (out, in): at most two adjacent non-zeros per row
+        i0 = (m != 0).argmax(axis=1)
+        i1 = np.minimum(i0 + 1, in_size - 1)
+        rows = np.arange(out_size)
+        w1 = np.where(i1 != i0, m[rows, i1], 0.0)
+        if not np.allclose(m.sum(axis=1), m[rows, i0] + w1):
+            raise RuntimeError(f"bilinear {in_size} -> {out_size} has more than two taps per position")
+        self.i0, self.i1 = torch.from_numpy(i0).to(device), torch.from_numpy(i1).to(device)
+        self.w0 = torch.from_numpy(m[rows, i0].astype(np.float32)).to(device)
+        self.w1 = torch.from_numpy(w1.astype(np.float32)).to(device)
+
+    def apply(
+        self, x: torch.Tensor, dim: int, start: int = 0, stop: int | None = None, offset: int = 0
+    ) -> torch.Tensor:
+        """Output positions ``[start, stop)`` along ``dim`` of ``x`` (whose index 0 is input ``offset``)."""
+        sl = slice(start, stop)
+        shape = [1] * x.ndim
+        shape[dim] = -1
+        a = x.index_select(dim, self.i0[sl] - offset) * self.w0[sl].view(shape)
+        return a.add_(x.index_select(dim, self.i1[sl] - offset) * self.w1[sl].view(shape))
+
+
 def mmseg_score_blocks(
     masks: torch.Tensor,
     logits: torch.Tensor,
@@ -54,8 +82,8 @@ def mmseg_score_blocks(
     bilinearly (align_corners False) to the original size. Here the first resize (restricted to the
     valid rows/columns: the crop commutes with the per-pixel combination) is a
     :class:`~ovss.layers.resize.BandedResize`; each band of output rows computes only the rows of S its
-    bilinear weights touch (whole groups of rows, so a value never depends on the band size) and
-    resizes them. Neither (B, Q, Hp, Wp) nor (B, K, h, w) is held at once.
+    two-tap bilinear weights touch (whole groups of rows, so a value never depends on the band size)
+    and resizes them. Neither (B, Q, Hp, Wp) nor (B, K, h, w) is held at once.
 
     Args:
         masks: (B, Q, h_s, w_s) mask logits.
@@ -71,32 +99,28 @@ def mmseg_score_blocks(
     (hs, ws), (hp, wp) = masks.shape[-2:], padded_size
     (h, w), (h0, w0) = image_size, output_size
     first = BandedResize(bilinear_matrix(hs, hp)[:h], bilinear_matrix(ws, wp)[:w])
-    rows_b = bilinear_matrix(h, h0)
-    second = BandedResize(rows_b, np.eye(1))  # only its row bookkeeping (groups, touched rows) is used
-    cols_b = torch.from_numpy(bilinear_matrix(w, w0).astype(np.float32)).to(masks.device)  # (W0, w)
+    rows_t, cols_t = _Taps(h, h0, masks.device), _Taps(w, w0, masks.device)
     probs = logits.float().softmax(-1)[..., :-1]  # (B, Q, K)
     b, q, k = probs.shape
     cols = first.columns(masks)  # (h_s, B, w, Q)
-    if is_tracing():  # ONNX export: one dense product per axis (a fixed-size graph, K dynamic)
-        sig = first.band(cols, 0, h, rowwise=torch.Tensor.sigmoid_)  # (h, B, w, Q)
-        s = torch.matmul(cols_b, torch.matmul(sig, probs))  # (h, B, W0, K)
-        out = second.rows.to(s.device) @ s.reshape(h, -1)
-        yield 0, 0, bands_to_blocks(out.reshape(h0, b, w0, k))
+
+    def scores(lo: int, hi: int) -> torch.Tensor:  # rows [lo, hi) of S, columns resized: (n, B, W0, K)
+        sig = first.band(cols, lo, hi, rowwise=torch.Tensor.sigmoid_)  # (n, B, w, Q)
+        s = torch.matmul(sig, probs)
+        return s if w == w0 else cols_t.apply(s, 2)
+
+    if is_tracing():  # ONNX export: the whole map at once (a fixed-size graph, K dynamic)
+        s = scores(0, h)
+        yield 0, 0, bands_to_blocks(s if h == h0 else rows_t.apply(s, 0))
         return
     group = first.group
     per_row = b * max(w, w0) * (q + k) * max(1.0, h / h0)  # an output row needs h / h0 rows of S
-    rows = second.band_rows(int(int(max_elements) // max(per_row, 1.0)))
+    rows = first.band_rows(int(int(max_elements) // max(per_row, 1.0)))
     for start in range(0, h0, rows):
         stop = min(start + rows, h0)
-        lo = int(second._first[start:stop].min()) // group * group
-        hi = min(-(-(int(second._last[start:stop].max()) + 1) // group) * group, h)
-        sig = first.band(cols, lo, hi, rowwise=torch.Tensor.sigmoid_)  # (n, B, w, Q)
-        s = torch.matmul(cols_b, torch.matmul(sig, probs))  # (n, B, W0, K): S rows lo..hi, resized columns
-        flat = s.reshape(hi - lo, -1)
-        out = flat.new_empty(stop - start, flat.shape[1])
-        weights = second.rows.to(flat.device)
-        for g0 in range(start, stop, second.group):  # per group of output rows: band-size independent
-            g1 = min(g0 + second.group, stop)
-            a, z = int(second._first[g0:g1].min()), int(second._last[g0:g1].max()) + 1
-            torch.mm(weights[g0:g1, a:z], flat[a - lo : z - lo], out=out[g0 - start : g1 - start])
-        yield 0, start, bands_to_blocks(out.reshape(stop - start, b, w0, k))
+        if h == h0:  # no row resize: the band's own rows of S
+            yield 0, start, bands_to_blocks(scores(start, stop))
+            continue
+        lo = int(rows_t.i0[start:stop].min()) // group * group
+        hi = min(-(-(int(rows_t.i1[start:stop].max()) + 1) // group) * group, h)
+        yield 0, start, bands_to_blocks(rows_t.apply(scores(lo, hi), 0, start, stop, offset=lo))
