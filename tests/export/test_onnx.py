@@ -160,3 +160,45 @@ def test_export_help_is_complete(capsys):
         "CAT-Seg: the inference protocol baked into the graph (default: whole)",
     ):
         assert expected in text
+
+
+def test_export_cli_traces_fp32_where_auto_is_bf16(tmp_path, capsys, monkeypatch):
+    """On a CPU with bf16 units ``ovss.load``'s auto is bf16; export still traces (and writes) float32."""
+    import ovss.api.segmenter
+
+    monkeypatch.setattr(ovss.api.segmenter, "native_bf16_cpu", lambda: True)
+    assert ovss.load("test-san-tiny").dtype == torch.bfloat16  # the resolution a user's CPU makes
+    out = tmp_path / "san.onnx"
+    argv = ["export", "--model", "test-san-tiny", "--classes", "a; b", "--size", "64", "64"]
+    assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [i.type for i in session.get_inputs()] == ["tensor(float)", "tensor(float)"]
+
+
+@pytest.mark.parametrize("model", ["test-san-tiny", "test-sed-tiny"])
+def test_export_cli_fp16_runs_in_onnxruntime(model, tmp_path, capsys):
+    out = tmp_path / "half.onnx"
+    argv = ["export", "--model", model, "--classes", "a; b", "--size", "64", "64", "--dtype", "fp16"]
+    assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
+    seg = ovss.load(model, dtype="fp32")
+    seg.set_vocabulary("a; b")
+    images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    scores = _run(out, images.half(), seg.text_embeddings.half())
+    assert scores.dtype == np.float16 and scores.shape == (1, 2, 64, 64)
+    assert _rel(scores.astype(np.float32), _eager(seg.model, images, seg.text_embeddings, (64, 64))) < 2e-2
+
+
+def test_bf16_export_is_refused_before_loading(tmp_path, capsys, no_model_load):
+    argv = ["export", "--model", "test-san-tiny", "--dtype", "bf16", "--out", str(tmp_path / "m.onnx")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "onnxruntime refuses the graph; export fp32" in err
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_bf16_model_is_refused_with_one_line(tmp_path):
+    seg = ovss.load("test-san-tiny", dtype="bf16")
+    seg.set_vocabulary("a")
+    with pytest.raises(OvssError, match=r"a bfloat16 model cannot be exported to ONNX .*dtype='fp32'"):
+        export_onnx(seg.model, seg.text_embeddings, tmp_path / "m.onnx", size=(64, 64))
+    assert not (tmp_path / "m.onnx").exists()

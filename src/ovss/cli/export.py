@@ -7,8 +7,9 @@ from pathlib import Path
 
 DESCRIPTION = """\
 Export a model's score map to ONNX. The graph takes 'images' (1, 3, H, W), CLIP-normalised float32
-at the size fixed here (one image per run), and 'text' (K, ...) text embeddings from ovss (the text
-tower is not exported), and returns 'scores' (1, K, H, W); the label map is their argmax over K.
+(float16 with --dtype fp16) at the size fixed here (one image per run), and 'text' (K, ...) text
+embeddings from ovss (the text tower is not exported), and returns 'scores' (1, K, H, W); the label
+map is their argmax over K.
 The vocabulary size K is dynamic: any number of classes runs on the same file. CAT-Seg exports
 its whole-image mode unless --inference slide; SAN its model's protocol (mmseg for the .mmseg weights,
 else d2); SED exports its normal (all-class) inference.
@@ -48,6 +49,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=["whole", "slide"],
         help="CAT-Seg: the inference protocol baked into the graph (default: whole)",
     )
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        help="dtype of the graph: fp32 or fp16 (half-size file); bf16 is refused, onnxruntime cannot "
+        "run it (default: fp32, whatever the CPU)",
+    )
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default: 18)")
     p.add_argument("--out", type=Path, required=True, help="output .onnx file (written atomically)")
     p.add_argument(
@@ -62,14 +69,16 @@ def run(args: argparse.Namespace) -> int:
     from ovss.api.segmenter import load
     from ovss.cli.common import ensure_writable_file
     from ovss.errors import OvssError
-    from ovss.export.onnx import check_export_size, check_opset, export_onnx
+    from ovss.export.onnx import check_export_size, check_opset, export_onnx, parse_export_dtype
     from ovss.models.build import family_of
 
     ensure_writable_file(args.out)  # before the model loads
     check_opset(args.opset)
     if args.size:
         check_export_size(args.size)
-    seg = load(args.model, weights=args.weights)
+    dtype = parse_export_dtype(args.dtype)
+    # Traced in float32 (not ovss.load's "auto", which is bf16 on CPUs with bf16 units), then cast.
+    seg = load(args.model, weights=args.weights, dtype="fp32")
     cfg = seg.model.config
     options = {}
     if family_of(cfg) in ("catseg", "catseg_v1"):
@@ -79,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
     seg.set_vocabulary(args.classes)
     size = tuple(args.size) if args.size else (cfg.test_resize.size, cfg.test_resize.size)
     report = export_onnx(
-        seg.model, seg.text_embeddings.cpu(), args.out, size=size, opset=args.opset, check=not args.no_check,
-        **options,
+        seg.model.to(dtype), seg.text_embeddings.cpu().to(dtype), args.out, size=size, opset=args.opset,
+        check=not args.no_check, **options,
     )
     check = ""
     if report:

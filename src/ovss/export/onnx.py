@@ -1,9 +1,9 @@
 """ONNX export: the model's own score map traced at a fixed image size, text embeddings as an input.
 
-The exported graph takes ``images`` (1, 3, H, W) CLIP-normalised float32 at the size it was exported
-with (one image per run) and ``text`` (K, ...) from ``encode_text``, and returns ``scores``
-(1, K, H, W). The text tower is not exported: embed a vocabulary once with ovss (or export it
-separately) and feed it.
+The exported graph takes ``images`` (1, 3, H, W) CLIP-normalised float32 (float16 for a float16
+model, :func:`export_dtype`) at the size it was exported with (one image per run) and ``text``
+(K, ...) from ``encode_text``, and returns ``scores`` (1, K, H, W). The text tower is not
+exported: embed a vocabulary once with ovss (or export it separately) and feed it.
 
 The vocabulary size K is a true dynamic axis: the graph is traced through a path whose shapes do
 not depend on K. Eager inference streams the score map in blocks sized from K (bands of rows,
@@ -94,6 +94,35 @@ def suggest_size(size: Sequence[int], div: int) -> str:
     return f"--size {h} {w}"
 
 
+# Graph dtypes onnxruntime runs (checked at export by check_onnx). bfloat16 is not among them: ONNX's
+# Conv has no bfloat16 type, so onnxruntime refuses to load such a graph.
+EXPORT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def parse_export_dtype(name: str) -> torch.dtype:
+    """``"fp32"`` or ``"fp16"`` -> the graph dtype; bf16 (and anything else) refused with one line."""
+    key = str(name).lower()
+    if key in ("bf16", "bfloat16"):
+        raise OvssError(
+            "--dtype bf16 cannot be exported: ONNX's Conv has no bfloat16 type, so onnxruntime refuses the "
+            "graph; export fp32 (the default) or fp16"
+        )
+    if key not in EXPORT_DTYPES:
+        raise OvssError(f"export dtype {name!r} is not supported; use fp32 (default) or fp16")
+    return EXPORT_DTYPES[key]
+
+
+def export_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the graph is traced in: the model's own (float32 or float16; bfloat16 is refused)."""
+    dtype = next(model.parameters()).dtype
+    if dtype not in EXPORT_DTYPES.values():
+        raise OvssError(
+            f"a {str(dtype).removeprefix('torch.')} model cannot be exported to ONNX (onnxruntime runs "
+            "float32 and float16 graphs); load it with dtype='fp32' (e.g. ovss.load(name, dtype='fp32'))"
+        )
+    return dtype
+
+
 def export_options(model: SegmentationModel, options: dict[str, Any]) -> dict[str, Any]:
     """The model options fixed in the graph; refuses those a fixed graph cannot express.
 
@@ -125,7 +154,8 @@ def export_onnx(
     """Export the model's score map to ONNX and (optionally) check it against eager PyTorch.
 
     Args:
-        model: a float32 segmentation model (put in eval mode here).
+        model: a float32 or float16 segmentation model (put in eval mode here); the graph's inputs and
+            output take its dtype (:func:`export_dtype`; a bfloat16 model is refused).
         text: (K, ...) example text embeddings (from ``model.encode_text``); K stays dynamic.
         path: output ``.onnx`` file (written atomically).
         size: (H, W) input size baked into the graph; a multiple of the model's size divisibility.
@@ -144,6 +174,7 @@ def export_onnx(
         raise missing_dependency("onnx", "export") from None
     check_opset(opset)
     check_export_size(size)
+    dtype = export_dtype(model)
     div = max(model.config.size_divisibility, 1)
     if len(size) != 2 or min(size) <= 0 or size[0] % div or size[1] % div:
         raise OvssError(
@@ -152,8 +183,8 @@ def export_onnx(
         )
     size = (int(size[0]), int(size[1]))
     wrapper = _PredictWrapper(model.eval(), size, export_options(model, options)).eval()
-    images = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0))
-    text = text.detach().float().cpu()
+    images = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(dtype)
+    text = text.detach().to(dtype).cpu()
     path = Path(path)
 
     def write(tmp: Path) -> None:
@@ -217,7 +248,7 @@ def check_onnx(
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = {"max_abs_err": 0.0, "rel_err": 0.0}
     for k in classes or [text.shape[0]]:
-        t = text if k == text.shape[0] else random_text(text, k, seed=k)
+        t = text if k == text.shape[0] else random_text(text, k, seed=k).to(text.dtype)
         (ort_out,) = session.run(None, {"images": images.numpy(), "text": t.numpy()})
         with torch.no_grad():
             ref = wrapper(images, t).numpy()
@@ -226,6 +257,7 @@ def check_onnx(
                 f"the exported graph gives scores of shape {ort_out.shape} for K={k} classes, eager "
                 f"PyTorch {ref.shape}; please report this bug"
             )
+        ort_out, ref = ort_out.astype(np.float64), ref.astype(np.float64)  # float16 graphs too
         worst["max_abs_err"] = max(worst["max_abs_err"], float(np.abs(ort_out - ref).max()))
         rel = float(np.linalg.norm(ort_out - ref) / max(np.linalg.norm(ref), 1e-30))
         worst["rel_err"] = max(worst["rel_err"], rel)
