@@ -1,24 +1,34 @@
-"""torchrun-native distributed setup and the few collectives the trainer needs.
+"""torchrun-native distributed setup and teardown, and the few collectives ovss needs.
 
-A run is distributed when torchrun (or any launcher) sets ``WORLD_SIZE`` > 1 with ``RANK``,
-``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``: :func:`init_distributed` then calls
-``torch.distributed.init_process_group`` (NCCL on GPUs, gloo on CPU) and pins the process to
-``cuda:LOCAL_RANK``. Without those variables every helper degrades to the single-process answer
-(rank 0, world size 1, no-op reductions), so the same code runs both ways.
+The one place where ovss joins and leaves a process group: ``ovss train``, ``ovss eval`` and
+``ovss segment`` run inside :func:`distributed_session`. A run is distributed when torchrun (or any
+launcher) sets ``WORLD_SIZE`` > 1 with ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``:
+:func:`init_distributed` then calls ``torch.distributed.init_process_group`` (NCCL on GPUs, gloo on
+CPU) and pins the process to ``cuda:LOCAL_RANK``. Without those variables every helper degrades to
+the single-process answer (rank 0, world size 1, no-op reductions), so the same code runs both ways.
+
+The session always destroys the group it created, also on errors: a process that exits with a live
+gloo group can abort in the interpreter's shutdown ("terminate called without an active exception",
+exit code -6) after its work is done.
 
 Functions marked "collective" must be called by every rank, in the same order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from ovss.errors import ConfigError
+
+log = logging.getLogger("ovss.distributed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,16 +60,18 @@ def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group described by the torchrun environment (if any) and pick the device.
 
     Args:
-        device: "auto" (``cuda:LOCAL_RANK`` when CUDA is available, else CPU), "cuda" or "cpu".
+        device: "auto" (``cuda:LOCAL_RANK`` when CUDA is available, else CPU), "cuda" (also
+            "cuda:N": under torchrun each rank takes ``cuda:LOCAL_RANK``), "cpu" (or "mps": gloo).
 
     Returns:
         the rank, world size, local rank and device of this process.
     """
     world = _env_int("WORLD_SIZE", 1)
     rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    device = str(device)
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' but CUDA is not available; use --set device=cpu")
+        raise ConfigError(f"device {device!r} requested but CUDA is not available; run on the CPU (cpu)")
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
@@ -68,6 +80,43 @@ def init_distributed(device: str = "auto") -> DistInfo:
         kwargs: dict[str, Any] = {"device_id": dev} if use_cuda else {}
         dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world, **kwargs)
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=dev)
+
+
+@contextlib.contextmanager
+def distributed_session(device: str = "auto") -> Iterator[DistInfo]:
+    """Join the torchrun process group (if any) for the block, and always leave it.
+
+    On success every rank first waits at a barrier, so no rank leaves while another still needs a
+    collective; on an error the group is destroyed at once (a barrier could wait for a rank that
+    failed). Inside an outer session (the group already exists) it neither joins nor leaves.
+
+    Args:
+        device: as for :func:`init_distributed`.
+
+    Yields:
+        this process's :class:`DistInfo`.
+    """
+    owner = not (dist.is_available() and dist.is_initialized())
+    info = init_distributed(device)
+    ok = False
+    try:
+        yield info
+        ok = True
+    finally:
+        if owner:
+            teardown(wait_for_all=ok)
+
+
+def teardown(wait_for_all: bool = False) -> None:
+    """Leave the process group (no-op when there is none), after a barrier if ``wait_for_all``."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if wait_for_all and dist.get_world_size() > 1:
+        try:
+            dist.barrier()
+        except (RuntimeError, ValueError) as e:  # a peer already gone: leave anyway
+            log.warning("barrier before leaving the process group failed: %s", e)
+    dist.destroy_process_group()
 
 
 def is_distributed() -> bool:
@@ -83,6 +132,11 @@ def get_rank() -> int:
 def get_world_size() -> int:
     """Number of ranks (1 without a process group)."""
     return dist.get_world_size() if is_distributed() else 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size): (0, 1) without a process group."""
+    return get_rank(), get_world_size()
 
 
 def _device() -> torch.device:
@@ -101,9 +155,19 @@ def all_reduce_sum(value: float) -> float:
     """Collective: the sum of ``value`` over ranks."""
     if not is_distributed():
         return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=_device())
+    return float(all_reduce_sum_tensor(torch.tensor([float(value)], dtype=torch.float64)).item())
+
+
+def all_reduce_sum_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """Collective: the element-wise sum of ``tensor`` over ranks, as a new CPU tensor (a copy alone).
+
+    Runs on the backend's device (the current CUDA device for NCCL, the CPU for gloo).
+    """
+    if not is_distributed():
+        return tensor.detach().cpu().clone()
+    t = tensor.detach().to(_device(), copy=True)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return float(t.item())
+    return t.cpu()
 
 
 def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
@@ -117,6 +181,15 @@ def all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Collective: rank ``src``'s ``obj`` on every rank (``obj`` itself alone)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def all_gather_object(obj: Any) -> list[Any]:
     """Collective: ``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` alone)."""
     if not is_distributed():
@@ -124,9 +197,3 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def cleanup() -> None:
-    """Leave the process group (no-op when there is none)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

@@ -9,14 +9,13 @@ with micro-batch 2 take global positions {0, 2} and {1, 3}, one process with mic
 from __future__ import annotations
 
 import json
-import os
-import socket
+import sys
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
 
-from ._synthetic import make_shapes
+from tests._subprocess import torchrun
+from tests.engine._synthetic import make_shapes
 
 BATCH = 4
 
@@ -45,28 +44,21 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+def _worker(root: str, out: str) -> None:
+    """One rank under torchrun (``python -m tests.engine.test_ddp ROOT OUT``): a DDP step; rank 0 saves."""
     torch.set_num_threads(1)
-    from ovss.engine.distributed import cleanup, init_distributed
+    from ovss.distributed import distributed_session
     from ovss.engine.trainer import data_parallel, forward_backward
 
-    info = init_distributed("cpu")
-    assert info.world_size == world and torch.distributed.get_backend() == "gloo"
-    model, task, images, labels = _setup(Path(root), rank, world)
-    net = data_parallel(task, info.device, find_unused_parameters=True)  # as the CAT-Seg recipes
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    parts = forward_backward(net, task, images, labels, task.loss_weights(), scaler)
-    if rank == 0:
-        torch.save({"grads": _grads(model), "loss": parts["loss"]}, out)
-    cleanup()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    with distributed_session("cpu") as info:
+        assert info.world_size == 2 and torch.distributed.get_backend() == "gloo"
+        model, task, images, labels = _setup(Path(root), info.rank, info.world_size)
+        net = data_parallel(task, info.device, find_unused_parameters=True)  # as the CAT-Seg recipes
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        parts = forward_backward(net, task, images, labels, task.loss_weights(), scaler)
+        if info.rank == 0:
+            torch.save({"grads": _grads(model), "loss": parts["loss"]}, out)
+    assert not torch.distributed.is_initialized()
 
 
 def test_two_process_ddp_step_equals_single_process_step(tmp_path):
@@ -74,7 +66,9 @@ def test_two_process_ddp_step_equals_single_process_step(tmp_path):
 
     make_shapes(tmp_path, count=6, size=64)
     out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), str(out)), nprocs=2, join=True)
+    # torchrun picks its own free port (no port chosen here that another test could take first)
+    done = torchrun(["-m", "tests.engine.test_ddp", str(tmp_path), str(out)])
+    assert done.returncode == 0, done.stderr[-3000:]
     ddp = torch.load(out, weights_only=True)
 
     model, task, images, labels = _setup(tmp_path, rank=0, world=1)
@@ -103,3 +97,7 @@ def test_gradient_accumulation_equals_full_batch(tmp_path):
     accumulated = _grads(model)
     worst = max(float((full[n] - accumulated[n]).abs().max()) for n in full)
     assert worst < 1e-6, worst
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1], sys.argv[2])

@@ -200,12 +200,12 @@ def test_stale_temp_files_of_killed_runs_are_removed(tmp_path):
 
 
 def test_ranks_take_disjoint_slices_that_add_up_to_one_run(tmp_path, monkeypatch, capsys):
-    import ovss.evaluation.runner as runner
+    import ovss.distributed
 
     images = [photo(tmp_path / f"in/p{i}.png", 24, 30 + i, seed=i) for i in range(5)]
     assert segment(*images, out=tmp_path / "single") == 0
     for rank in (1, 0):  # the order the ranks finish in does not matter
-        monkeypatch.setattr(runner, "rank_and_world", lambda rank=rank: (rank, 2))
+        monkeypatch.setattr(ovss.distributed, "rank_and_world", lambda rank=rank: (rank, 2))
         assert segment(*images, out=tmp_path / "sharded") == 0
     logs = {
         r: (tmp_path / "sharded" / STATE_DIR / f"done-rank{r}.jsonl").read_text().splitlines() for r in (0, 1)

@@ -103,16 +103,17 @@ def default_out(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ovss.distributed import distributed_session
+
+    with distributed_session(args.device):  # torchrun: one group, always left (also on errors)
+        return _evaluate(args)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
     from ovss.data.catalog import STANDARD
+    from ovss.distributed import rank_and_world
     from ovss.errors import ConfigError, DatasetError
-    from ovss.evaluation.runner import (
-        benchmark,
-        evaluate,
-        format_table,
-        init_distributed_from_env,
-        rank_and_world,
-        summary_rows,
-    )
+    from ovss.evaluation.runner import benchmark, evaluate, format_table, summary_rows
     from ovss.models.build import family_of
 
     if getattr(args, "min_score", None) is not None:
@@ -132,7 +133,6 @@ def run(args: argparse.Namespace) -> int:
     names = list(STANDARD) if args.dataset == "all" else [args.dataset]
     options = model_options(args)
     out = ensure_writable_dir(args.out if args.out is not None else default_out(args))
-    init_distributed_from_env()
     seg = load_segmenter(args)
     jobs, skipped = [], []
     if args.folder is not None:

@@ -215,18 +215,18 @@ def _parse_outputs(text: str) -> tuple[str, ...]:
     return tuple(o for o in OUTPUT_KINDS if o in chosen)
 
 
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 # ------------------------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
+    from ovss.distributed import distributed_session
+
+    with distributed_session(args.device):  # torchrun: one group, always left (also on errors)
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from ovss.data.io import resolve_max_pixels
+    from ovss.distributed import rank_and_world
     from ovss.errors import ConfigError, OutputPathError
-    from ovss.evaluation.runner import init_distributed_from_env, rank_and_world
     from ovss.vocab.vocabulary import parse_vocabulary
 
     outputs = _parse_outputs(args.outputs)
@@ -240,7 +240,6 @@ def run(args: argparse.Namespace) -> int:
     resolve_max_pixels(args.max_pixels)  # a bad $OVSS_MAX_PIXELS fails now, not per image
     inputs, skipped = collect_inputs(args.images, out, recursive=args.recursive)
     vocab = parse_vocabulary(args.classes)  # a bad vocabulary fails before the model loads
-    init_distributed_from_env()
     rank, world = rank_and_world()
     # --out belongs to one run at a time; rank 0 holds the lock for all ranks of this run
     lock = on_rank0(lambda: OutputLock(state).acquire(out, wait=args.wait), rank, world)
@@ -261,6 +260,7 @@ def _run_locked(
     rank: int,
     world: int,
 ) -> int:
+    from ovss.distributed import barrier
     from ovss.models.build import family_of
     from ovss.utils import remove_stale_temp_files
 
@@ -277,7 +277,7 @@ def _run_locked(
     if status == "replaced":
         print(f"--overwrite: deleted the results of other settings in {out}")
     done = read_done(state)
-    _barrier()  # every rank has read the same state before anyone writes
+    barrier()  # every rank has read the same state before anyone writes
     sources = [x.source for x in inputs]
     names = plan_names(sources, {s: r["name"] for s, r in done.items()}, [x.stem for x in inputs])
     if rank == 0:
@@ -435,15 +435,11 @@ def _report(
     failures: list[tuple[Path | str, str]], attempted: int, already: int, out: Path, rank: int, world: int
 ) -> int:
     """Print the failures (every rank its own) and the totals (rank 0); 1 when any image failed."""
-    import torch.distributed as dist
+    from ovss.distributed import all_gather_object
 
     for path, message in failures:
         print(f"ovss: failed: {shown(path)}: {shown(message)}", file=sys.stderr)
-    counts = [(attempted, len(failures), already)]
-    if world > 1 and dist.is_available() and dist.is_initialized():
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, counts[0])
-        counts = gathered
+    counts = all_gather_object((attempted, len(failures), already))  # collective
     total, failed, done = (sum(c[j] for c in counts) for j in range(3))
     if rank == 0:
         print(f"wrote {total - failed} result(s) to {out}" + (f" ({done} already done)" if done else ""))

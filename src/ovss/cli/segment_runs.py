@@ -142,7 +142,7 @@ def _holder(fd: int) -> str:
 def on_rank0(fn: Callable[[], T], rank: int, world: int) -> T | None:
     """Run ``fn`` on rank 0 only; an :class:`OvssError` there is raised on every rank, so no rank
     waits forever for a rank 0 that stopped. Returns ``fn()`` on rank 0, None elsewhere."""
-    import torch.distributed as dist
+    from ovss.distributed import broadcast_object
 
     result: T | None = None
     error: OvssError | None = None
@@ -151,11 +151,9 @@ def on_rank0(fn: Callable[[], T], rank: int, world: int) -> T | None:
             result = fn()
         except OvssError as exc:
             error = exc
-    if world > 1 and dist.is_available() and dist.is_initialized():
-        box: list[Any] = [str(error) if error is not None else None]
-        dist.broadcast_object_list(box, src=0)
-        if rank != 0 and box[0] is not None:
-            raise OutputPathError(box[0])
+    message = broadcast_object(str(error) if error is not None else None)  # collective
+    if rank != 0 and message is not None:
+        raise OutputPathError(message)
     if error is not None:
         raise error
     return result

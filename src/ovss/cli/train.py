@@ -73,13 +73,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise ConfigError("--out DIR is required: the folder for checkpoints, logs and the final model")
-    from ovss.engine.distributed import cleanup
+    from ovss.distributed import distributed_session
     from ovss.engine.trainer import train
 
-    try:
+    with distributed_session(cfg.device):
         result = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
-    finally:
-        cleanup()
     if result["eval"]:
         print("final evaluation: " + ", ".join(f"{k} {v:.2f}" for k, v in result["eval"].items()))
     return 0

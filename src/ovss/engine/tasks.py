@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ovss.distributed import all_reduce_sum, get_world_size
 from ovss.engine.config import LossConfig
-from ovss.engine.distributed import all_reduce_sum, get_world_size
 from ovss.errors import ConfigError
 from ovss.models.base import SegmentationModel
 from ovss.models.losses import SetCriterion, masks_from_labels, semantic_bce_loss

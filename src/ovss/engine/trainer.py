@@ -37,11 +37,11 @@ from typing import Any
 
 import torch
 
+from ovss.distributed import all_gather_object, all_reduce_mean, barrier, init_distributed
 from ovss.engine import checkpoint as ckpt
 from ovss.engine.build import build_training_model
 from ovss.engine.config import TrainConfig
 from ovss.engine.data import TrainDataset, collate, image_label_pairs, vocabulary
-from ovss.engine.distributed import all_gather_object, all_reduce_mean, barrier, init_distributed
 from ovss.engine.evaluate import evaluate
 from ovss.engine.logging import MetricLogger
 from ovss.engine.optim import build_optimizer, clip_gradients, lr_factor, set_lr
@@ -179,9 +179,11 @@ def train(
 ) -> dict[str, Any]:
     """Train (or, with ``resume``, continue) the run described by ``cfg``, writing to ``out_dir``.
 
-    Collective: with torchrun every rank calls it with the same arguments. A fresh start needs an
-    empty (or missing) ``out_dir``; ``overwrite`` first deletes the files of an earlier run there
-    (:mod:`ovss.engine.rundir`). Temporary files left by a killed write are removed on every start.
+    Collective: with torchrun every rank calls it with the same arguments, inside
+    :func:`ovss.distributed.distributed_session` (as ``ovss train`` does), which leaves the group.
+    A fresh start needs an empty (or missing) ``out_dir``; ``overwrite`` first deletes the files of an
+    earlier run there (:mod:`ovss.engine.rundir`). Temporary files left by a killed write are removed
+    on every start.
 
     Raises:
         ConfigError: ``out_dir`` holds files and neither ``resume`` nor ``overwrite`` is set;

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ovss.distributed import all_reduce_sum_tensor, is_distributed
 from ovss.errors import DatasetError
 
 Convention = Literal["detectron2", "mmseg"]
@@ -185,18 +186,12 @@ class ConfusionMatrix:
         Every rank calls it; afterwards every rank holds the totals. Uses the current CUDA device
         for the NCCL backend, the CPU otherwise. Returns ``self``.
         """
-        dist = torch.distributed
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if not is_distributed():
             return self
-        device = torch.device("cpu")
-        if dist.get_backend() == "nccl":
-            device = torch.device("cuda", torch.cuda.current_device())
         parts = [self.matrix.reshape(-1), np.array([self.num_images], dtype=np.int64)]
         if self.boundary_matrix is not None:
             parts.append(self.boundary_matrix.reshape(-1))
-        buffer = torch.from_numpy(np.concatenate(parts)).to(device)
-        dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
-        total = buffer.cpu().numpy()
+        total = all_reduce_sum_tensor(torch.from_numpy(np.concatenate(parts))).numpy()
         n = self.matrix.size
         self.matrix = total[:n].reshape(self.matrix.shape).copy()
         self.num_images = int(total[n])

@@ -13,7 +13,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch
 
 from ovss.api.progress import ImageProgress
 from ovss.data.catalog import get_benchmark
+from ovss.distributed import rank_and_world
 from ovss.errors import DatasetError
 from ovss.evaluation.metrics import ConfusionMatrix
 from ovss.utils import atomic_write, atomic_write_text
@@ -29,24 +29,6 @@ from ovss.utils import atomic_write, atomic_write_text
 CONVENTIONS = ("detectron2", "mmseg")
 # Class-name lists each family was evaluated with officially (see ovss.data.catalog).
 FAMILY_VARIANT = {"san": "san", "catseg": "catseg", "sed": "catseg", "catseg_v1": "catseg"}
-
-
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of torch.distributed, or (0, 1) when not initialised."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed_from_env() -> None:
-    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1); gloo on CPU."""
-    dist = torch.distributed
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def benchmark(name: str, data_root: str | Path, family: str) -> tuple[Any, list[str], int | None]:
