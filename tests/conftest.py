@@ -107,13 +107,22 @@ def _isolated_ovss_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["OVSS_HOME"] = str(tmp_path_factory.mktemp("ovss_home"))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "auto_bf16: dtype='auto' resolves to bf16 (as on CPUs with AVX512-BF16/AMX); .ci/run "
+        "runs this group as its own step (tests/test_auto_bf16.py)"
+    )
+
+
 @pytest.fixture(autouse=True)
-def _auto_dtype_is_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+def _auto_dtype_is_fp32(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """``dtype="auto"`` (the default of ovss.load, segment, demo) means fp32 in tests on every CPU, so
-    results compared with references do not depend on whether the test machine has bf16 units."""
+    results compared with references do not depend on whether the test machine has bf16 units.
+    Tests marked ``auto_bf16`` get the other resolution, bf16, on every CPU."""
     import ovss.api.segmenter
 
-    monkeypatch.setattr(ovss.api.segmenter, "native_bf16_cpu", lambda: False)
+    native = request.node.get_closest_marker("auto_bf16") is not None
+    monkeypatch.setattr(ovss.api.segmenter, "native_bf16_cpu", lambda: native)
 
 
 @pytest.fixture
