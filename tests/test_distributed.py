@@ -31,6 +31,93 @@ def test_without_a_launcher_the_session_is_one_process():
     teardown(wait_for_all=True)  # nothing to leave: a no-op
 
 
+class FakeGroup:
+    """Stands in for ``torch.distributed`` inside ovss.distributed: a 2-rank group in which this process
+    is rank 0 and every collective returns its own values. Records joins, barriers and leaves."""
+
+    class ReduceOp:
+        SUM = "sum"
+
+    def __init__(self) -> None:
+        self.live, self.calls = False, []
+
+    def is_available(self) -> bool:
+        return True
+
+    def is_initialized(self) -> bool:
+        return self.live
+
+    def init_process_group(self, **kwargs) -> None:
+        self.live = True
+        self.calls.append("init")
+
+    def destroy_process_group(self) -> None:
+        self.live = False
+        self.calls.append("destroy")
+
+    def get_world_size(self) -> int:
+        return 2
+
+    def get_rank(self) -> int:
+        return 0
+
+    def get_backend(self) -> str:
+        return "gloo"
+
+    def barrier(self) -> None:
+        self.calls.append("barrier")
+
+    def all_reduce(self, tensor, op=None) -> None:
+        pass
+
+    def all_gather_object(self, out: list, obj) -> None:
+        out[:] = [obj] * len(out)
+
+
+@pytest.fixture
+def fake_group(monkeypatch) -> FakeGroup:
+    import ovss.distributed
+
+    group = FakeGroup()
+    monkeypatch.setattr(ovss.distributed, "dist", group)
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    return group
+
+
+@pytest.mark.parametrize("command", ["eval", "eval-error", "segment", "segment-error", "train-error"])
+def test_every_command_leaves_the_group_it_joined(command, fake_group, tmp_path, capsys):
+    """eval never left its group (the -6 exits); every command now does, after a barrier when it
+    succeeded, at once after an error (a barrier could wait for a failed rank)."""
+    from ovss.cli.main import main
+    from tests.engine._synthetic import make_shapes
+
+    failing = command.endswith("error")
+    data = tmp_path / "data"
+    classes = tmp_path / "missing.txt" if failing else make_shapes(data, count=2, size=32)
+    argv = {
+        "eval": ["eval", "--folder", str(data), "--classes", str(classes)],
+        "segment": ["segment", str(data), "--classes", str(classes), "--dtype", "fp32"],
+        "train": ["train", "--config", "tiny-san", "--resume"],  # no checkpoint to resume: an error
+    }[command.removesuffix("-error")]
+    if command != "train-error":
+        argv += ["--model", "test-san-tiny"]
+    if command == "segment":
+        argv[1] = str(data / "images")
+    (data / "images").mkdir(parents=True, exist_ok=True)
+    assert main([*argv, "--out", str(tmp_path / "out")]) == int(failing)
+    err = capsys.readouterr().err
+    assert ("ovss: error:" in err) == failing, err
+    # the teardown's barrier comes last before "destroy"; segment has one more (every rank reads its
+    # progress before anyone writes), train one before its resume check
+    assert fake_group.calls == {
+        "eval": ["init", "barrier", "destroy"], "segment": ["init", "barrier", "barrier", "destroy"],
+        "eval-error": ["init", "destroy"], "segment-error": ["init", "destroy"],
+        "train-error": ["init", "barrier", "destroy"],
+    }[command]
+    assert not fake_group.live
+
+
 @pytest.mark.parametrize("mode", ["ok", "error"])
 def test_the_session_always_leaves_the_group_and_only_its_own(tmp_path, mode):
     done = torchrun(["-m", "tests._dist_session_worker", str(tmp_path / "seen"), mode])
