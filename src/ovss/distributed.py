@@ -71,9 +71,12 @@ def init_distributed(device: str = "auto") -> DistInfo:
     device = str(device)
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available; run on the CPU (cpu)")
+        raise ConfigError(
+            f"device {device!r} requested but CUDA is not available; use --device cpu "
+            "(train: --set device=cpu)"
+        )
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    if use_cuda:
+    if use_cuda and world > 1:
         torch.cuda.set_device(dev)
     if world > 1 and not (dist.is_available() and dist.is_initialized()):
         backend = "nccl" if use_cuda else "gloo"
