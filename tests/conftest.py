@@ -56,6 +56,10 @@ def requires(path: Path) -> pytest.MarkDecorator:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "ovss_needs(path): the test needs this shared fixture or data path")
+    config.addinivalue_line(
+        "markers", "auto_bf16: dtype='auto' resolves to bf16 (as on CPUs with AVX512-BF16/AMX); .ci/run "
+        "runs this group as its own step (tests/test_auto_bf16.py)"
+    )
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -105,13 +109,6 @@ def segment_max_scores(args: list[str], out: Path, name: str = "photo") -> list[
 def _isolated_ovss_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never read or write the user's cache (~/.cache/ovss): each session gets its own."""
     os.environ["OVSS_HOME"] = str(tmp_path_factory.mktemp("ovss_home"))
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "auto_bf16: dtype='auto' resolves to bf16 (as on CPUs with AVX512-BF16/AMX); .ci/run "
-        "runs this group as its own step (tests/test_auto_bf16.py)"
-    )
 
 
 @pytest.fixture(autouse=True)
