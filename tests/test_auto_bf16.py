@@ -92,8 +92,8 @@ def test_every_command(tmp_path, capsys, monkeypatch):
         out = tmp_path / "seg" / ovss.load(weights).name
         assert main(["segment", str(data / "images"), "--model", weights, "--classes", str(classes),
                      "--out", str(out)]) == 0, capsys.readouterr().err
-        (settings,) = (out / ".ovss-segment").glob("run-*.json")
-        assert json.loads(settings.read_text())["dtype"] == "bf16"
+        settings = json.loads((out / ".ovss-segment" / "settings.json").read_text())
+        assert settings["settings"]["dtype"] == "bf16"
         assert len(list(out.glob("*_label.png"))) == 4
     report = tmp_path / "eval"
     assert main(["eval", "--folder", str(data), "--classes", str(classes), "--model", str(trained),
@@ -105,11 +105,12 @@ def test_every_command(tmp_path, capsys, monkeypatch):
 
 
 def test_demo_backend_predict(tmp_path):
-    from ovss.demo.backend import DemoBackend
+    from ovss.demo.backend import DemoBackend, UploadGate
 
-    backend = DemoBackend("test-catseg-tiny")  # dtype "auto", as `ovss demo` starts it
+    photo = noise_photo(tmp_path / "p.png")
+    # dtype "auto", as `ovss demo` starts it; the photo is admitted as an example of the page
+    backend = DemoBackend("test-catseg-tiny", gate=UploadGate(examples=[photo]))
     try:
-        photo = noise_photo(tmp_path / "p.png")
         out = backend.segment({"path": str(photo), "orig_name": "p.png"}, CLASSES)
         assert backend.segmenter().dtype == torch.bfloat16
         assert out.label_file.is_file() and out.overlay.size == (64, 48)
@@ -132,5 +133,5 @@ def test_cli_in_a_fresh_process(tmp_path):
     done = _cli_child(["segment", str(photo), "--model", "test-sed-tiny", "--classes", CLASSES,
                        "--out", str(tmp_path / "out")])
     assert done.returncode == 0, done.stderr
-    (settings,) = (tmp_path / "out" / ".ovss-segment").glob("run-*.json")
-    assert json.loads(settings.read_text())["dtype"] == "bf16"
+    settings = json.loads((tmp_path / "out" / ".ovss-segment" / "settings.json").read_text())
+    assert settings["settings"]["dtype"] == "bf16"
