@@ -26,7 +26,7 @@ from tests.engine._synthetic import make_shapes
 
 pytestmark = pytest.mark.auto_bf16
 
-MODELS = ["test-san-tiny", "test-catseg-tiny", "test-catseg-v1-tiny", "test-sed-tiny"]
+MODELS = ["test-san-tiny", "test-san-tiny.mmseg", "test-catseg-tiny", "test-catseg-v1-tiny", "test-sed-tiny"]
 CLASSES = "red square; green disc, circle; blue bar"
 
 
