@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ovss.layers.attention import Attention, pack_in_proj, split_in_proj
+import ovss.layers.attention as attention_mod
+from ovss.layers.attention import (
+    Attention,
+    attention,
+    blocked_attention,
+    matmul_attention,
+    pack_in_proj,
+    prefers_matmul,
+    split_in_proj,
+)
 from ovss.layers.mlp import GELU, QuickGELU, make_activation
 from ovss.layers.transformer import ResidualAttentionBlock
 from tests.towers._clip_reference import RefBlock, randomize_
@@ -124,3 +134,75 @@ def test_is_causal_equals_the_materialised_causal_mask():
     assert (ours(x, is_causal=True) - ours(x)).abs().max() > 1e-3  # the mask matters
     with pytest.raises(ValueError, match="not both"):
         ours(x, attn_mask=mask, is_causal=True)
+
+
+def _heads(b=2, h=3, n=37, d=8, seed=0, scale=2.0):
+    g = torch.Generator().manual_seed(seed)
+    qkv = torch.randn(b, n, 3, h, d, generator=g) * scale
+    return qkv.permute(2, 0, 3, 1, 4).unbind(0)  # strided views, as Attention.project_qkv gives
+
+
+@pytest.mark.parametrize("mask_shape", [None, (1, 3, 37, 37), (2, 1, 37, 37), (37, 37), (1, 1, 1, 37)])
+def test_matmul_and_blocked_attention_match_sdpa(mask_shape):
+    q, k, v = _heads()
+    mask = None if mask_shape is None else torch.randn(mask_shape) * 3
+    if mask is not None:
+        mask[..., :5] = -100.0  # SAN's "blocked" value
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(matmul_attention(q, k, v, mask), ref, rtol=1e-5, atol=1e-5)
+    for block in (1, 8, 16, 37, 64):  # one row at a time up to one block for all
+        got = blocked_attention(q, k, v, mask, block=block)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    merged = blocked_attention(q, k, v, mask, block=8).transpose(1, 2)
+    assert merged.is_contiguous()  # written in the layout merge() reshapes without a copy
+
+
+def test_matmul_attention_broadcasts_a_mask_over_leading_dimensions():
+    q, k, v = _heads(b=6, h=2, n=11)
+    q5, k5, v5 = (t.unflatten(0, (3, 2)) for t in (q, k, v))  # (N, nW, heads, L, d), as CAT-Seg's windows
+    mask = torch.randn(2, 1, 11, 11)  # (nW, 1, L, L)
+    got = matmul_attention(q5, k5, v5, mask)
+    for i in range(2):
+        ref = F.scaled_dot_product_attention(q5[:, i], k5[:, i], v5[:, i], attn_mask=mask[i : i + 1])
+        torch.testing.assert_close(got[:, i], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_dispatch_keeps_sdpa_for_float32_and_long_sequences(monkeypatch):
+    q, k, v = _heads()
+    mask = torch.randn(1, 3, 37, 37)
+    assert not prefers_matmul(q, k)
+    exact = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.equal(attention(q, k, v, mask), exact)  # float32: the parity path, bit for bit
+    q16, k16, v16, m16 = (t.bfloat16() for t in (q, k, v, mask))
+    assert prefers_matmul(q16, k16)
+    assert torch.equal(attention(q16, k16, v16, m16), matmul_attention(q16, k16, v16, m16))
+    monkeypatch.setattr(attention_mod, "MATMUL_MAX_KEYS", 36)  # 37 keys: too many for the matmul form
+    assert not prefers_matmul(q16, k16)
+    sdpa16 = F.scaled_dot_product_attention(q16, k16, v16, attn_mask=m16)
+    assert torch.equal(attention(q16, k16, v16, m16), sdpa16)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_precision_forms_are_bounded_by_the_exact_path(dtype):
+    q, k, v = _heads(n=300, d=16, seed=4)
+    mask = torch.randn(1, 3, 300, 300)
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask.double())
+    low = [t.to(dtype) for t in (q, k, v, mask)]
+    for got in (attention(*low), matmul_attention(*low), blocked_attention(*low, block=64)):
+        assert got.dtype == dtype
+        error = ((got.double() - ref).abs().max() / ref.abs().max()).item()
+        assert error < 4e-2, error  # scores rounded to the dtype before the softmax; measured 1-2e-2
+
+
+def test_attention_module_bf16_takes_the_matmul_form_and_stays_close():
+    _, ours = _mha_pair(seed=6)
+    x = torch.randn(2, 40, 32)
+    mask = torch.randn(2, 4, 40, 40)
+    y32 = ours(x, attn_mask=mask)
+    m16 = ours.to(torch.bfloat16)
+    x16 = x.bfloat16()
+    q, k, v = m16.project_qkv(x16)
+    assert prefers_matmul(q, k)
+    y16 = m16(x16, attn_mask=mask)
+    assert torch.equal(y16, m16.merge(matmul_attention(q, k, v, mask.bfloat16())))
+    assert (y16.float() - y32).norm() / y32.norm() < 3e-2

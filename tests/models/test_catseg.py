@@ -202,6 +202,29 @@ def test_spatial_aggregation_equals_the_official_algorithm() -> None:
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
 
 
+def test_spatial_aggregation_bf16_window_forms_are_bounded_by_the_exact_path(monkeypatch) -> None:
+    """bf16 on the CPU: the shifted (masked) windows run as one batched matmul attention; the
+    per-window SDPA form and float64 agree with it within bf16 rounding."""
+    import ovss.models.catseg_aggregator as agg
+
+    torch.manual_seed(0)
+    mod = _randomize(SpatialAggregation(16, 8, 4, (12, 12), 6), seed=3).double()
+    cost = torch.randn(2, 3, 12, 12, 16, dtype=torch.float64)
+    guidance = torch.randn(2, 8, 12, 12, dtype=torch.float64)
+    with torch.no_grad():
+        ref = mod(cost, guidance)
+        mod16, cost16, guidance16 = mod.bfloat16(), cost.bfloat16(), guidance.bfloat16()
+        calls, real = [], agg.matmul_attention
+        monkeypatch.setattr(agg, "matmul_attention", lambda *a: calls.append(1) or real(*a))
+        batched = mod16(cost16, guidance16)
+        assert len(calls) == 1  # the shifted block: one call for all windows (the other has no mask)
+        monkeypatch.setattr(agg, "prefers_matmul", lambda q, k: False)
+        per_window = mod16(cost16, guidance16)
+    for got in (batched, per_window):
+        assert got.dtype == torch.bfloat16
+        assert relative_error(got.double() - cost, ref - cost) < 3e-2
+
+
 @pytest.mark.parametrize("kind", ["linear", "full"])
 @pytest.mark.parametrize("pool, pad_len", [((1, 1), 16), ((2, 2), 16), ((2, 2), 0), ((1, 1), 5)])
 def test_class_aggregation_equals_the_official_algorithm(kind: str, pool, pad_len: int) -> None:

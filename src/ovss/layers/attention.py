@@ -118,7 +118,7 @@ class Attention(nn.Module):
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
-        """Scaled dot-product attention of projected heads, merged and passed through ``out_proj``.
+        """Scaled dot-product attention of projected heads (:func:`attention`), merged, ``out_proj``.
 
         Args:
             q: (B, heads, Lq, head_dim); k, v: (B, heads, Lk, head_dim) (from :meth:`project_qkv`,
@@ -129,12 +129,56 @@ class Attention(nn.Module):
         Returns:
             (B, Lq, D).
         """
-        return self.merge(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal))
+        if is_causal:
+            return self.merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        return self.merge(attention(q, k, v, attn_mask))
 
     def merge(self, heads: torch.Tensor) -> torch.Tensor:
         """(B, heads, L, head_dim) attention output -> (B, L, D) through ``out_proj``."""
         b, _, n, _ = heads.shape
         return self.out_proj(heads.transpose(1, 2).reshape(b, n, self.width))
+
+
+# Keys up to which explicit matmuls beat the fused CPU kernel in bf16/fp16 (bench/bench_attention.py:
+# 1.3-1.5x for CLIP's 541-641 tokens and CAT-Seg's 144-token windows; the side adapter's 2260 keys,
+# whose score matrix leaves the cache, stay on SDPA).
+MATMUL_MAX_KEYS = 1024
+
+
+def prefers_matmul(q: torch.Tensor, k: torch.Tensor) -> bool:
+    """Whether :func:`attention` takes explicit matmuls for these heads (else SDPA).
+
+    Only for reduced precision (bf16 / fp16) on the CPU, where the fused kernel runs no faster than
+    in float32, and up to :data:`MATMUL_MAX_KEYS` keys. float32 keeps SDPA (the exact path of the
+    parity tests), as do GPUs (their fused kernels are the fast form), tracing and compilation.
+    """
+    return (
+        q.device.type == "cpu"
+        and q.dtype in (torch.bfloat16, torch.float16)
+        and k.shape[-2] <= MATMUL_MAX_KEYS
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+    )
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(head_dim) + attn_mask) v`` in the fastest form for the shape and dtype.
+
+    :func:`matmul_attention` where :func:`prefers_matmul`, else ``F.scaled_dot_product_attention``
+    (bit for bit what SDPA gives: float32 on the CPU, every GPU dtype).
+
+    Args:
+        q: (..., heads, Lq, head_dim); k, v: (..., heads, Lk, head_dim).
+        attn_mask: optional additive float mask broadcastable to (..., heads, Lq, Lk), in q's dtype.
+
+    Returns:
+        (..., heads, Lq, head_dim).
+    """
+    if prefers_matmul(q, k):
+        return matmul_attention(q, k, v, attn_mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
 def short_attention(
@@ -155,6 +199,59 @@ def short_attention(
     """
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
     return (scores + attn_mask).softmax(dim=-1) @ v
+
+
+def matmul_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(head_dim) + attn_mask) v`` with the whole score matrix at once.
+
+    Args:
+        q: (B, heads, Lq, head_dim); k, v: (B, heads, Lk, head_dim).
+        attn_mask: optional additive float mask broadcastable to (B, heads, Lq, Lk).
+
+    Returns:
+        (B, heads, Lq, head_dim).
+    """
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
+    if attn_mask is not None:  # in place unless the mask has a dimension the scores broadcast over
+        fits = torch.broadcast_shapes(scores.shape, attn_mask.shape) == scores.shape
+        scores = scores.add_(attn_mask) if fits else scores + attn_mask
+    return scores.softmax(dim=-1) @ v
+
+
+def blocked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    block: int = 128,
+) -> torch.Tensor:
+    """:func:`matmul_attention` in blocks of ``block`` queries (a block's scores stay in cache).
+
+    Every query's row is computed exactly as in :func:`matmul_attention` (softmax over all keys at
+    once), so the result does not depend on ``block``. The output is written into a (B, Lq, heads,
+    head_dim) buffer, so :meth:`Attention.merge` reshapes it without a copy.
+
+    Args:
+        q: (B, heads, Lq, head_dim); k, v: (B, heads, Lk, head_dim).
+        attn_mask: optional additive float mask broadcastable to (B, heads, Lq, Lk).
+        block: queries per block (>= 1).
+
+    Returns:
+        (B, heads, Lq, head_dim), a transposed view of a contiguous (B, Lq, heads, head_dim) tensor.
+    """
+    b, h, n, d = q.shape
+    q = q * d**-0.5
+    kt = k.transpose(-1, -2)
+    out = q.new_empty(b, n, h, v.shape[-1]).transpose(1, 2)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        scores = q[:, :, start:stop] @ kt
+        if attn_mask is not None:
+            scores = scores + (attn_mask[..., start:stop, :] if attn_mask.shape[-2] > 1 else attn_mask)
+        out[:, :, start:stop] = scores.softmax(dim=-1) @ v
+    return out
 
 
 def split_in_proj(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ovss.layers.attention import attention, matmul_attention, prefers_matmul
+
 # The decoder blocks live in catseg_decoder; re-exported here for the models built on this module.
 from ovss.models.catseg_decoder import DECODER_CHUNK, UpBlock, _conv_relu
 
@@ -158,8 +160,12 @@ class GuidedWindowAttention(nn.Module):
         q, k = heads(self._guided(self.q, xt, guidance)), heads(self._guided(self.k, xt, guidance))
         v = heads(self.v(x))
         if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = attention(q, k, v)
             out = out.transpose(1, 2).reshape(n, nw, length, c)
+        elif prefers_matmul(q, k):  # one batched call: the (nW, 1, L, L) mask broadcasts over N
+            q, k, v = (t.unflatten(0, (n, nw)) for t in (q, k, v))
+            out = matmul_attention(q, k, v, mask.to(q.dtype).unsqueeze(1))  # (N, nW, heads, L, d)
+            out = out.transpose(2, 3).reshape(n, nw, length, c)
         else:  # one call per window: the (L, L) mask broadcasts over the N slices without a copy
             mask = mask.to(q.dtype).unsqueeze(1)  # (nW, 1, L, L): SDPA's fast CPU kernel wants 4-D masks
             q, k, v = (t.unflatten(0, (n, nw)) for t in (q, k, v))
