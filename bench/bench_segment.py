@@ -15,7 +15,11 @@ meaningful on a shared machine; the 1-minute load average at the start of the ca
 and "CPU s" is the process CPU time of the timed run (all threads): on an oversubscribed machine it
 is closer to the work done than the wall time, though OpenMP threads spin-waiting count in it.
 bf16 is measured only on CPUs with native bf16 units (avx512_bf16 / AMX): elsewhere PyTorch emulates
-it and it is many times slower than fp32 (``--dtypes bf16`` forces it).
+it and it is many times slower than fp32 (``--dtypes bf16`` forces it). The header names the CPU
+(model, avx2 / avx512_bf16 / amx flags, and its kind: "native bf16" or "AVX2-only"), and every row
+records that kind, so tables and plots keep the two apart. ``--device cuda`` runs the cases on the GPU
+(fp32, bf16 and fp16 by default) and reports the timed runs' peak GPU memory
+(``torch.cuda.max_memory_allocated``).
 
 ``--before SRC`` runs every case twice, interleaved, the second time with the package from another
 source tree (e.g. ``git worktree add /tmp/ovss_before <commit>`` then ``--before /tmp/ovss_before/src``);
@@ -71,18 +75,27 @@ def text_for(model, k: int):
     return F.normalize(torch.randn(k, *probe.shape[1:]), dim=-1)
 
 
-def matmul_peak(dtype, n: int = 2048, repeat: int = 3) -> float:
-    """Best n^3 matmul throughput in GFLOP/s for ``dtype`` with the current threads."""
+def matmul_peak(dtype, n: int = 2048, repeat: int = 3, device: str = "cpu") -> float:
+    """Best n^3 matmul throughput in GFLOP/s for ``dtype`` with the current threads (or on the GPU)."""
     import torch
 
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     a @ b
     best = float("inf")
     for _ in range(repeat):
+        _sync(device)
         start = time.perf_counter()
         a @ b
+        _sync(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
 
 
 def profile_once(fn, top: int) -> str:
@@ -111,7 +124,7 @@ def child(spec: str, classes: int, dtype: str, args: argparse.Namespace) -> dict
     import torch
 
     import ovss
-    from bench.common import count_flops
+    from bench.common import count_flops, cpu_info
     from ovss.api.segmenter import Segmenter, tune_cpu_allocator
     from ovss.models.build import build_model
     from ovss.vocab.vocabulary import Vocabulary
@@ -127,12 +140,14 @@ def child(spec: str, classes: int, dtype: str, args: argparse.Namespace) -> dict
     # module tracker trips over parameters passed as module inputs when they require grad)
     build_s = time.perf_counter() - start
     text = text_for(model, classes)
-    seg = Segmenter(model, name=name, dtype=dtype)
+    seg = Segmenter(model, name=name, dtype=dtype, device=args.device)
     seg.set_vocabulary(Vocabulary.from_names([f"class {i}" for i in range(classes)]), embeddings=text)
     image = np.random.default_rng(0).integers(0, 256, (*args.size, 3), dtype=np.uint8)
-    tdtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.bfloat16}[dtype]
+    gpu = args.device.startswith("cuda")
+    half = torch.float16 if gpu else torch.bfloat16  # (fp16 on the CPU: compared with the bf16 peak)
+    tdtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": half}[dtype]
     load = os.getloadavg()[0]
-    peak = args.peak or matmul_peak(tdtype)
+    peak = args.peak or matmul_peak(tdtype, device=args.device)
 
     def run() -> None:
         if args.batch == 1:
@@ -144,11 +159,14 @@ def child(spec: str, classes: int, dtype: str, args: argparse.Namespace) -> dict
     flops = count_flops(run)  # doubles as the warm-up run
     first_s, first_cpu = time.perf_counter() - start, time.process_time() - cpu_start
     best, cpu = (first_s, first_cpu) if args.repeat == 0 else (float("inf"), float("inf"))
+    if gpu:  # the timed runs' peak (the model and its inputs included)
+        torch.cuda.reset_peak_memory_stats(args.device)
     for _ in range(args.repeat):
         start, cpu_start = time.perf_counter(), time.process_time()
         run()
         best = min(best, time.perf_counter() - start)
         cpu = min(cpu, time.process_time() - cpu_start)
+    gpu_mib = torch.cuda.max_memory_allocated(args.device) / 2**20 if gpu else float("nan")
     profile = profile_once(run, args.top) if args.profile else None
     h, w = model.preprocess_size(*args.size, **options)
     return {
@@ -166,6 +184,9 @@ def child(spec: str, classes: int, dtype: str, args: argparse.Namespace) -> dict
         "peak GFLOP/s": peak,
         "% peak": 100 * flops / best / 1e9 / peak,
         "peak RSS MiB": _peak_rss_mib(),
+        "peak GPU MiB": gpu_mib,
+        "device": args.device,
+        "cpu kind": cpu_info()["kind"],
         "load": load,
         "build s": build_s,
         "threads": torch.get_num_threads(),
@@ -181,7 +202,7 @@ def spawn(
     """Run one case in a fresh interpreter (with the package from ``src`` when given)."""
     cmd = [sys.executable, "-m", "bench.bench_segment", "--child", spec, str(classes), dtype,
            "--label", label, "--size", *map(str, args.size), "--repeat", str(args.repeat),
-           "--top", str(args.top)]
+           "--top", str(args.top), "--device", args.device]
     for flag, value in (("--threads", args.threads), ("--peak", args.peak), ("--batch", args.batch)):
         if value:
             cmd += [flag, str(value)]
@@ -207,6 +228,7 @@ def main() -> None:
                         help="default: fp32, plus bf16 on CPUs with native bf16 units")
     parser.add_argument("--repeat", type=int, default=2, help="timed runs after the warm-up (best kept)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (GPU: peak GPU MiB is reported)")
     parser.add_argument("--batch", type=int, default=1, help="images per forward (s/img, GFLOP per image)")
     parser.add_argument("--peak", type=float, help="matmul GFLOP/s of the case's dtype (default: measured)")
     parser.add_argument("--profile", action="store_true", help="print the top ops of one extra run")
@@ -223,10 +245,14 @@ def main() -> None:
 
         emit_result(child(args.child[0], int(args.child[1]), args.child[2], args))
         return
-    from bench.common import print_table
+    from bench.common import device_header, print_table
     from ovss.api.segmenter import native_bf16_cpu
 
-    dtypes = args.dtypes or (["fp32", "bf16"] if native_bf16_cpu() else ["fp32"])
+    print(device_header(args.device), flush=True)
+    if args.device.startswith("cuda"):
+        dtypes = args.dtypes or ["fp32", "bf16", "fp16"]
+    else:
+        dtypes = args.dtypes or (["fp32", "bf16"] if native_bf16_cpu() else ["fp32"])
     versions = [(None, args.label)] + ([(args.before, "before")] if args.before else [])
     rows = []
     for spec in args.runs:
@@ -245,9 +271,11 @@ def main() -> None:
                     if args.json:
                         with args.json.open("a") as f:
                             f.write(json.dumps({k: v for k, v in row.items() if k != "profile"}) + "\n")
-    print(f"\n{args.threads} threads; image {args.size[0]}x{args.size[1]}; native bf16: {native_bf16_cpu()}; "
+    print(f"\n{device_header(args.device)}\n{args.threads} threads; device {args.device}; image "
+          f"{args.size[0]}x{args.size[1]}; native bf16: {native_bf16_cpu()}; "
           f"peak = 2048^3 matmul GFLOP/s of the dtype measured in the case's process\n")
-    print_table([{k: r[k] for k in TABLE_KEYS} for r in rows])
+    keys = TABLE_KEYS + (["peak GPU MiB"] if args.device.startswith("cuda") else [])
+    print_table([{k: r.get(k, float("nan")) for k in keys} for r in rows])
     if args.plot and args.json:
         from bench.plot import plot_seconds
 

@@ -60,6 +60,42 @@ def setup_threads(threads: int | None) -> int:
 
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # the flags the header reports
+
+
+def cpu_info() -> dict[str, object]:
+    """CPU model, the matmul-relevant flags present and the CPU kind the docs' tables are split by.
+
+    ``kind`` is "native bf16" (avx512_bf16 or AMX: ``dtype="auto"`` means bf16 there), "AVX2-only"
+    (auto means fp32) or "other". Read from /proc/cpuinfo (Linux); "unknown" elsewhere.
+    """
+    from ovss.api.segmenter import native_bf16_cpu
+
+    model, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown":
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    kind = "native bf16" if native_bf16_cpu() else "AVX2-only" if "avx2" in flags else "other"
+    return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags], "kind": kind}
+
+
+def device_header(device: str = "cpu") -> str:
+    """One line naming the CPU (model, flags, kind) and, for a CUDA device, the GPU."""
+    info = cpu_info()
+    line = f"CPU: {info['model']}; flags: {' '.join(info['flags']) or 'none'}; kind: {info['kind']}"
+    if device.startswith("cuda") and torch.cuda.is_available():
+        dev = torch.device(device)
+        line += f"; GPU: {torch.cuda.get_device_name(dev)} (bf16: {torch.cuda.is_bf16_supported()})"
+    return line
+
+
 RESULT = "RESULT "  # prefix of the one stdout line a bench child process reports its row on
 
 
