@@ -1,7 +1,9 @@
 """Seconds per image against the number of classes K, one line per model/mode and version (PNG).
 
 Reads the JSON lines ``bench_segment --json`` writes (the last row wins for a repeated case) and
-draws log-log lines: solid for "after", dashed for "before". matplotlib is a bench-only dependency
+draws log-log lines: solid for "after", dashed for "before"; one panel per CPU kind ("native bf16",
+where ``dtype="auto"`` means bf16, and "AVX2-only", where it means fp32: the row's "cpu kind", or
+``--kind`` for rows written before the bench recorded it). matplotlib is a bench-only dependency
 (``pip install matplotlib``); the package does not need it.
 
     python -m bench.plot results.jsonl docs/performance_k.png
@@ -13,37 +15,47 @@ import argparse
 import json
 from pathlib import Path
 
+Series = dict[tuple[str, str, str], dict[int, float]]
 
-def load_rows(path: Path, key: str = "s/img") -> dict[tuple[str, str, str], dict[int, float]]:
-    """{(run, dtype, version): {K: row[key]}} from a JSON-lines file."""
-    series: dict[tuple[str, str, str], dict[int, float]] = {}
+
+def load_rows(path: Path, key: str = "s/img", kind: str = "unrecorded") -> dict[str, Series]:
+    """{cpu kind: {(run, dtype, version): {K: row[key]}}} from a JSON-lines file.
+
+    ``kind`` labels rows without a "cpu kind" field (written before the bench recorded it).
+    """
+    kinds: dict[str, Series] = {}
     for line in path.read_text().splitlines():
         if line.strip():
             row = json.loads(line)
+            series = kinds.setdefault(row.get("cpu kind", kind), {})
             series.setdefault((row["run"], row["dtype"], row["version"]), {})[int(row["K"])] = row[key]
-    return series
+    return kinds
 
 
-def plot_seconds(rows: Path, out: Path, title: str | None = None, cpu_rows: Path | None = None) -> None:
-    """Write the PNG ``out`` from the rows in ``rows`` (and a CPU-seconds panel from ``cpu_rows``)."""
+def plot_seconds(
+    rows: Path, out: Path, title: str | None = None, cpu_rows: Path | None = None, kind: str = "unrecorded"
+) -> None:
+    """Write the PNG ``out``: a panel per CPU kind in ``rows`` (and CPU-seconds panels from ``cpu_rows``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(rows, "s/img", title or "Segmenter.predict, 2 threads, wall clock")]
+    panels = [(series, f"{cpu}: {title or 'Segmenter.predict, 2 threads, wall clock'}")
+              for cpu, series in sorted(load_rows(rows, "s/img", kind).items())]
     if cpu_rows is not None:
-        panels.append((cpu_rows, "CPU s", "1 thread, process CPU seconds"))
+        panels += [(series, f"{cpu}: 1 thread, process CPU seconds")
+                   for cpu, series in sorted(load_rows(cpu_rows, "CPU s", kind).items())]
     fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 5.5), dpi=100, squeeze=False)
-    for ax, (path, key, label) in zip(axes[0], panels):
-        _panel(plt, ax, load_rows(path, key), label)
+    for ax, (series, label) in zip(axes[0], panels):
+        _panel(plt, ax, series, label)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
 
 
-def _panel(plt, ax, series: dict[tuple[str, str, str], dict[int, float]], title: str) -> None:
+def _panel(plt, ax, series: Series, title: str) -> None:
     runs = sorted({(run, dtype) for run, dtype, _ in series})
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (run, dtype) in enumerate(runs):
@@ -102,8 +114,9 @@ def main() -> None:
     parser.add_argument("--title")
     parser.add_argument("--cpu-rows", type=Path, help="rows of a --threads 1 run: a CPU-seconds panel")
     parser.add_argument("--markdown", action="store_true", help="also print a before/after markdown table")
+    parser.add_argument("--kind", default="unrecorded", help="CPU kind of rows that do not record one")
     args = parser.parse_args()
-    plot_seconds(args.rows, args.out, args.title, args.cpu_rows)
+    plot_seconds(args.rows, args.out, args.title, args.cpu_rows, args.kind)
     if args.markdown:
         print(markdown_table(args.rows))
 
