@@ -65,6 +65,7 @@ def forms(blocks: list[int]) -> dict[str, object]:
     out: dict[str, object] = {
         "sdpa": lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
         "matmul": lambda q, k, v, m: matmul_attention(q, k, v, m),
+        "matmul-f32sc": lambda q, k, v, m: matmul_attention(q, k, v, m, float_scores=True),
     }
     for bq in blocks:
         out[f"blocked{bq}"] = lambda q, k, v, m, bq=bq: blocked_attention(q, k, v, m, block=bq)
@@ -104,14 +105,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     dtypes = args.dtypes or (["fp32", "bf16"] if native_bf16_cpu() else ["fp32"])
     print(f"{args.threads} threads; native bf16: {native_bf16_cpu()}")
-    print(f"{'shape':18} {'dtype':5} {'form':10} {'ms':>8} {'GFLOP/s':>8} {'% peak':>7} {'rel err':>9}")
+    print(f"{'shape':18} {'dtype':5} {'form':12} {'ms':>8} {'GFLOP/s':>8} {'% peak':>7} {'rel err':>9}")
     for dname in dtypes:
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dname]
         peak = matmul_peak(dtype)
         for shape in args.shapes:
             for name, (ms, gfs, err) in measure(shape, dtype, args).items():
                 pct = 100 * gfs / peak
-                print(f"{shape:18} {dname:5} {name:10} {ms:8.2f} {gfs:8.1f} {pct:7.1f} {err:9.2e}")
+                print(f"{shape:18} {dname:5} {name:12} {ms:8.2f} {gfs:8.1f} {pct:7.1f} {err:9.2e}")
         print(f"({dname} peak {peak:.0f} GFLOP/s)")
 
 

@@ -118,7 +118,11 @@ class Attention(nn.Module):
         attn_mask: torch.Tensor | None = None,
         is_causal: bool = False,
     ) -> torch.Tensor:
-        """Scaled dot-product attention of projected heads (:func:`attention`), merged, ``out_proj``.
+        """Scaled dot-product attention of projected heads, merged and passed through ``out_proj``.
+
+        Always SDPA: on the CPU its bf16 kernel keeps the scores and weights in float32, and the
+        faster explicit-matmul form (:func:`matmul_attention`) quadruples SAN's bf16 error
+        (docs/performance.md, "Attention forms per shape").
 
         Args:
             q: (B, heads, Lq, head_dim); k, v: (B, heads, Lk, head_dim) (from :meth:`project_qkv`,
@@ -129,9 +133,7 @@ class Attention(nn.Module):
         Returns:
             (B, Lq, D).
         """
-        if is_causal:
-            return self.merge(F.scaled_dot_product_attention(q, k, v, is_causal=True))
-        return self.merge(attention(q, k, v, attn_mask))
+        return self.merge(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal))
 
     def merge(self, heads: torch.Tensor) -> torch.Tensor:
         """(B, heads, L, head_dim) attention output -> (B, L, D) through ``out_proj``."""
@@ -139,9 +141,9 @@ class Attention(nn.Module):
         return self.out_proj(heads.transpose(1, 2).reshape(b, n, self.width))
 
 
-# Keys up to which explicit matmuls beat the fused CPU kernel in bf16/fp16 (bench/bench_attention.py:
-# 1.3-1.5x for CLIP's 541-641 tokens and CAT-Seg's 144-token windows; the side adapter's 2260 keys,
-# whose score matrix leaves the cache, stay on SDPA).
+# Keys up to which :func:`attention` takes explicit matmuls in bf16/fp16 on the CPU (bench_attention:
+# 1.2-1.7x faster per call up to ~650 keys on 1 thread; at 2260 keys the score matrix leaves the
+# cache and the fused kernel wins).
 MATMUL_MAX_KEYS = 1024
 
 
@@ -167,7 +169,9 @@ def attention(
     """``softmax(q k^T / sqrt(head_dim) + attn_mask) v`` in the fastest form for the shape and dtype.
 
     :func:`matmul_attention` where :func:`prefers_matmul`, else ``F.scaled_dot_product_attention``
-    (bit for bit what SDPA gives: float32 on the CPU, every GPU dtype).
+    (bit for bit what SDPA gives: float32 on the CPU, every GPU dtype). For callers whose outputs
+    tolerate bf16-rounded attention scores (CAT-Seg's window attention); :class:`Attention` keeps
+    SDPA.
 
     Args:
         q: (..., heads, Lq, head_dim); k, v: (..., heads, Lk, head_dim).
@@ -202,22 +206,35 @@ def short_attention(
 
 
 def matmul_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    float_scores: bool = False,
 ) -> torch.Tensor:
     """``softmax(q k^T / sqrt(head_dim) + attn_mask) v`` with the whole score matrix at once.
 
     Args:
         q: (B, heads, Lq, head_dim); k, v: (B, heads, Lk, head_dim).
         attn_mask: optional additive float mask broadcastable to (B, heads, Lq, Lk).
+        float_scores: for bf16/fp16 inputs, form the scores, the mask sum and the softmax in float32
+            and only the weights times ``v`` in the input dtype (more accurate, but slower than SDPA
+            on the CPU). By default the scores are rounded to the input dtype, which is where the
+            speed comes from: a score of 16 moves by up to 1/16, its weight by ~6 %.
 
     Returns:
-        (B, heads, Lq, head_dim).
+        (B, heads, Lq, head_dim), in q's dtype.
     """
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
-    if attn_mask is not None:  # in place unless the mask has a dimension the scores broadcast over
+    scale = q.shape[-1] ** -0.5
+    low = q.dtype in (torch.bfloat16, torch.float16)
+    if low and float_scores:
+        scores = (q.float() * scale) @ k.float().transpose(-1, -2)
+    else:
+        scores = (q * scale) @ k.transpose(-1, -2)
+    if attn_mask is not None:
         fits = torch.broadcast_shapes(scores.shape, attn_mask.shape) == scores.shape
-        scores = scores.add_(attn_mask) if fits else scores + attn_mask
-    return scores.softmax(dim=-1) @ v
+        scores = scores.add_(attn_mask) if fits else scores + attn_mask  # in place when the shapes allow
+    return scores.softmax(dim=-1).to(v.dtype) @ v
 
 
 def blocked_attention(
