@@ -22,6 +22,7 @@ from tests.conftest import relative_error
 DEVICE = os.environ.get("OVSS_TEST_DEVICE", "cpu")
 CASES = [
     ("test-san-tiny", {}),
+    ("test-san-tiny.mmseg", {}),
     ("test-catseg-tiny", {"inference": "whole"}),
     ("test-catseg-tiny", {"inference": "slide"}),
     ("test-catseg-v1-tiny", {"inference": "slide"}),
