@@ -53,7 +53,7 @@ else
   seg_args=(--classes 20 150 --dtypes fp32 bf16 fp16 --repeat 2)
   san=san-vit-b16
   compile_args=(--repeat 5)
-  limits=(20 60 300 100)
+  limits=(20 60 270 130)  # 8 minutes in all
 fi
 rm -f "$out/segment.jsonl"
 
