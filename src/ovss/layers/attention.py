@@ -142,18 +142,19 @@ class Attention(nn.Module):
         return self.out_proj(heads.transpose(1, 2).reshape(b, n, self.width))
 
 
-# Keys up to which :func:`attention` takes explicit matmuls in bf16/fp16 on the CPU (bench_attention:
-# 1.2-1.7x faster per call up to ~650 keys on 1 thread; at 2260 keys the score matrix leaves the
-# cache and the fused kernel wins).
+# Keys up to which :func:`prefers_matmul` holds (bench_attention: bf16 explicit matmuls are 1.1-1.7x
+# faster per call than the fused CPU kernel up to ~650 keys in a quiet window; at 2260 keys the
+# score matrix leaves the cache and the fused kernel wins).
 MATMUL_MAX_KEYS = 1024
 
 
 def prefers_matmul(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Whether :func:`attention` takes explicit matmuls for these heads (else SDPA).
+    """Whether :func:`matmul_attention` is the faster form for these heads (else SDPA).
 
     Only for reduced precision (bf16 / fp16) on the CPU, where the fused kernel runs no faster than
-    in float32, and up to :data:`MATMUL_MAX_KEYS` keys. float32 keeps SDPA (the exact path of the
-    parity tests), as do GPUs (their fused kernels are the fast form), tracing and compilation.
+    in float32, and up to :data:`MATMUL_MAX_KEYS` keys; never while tracing or compiling. The form
+    rounds the scores to bf16, so callers opt in where their outputs tolerate it (CAT-Seg's
+    shifted windows); :class:`Attention` keeps SDPA.
     """
     return (
         q.device.type == "cpu"
@@ -162,28 +163,6 @@ def prefers_matmul(q: torch.Tensor, k: torch.Tensor) -> bool:
         and not torch.jit.is_tracing()
         and not torch.compiler.is_compiling()
     )
-
-
-def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(head_dim) + attn_mask) v`` in the fastest form for the shape and dtype.
-
-    :func:`matmul_attention` where :func:`prefers_matmul`, else ``F.scaled_dot_product_attention``
-    (bit for bit what SDPA gives: float32 on the CPU, every GPU dtype). For callers whose outputs
-    tolerate bf16-rounded attention scores (CAT-Seg's window attention); :class:`Attention` keeps
-    SDPA.
-
-    Args:
-        q: (..., heads, Lq, head_dim); k, v: (..., heads, Lk, head_dim).
-        attn_mask: optional additive float mask broadcastable to (..., heads, Lq, Lk), in q's dtype.
-
-    Returns:
-        (..., heads, Lq, head_dim).
-    """
-    if prefers_matmul(q, k):
-        return matmul_attention(q, k, v, attn_mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
 
 
 def short_attention(

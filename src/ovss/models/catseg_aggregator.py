@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ovss.layers.attention import attention, matmul_attention, prefers_matmul
+from ovss.layers.attention import matmul_attention, prefers_matmul
 
 # The decoder blocks live in catseg_decoder; re-exported here for the models built on this module.
 from ovss.models.catseg_decoder import DECODER_CHUNK, UpBlock, _conv_relu
@@ -160,9 +160,9 @@ class GuidedWindowAttention(nn.Module):
         q, k = heads(self._guided(self.q, xt, guidance)), heads(self._guided(self.k, xt, guidance))
         v = heads(self.v(x))
         if mask is None:
-            out = attention(q, k, v)
+            out = F.scaled_dot_product_attention(q, k, v)
             out = out.transpose(1, 2).reshape(n, nw, length, c)
-        elif prefers_matmul(q, k):  # one batched call: the (nW, 1, L, L) mask broadcasts over N
+        elif prefers_matmul(q, k):  # bf16 CPU: one batched call, the (nW, 1, L, L) mask broadcast over N
             q, k, v = (t.unflatten(0, (n, nw)) for t in (q, k, v))
             out = matmul_attention(q, k, v, mask.to(q.dtype).unsqueeze(1))  # (N, nW, heads, L, d)
             out = out.transpose(2, 3).reshape(n, nw, length, c)
