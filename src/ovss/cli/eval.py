@@ -13,7 +13,8 @@ from ovss.cli.common import add_model_args, ensure_writable_dir, load_segmenter,
 _DESCRIPTION = """\
 Evaluate a model on prepared benchmarks (mIoU, fwIoU, mACC, pACC in both the detectron2 and the
 mmseg convention) or on a folder of images with label PNGs. Reports go to OUT/<dataset>/
-(metrics.json, metrics.csv, per_class.csv). An interrupted run resumes when re-run with the same
+(metrics.json, metrics.csv, per_class.csv; per_class_iou.png and confusion.png with the
+`ovss[plots]` extra, docs/plots.md). An interrupted run resumes when re-run with the same
 --out; a different model, weights file, class list, data, --limit or option is refused.
 
 Benchmarks are read from --data-root, else $OVSS_DATA, else ./datasets (prepare them with
@@ -164,7 +165,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if rank_and_world()[0] == 0:
         print(format_table(summary_rows(reports)))
         folders = ", ".join(str(out / r["dataset"]) for r in reports)
-        print(f"reports (metrics.json, metrics.csv, per_class.csv) in {folders}")
+        print(f"reports (metrics.json, metrics.csv, per_class.csv, plots) in {folders}")
         if skipped:
             print(f"not prepared, skipped: {', '.join(n for n, _ in skipped)}")
     return 1 if skipped else 0

@@ -120,6 +120,9 @@ def evaluate(
     names = list(data.class_names)[: data.num_classes]
     report = build_report(matrix, names, data.name, fingerprint)
     write_report(report, folder)
+    from ovss.evaluation.plots import write_eval_plots  # matplotlib only here, and only if installed
+
+    write_eval_plots(report, matrix.matrix, folder)
     return report
 
 
