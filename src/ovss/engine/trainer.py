@@ -41,6 +41,7 @@ from ovss.distributed import all_gather_object, all_reduce_mean, barrier, init_d
 from ovss.engine import checkpoint as ckpt
 from ovss.engine.build import build_training_model
 from ovss.engine.config import TrainConfig
+from ovss.engine.curves import write_curves
 from ovss.engine.data import TrainDataset, collate, image_label_pairs, vocabulary
 from ovss.engine.evaluate import evaluate
 from ovss.engine.logging import MetricLogger
@@ -342,6 +343,8 @@ def train(
             last_eval = evaluate(model, eval_pairs, eval_vocab, device, eval_data.ignore_index, rank, world,
                                  precision, cfg.eval.convention, cfg.eval.options)
             logger.log(done, {f"eval/{k}": v for k, v in last_eval.items()})
+            if dist.is_main:
+                write_curves(out_dir)  # curves.png: losses, lr, eval mIoU so far
 
     final = out_dir / "model_final.safetensors"
     if dist.is_main:
@@ -350,6 +353,7 @@ def train(
         save_model_file(final, model.state_dict(), model.config, family, name=cfg.name or family,
                         source_format="ovss_train", iteration=str(done))
         print(f"wrote {final}", flush=True)
+        write_curves(out_dir)
     logger.close()
     barrier()
     return {"iteration": done, "model": final, "metrics": metrics, "eval": last_eval}

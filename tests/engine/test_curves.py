@@ -1,0 +1,64 @@
+"""``curves.png``: series read from metrics.jsonl, redrawn by the trainer at each evaluation and at the end."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+from PIL import Image
+
+import ovss.engine.curves as curves
+import ovss.plotting as plotting
+from ovss.engine.recipes import load_config
+from ovss.engine.trainer import train
+
+from ._synthetic import make_shapes
+
+
+def test_series_group_loss_terms_lr_and_eval():
+    entries = [
+        {"iteration": 1, "loss": 3.0, "loss_ce": 1.0, "loss_dice": 2.0, "lr": 1e-3, "grad_norm": 5.0},
+        {"iteration": 2, "eval/mIoU": 12.5, "eval/pACC": 40.0},
+        {"iteration": 2, "loss": 2.0, "loss_ce": float("nan"), "lr": 5e-4, "sec_per_iter": 0.1},
+    ]
+    s = curves.curve_series(entries)
+    assert s["loss"] == {"loss": [(1, 3.0), (2, 2.0)], "loss_ce": [(1, 1.0)], "loss_dice": [(1, 2.0)]}
+    assert s["lr"] == {"lr": [(1, 1e-3), (2, 5e-4)]}
+    assert s["eval"] == {"mIoU": [(2, 12.5)], "pACC": [(2, 40.0)]}
+
+
+def test_training_writes_curves_at_each_evaluation_and_at_the_end(tmp_path, monkeypatch):
+    classes = make_shapes(tmp_path / "data", count=4, size=64)
+    cfg = load_config("tiny-sed").override(
+        f"data.root={json.dumps(str(tmp_path / 'data'))}", f"data.classes={json.dumps(str(classes))}",
+        "solver.iterations=4", "eval.period=2", "checkpoint_period=4", "log_period=1", "workers=0",
+    )
+    drawn = []
+    original = curves.plot_curves
+
+    def spy(metrics_path, path):
+        drawn.append(len([e for e in map(json.loads, open(metrics_path)) if "eval/mIoU" in e]))
+        return original(metrics_path, path)
+
+    monkeypatch.setattr(curves, "plot_curves", spy)
+    train(cfg, tmp_path / "run")
+    assert drawn == [1, 2, 2]  # after the evaluations at 2 and 4, then at the end
+    png = tmp_path / "run" / "curves.png"
+    image = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    assert image.shape == (800, 800, 3)
+    assert png.stat().st_size < 300_000
+    red = (np.abs(image - [0xD0, 0x56, 0x3B]).max(axis=-1) <= 4).sum()  # the eval mIoU line
+    blue = (np.abs(image - [0x2A, 0x7A, 0xB0]).max(axis=-1) <= 4).sum()  # the learning rate
+    assert red > 50 and blue > 50
+
+
+def test_curves_without_matplotlib_are_skipped_in_one_line(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    monkeypatch.setattr(plotting, "_warned", False)
+    (tmp_path / "metrics.jsonl").write_text('{"iteration": 1, "loss": 1.0, "lr": 0.1}\n')
+    assert curves.write_curves(tmp_path) is None
+    assert curves.write_curves(tmp_path) is None
+    assert [r.getMessage() for r in caplog.records] == [plotting.MISSING_MESSAGE]
+    assert not (tmp_path / "curves.png").exists()
