@@ -67,6 +67,7 @@ class WeightSpec:
     sha256: str | None = None  # pinned digest of the source file (None: recorded on first download)
     seed: int = 0  # for "random" weights
     published: tuple[Published, ...] = ()  # published mIoU per benchmark and protocol (model card)
+    citation: str = ""  # BibTeX of the paper to cite for these weights
 
     @property
     def downloadable(self) -> bool:
@@ -88,6 +89,53 @@ _SAN_MM_TTA = "mmseg test protocol with --tta: mmseg's ratios of the original im
 _SED_ORIGIN = "Xie et al., SED, CVPR 2024; github.com/xb534/SED"
 _SED_PAGE = "https://github.com/xb534/SED#models (Google Drive links in the README)"
 
+_SAN_BIB = """@inproceedings{xu2023san,
+  title     = {Side Adapter Network for Open-Vocabulary Semantic Segmentation},
+  author    = {Xu, Mengde and Zhang, Zheng and Wei, Fangyun and Hu, Han and Bai, Xiang},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2023}
+}"""
+_CATSEG_BIB = """@inproceedings{cho2024catseg,
+  title     = {CAT-Seg: Cost Aggregation for Open-Vocabulary Semantic Segmentation},
+  author    = {Cho, Seokju and Shin, Heeseong and Hong, Sunghwan and Arnab, Anurag and Seo, Paul Hongsuck
+               and Kim, Seungryong},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2024}
+}"""
+_CATSEG_V1_BIB = """@article{cho2023catseg,
+  title   = {CAT-Seg: Cost Aggregation for Open-Vocabulary Semantic Segmentation},
+  author  = {Cho, Seokju and Shin, Heeseong and Hong, Sunghwan and An, Seungjun and Lee, Seungjun
+             and Arnab, Anurag and Seo, Paul Hongsuck and Kim, Seungryong},
+  journal = {arXiv preprint arXiv:2303.11797 (v1)},
+  year    = {2023}
+}"""
+_SED_BIB = """@inproceedings{xie2024sed,
+  title     = {SED: A Simple Encoder-Decoder for Open-Vocabulary Semantic Segmentation},
+  author    = {Xie, Bin and Cao, Jiale and Xie, Jin and Khan, Fahad Shahbaz and Pang, Yanwei},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2024}
+}"""
+
+# Published mIoU (%), zero-shot cross-dataset after training on COCO-Stuff-171 (in-domain: coco171).
+_SAN_PAPER = "SAN paper (CVPR 2023), main results table"
+_SAN_LOG = "official evaluation log of the released weights (MendelXu/SAN), detectron2 mIoU convention"
+_PC459 = "the paper's PC-459 is lower than the log's, likely the older detectron2 mIoU averaging"
+_SAN_B16_RESULTS = published(
+    _SAN_PAPER, ade847=10.1, pc459=12.6, ade150=27.5, pc59=53.8, voc20=94.0
+) + published(
+    _SAN_LOG, note=_PC459, coco171=41.93, ade847=10.21, pc459=16.71, ade150=27.56, pc59=54.07, voc20=93.95
+)
+_SAN_L14_RESULTS = published(
+    _SAN_PAPER, ade847=12.4, pc459=15.7, ade150=32.1, pc59=57.7, voc20=94.6, coco171=45.8
+) + published(
+    _SAN_LOG, note=_PC459, coco171=45.57, ade847=12.96, pc459=20.83, ade150=31.93, pc59=57.53, voc20=95.18
+)
+_CATSEG_SRC = "CAT-Seg paper (CVPR 2024) = official README (KU-CVLAB/CAT-Seg); sliding-window inference"
+_CATSEG_V1_SRC = "CAT-Seg arXiv v1, main table"
+_CATSEG_V1_FIX = "official README (A-847 after the 2023-03-29 fix of classes 640-846)"
+_SED_SRC = "official README (xb534/SED)"
+_SED_FAST = "with category early rejection: --fast --topk 8 (the paper's headline rows)"
+
 WEIGHTS: tuple[WeightSpec, ...] = (
     WeightSpec(
         name="san-vit-b16",
@@ -99,6 +147,8 @@ WEIGHTS: tuple[WeightSpec, ...] = (
         origin=_SAN_ORIGIN,
         hub_repo="Mendel192/san",
         hub_file="san_vit_b_16.pth",
+        published=_SAN_B16_RESULTS,
+        citation=_SAN_BIB,
     ),
     WeightSpec(
         name="san-vit-l14",
@@ -110,6 +160,8 @@ WEIGHTS: tuple[WeightSpec, ...] = (
         origin=_SAN_ORIGIN,
         hub_repo="Mendel192/san",
         hub_file="san_vit_large_14.pth",
+        published=_SAN_L14_RESULTS,
+        citation=_SAN_BIB,
     ),
     WeightSpec(
         name="san-vit-b16.mmseg",
@@ -123,6 +175,7 @@ WEIGHTS: tuple[WeightSpec, ...] = (
         url=_SAN_MM_URL + "san-vit-b16_20230906-fd0a7684.pth",  # sha256 prefix in the name (urlfetch)
         published=published(_SAN_MM_README, note=_SAN_MM_NOTE, coco171=41.93)
         + published(_SAN_MM_README, "ms+flip", _SAN_MM_TTA, coco171=41.77),
+        citation=_SAN_BIB,
     ),
     WeightSpec(
         name="san-vit-l14.mmseg",
@@ -136,6 +189,7 @@ WEIGHTS: tuple[WeightSpec, ...] = (
         url=_SAN_MM_URL + "san-vit-l14_20230907-a11e098f.pth",  # sha256 prefix in the name (urlfetch)
         published=published(_SAN_MM_README, note=_SAN_MM_NOTE, coco171=45.78)
         + published(_SAN_MM_README, "ms+flip", _SAN_MM_TTA, coco171=43.99),
+        citation=_SAN_BIB,
     ),
     WeightSpec(
         name="catseg-vit-b16",
@@ -148,6 +202,10 @@ WEIGHTS: tuple[WeightSpec, ...] = (
         hub_repo="hamacojr/CAT-Seg-weights",
         hub_file="model_base.pth",
         hub_repo_type="space",
+        published=published(
+            _CATSEG_SRC, ade847=12.0, pc459=19.0, ade150=31.8, pc59=57.5, voc20=94.6, voc20b=77.3
+        ),
+        citation=_CATSEG_BIB,
     ),
     WeightSpec(
         name="catseg-vit-l14",
@@ -160,6 +218,10 @@ WEIGHTS: tuple[WeightSpec, ...] = (
         hub_repo="hamacojr/CAT-Seg-weights",
         hub_file="model_large.pth",
         hub_repo_type="space",
+        published=published(
+            _CATSEG_SRC, ade847=16.0, pc459=23.8, ade150=37.9, pc59=63.3, voc20=97.0, voc20b=82.5
+        ),
+        citation=_CATSEG_BIB,
     ),
     WeightSpec(
         name="catseg-v1-r101-vit-b16",
@@ -170,6 +232,11 @@ WEIGHTS: tuple[WeightSpec, ...] = (
         license="MIT",
         origin=_CATSEG_V1_ORIGIN,
         manual_url=_CATSEG_V1_PAGE,
+        published=published(
+            _CATSEG_V1_SRC, ade847=8.4, pc459=16.6, ade150=27.2, pc59=57.5, voc20=93.7, voc20b=78.3
+        )
+        + published(_CATSEG_V1_FIX, ade847=8.9),
+        citation=_CATSEG_V1_BIB,
     ),
     WeightSpec(
         name="catseg-v1-r101-vit-b16.mmseg",
@@ -180,6 +247,7 @@ WEIGHTS: tuple[WeightSpec, ...] = (
         license="Apache-2.0",
         origin=_CATSEG_V1_ORIGIN + "; open-mmlab/mmsegmentation projects/CAT-Seg",
         manual_url=_CATSEG_MM_PAGE,
+        citation=_CATSEG_V1_BIB,
     ),
     WeightSpec(
         name="catseg-v1-swinb-vit-l14",
@@ -190,6 +258,11 @@ WEIGHTS: tuple[WeightSpec, ...] = (
         license="MIT",
         origin=_CATSEG_V1_ORIGIN,
         manual_url=_CATSEG_V1_PAGE,
+        published=published(
+            _CATSEG_V1_SRC, ade847=10.8, pc459=20.4, ade150=31.5, pc59=62.0, voc20=96.6, voc20b=81.8
+        )
+        + published(_CATSEG_V1_FIX, ade847=11.4),
+        citation=_CATSEG_V1_BIB,
     ),
     WeightSpec(
         name="catseg-v1-swinb-vit-l14.mmseg",
@@ -200,6 +273,7 @@ WEIGHTS: tuple[WeightSpec, ...] = (
         license="Apache-2.0",
         origin=_CATSEG_V1_ORIGIN + "; open-mmlab/mmsegmentation projects/CAT-Seg",
         manual_url=_CATSEG_MM_PAGE,
+        citation=_CATSEG_V1_BIB,
     ),
     WeightSpec(
         name="sed-convnext-b",
@@ -210,6 +284,9 @@ WEIGHTS: tuple[WeightSpec, ...] = (
         license="Apache-2.0",
         origin=_SED_ORIGIN,
         manual_url=_SED_PAGE,
+        published=published(_SED_SRC, ade847=11.2, pc459=18.6, ade150=31.8, pc59=57.7, voc20=94.4)
+        + published(_SED_SRC, note=_SED_FAST, ade847=11.4, pc459=18.6, ade150=31.6, pc59=57.3, voc20=94.4),
+        citation=_SED_BIB,
     ),
     WeightSpec(
         name="sed-convnext-l",
@@ -220,6 +297,9 @@ WEIGHTS: tuple[WeightSpec, ...] = (
         license="Apache-2.0",
         origin=_SED_ORIGIN,
         manual_url=_SED_PAGE,
+        published=published(_SED_SRC, ade847=13.7, pc459=22.1, ade150=35.3, pc59=60.9, voc20=96.1)
+        + published(_SED_SRC, note=_SED_FAST, ade847=13.9, pc459=22.6, ade150=35.2, pc59=60.6, voc20=96.1),
+        citation=_SED_BIB,
     ),
     WeightSpec(
         name="test-san-tiny",
