@@ -123,13 +123,13 @@ _PC459 = "the paper's PC-459 is lower than the log's, likely the older detectron
 _SAN_B16_RESULTS = published(
     _SAN_PAPER, ade847=10.1, pc459=12.6, ade150=27.5, pc59=53.8, voc20=94.0
 ) + published(
-    _SAN_LOG, note=_PC459, coco171=41.93, ade847=10.21, pc459=16.71, ade150=27.56, pc59=54.07, voc20=93.95
-)
+    _SAN_LOG, coco171=41.93, ade847=10.21, ade150=27.56, pc59=54.07, voc20=93.95
+) + published(_SAN_LOG, note=_PC459, pc459=16.71)
 _SAN_L14_RESULTS = published(
     _SAN_PAPER, ade847=12.4, pc459=15.7, ade150=32.1, pc59=57.7, voc20=94.6, coco171=45.8
 ) + published(
-    _SAN_LOG, note=_PC459, coco171=45.57, ade847=12.96, pc459=20.83, ade150=31.93, pc59=57.53, voc20=95.18
-)
+    _SAN_LOG, coco171=45.57, ade847=12.96, ade150=31.93, pc59=57.53, voc20=95.18
+) + published(_SAN_LOG, note=_PC459, pc459=20.83)
 _CATSEG_SRC = "CAT-Seg paper (CVPR 2024) = official README (KU-CVLAB/CAT-Seg); sliding-window inference"
 _CATSEG_V1_SRC = "CAT-Seg arXiv v1, main table"
 _CATSEG_V1_FIX = "official README (A-847 after the 2023-03-29 fix of classes 640-846)"
