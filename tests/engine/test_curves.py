@@ -1,4 +1,4 @@
-"""``curves.png``: series read from metrics.jsonl, redrawn by the trainer at each evaluation and at the end."""
+"""``curves.png``: series read from metrics.jsonl, redrawn by the trainer at each evaluation and the end."""
 
 from __future__ import annotations
 
@@ -38,7 +38,8 @@ def test_training_writes_curves_at_each_evaluation_and_at_the_end(tmp_path, monk
     original = curves.plot_curves
 
     def spy(metrics_path, path):
-        drawn.append(len([e for e in map(json.loads, open(metrics_path)) if "eval/mIoU" in e]))
+        lines = metrics_path.read_text().splitlines()
+        drawn.append(len([e for e in map(json.loads, lines) if "eval/mIoU" in e]))
         return original(metrics_path, path)
 
     monkeypatch.setattr(curves, "plot_curves", spy)

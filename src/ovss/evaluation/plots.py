@@ -89,7 +89,8 @@ def plot_per_class_iou(report: dict[str, Any], path: Path) -> Path | None:
     if plt is None:
         return None
     scored, extra = _iou_lists(report)
-    title = f"{report['dataset']}: IoU per class, sorted ({len(scored)} classes scored, {report['images']} images)"
+    title = (f"{report['dataset']}: IoU per class, sorted ({len(scored)} classes scored, "
+             f"{report['images']} image(s))")
     if len(scored) <= ALL_BARS:
         fig, ax = plt.subplots(figsize=(9, 1.6 + 0.2 * max(len(scored), 1)))
         _bars(ax, scored, [_BEST] * len(scored))
@@ -151,7 +152,9 @@ def write_eval_plots(report: dict[str, Any], matrix: np.ndarray, folder: Path) -
     folder = Path(folder)
     jobs = {
         folder / "per_class_iou.png": lambda p: plot_per_class_iou(report, p),
-        folder / "confusion.png": lambda p: plot_confusion(matrix, report["class_names"], p, report["dataset"]),
+        folder / "confusion.png": lambda p: plot_confusion(
+            matrix, report["class_names"], p, report["dataset"]
+        ),
     }
     written: list[Path] = []
     for target, draw in jobs.items():
