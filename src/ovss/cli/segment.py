@@ -42,6 +42,7 @@ from ovss.cli.segment_runs import (
     read_done,
     settings_key,
 )
+from ovss.cli.video import add_video_arguments, run_video, video_inputs
 
 OUTPUT_KINDS = ("label", "overlay", "json", "scores", "heatmaps")
 __all__ = ["IMAGE_EXTS", "OUTPUT_KINDS", "STATE_DIR", "add_parser", "collect_inputs", "plan_names", "run"]
@@ -59,7 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "images",
         nargs="+",
         help="image files, http(s) URLs, or folders whose images are taken (a folder skips ovss's "
-        "own outputs and single-channel label PNGs named like a photo beside them)",
+        "own outputs and single-channel label PNGs named like a photo beside them); or local video "
+        "files (.mp4, .mkv, ...: label and overlay videos, docs/video.md)",
     )
     p.add_argument(
         "--recursive",
@@ -104,6 +106,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_model_args(p)
     add_tta_arguments(p)
+    add_video_arguments(p)
     p.set_defaults(run=run)
 
 
@@ -229,6 +232,11 @@ def _run(args: argparse.Namespace) -> int:
     from ovss.errors import ConfigError, OutputPathError
     from ovss.vocab.vocabulary import parse_vocabulary
 
+    videos = video_inputs(args.images)
+    if videos is not None:  # ovss segment clip.mp4: its own path (ovss.cli.video)
+        return run_video(args, videos)
+    if args.every is not None:
+        raise ConfigError("--every N applies to videos only (every N-th frame); remove it for images")
     outputs = _parse_outputs(args.outputs)
     render_settings(args)  # bad --opacity / --palette / --min-score: one line before the model loads
     if args.batch_size < 1:

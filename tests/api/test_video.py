@@ -1,0 +1,148 @@
+"""Video: ``ovss segment clip.mp4`` / ``ovss.api.video.segment_video`` on a clip the test writes with PyAV."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import ovss
+from ovss.api.video import (
+    _Encoder,
+    label_video_vocabulary,
+    output_paths,
+    read_label_video,
+    segment_video,
+)
+from ovss.api.visualize import overlay as render
+from ovss.cli.main import main
+from ovss.errors import OutputPathError
+from ovss.models.base import ResizeConfig
+
+av = pytest.importorskip("av")
+CLASSES = "sky; grass, lawn; red car"
+
+
+def _write_clip(path, frames: int = 8, width: int = 64, height: int = 48, fps: int = 12):
+    """A short H.264 (else MPEG-4) clip of moving coloured bars over a gradient."""
+    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(frames):
+            rgb = np.zeros((height, width, 3), np.uint8)
+            rgb[..., 1] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
+            rgb[:, 8 * i : 8 * i + 12, 0] = 255
+            rgb[height // 2 :, :, 2] = 30 * i
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _decoded_frames(path):
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def _blocks(image):
+    h, w = image.shape[:2]
+    return image.astype(float).reshape(h // 8, 8, w // 8, 8, 3).mean(axis=(1, 3))
+
+
+@pytest.fixture
+def seg():
+    segmenter = ovss.load("test-sed-tiny")
+    segmenter.model.config.test_resize = ResizeConfig(size=48, max_size=256)
+    return segmenter
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_label_video_matches_per_frame_predictions(tmp_path, seg, every):
+    clip = _write_clip(tmp_path / "clip.mp4")
+    summary = segment_video(seg, clip, tmp_path / "out", classes=CLASSES, every=every, progress=False)
+    frames = _decoded_frames(clip)
+    taken = frames[::every]
+    assert (summary.frames_read, summary.frames) == (8, len(taken))
+    assert summary.fps == 12 / every and (summary.width, summary.height) == (64, 48)
+    labels = list(read_label_video(summary.paths["label"]))
+    assert len(labels) == len(taken)
+    for rgb, label in zip(taken, labels):
+        assert label.shape == (48, 64) and label.dtype == np.uint8
+        np.testing.assert_array_equal(label, seg.predict(rgb).label_map)  # lossless, same labels
+    assert len(np.unique(np.concatenate([m.ravel() for m in labels]))) >= 2  # not a constant map
+    assert label_video_vocabulary(summary.paths["label"]) == ["sky", "grass", "red car"]
+    overlay = _decoded_frames(summary.paths["overlay"])
+    assert len(overlay) == len(taken) and overlay[0].shape == (48, 64, 3)
+    # the overlay video shows the rendered overlay. The codec is lossy and subsamples colour 2x2 (the
+    # random model's labels change from pixel to pixel), so compare means over 8x8 blocks: close to
+    # the rendering, far from the bare frame.
+    for rgb, label, shown in zip(taken, labels, overlay):
+        expected = np.asarray(render(rgb, label.astype(np.int64), ["sky", "grass", "red car"], legend=False))
+        error = np.abs(_blocks(shown) - _blocks(expected)).mean()
+        assert error < 5 and np.abs(_blocks(shown) - _blocks(rgb)).mean() > 4 * error, error
+    report = json.loads(summary.paths["json"].read_text())
+    assert report["frames"] == len(taken) and report["every"] == every
+    assert report["vocabulary"] == [["sky"], ["grass", "lawn"], ["red car"]]
+    assert sum(c["mean_fraction"] for c in report["classes"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_sixteen_bit_labels_round_trip_losslessly(tmp_path):
+    path = tmp_path / "labels.mkv"
+    encoder = _Encoder(av, path, "label", 5, 33, 21, bits=16, tags={"OVSS_VOCABULARY": "[]"})
+    maps = [(np.arange(21 * 33).reshape(21, 33) * (i + 1) % 847).astype(np.uint16) for i in range(3)]
+    for m in maps:
+        encoder.write(m)
+    encoder.close()
+    back = list(read_label_video(path))
+    assert len(back) == 3 and all(b.dtype == np.uint16 for b in back)
+    for a, b in zip(maps, back):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cli_segments_a_clip_and_refuses_to_overwrite(tmp_path, capsys):
+    clip = _write_clip(tmp_path / "clip.mp4", frames=6, width=40, height=30)
+    args = ["segment", str(clip), "--classes", CLASSES, "--model", "test-san-tiny", "--out",
+            str(tmp_path / "out"), "--every", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "3 of 6 frame(s) segmented" in out
+    paths = output_paths(tmp_path / "out", "clip")
+    assert len(list(read_label_video(paths["label"]))) == 3
+    assert len(_decoded_frames(paths["overlay"])) == 3
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+    assert main(args) == 1  # the outputs exist: one line, nothing replaced
+    err = capsys.readouterr().err.strip()
+    assert "already exist" in err and "--overwrite" in err and "\n" not in err
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_cli_video_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    clip = _write_clip(tmp_path / "clip.mp4", frames=2)
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"")
+    base = ["segment", "--classes", "a; b", "--model", "test-san-tiny", "--out", str(tmp_path / "o")]
+    assert main([*base, str(clip), str(photo)]) == 1
+    assert "separate runs" in capsys.readouterr().err
+    assert main([*base, str(clip), "--every", "0"]) == 1
+    assert "--every must be >= 1" in capsys.readouterr().err
+    assert main([*base, str(photo), "--every", "2"]) == 1
+    assert "applies to videos only" in capsys.readouterr().err
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    assert main([*base, str(broken)]) == 1
+    assert "cannot read video" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "av", None)  # PyAV not installed
+    assert main([*base, str(clip)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'ovss[video]'" in err and "\n" not in err
+
+
+def test_existing_outputs_are_refused_by_the_api(tmp_path, seg):
+    clip = _write_clip(tmp_path / "clip.mp4", frames=2)
+    segment_video(seg, clip, tmp_path, classes="a; b", progress=False, outputs=("label",))
+    with pytest.raises(OutputPathError):
+        segment_video(seg, clip, tmp_path, progress=False, outputs=("label",))
