@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import ovss.engine.curves as curves
@@ -28,6 +30,7 @@ def test_series_group_loss_terms_lr_and_eval():
     assert s["eval"] == {"mIoU": [(2, 12.5)], "pACC": [(2, 40.0)]}
 
 
+@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs 'ovss[plots]'")
 def test_training_writes_curves_at_each_evaluation_and_at_the_end(tmp_path, monkeypatch):
     classes = make_shapes(tmp_path / "data", count=4, size=64)
     cfg = load_config("tiny-sed").override(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 
@@ -13,6 +14,10 @@ from ovss.evaluation.metrics import ConfusionMatrix
 from ovss.evaluation.plots import _BEST, _WORST, confused_pairs, write_eval_plots
 from ovss.evaluation.runner import build_report, evaluate
 from tests.conftest import noise_photo
+
+needs_matplotlib = pytest.mark.skipif(
+    importlib.util.find_spec("matplotlib") is None, reason="needs matplotlib (pip install 'ovss[plots]')"
+)
 
 
 def _colour_pixels(path, hex_colour: str, tol: int = 4) -> int:
@@ -54,6 +59,7 @@ def test_confused_pairs_match_a_brute_force_count():
     assert confused_pairs(np.diag(np.arange(1, 6)), top=5) == []  # a perfect prediction
 
 
+@needs_matplotlib
 def test_plots_at_ade847_size_are_readable_images(tmp_path):
     report, cm = _report(847, absent=40)
     written = write_eval_plots(report, cm.matrix, tmp_path)
@@ -68,6 +74,7 @@ def test_plots_at_ade847_size_are_readable_images(tmp_path):
     assert report["mmseg"]["mIoU"] < report["detectron2"]["mIoU"]
 
 
+@needs_matplotlib
 def test_small_vocabulary_gets_one_bar_per_class(tmp_path):
     report, cm = _report(6)
     (iou, _) = write_eval_plots(report, cm.matrix, tmp_path)
@@ -88,6 +95,7 @@ def test_missing_matplotlib_logs_one_line_and_writes_nothing(tmp_path, monkeypat
     assert not list(tmp_path.iterdir())
 
 
+@needs_matplotlib
 def test_eval_writes_the_plots_beside_metrics_json(tmp_path):
     from ovss.data.datasets import FolderDataset
     from ovss.models.base import ResizeConfig

@@ -78,7 +78,8 @@ def plot_curves(metrics_path: Path, path: Path) -> Path | None:
     if miou:
         _line(evals, miou, color="#d0563b", marker="o", label="eval mIoU")
         for it, v in miou[-1:]:
-            evals.annotate(f"{v:.1f}", (it, v), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            evals.annotate(f"{v:.1f}", (it, v), textcoords="offset points", xytext=(-6, -14), fontsize=7)
+        evals.margins(y=0.15)
     else:
         evals.text(0.5, 0.5, "no evaluation yet", ha="center", va="center", transform=evals.transAxes)
     evals.set_ylabel("eval mIoU (%)")
