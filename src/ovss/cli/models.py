@@ -42,8 +42,6 @@ def run(args: argparse.Namespace) -> int:
         elif spec.downloadable:
             space = "spaces/" if spec.hub_repo_type == "space" else ""  # a Space's files live under /spaces/
             source = f"hf:{space}{spec.hub_repo}/{spec.hub_file}"
-        elif spec.manual_url and spec.manual_url.endswith((".pth", ".pt", ".safetensors")):
-            source = spec.manual_url.removeprefix("https://")  # an official direct download
         else:
             source = "manual download" if spec.source_format != "random" else "built in"
         size = format_size(cached_file(spec)[1])
