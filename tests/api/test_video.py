@@ -146,3 +146,44 @@ def test_existing_outputs_are_refused_by_the_api(tmp_path, seg):
     segment_video(seg, clip, tmp_path, classes="a; b", progress=False, outputs=("label",))
     with pytest.raises(OutputPathError):
         segment_video(seg, clip, tmp_path, progress=False, outputs=("label",))
+
+
+def test_frames_stream_through_one_at_a_time(tmp_path, seg, monkeypatch):
+    """decode -> predict -> encode per frame: frame i is encoded before frame i + 1 is decoded."""
+    import ovss.api.video as video
+
+    clip = _write_clip(tmp_path / "clip.mp4", frames=5)
+    events: list[str] = []
+    open_source = video._open_source
+
+    class LoggedContainer:
+        def __init__(self, container):
+            self.container = container
+
+        def decode(self, *args, **kwargs):
+            for i, frame in enumerate(self.container.decode(*args, **kwargs)):
+                events.append(f"decode{i}")
+                yield frame
+
+        def close(self):
+            self.container.close()
+
+    def logged_open(av_module, source):
+        container, stream = open_source(av_module, source)
+        return LoggedContainer(container), stream
+
+    write = video._Encoder.write
+
+    def logged_write(self, array):
+        events.append(f"encode-{self.kind}")
+        write(self, array)
+
+    monkeypatch.setattr(video, "_open_source", logged_open)
+    monkeypatch.setattr(video._Encoder, "write", logged_write)
+    segment_video(seg, clip, tmp_path / "out", classes="a; b", every=2, progress=False)
+    expected = []
+    for i in range(5):
+        expected.append(f"decode{i}")
+        if i % 2 == 0:
+            expected += ["encode-label", "encode-overlay"]
+    assert events == expected
