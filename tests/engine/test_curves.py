@@ -58,8 +58,8 @@ def test_training_writes_curves_at_each_evaluation_and_at_the_end(tmp_path, monk
 
 
 def test_curves_without_matplotlib_are_skipped_in_one_line(tmp_path, monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)
-    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    for name in ["matplotlib", *[m for m in sys.modules if m.startswith("matplotlib.")]]:
+        monkeypatch.setitem(sys.modules, name, None)  # every matplotlib import raises ImportError
     monkeypatch.setattr(plotting, "_warned", False)
     (tmp_path / "metrics.jsonl").write_text('{"iteration": 1, "loss": 1.0, "lr": 0.1}\n')
     assert curves.write_curves(tmp_path) is None

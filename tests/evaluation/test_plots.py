@@ -83,8 +83,8 @@ def test_small_vocabulary_gets_one_bar_per_class(tmp_path):
 
 
 def test_missing_matplotlib_logs_one_line_and_writes_nothing(tmp_path, monkeypatch, caplog):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
-    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    for name in ["matplotlib", *[m for m in sys.modules if m.startswith("matplotlib.")]]:
+        monkeypatch.setitem(sys.modules, name, None)  # every matplotlib import raises ImportError
     monkeypatch.setattr(plotting, "_warned", False)
     report, cm = _report(5)
     with caplog.at_level(logging.WARNING, logger="ovss.plots"):

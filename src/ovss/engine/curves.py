@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ovss.engine.logging import read_metrics
-from ovss.plotting import pyplot, save_figure
+from ovss.plotting import new_figure, save_figure
 
 _log = logging.getLogger("ovss.plots")
 
@@ -53,12 +53,11 @@ def _line(ax: Any, points: list[tuple[int, float]], **kwargs: Any) -> None:
 
 def plot_curves(metrics_path: Path, path: Path) -> Path | None:
     """Draw the curves of ``metrics_path`` (a ``metrics.jsonl``) into ``path``; None without matplotlib."""
-    plt = pyplot()
-    if plt is None:
+    fig = new_figure(8, 8)
+    if fig is None:
         return None
     series = curve_series(read_metrics(metrics_path))
-    fig, (losses, lr, evals) = plt.subplots(3, 1, figsize=(8, 8), sharex=True,
-                                            gridspec_kw={"height_ratios": [2.2, 1, 1.4]})
+    losses, lr, evals = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [2.2, 1, 1.4]})
     for name, points in sorted(series["loss"].items(), key=lambda kv: kv[0] != "loss"):
         _line(losses, points, label=name, lw=2.2 if name == "loss" else 1.0, color="black" if name == "loss"
               else None)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ovss.plotting import pyplot, save_figure, shorten
+from ovss.plotting import new_figure, save_figure, shorten
 
 _log = logging.getLogger("ovss.plots")
 
@@ -85,21 +85,24 @@ def _bars(ax: Any, rows: list[tuple[str, float]], colours: list[str]) -> None:
 
 def plot_per_class_iou(report: dict[str, Any], path: Path) -> Path | None:
     """Draw ``per_class_iou.png`` from an evaluation report (``metrics.json``); None without matplotlib."""
-    plt = pyplot()
-    if plt is None:
-        return None
     scored, extra = _iou_lists(report)
     title = (f"{report['dataset']}: IoU per class, sorted ({len(scored)} classes scored, "
              f"{report['images']} image(s))")
     if len(scored) <= ALL_BARS:
-        fig, ax = plt.subplots(figsize=(9, 1.6 + 0.2 * max(len(scored), 1)))
+        fig = new_figure(9, 1.6 + 0.2 * max(len(scored), 1))
+        if fig is None:
+            return None
+        ax = fig.subplots()
         _bars(ax, scored, [_BEST] * len(scored))
         _miou_lines(ax, report, len(scored), extra, vertical=True)
         ax.legend(loc="lower right", fontsize=7)
         ax.set_title(title, fontsize=9)
         fig.tight_layout()
         return save_figure(fig, path)
-    fig, (curve, bars) = plt.subplots(2, 1, figsize=(9, 11), gridspec_kw={"height_ratios": [1, 2.6]})
+    fig = new_figure(9, 11)
+    if fig is None:
+        return None
+    curve, bars = fig.subplots(2, 1, gridspec_kw={"height_ratios": [1, 2.6]})
     values = [v for _, v in scored]
     curve.fill_between(np.arange(1, len(values) + 1), values, step="mid", color=_BEST, alpha=0.6)
     _miou_lines(curve, report, len(scored), extra, vertical=False)
@@ -119,11 +122,11 @@ def plot_per_class_iou(report: dict[str, Any], path: Path) -> Path | None:
 
 def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path, title: str = "") -> Path | None:
     """Draw ``confusion.png``: the most confused (true -> predicted) pairs; None without matplotlib."""
-    plt = pyplot()
-    if plt is None:
-        return None
     pairs = confused_pairs(matrix)
-    fig, ax = plt.subplots(figsize=(9, 1.6 + 0.24 * max(len(pairs), 1)))
+    fig = new_figure(9, 1.6 + 0.24 * max(len(pairs), 1))
+    if fig is None:
+        return None
+    ax = fig.subplots()
     if pairs:
         y = np.arange(len(pairs))[::-1]
         values = [100 * p["fraction"] for p in pairs]
