@@ -141,23 +141,31 @@ def _preprocessing(config: Any) -> dict[str, Any]:
 
 
 def _protocols(config: Any, family: str) -> dict[str, str]:
-    """How ``predict``, ``ovss segment`` and ``ovss eval`` run the model (their defaults)."""
+    """How ``predict``, ``ovss segment`` (also export and the demo) and ``ovss eval`` run the model."""
     whole = "one whole-image pass at the resized size; scores resized back to the original size"
+    eval_tail = "fp32, single scale (--tta for ms+flip)"
     if family in ("catseg", "catseg_v1"):
         default = f"inference={config.inference!r}" + (
             " (the official evaluation: sliding window + global view)" if config.inference == "slide" else "")
+        where = "ovss segment, ovss export, ovss demo"
         segment = "inference='whole' (one pass, 4-5x faster; --inference slide for the evaluation protocol)"
-        if family == "catseg_v1":
-            segment = f"{default} (--inference whole|slide|mmseg)"
-        return {"api": f"Segmenter.predict: {default}", "segment": f"ovss segment: {segment}",
-                "eval": f"ovss eval: {default}, fp32, single scale (--tta for ms+flip)"}
+        if family == "catseg_v1":  # v1 keeps its own protocol everywhere
+            where, segment = "ovss segment, ovss demo", f"{default} (--inference whole|slide|mmseg)"
+        return {"api": f"Segmenter.predict: {default}",
+                "segment": f"{where}: {segment}",
+                "eval": f"ovss eval: {default}, {eval_tail}"}
     if family == "sed":
         fast = (f"fast (category early rejection, topk {config.topk})" if config.fast_inference
                 else "all classes (--fast --topk 8 for category early rejection)")
-        return {"api": f"Segmenter.predict: {whole}; {fast}", "segment": f"ovss segment: {whole}; {fast}",
-                "eval": f"ovss eval: {whole}; {fast}; fp32, single scale (--tta for ms+flip)"}
-    return {"api": f"Segmenter.predict: {whole}", "segment": f"ovss segment: {whole}",
-            "eval": f"ovss eval: {whole}; fp32, single scale (--tta for ms+flip)"}
+        return {"api": f"Segmenter.predict: {whole}; {fast}",
+                "segment": f"ovss segment, ovss demo: {whole}; {fast}",
+                "eval": f"ovss eval: {whole}; {fast}; {eval_tail}"}
+    mode = getattr(config, "inference", None)  # SAN: its test pipeline, when the model offers a choice
+    if mode is not None:
+        pipeline = "mmsegmentation's" if mode == "mmseg" else "detectron2's (MendelXu/SAN)"
+        whole = f"inference={mode!r}, {pipeline} test pipeline; {whole}"
+    return {"api": f"Segmenter.predict: {whole}", "segment": f"ovss segment, ovss export, ovss demo: {whole}",
+            "eval": f"ovss eval: {whole}; {eval_tail}"}
 
 
 def model_card(name: str) -> ModelCard:
