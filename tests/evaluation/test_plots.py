@@ -26,6 +26,11 @@ def _colour_pixels(path, hex_colour: str, tol: int = 4) -> int:
     return int((np.abs(rgb - target).max(axis=-1) <= tol).sum())
 
 
+def _dark_pixels(path, region) -> int:
+    rgb = np.asarray(Image.open(path).convert("RGB"))[region]
+    return int((rgb.max(axis=-1) < 100).sum())
+
+
 def _report(k: int, seed: int = 0, absent: int = 0):
     """A real report of K classes from random labels; ``absent`` classes only ever predicted."""
     rng = np.random.default_rng(seed)
@@ -68,6 +73,9 @@ def test_plots_at_ade847_size_are_readable_images(tmp_path):
     assert iou.size == (900, 1100)  # 9 x 11 in at 100 dpi: curve + 30 labelled bars, not 847 rows
     assert _colour_pixels(written[0], _BEST) > 2000 and _colour_pixels(written[0], _WORST) > 500
     assert conf.size[0] == 900 and 500 < conf.size[1] < 800  # 20 pairs
+    # class names are drawn left of the bars (dark text pixels), in both figures
+    assert _dark_pixels(written[0], (slice(400, 1000), slice(0, 110))) > 2000  # ~700 without names
+    assert _dark_pixels(written[1], (slice(50, conf.size[1] - 80), slice(0, 180))) > 2500  # ~800 without
     assert _colour_pixels(written[1], _WORST) > 2000
     assert all(p.stat().st_size < 300_000 for p in written)
     # the mmseg value counts the 40 predicted-only classes as 0: lower than detectron2's
