@@ -230,6 +230,9 @@ def _stream(
                 height, width = rgb.shape[:2]
                 encoders = {kind: _Encoder(av, path, kind, fps, width, height, bits, tags[kind])
                             for kind, path in tmp.items()}
+            elif rgb.shape[:2] != (height, width):
+                raise ImageReadError(f"frame {read} is {rgb.shape[1]}x{rgb.shape[0]}, the first one {width}x"
+                                     f"{height}; videos whose frame size changes are not supported")
             if "label" in encoders:
                 encoders["label"].write(result.label_map.astype(np.uint8 if k <= 256 else np.uint16))
             if "overlay" in encoders:
