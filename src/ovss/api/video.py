@@ -225,14 +225,14 @@ def _stream(
             if (read - 1) % every:
                 continue
             rgb = frame.to_ndarray(format="rgb24")
+            if encoders is not None and rgb.shape[:2] != (height, width):
+                raise ImageReadError(f"frame {read} is {rgb.shape[1]}x{rgb.shape[0]}, the first one {width}x"
+                                     f"{height}; videos whose frame size changes are not supported")
             result = segmenter.predict(rgb, **options)
             if encoders is None:
                 height, width = rgb.shape[:2]
                 encoders = {kind: _Encoder(av, path, kind, fps, width, height, bits, tags[kind])
                             for kind, path in tmp.items()}
-            elif rgb.shape[:2] != (height, width):
-                raise ImageReadError(f"frame {read} is {rgb.shape[1]}x{rgb.shape[0]}, the first one {width}x"
-                                     f"{height}; videos whose frame size changes are not supported")
             if "label" in encoders:
                 encoders["label"].write(result.label_map.astype(np.uint8 if k <= 256 else np.uint16))
             if "overlay" in encoders:
