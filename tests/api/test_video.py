@@ -187,3 +187,25 @@ def test_frames_stream_through_one_at_a_time(tmp_path, seg, monkeypatch):
         if i % 2 == 0:
             expected += ["encode-label", "encode-overlay"]
     assert events == expected
+
+
+def test_a_frame_size_change_is_refused_and_leaves_no_file(tmp_path, seg, monkeypatch):
+    import ovss.api.video as video
+
+    class Stream:
+        average_rate, guessed_rate, frames = 10, 10, 2
+
+    class Container:
+        def decode(self, stream):
+            for h, w in ((32, 48), (40, 48)):
+                yield av.VideoFrame.from_ndarray(np.zeros((h, w, 3), np.uint8), format="rgb24")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(video, "_open_source", lambda av_module, source: (Container(), Stream()))
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"")
+    with pytest.raises(video.ImageReadError, match="frame 2 is 48x40, the first one 48x32"):
+        segment_video(seg, clip, tmp_path / "out", classes="a; b", progress=False)
+    assert not list((tmp_path / "out").iterdir())  # no output and no temporary file left
