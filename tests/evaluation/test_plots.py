@@ -86,7 +86,7 @@ def test_plots_at_ade847_size_are_readable_images(tmp_path):
 def test_small_vocabulary_gets_one_bar_per_class(tmp_path):
     report, cm = _report(6)
     (iou, _) = write_eval_plots(report, cm.matrix, tmp_path)
-    assert Image.open(iou).size == (900, 280)  # 1.6 + 0.2 * 6 inches
+    assert Image.open(iou).size == (900, 320)  # 2.0 + 0.2 * 6 inches
     assert _colour_pixels(iou, _BEST) > 1000 and _colour_pixels(iou, _WORST) == 0
 
 

@@ -78,7 +78,7 @@ def _bars(ax: Any, rows: list[tuple[str, float]], colours: list[str]) -> None:
     ax.barh(y, [v for _, v in rows], color=colours, height=0.75)
     ax.set_yticks(y, [shorten(n) for n, _ in rows], fontsize=7)
     for yi, (_, v) in zip(y, rows):
-        ax.text(v + 0.5, yi, f"{v:.1f}", va="center", fontsize=6)
+        ax.annotate(f"{v:.1f}", (v, yi), xytext=(3, 0), textcoords="offset points", va="center", fontsize=6)
     ax.set_xlim(0, 105)
     ax.set_xlabel("IoU (%)")
 
@@ -89,15 +89,16 @@ def plot_per_class_iou(report: dict[str, Any], path: Path) -> Path | None:
     title = (f"{report['dataset']}: IoU per class, sorted ({len(scored)} classes scored, "
              f"{report['images']} image(s))")
     if len(scored) <= ALL_BARS:
-        fig = new_figure(9, 1.6 + 0.2 * max(len(scored), 1))
+        height = 2.0 + 0.2 * max(len(scored), 1)
+        fig = new_figure(9, height)
         if fig is None:
             return None
         ax = fig.subplots()
         _bars(ax, scored, [_BEST] * len(scored))
         _miou_lines(ax, report, len(scored), extra, vertical=True)
-        ax.legend(loc="lower right", fontsize=7)
+        fig.legend(*ax.get_legend_handles_labels(), loc="lower center", fontsize=7)  # below, off the bars
         ax.set_title(title, fontsize=9)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.45 / height, 1, 1))
         return save_figure(fig, path)
     fig = new_figure(9, 11)
     if fig is None:
@@ -135,7 +136,8 @@ def plot_confusion(matrix: np.ndarray, class_names: list[str], path: Path, title
         ax.barh(y, values, color=_WORST, height=0.75)
         ax.set_yticks(y, labels, fontsize=7)
         for yi, v, p in zip(y, values, pairs):
-            ax.text(v + 0.5, yi, f"{v:.1f}% ({p['pixels']:,} px)", va="center", fontsize=6)
+            ax.annotate(f"{v:.1f}% ({p['pixels']:,} px)", (v, yi), xytext=(3, 0), textcoords="offset points",
+                        va="center", fontsize=6)
         ax.set_xlim(0, min(100.0, max(values) * 1.35 + 5))
     else:
         ax.text(0.5, 0.5, "no confusion: every labelled pixel is right", ha="center", transform=ax.transAxes)
