@@ -74,7 +74,10 @@ def test_cached_file_size_and_digest_show_in_table_and_card(tmp_path, monkeypatc
     save_model_file(target, model.state_dict(), model.config, "san", name="san-vit-b16")
     card = ovss.model_card("san-vit-b16")
     assert card.file == str(target) and card.file_size == target.stat().st_size
-    assert card.data_sha256 and len(card.data_sha256) == 64
+    from ovss.weights.modelfile import open_model_file
+
+    assert card.file_sha256 == open_model_file(target).metadata["content_sha256"]
+    assert len(card.file_sha256) == 64 and card.file_sha256 in card.render()
     assert main(["models"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("san-vit-b16 "))
     size_mb = f"{target.stat().st_size / 1e6:.1f} MB"

@@ -39,10 +39,10 @@ class ModelCard:
     weights_origin: str  # hub repo/file, official download URL or page, or "random (seed N)"
     source_format: str  # converter that reads the source checkpoint
     license: str  # licence of the weights
-    source_sha256: str | None  # pinned digest of the source checkpoint (None: recorded at first download)
+    source_sha256: str | None  # digest of the source checkpoint: pinned, else recorded at conversion
     file: str | None  # converted .safetensors in the cache, None when not downloaded
     file_size: int | None  # its size in bytes
-    data_sha256: str | None  # the digest recorded inside the converted file
+    file_sha256: str | None  # the digest recorded inside the converted file (whole-file content_sha256)
     preprocessing: dict[str, Any]  # resize, normalisation, padding, prompt templates, synonyms
     protocols: dict[str, str]  # how each entry point runs the model (api, segment, eval)
     published: list[Published]  # published mIoU with protocol and source
@@ -71,21 +71,23 @@ def count_parameters(spec: WeightSpec) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def cached_file(spec: WeightSpec) -> tuple[str | None, int | None, str | None]:
-    """(path, size in bytes, recorded data digest) of the converted file, or Nones when not cached."""
+def cached_file(spec: WeightSpec) -> tuple[str | None, int | None, dict[str, str]]:
+    """(path, size in bytes, header metadata) of the converted file; (None, None, {}) when not cached.
+
+    The metadata is read from the header only (no tensor data); an unreadable header gives ``{}``.
+    """
     from ovss.weights.cache import converted_path
 
     path = converted_path(spec.name)
     if spec.source_format == "random" or not path.is_file():
-        return None, None, None
-    digest = None
+        return None, None, {}
     try:
         from ovss.weights.modelfile import open_model_file
 
-        digest = open_model_file(path).metadata.get("data_sha256")
+        metadata = dict(open_model_file(path).metadata)
     except Exception:  # an unreadable file still has a size; `ovss models` must not fail on it
-        digest = None
-    return str(path), path.stat().st_size, digest
+        metadata = {}
+    return str(path), path.stat().st_size, metadata
 
 
 def weights_origin(spec: WeightSpec) -> str:
@@ -176,7 +178,7 @@ def model_card(name: str) -> ModelCard:
     """
     spec = get_weight_spec(name)
     config = spec.config()
-    file, size, data_digest = cached_file(spec)
+    file, size, metadata = cached_file(spec)
     return ModelCard(
         name=spec.name,
         family=spec.family,
@@ -187,10 +189,10 @@ def model_card(name: str) -> ModelCard:
         weights_origin=weights_origin(spec),
         source_format=spec.source_format,
         license=spec.license,
-        source_sha256=spec.sha256,
+        source_sha256=spec.sha256 or metadata.get("source_sha256") or None,
         file=file,
         file_size=size,
-        data_sha256=data_digest,
+        file_sha256=metadata.get("content_sha256") or metadata.get("data_sha256"),
         preprocessing=_preprocessing(config),
         protocols=_protocols(config, spec.family),
         published=list(spec.published),
@@ -260,8 +262,8 @@ def render_card(card: ModelCard) -> str:
         f"  source sha256: {_source_digest(card)}",
         f"  converted file: {where}",
     ]
-    if card.data_sha256:
-        out.append(f"  converted data sha256: {card.data_sha256}")
+    if card.file_sha256:
+        out.append(f"  converted file sha256: {card.file_sha256}")
     out += ["preprocessing:", *(f"  {k}: {v}" for k, v in card.preprocessing.items())]
     out += ["inference protocol:", *(f"  {v}" for v in card.protocols.values())]
     out += ["published mIoU (%):", *_published_lines(card.published)]
