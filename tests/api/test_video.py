@@ -209,3 +209,21 @@ def test_a_frame_size_change_is_refused_and_leaves_no_file(tmp_path, seg, monkey
     with pytest.raises(video.ImageReadError, match="frame 2 is 48x40, the first one 48x32"):
         segment_video(seg, clip, tmp_path / "out", classes="a; b", progress=False)
     assert not list((tmp_path / "out").iterdir())  # no output and no temporary file left
+
+
+def test_video_runs_take_the_out_lock_and_leave_no_state_behind(tmp_path, capsys):
+    from ovss.cli.segment_inputs import STATE_DIR
+    from ovss.cli.segment_runs import OutputLock
+
+    clip = _write_clip(tmp_path / "clip.mp4", frames=2)
+    out = tmp_path / "out"
+    args = ["segment", str(clip), "--classes", "a; b", "--model", "test-san-tiny", "--out", str(out)]
+    lock = OutputLock(out / STATE_DIR).acquire(out)  # another run holds --out
+    try:
+        assert main(args) == 1
+        assert "is in use by another ovss segment run" in capsys.readouterr().err
+        assert not list(out.glob("clip*"))
+    finally:
+        lock.release()
+    assert main(args) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["clip.json", "clip_label.mkv", "clip_overlay.mp4"]
