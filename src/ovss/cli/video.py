@@ -104,4 +104,3 @@ def _run_videos(args: argparse.Namespace, videos: list[Path], out: Path, vocab: 
         files = ", ".join(str(p) for p in summary.paths.values())
         print(f"{videos[i]}: {summary.frames} of {summary.frames_read} frame(s) segmented -> {files}")
     return 0
-
