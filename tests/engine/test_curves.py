@@ -66,3 +66,12 @@ def test_curves_without_matplotlib_are_skipped_in_one_line(tmp_path, monkeypatch
     assert curves.write_curves(tmp_path) is None
     assert [r.getMessage() for r in caplog.records] == [plotting.MISSING_MESSAGE]
     assert not (tmp_path / "curves.png").exists()
+
+
+def test_overwrite_deletes_the_previous_runs_curves(tmp_path):
+    from ovss.engine.rundir import clear_run
+
+    for name in ("metrics.jsonl", "curves.png", "notes.txt"):
+        (tmp_path / name).write_text("x")
+    assert sorted(clear_run(tmp_path)) == ["curves.png", "metrics.jsonl"]
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]  # not a file of ovss: kept

@@ -2,8 +2,9 @@
 
 A run folder ``OUT`` holds what :func:`ovss.engine.trainer.train` writes: ``config.json``,
 ``metrics.jsonl``, ``checkpoints/iter_<N>.pt``, ``model_final.safetensors`` and optionally
-``tensorboard/`` and ``wandb/``. Starting a new run in a folder that is not empty would delete the
-old metrics while the old checkpoints stay (a later ``--resume`` then continues the old run), so:
+``curves.png``, ``tensorboard/`` and ``wandb/``. Starting a new run in a folder that is not empty
+would delete the old metrics while the old checkpoints stay (a later ``--resume`` then continues
+the old run), so:
 
 * a fresh start needs an empty (or missing) folder;
 * ``resume=True`` continues the newest checkpoint there;
@@ -22,7 +23,7 @@ from ovss.errors import ConfigError
 from ovss.utils import remove_stale_temp_files as _remove_stale_in
 
 # What a training run writes into OUT (files and folders).
-RUN_FILES = ("config.json", "metrics.jsonl", "model_final.safetensors")
+RUN_FILES = ("config.json", "metrics.jsonl", "model_final.safetensors", "curves.png")
 RUN_DIRS = ("checkpoints", "tensorboard", "wandb")
 
 
