@@ -227,3 +227,30 @@ def test_video_runs_take_the_out_lock_and_leave_no_state_behind(tmp_path, capsys
         lock.release()
     assert main(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["clip.json", "clip_label.mkv", "clip_overlay.mp4"]
+
+
+def test_render_options_reach_every_frame(tmp_path, seg, capsys):
+    from ovss.api.palettes import class_colours
+
+    clip = _write_clip(tmp_path / "clip.mp4", frames=3)
+    # --min-score above every score: every pixel unlabelled (255), the overlay is the bare frame
+    args = ["segment", str(clip), "--classes", CLASSES, "--model", "test-sed-tiny", "--out",
+            str(tmp_path / "o"), "--min-score", "1e9", "--palette", "hues", "--opacity", "1"]
+    assert main(args) == 0
+    paths = output_paths(tmp_path / "o", "clip")
+    assert all((m == 255).all() for m in read_label_video(paths["label"]))
+    frames, shown = _decoded_frames(clip), _decoded_frames(paths["overlay"])
+    assert max(np.abs(_blocks(a) - _blocks(b)).mean() for a, b in zip(frames, shown)) < 3
+    report = json.loads(paths["json"].read_text())
+    expected = class_colours(["sky", "grass", "red car"], "hues").tolist()
+    assert [c["colour"] for c in report["classes"]] == expected
+    assert all(c["frames_present"] == 0 for c in report["classes"])
+    # opacity 1 with the hues palette: the overlay is the class colours
+    summary = segment_video(seg, clip, tmp_path / "p", classes=CLASSES, palette="hues", opacity=1.0,
+                            labels=False, progress=False)
+    label = next(read_label_video(summary.paths["label"]))
+    colours = class_colours(["sky", "grass", "red car"], "hues")
+    first = _decoded_frames(summary.paths["overlay"])[0]
+    assert np.abs(_blocks(first) - _blocks(colours[label])).mean() < 6
+    assert main([*args[:-6], "--opacity", "2"]) == 1
+    assert "--opacity must be from 0" in capsys.readouterr().err

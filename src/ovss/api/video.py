@@ -6,9 +6,9 @@ Outputs of ``<stem>`` (``segment_video``):
   value is the class index for up to 256 classes, 16-bit grey above. The vocabulary is embedded
   once, as the container tag ``OVSS_VOCABULARY`` (a JSON list of class names);
   :func:`read_label_video` and :func:`label_video_vocabulary` read them back.
-* ``<stem>_overlay.mp4``: the colour overlay (H.264, or MPEG-4 Part 2 where libx264 is missing), the
-  same colours per class as the image overlays (``ovss.api.visualize.palette``), no legend (the
-  colours are listed in the JSON).
+* ``<stem>_overlay.mp4``: the colour overlay (H.264, or MPEG-4 Part 2 where libx264 is missing) with
+  the image overlays' colours (``ovss.api.palettes``: stable per class name, or ``palette=``) and
+  the class names on their regions; no legend (the colours are listed in the JSON).
 * ``<stem>.json``: source, model, frame rate, frames read and segmented, the vocabulary with each
   class's colour, and per class the mean pixel fraction and the number of frames it appears in.
 
@@ -139,7 +139,9 @@ def segment_video(
     every: int = 1,
     outputs: tuple[str, ...] | list[str] = VIDEO_OUTPUTS,
     overwrite: bool = False,
-    alpha: float = 0.55,
+    opacity: float = 0.55,
+    palette: Any = None,
+    labels: bool = True,
     progress: bool = True,
     **options: Any,
 ) -> VideoSummary:
@@ -154,9 +156,13 @@ def segment_video(
         every: take frames 0, every, 2*every, ... (>= 1).
         outputs: any of ``"label"``, ``"overlay"``, ``"json"``.
         overwrite: replace outputs that exist (default: refuse, one line naming them).
-        alpha: opacity of the overlay colours.
+        opacity: opacity of the overlay colours, 0 to 1.
+        palette: overlay colours (:func:`ovss.api.palettes.get_palette`: a name or a JSON file; None:
+            the default, stable per class name), as for image overlays.
+        labels: write each class's name on its largest region in every overlay frame.
         progress: show a progress bar counted in frames.
-        options: model options, as in :meth:`Segmenter.predict` (``inference=``, ``fast=``, ``tta=``).
+        options: model options, as in :meth:`Segmenter.predict` (``inference=``, ``fast=``, ``tta=``,
+            ``min_score=``: pixels below it are unlabelled, 255 in 8-bit / 65535 in 16-bit label frames).
 
     Raises:
         ConfigError: ``every`` < 1 or an unknown output. OutputPathError: an output exists.
@@ -167,6 +173,10 @@ def segment_video(
     bad = [o for o in outputs if o not in VIDEO_OUTPUTS]
     if bad or not outputs:
         raise ConfigError(f"video outputs {list(outputs)}: choose among {', '.join(VIDEO_OUTPUTS)}")
+    from ovss.api.palettes import get_palette
+    from ovss.api.visualize import check_opacity
+
+    draw = {"opacity": check_opacity(opacity), "palette": get_palette(palette), "labels": bool(labels)}
     av = import_av()
     source = Path(source)
     paths = {k: p for k, p in output_paths(out_dir, stem or source.stem).items() if k in outputs}
@@ -184,7 +194,7 @@ def segment_video(
     state: dict[str, Any] = {}
 
     def write(tmps: list[Path]) -> None:
-        state.update(_stream(av, segmenter, container, stream, dict(zip(kinds, tmps)), every, alpha, progress,
+        state.update(_stream(av, segmenter, container, stream, dict(zip(kinds, tmps)), every, draw, progress,
                              options))
 
     try:
@@ -194,14 +204,14 @@ def segment_video(
     summary = VideoSummary(str(source), state["read"], state["frames"], state["fps"], state["width"],
                            state["height"], paths)
     if "json" in paths:
-        report = _report(summary, segmenter, every, state)
+        report = _report(summary, segmenter, every, state, draw["palette"])
         atomic_write_text(paths["json"], json.dumps(report, indent=2) + "\n")
     return summary
 
 
 def _stream(
-    av: Any, segmenter: Any, container: Any, stream: Any, tmp: dict[str, Path], every: int, alpha: float,
-    progress: bool, options: dict[str, Any],
+    av: Any, segmenter: Any, container: Any, stream: Any, tmp: dict[str, Path], every: int,
+    draw: dict[str, Any], progress: bool, options: dict[str, Any],
 ) -> dict[str, Any]:
     """Decode -> predict -> encode, one frame at a time; returns the counts and per-class totals."""
     from tqdm import tqdm
@@ -236,7 +246,8 @@ def _stream(
             if "label" in encoders:
                 encoders["label"].write(result.label_map.astype(np.uint8 if k <= 256 else np.uint16))
             if "overlay" in encoders:
-                shown = overlay(rgb, result.label_map, names, result.fractions, alpha, legend=False)
+                shown = overlay(rgb, result.label_map, names, result.fractions, draw["opacity"], legend=False,
+                                palette=draw["palette"], labels=draw["labels"])
                 encoders["overlay"].write(np.asarray(shown))
             fractions += result.fractions
             present += result.fractions > 0
@@ -254,11 +265,13 @@ def _stream(
             "fractions": fractions / frames, "present": present}
 
 
-def _report(summary: VideoSummary, segmenter: Any, every: int, state: dict[str, Any]) -> dict[str, Any]:
-    from ovss.api.visualize import palette
+def _report(
+    summary: VideoSummary, segmenter: Any, every: int, state: dict[str, Any], palette: Any
+) -> dict[str, Any]:
+    from ovss.api.palettes import class_colours
 
     vocab = segmenter.vocabulary
-    colours = palette(len(vocab))
+    colours = class_colours(vocab.names, palette)
     return {
         "source": summary.source,
         "model": segmenter.name,
@@ -269,7 +282,8 @@ def _report(summary: VideoSummary, segmenter: Any, every: int, state: dict[str, 
         "frames_read": summary.frames_read,
         "frames": summary.frames,
         "outputs": {k: p.name for k, p in summary.paths.items()},
-        "label_encoding": "FFV1 grey, pixel = class index (8-bit up to 256 classes, else 16-bit)",
+        "label_encoding": "FFV1 grey, pixel = class index (8-bit up to 256 classes, else 16-bit); "
+        "unlabelled (min_score): 255 / 65535",
         "vocabulary": [list(c.synonyms) for c in vocab.classes],
         "classes": [
             {

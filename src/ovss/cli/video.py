@@ -65,6 +65,9 @@ def run_video(args: argparse.Namespace, videos: list[Path]) -> int:
     outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
     if not outputs or any(o not in VIDEO_OUTPUTS for o in outputs):
         raise ConfigError(f"--outputs {args.outputs!r}: for videos choose among {', '.join(VIDEO_OUTPUTS)}")
+    from ovss.cli.segment import render_settings
+
+    render_settings(args)  # a bad --opacity / --palette / --min-score: one line before the model loads
     import_av()  # a missing extra fails before the model loads
     for video in videos:
         if not video.is_file():
@@ -88,6 +91,7 @@ def _run_videos(args: argparse.Namespace, videos: list[Path], out: Path, vocab: 
     """Load the model, embed the vocabulary once, segment this rank's share of the videos."""
     from ovss.api.video import segment_video
     from ovss.cli.common import load_segmenter, model_options
+    from ovss.cli.segment import render_settings
     from ovss.cli.segment_inputs import plan_names
     from ovss.models.build import family_of
 
@@ -97,10 +101,14 @@ def _run_videos(args: argparse.Namespace, videos: list[Path], out: Path, vocab: 
     seg.max_pixels = args.max_pixels
     seg.set_vocabulary(vocab)  # embedded once for every frame of every video
     options = model_options(args)
+    render = render_settings(args)  # --min-score, --opacity, --palette, --no-labels, as for images
+    if "min_score" in render:
+        options["min_score"] = render["min_score"]
+    draw = {k: render[k] for k in ("opacity", "palette", "labels") if k in render}
     stems = plan_names([str(v.resolve()) for v in videos], {})  # unique output names
     for i in range(rank, len(videos), world):
         summary = segment_video(seg, videos[i], out, stems[i], every=every, outputs=outputs,
-                                overwrite=args.overwrite, progress=True, **options)
+                                overwrite=args.overwrite, progress=True, **draw, **options)
         files = ", ".join(str(p) for p in summary.paths.values())
         print(f"{videos[i]}: {summary.frames} of {summary.frames_read} frame(s) segmented -> {files}")
     return 0
