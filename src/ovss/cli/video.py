@@ -55,8 +55,8 @@ def run_video(args: argparse.Namespace, videos: list[Path]) -> int:
     from ovss.cli.common import ensure_writable_dir
     from ovss.cli.segment_inputs import STATE_DIR
     from ovss.cli.segment_runs import OutputLock, on_rank0
+    from ovss.distributed import rank_and_world
     from ovss.errors import ConfigError, ImageReadError
-    from ovss.evaluation.runner import init_distributed_from_env, rank_and_world
     from ovss.vocab.vocabulary import parse_vocabulary
 
     every = 1 if args.every is None else args.every
@@ -74,8 +74,7 @@ def run_video(args: argparse.Namespace, videos: list[Path]) -> int:
             raise ImageReadError(f"video {video} does not exist; check the path")
     out = ensure_writable_dir(args.out)
     vocab = parse_vocabulary(args.classes)
-    init_distributed_from_env()
-    rank, world = rank_and_world()
+    rank, world = rank_and_world()  # ovss segment runs this inside its torchrun session
     # --out belongs to one run at a time (image or video runs alike); rank 0 holds the lock
     lock = on_rank0(lambda: OutputLock(out / STATE_DIR).acquire(out, wait=getattr(args, "wait", False)),
                     rank, world)
