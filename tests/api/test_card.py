@@ -61,6 +61,11 @@ def test_mmseg_san_entries_name_their_official_download(tmp_path, monkeypatch, c
     }
     for name, url in urls.items():
         assert url in ovss.model_card(name).weights_origin
+    card = ovss.model_card("san-vit-l14.mmseg")  # the mmseg README's numbers, both protocols
+    assert {(r.benchmark, r.miou, r.protocol) for r in card.published} == {
+        ("coco171", 45.78, "single scale"), ("coco171", 43.99, "ms+flip")
+    }
+    assert "45.78" in card.render() and "[ms+flip]" in card.render()
     assert main(["models"]) == 0  # the table: host/.../file (the card has the whole URL)
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     for name, url in urls.items():
