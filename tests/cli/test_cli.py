@@ -136,3 +136,17 @@ def test_unknown_model_and_empty_folder_are_one_line(data_dir, tmp_path, capsys)
     assert "did you mean 'san-vit-b16'" in _one_line_error(capsys)
     assert main(["segment", str(tmp_path), "--model", "test-san-tiny", "--classes", "a"]) == 1
     assert "contains no images" in _one_line_error(capsys)
+
+
+def test_a_closed_output_pipe_is_a_quiet_exit(monkeypatch, capsys):
+    """``ovss models | head``: the reader going away is exit 141 without a message, not an OSError
+    traceback (BrokenPipeError is an OSError: its handler must come first)."""
+    import ovss.cli.models as models_cli
+
+    def broken(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(models_cli, "run", broken)
+    monkeypatch.setattr("os.dup2", lambda *a: None)  # keep pytest's stdout
+    assert main(["models"]) == 141
+    assert capsys.readouterr().err == ""

@@ -275,3 +275,8 @@ def test_streaming_png_refuses_bands_that_do_not_fit(tmp_path):
     with pytest.raises(ValueError, match="does not fit"):
         save_png(tmp_path / "y.png", 5, 4, [np.zeros((4, 6), np.uint8)], "P")
     assert not list(tmp_path.iterdir())  # nothing half-written left behind
+
+
+def test_a_path_with_a_nul_byte_is_one_line():
+    with pytest.raises(ImageReadError, match=r"contains a NUL byte; pass a real file name$"):
+        read_image("a\x00b.jpg")

@@ -98,6 +98,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ovss: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (``ovss models | head``); before OSError, its base
+        try:
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141
     except OSError as e:  # disk full / quota / read-only while writing: not a bug of ovss, one line
         if args.debug or e.errno not in _WRITE_ERRNOS:
             raise
@@ -108,14 +116,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    except BrokenPipeError:  # the reader of our output went away (``ovss models | head``)
-        try:
-            import os
-
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
-        except (OSError, ValueError, AttributeError):
-            pass
-        return 141
 
 
 if __name__ == "__main__":

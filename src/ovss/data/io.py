@@ -227,6 +227,8 @@ def voc_palette(n: int = 256) -> np.ndarray:
 
 def _open(path: Path, max_pixels: int | None = None) -> Image.Image:
     """Open and fully decode ``path``; every failure becomes one ``ImageReadError`` line."""
+    if "\x00" in str(path):
+        raise ImageReadError(f"image path {str(path)!r} contains a NUL byte; pass a real file name")
     try:
         st = path.stat()
     except FileNotFoundError:
