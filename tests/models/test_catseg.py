@@ -360,6 +360,12 @@ def test_encode_text_layout_and_norm() -> None:
 
 
 # ------------------------------------------------------------------------------------------ protocols
+def _stub_network(model: CATSeg, logits) -> None:
+    """Replace the network (image stage + aggregator) by ``logits(images, text, pool)``."""
+    model.image_maps = lambda images: {"image": images}
+    model.aggregate = lambda maps, text, pool: logits(maps["image"], text, pool)
+
+
 def _stubbed(model: CATSeg, seen: list):
     """Replace the network by per-view constant logits (view index - 2); record its inputs."""
 
@@ -369,7 +375,7 @@ def _stubbed(model: CATSeg, seen: list):
         values = (torch.arange(n, dtype=images.dtype) - 2.0).view(n, 1, 1, 1)
         return values.expand(n, text.shape[0], grid, grid)
 
-    model._logits = logits
+    _stub_network(model, logits)
     return model
 
 
@@ -412,7 +418,7 @@ def test_whole_image_resizes_the_padded_image_and_stretches_the_padding(valid) -
     seen: list = []
     model = _stubbed(CATSeg(catseg_tiny()), seen)
     ramp = torch.linspace(-3, 3, 96 * 96).view(1, 1, 96, 96)
-    model._logits = lambda images, text, pool: (seen.append(images), ramp.expand(1, 2, 96, 96))[1]
+    _stub_network(model, lambda images, text, pool: (seen.append(images), ramp.expand(1, 2, 96, 96))[1])
     padded = (-(-valid[0] // 32) * 32, -(-valid[1] // 32) * 32)
     images = torch.randn(1, 3, *padded)
     out = model.predict(images, torch.zeros(2, 1, 32), valid, (100, 180), inference="whole")
@@ -482,7 +488,7 @@ def test_slide_blocks_are_class_chunks_bit_identical_to_all_classes_at_once() ->
     def logits(images, text, pool):  # fixed random per-view, per-class logits instead of the network
         return torch.randn(images.shape[0], text.shape[0], 96, 96, generator=torch.Generator().manual_seed(5))
 
-    model._logits = logits
+    _stub_network(model, logits)
     images, text = torch.randn(1, 3, 640, 640), torch.zeros(7, 1, 32)
     with torch.no_grad():
         full = check_blocks(model, images, text, (600, 640), (50, 70), budgets=(1, 10**9), inference="slide")

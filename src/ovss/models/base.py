@@ -62,6 +62,8 @@ class ModelConfig(Config):
 # Default working set (elements) of one block of the full-resolution score map; see predict_blocks.
 BLOCK_ELEMENTS = 1 << 22
 
+Features = dict[str, Any]  # a model's image features (see SegmentationModel.image_stage)
+
 
 class SegmentationModel(nn.Module):
     """Base class: subclasses set ``self.config`` and implement ``encode_text`` and ``predict_blocks``
@@ -137,3 +139,43 @@ class SegmentationModel(nn.Module):
         if type(self).predict is SegmentationModel.predict:
             raise NotImplementedError(f"{type(self).__name__} must implement predict_blocks or predict")
         yield 0, 0, self.predict(images, text, image_size, output_size, **options)
+
+    def image_stage(self, images: torch.Tensor, image_size: tuple[int, int], **options: Any) -> Features:
+        """The image-only stage: everything of :meth:`predict_blocks` that does not see the text.
+
+        Models that split their forward (SAN, CAT-Seg, CAT-Seg v1, SED) return their image features
+        (CLIP tokens, side-adapter outputs, encoder maps); :meth:`text_stage` finishes from
+        them with the numbers of ``predict_blocks``. The default does no work and keeps the inputs.
+
+        Args:
+            images, image_size, options: as for :meth:`predict_blocks`.
+
+        Returns:
+            a dict of tensors (or lists/tuples of tensors, ints, strings) tied to these images,
+            ``options`` and the model's dtype; the predictor caches it (:func:`features_nbytes`).
+        """
+        return {"images": images}
+
+    def text_stage(
+        self,
+        features: Features,
+        text: torch.Tensor,
+        image_size: tuple[int, int],
+        output_size: tuple[int, int],
+        max_elements: int = BLOCK_ELEMENTS,
+        **options: Any,
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """The text stage: :meth:`predict_blocks`'s blocks from :meth:`image_stage` of the same
+        images, ``image_size`` and ``options`` (bit for bit the same numbers)."""
+        yield from self.predict_blocks(features["images"], text, image_size, output_size, max_elements, **options)
+
+
+def features_nbytes(features: Any) -> int:
+    """Bytes held by the tensors of ``features`` (nested dicts, lists and tuples; other values: 0)."""
+    if isinstance(features, torch.Tensor):
+        return features.nelement() * features.element_size()
+    if isinstance(features, dict):
+        return sum(features_nbytes(v) for v in features.values())
+    if isinstance(features, (list, tuple)):
+        return sum(features_nbytes(v) for v in features)
+    return 0

@@ -270,19 +270,35 @@ class CATSeg(SegmentationModel):
         x = dense_last_block(blocks[-1], x)
         return visual.head(x), [kept[i] for i in self.config.guidance_layers], grid
 
-    def _logits(self, images: torch.Tensor, text: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
-        """(B, 3, R, R) images and (K, P, E) text -> (B, K, 4h, 4w) logits."""
-        self._check_text(text)
+    def image_maps(self, images: torch.Tensor) -> dict[str, Any]:
+        """The image-only part of the network.
+
+        Args:
+            images: (B, 3, R, R) CLIP-normalised, R = ``clip_resolution``.
+
+        Returns:
+            ``{"image": (B, E, h, w) dense embedding, "guidance": [(B, guidance_dims[0], 2h, 2w),
+            (B, guidance_dims[1], 4h, 4w)] upsampled guidance maps}``.
+        """
         tokens, guidance, (h, w) = self.encode_image_dense(images)
         b = images.shape[0]
 
         def to_map(t: torch.Tensor) -> torch.Tensor:
             return t[:, 1:].transpose(1, 2).reshape(b, -1, h, w)
 
-        image = to_map(tokens)
-        maps = [up(to_map(g)) for up, g in zip(self.guidance_up, guidance)]
-        text = text.to(image.dtype).unsqueeze(0).expand(b, *text.shape)
-        return self.aggregator(image, text, maps, pool)
+        return {"image": to_map(tokens), "guidance": [up(to_map(g)) for up, g in zip(self.guidance_up, guidance)]}
+
+    def aggregate(self, maps: dict[str, Any], text: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
+        """The text part: :meth:`image_maps` and (K, P, E) text -> (B, K, 4h, 4w) logits."""
+        self._check_text(text)
+        image = maps["image"]
+        text = text.to(image.dtype).unsqueeze(0).expand(image.shape[0], *text.shape)
+        return self.aggregator(image, text, maps["guidance"], pool)
+
+    def _logits(self, images: torch.Tensor, text: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
+        """(B, 3, R, R) images and (K, P, E) text -> (B, K, 4h, 4w) logits."""
+        self._check_text(text)
+        return self.aggregate(self.image_maps(images), text, pool)
 
     def _check_text(self, text: torch.Tensor) -> None:
         """Raise :class:`ConfigError` unless ``text`` is (K, P, E) with P = ``config.prompt_channels``."""
@@ -359,14 +375,47 @@ class CATSeg(SegmentationModel):
             scores)`` with scores (B, k, H0, W0) for classes ``[class_start, class_start + k)``. Scores
             are sigmoid probabilities in [0, 1].
         """
-        if self._mode(dict(options)) == "slide":
-            yield from self._slide_blocks(images, text, image_size, output_size, max_elements)
+        features = self.image_stage(images, image_size, **options)
+        yield from self.text_stage(features, text, image_size, output_size, max_elements, **options)
+
+    def image_stage(self, images: torch.Tensor, image_size: tuple[int, int], **options: Any) -> dict[str, Any]:
+        """The image-only stage of :meth:`predict_blocks`: :meth:`image_maps` of the whole image
+        (whole) or of the slide views, image-major (slide); ``mode`` records the protocol."""
+        mode = self._mode(dict(options))
+        if mode == "slide":
+            c = self.config
+            valid = images[..., : image_size[0], : image_size[1]]
+            canvas_img = self._resize(valid, c.slide_size)
+            views = [canvas_img[..., y : y + c.slide_crop, x : x + c.slide_crop] for y, x in self.slide_windows()]
+            views.append(self._resize(valid, c.slide_crop))
+            batch = torch.stack(views, dim=1).flatten(0, 1)  # (B * V, 3, crop, crop), image-major
+            maps = self.image_maps(self._resize(batch, c.clip_resolution))
+            return {"mode": mode, "views": len(views), **maps}
+        return {"mode": mode, **self.image_maps(self._resize(images, self.config.clip_resolution))}
+
+    def text_stage(
+        self,
+        features: dict[str, Any],
+        text: torch.Tensor,
+        image_size: tuple[int, int],
+        output_size: tuple[int, int],
+        max_elements: int = BLOCK_ELEMENTS,
+        **options: Any,
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """The text stage of :meth:`predict_blocks` from :meth:`image_stage` (same numbers)."""
+        if self._mode(dict(options)) != features["mode"]:
+            raise ConfigError(
+                f"{self.label} image features of inference={features['mode']!r} cannot finish {options}; "
+                "compute them with the same options"
+            )
+        if features["mode"] == "slide":
+            yield from self._slide_blocks(features, text, output_size, max_elements)
         else:
-            yield from self._whole_blocks(images, text, image_size, output_size, max_elements)
+            yield from self._whole_blocks(features, text, image_size, output_size, max_elements)
 
     def _whole_blocks(
         self,
-        images: torch.Tensor,
+        features: dict[str, Any],
         text: torch.Tensor,
         image_size: tuple[int, int],
         output_size: tuple[int, int],
@@ -378,8 +427,7 @@ class CATSeg(SegmentationModel):
         ``image_size`` happens on the small (96 x 96) output, where it is a no-op for images larger
         than 96 px; so the padding is stretched into the prediction (cat_seg_model.py ``forward``).
         """
-        x = self._resize(images, self.config.clip_resolution)
-        logits = self._logits(x, text, self.config.pooling_test)
+        logits = self.aggregate(features, text, self.config.pooling_test)
         probs = logits[..., : image_size[0], : image_size[1]].float().sigmoid()
         (b, k, h, w), (h0, w0) = probs.shape, output_size
         resize = BandedResize(bilinear_matrix(h, h0), bilinear_matrix(w, w0))
@@ -397,9 +445,8 @@ class CATSeg(SegmentationModel):
 
     def _slide_blocks(
         self,
-        images: torch.Tensor,
+        features: dict[str, Any],
         text: torch.Tensor,
-        image_size: tuple[int, int],
         output_size: tuple[int, int],
         max_elements: int,
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
@@ -409,18 +456,14 @@ class CATSeg(SegmentationModel):
         256: 4 crops) plus one global view (the image resized to 384); each view's logits are resized
         to the crop size and passed through a sigmoid; the crops are fold-averaged on the canvas, then
         averaged with the global view resized to the canvas; the result is resized to ``output_size``.
+        (The views and their image maps are :meth:`image_stage`'.)
         """
         c = self.config
-        b = images.shape[0]
-        valid = images[..., : image_size[0], : image_size[1]]
-        canvas_img = self._resize(valid, c.slide_size)
         corners = self.slide_windows()
-        crop, size = c.slide_crop, c.slide_size
-        views = [canvas_img[..., y : y + crop, x : x + crop] for y, x in corners]
-        views.append(self._resize(valid, crop))
-        batch = torch.stack(views, dim=1).flatten(0, 1)  # (B * V, 3, crop, crop), image-major
-        logits = self._logits(self._resize(batch, c.clip_resolution), text, c.pooling_test)
-        logits = logits.unflatten(0, (b, len(views)))  # (B, V, K, h, w)
+        crop, size, n_views = c.slide_crop, c.slide_size, features["views"]
+        logits = self.aggregate(features, text, c.pooling_test)
+        b = logits.shape[0] // n_views
+        logits = logits.unflatten(0, (b, n_views))  # (B, V, K, h, w)
         k = logits.shape[2]
         count = logits.new_zeros(size, size, dtype=torch.float32)
         for y, x in corners:

@@ -283,17 +283,27 @@ class CATSegV1(SegmentationModel):
         r, s = c.clip_resolution, c.backbone_resolution
         return _resize(clip_x, (r, r)), _resize(bb_x, (s, s))
 
+    def encode_pair(self, clip_x: torch.Tensor, bb_x: torch.Tensor) -> dict[str, Any]:
+        """The image-only part of the network: (B, 3, R, R) CLIP input, (B, 3, S, S) backbone input ->
+        ``{"image": (B, E, h, w) dense CLIP embedding, "res4", "res3", "res2": backbone maps}``."""
+        tokens, (h, w) = self.encode_image_dense(clip_x)
+        image = tokens[:, 1:].transpose(1, 2).reshape(clip_x.shape[0], -1, h, w)
+        feats = self.backbone(bb_x)
+        return {"image": image, **{k: feats[k] for k in ("res4", "res3", "res2")}}
+
+    def aggregate(self, maps: dict[str, Any], text: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
+        """The text part: :meth:`encode_pair` maps and (K, P, E) text -> (B, K, 4h, 4w) logits."""
+        self._check_text(text)
+        image = maps["image"]
+        text = text.to(image.dtype).unsqueeze(0).expand(image.shape[0], *text.shape)
+        return self.aggregator(image, text, maps["res4"], (maps["res3"], maps["res2"]), pool)
+
     def logits(
         self, clip_x: torch.Tensor, bb_x: torch.Tensor, text: torch.Tensor, pool: tuple[int, int]
     ) -> torch.Tensor:
         """Network: (B, 3, R, R) CLIP input, (B, 3, S, S) backbone input, (K, P, E) text -> (B, K, 4h, 4w)."""
         self._check_text(text)
-        tokens, (h, w) = self.encode_image_dense(clip_x)
-        b = clip_x.shape[0]
-        image = tokens[:, 1:].transpose(1, 2).reshape(b, -1, h, w)
-        feats = self.backbone(bb_x)
-        text = text.to(image.dtype).unsqueeze(0).expand(b, *text.shape)
-        return self.aggregator(image, text, feats["res4"], (feats["res3"], feats["res2"]), pool)
+        return self.aggregate(self.encode_pair(clip_x, bb_x), text, pool)
 
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Training / raw logits.
@@ -338,20 +348,72 @@ class CATSegV1(SegmentationModel):
         Yields:
             whole / slide: sigmoid probabilities in [0, 1]; mmseg: averaged logits (argmax = label).
         """
+        features = self.image_stage(images, image_size, **options)
+        yield from self.text_stage(features, text, image_size, output_size, max_elements, **options)
+
+    def image_stage(self, images: torch.Tensor, image_size: tuple[int, int], **options: Any) -> dict[str, Any]:
+        """The image-only stage of :meth:`predict_blocks`: :meth:`encode_pair` of the protocol's
+        views (``nets``: one batch for whole and slide, one per crop size for mmseg) and their geometry."""
         mode = self._mode(dict(options))
-        per_class = images.shape[0] * output_size[0] * output_size[1]
+        c, b = self.config, images.shape[0]
+        valid = images[..., : image_size[0], : image_size[1]]
+        if mode == "whole":
+            return {"mode": mode, "batch": b, "nets": [self.encode_pair(*self.inputs(images, image_size))]}
+        if mode == "slide":
+            size, crop = c.slide_size, c.slide_crop
+            canvas = _resize(valid, (size, size))
+            corners = self.slide_corners(size, size, crop, c.slide_stride)
+            views = [canvas[..., y : y + crop, x : x + crop] for y, x in corners]
+            views.append(_resize(valid, (crop, crop)))
+            batch = torch.stack(views, dim=1).flatten(0, 1)  # (B * V, 3, crop, crop), image-major
+            return {"mode": mode, "batch": b, "nets": [self.encode_pair(*self.inputs(batch))]}
+        hr, wr = mmcv_rescale_size(image_size[0], image_size[1], c.mmseg_scale)
+        canvas = cv2_resize_linear(valid, (hr, wr)).to(images.dtype)
+        crop = c.slide_crop
+        boxes = [
+            (y, x, min(y + crop, hr), min(x + crop, wr))
+            for y, x in self.slide_corners(hr, wr, crop, c.slide_stride)
+        ]
+        groups, nets = [], []
+        for shape in sorted({(y2 - y1, x2 - x1) for y1, x1, y2, x2 in boxes}):  # one batch per crop size
+            idx = [i for i, (y1, x1, y2, x2) in enumerate(boxes) if (y2 - y1, x2 - x1) == shape]
+            batch = torch.cat(
+                [canvas[..., boxes[i][0] : boxes[i][2], boxes[i][1] : boxes[i][3]] for i in idx]
+            )
+            # the port feeds the 384 crop to the backbone unresized; inputs() resizes only other sizes
+            groups.append(idx)
+            nets.append(self.encode_pair(*self.inputs(batch)))
+        return {"mode": mode, "batch": b, "nets": nets, "groups": groups, "boxes": boxes, "canvas": (hr, wr)}
+
+    def text_stage(
+        self,
+        features: dict[str, Any],
+        text: torch.Tensor,
+        image_size: tuple[int, int],
+        output_size: tuple[int, int],
+        max_elements: int = BLOCK_ELEMENTS,
+        **options: Any,
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """The text stage of :meth:`predict_blocks` from :meth:`image_stage` (same numbers)."""
+        mode = self._mode(dict(options))
+        if mode != features["mode"]:
+            raise ConfigError(
+                f"{self.label} image features of inference={features['mode']!r} cannot finish "
+                f"inference={mode!r}; compute them with the same options"
+            )
+        per_class = features["batch"] * output_size[0] * output_size[1]
         step = max(1, int(max_elements) // max(per_class, 1))
         run = {"whole": self._whole, "slide": self._slide, "mmseg": self._mmseg}[mode]
-        k, finish = run(images, text, image_size)
+        k, finish = run(features, text, image_size)
         for start in range(0, k, step):  # post-processing per chunk of classes: bounded memory, exact
             yield start, 0, finish(slice(start, min(start + step, k)), tuple(output_size))
 
     def _whole(
-        self, images: torch.Tensor, text: torch.Tensor, image_size: tuple[int, int]
+        self, features: dict[str, Any], text: torch.Tensor, image_size: tuple[int, int]
     ) -> tuple[int, Finish]:
         """Pad-to-32 image stretched to 384 -> sigmoid -> crop to the valid size (a no-op above 96 px)
         -> bilinear resize (detectron2 ``sem_seg_postprocess``)."""
-        logits = self.logits(*self.inputs(images, image_size), text, self.config.pooling_test)
+        logits = self.aggregate(features["nets"][0], text, self.config.pooling_test)
         logits = logits[..., : image_size[0], : image_size[1]]
 
         def finish(classes: slice, size: tuple[int, int]) -> torch.Tensor:
@@ -370,26 +432,23 @@ class CATSegV1(SegmentationModel):
         return [(y, x) for y in starts(height) for x in starts(width)]
 
     def _slide(
-        self, images: torch.Tensor, text: torch.Tensor, image_size: tuple[int, int]
+        self, features: dict[str, Any], text: torch.Tensor, image_size: tuple[int, int]
     ) -> tuple[int, Finish]:
         """Official v1 sliding window: canvas 640x640, 4 crops of 384 at stride 256 + a global view;
         per-view logits resized to 384 and passed through a sigmoid, crops fold-averaged on the
         canvas, averaged with the global view resized to the canvas, resized to the output."""
         c = self.config
-        b = images.shape[0]
-        valid = images[..., : image_size[0], : image_size[1]]
+        b = features["batch"]
         size, crop = c.slide_size, c.slide_crop
-        canvas = _resize(valid, (size, size))
         corners = self.slide_corners(size, size, crop, c.slide_stride)
-        views = [canvas[..., y : y + crop, x : x + crop] for y, x in corners] + [_resize(valid, (crop, crop))]
-        batch = torch.stack(views, dim=1).flatten(0, 1)  # (B * V, 3, crop, crop), image-major
-        logits = self.logits(*self.inputs(batch), text, c.pooling_test)  # (B * V, K, h, w)
+        n_views = len(corners) + 1
+        logits = self.aggregate(features["nets"][0], text, c.pooling_test)  # (B * V, K, h, w)
         count = logits.new_zeros(1, 1, size, size, dtype=torch.float32)
         for y, x in corners:
             count[..., y : y + crop, x : x + crop] += 1
 
         def finish(classes: slice, out: tuple[int, int]) -> torch.Tensor:
-            probs = _resize(logits[:, classes].float(), (crop, crop)).sigmoid().unflatten(0, (b, len(views)))
+            probs = _resize(logits[:, classes].float(), (crop, crop)).sigmoid().unflatten(0, (b, n_views))
             total = probs.new_zeros(b, probs.shape[2], size, size)
             for i, (y, x) in enumerate(corners):
                 total[..., y : y + crop, x : x + crop] += probs[:, i]
@@ -398,31 +457,17 @@ class CATSegV1(SegmentationModel):
         return logits.shape[1], finish
 
     def _mmseg(
-        self, images: torch.Tensor, text: torch.Tensor, image_size: tuple[int, int]
+        self, features: dict[str, Any], text: torch.Tensor, image_size: tuple[int, int]
     ) -> tuple[int, Finish]:
         """mmseg port: cv2 resize to short side 512 -> crops of 384 at stride 384 (last row/column
         aligned to the border) -> per-crop logits resized to the crop -> averaged where crops overlap
         -> bilinear resize to the output; no sigmoid."""
-        c = self.config
-        b = images.shape[0]
-        valid = images[..., : image_size[0], : image_size[1]]
-        hr, wr = mmcv_rescale_size(image_size[0], image_size[1], c.mmseg_scale)
-        canvas = cv2_resize_linear(valid, (hr, wr)).to(images.dtype)
-        crop = c.slide_crop
-        boxes = [
-            (y, x, min(y + crop, hr), min(x + crop, wr))
-            for y, x in self.slide_corners(hr, wr, crop, c.slide_stride)
-        ]
+        b, (hr, wr), boxes = features["batch"], features["canvas"], features["boxes"]
         views: dict[int, torch.Tensor] = {}
-        for shape in sorted({(y2 - y1, x2 - x1) for y1, x1, y2, x2 in boxes}):  # one batch per crop size
-            idx = [i for i, (y1, x1, y2, x2) in enumerate(boxes) if (y2 - y1, x2 - x1) == shape]
-            batch = torch.cat(
-                [canvas[..., boxes[i][0] : boxes[i][2], boxes[i][1] : boxes[i][3]] for i in idx]
-            )
-            # the port feeds the 384 crop to the backbone unresized; inputs() resizes only other sizes
-            out = self.logits(*self.inputs(batch), text, c.pooling_test).unflatten(0, (len(idx), b))
+        for idx, net in zip(features["groups"], features["nets"]):
+            out = self.aggregate(net, text, self.config.pooling_test).unflatten(0, (len(idx), b))
             views.update(zip(idx, out.unbind(0)))
-        count = canvas.new_zeros(1, 1, hr, wr, dtype=torch.float32)
+        count = torch.zeros(1, 1, hr, wr, dtype=torch.float32, device=views[0].device)
         for y1, x1, y2, x2 in boxes:
             count[..., y1:y2, x1:x2] += 1
 

@@ -399,6 +399,32 @@ class SAN(SegmentationModel):
                 x = visual.run_blocks(x, split + i, split + i + 1, attn_mask=mask)
         return F.normalize(visual.head(x[:, :q]), dim=-1)
 
+    def side_outputs(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The image-only part of SAN: mask logits and region embeddings of the decoded side outputs.
+
+        Args:
+            images: (B, 3, H, W) normalised, padded (H, W multiples of ``size_divisibility``).
+
+        Returns:
+            one (mask logits (B, Q, h_s, w_s), region embeddings (B, Q, E)) per ``deep_supervision``
+            output in training, only the last (main) one in eval.
+        """
+        records, clip_grid = self.clip_features(images)
+        fused = {s: records[c][:, 1:] for c, s in self.config.fusion_map}
+        outputs, side_grid = self.side(images, fused, clip_grid)
+        if not self.training:
+            outputs = outputs[-1:]
+        results = []
+        for query, patches in outputs:
+            masks, biases = self.side.decoder(query, patches, side_grid)
+            results.append((masks, self.recognize(records[self.config.split], biases, clip_grid)))
+        return results
+
+    def class_logits(self, regions: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(B, Q, E) region embeddings and (K, E) text -> (B, Q, K+1) class logits (void last)."""
+        weight = self.clip.logit_scale.exp() * self.classifier(text)  # (K+1, E)
+        return regions @ weight.to(regions.dtype).T
+
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> dict[str, Any]:
         """Mask and class logits of every decoded side output.
 
@@ -411,17 +437,10 @@ class SAN(SegmentationModel):
             the main output is the last side output; in training ``aux_outputs`` holds the earlier
             ``deep_supervision`` outputs as ``{"pred_masks", "pred_logits"}`` dicts (empty in eval).
         """
-        records, clip_grid = self.clip_features(images)
-        fused = {s: records[c][:, 1:] for c, s in self.config.fusion_map}
-        outputs, side_grid = self.side(images, fused, clip_grid)
-        if not self.training:
-            outputs = outputs[-1:]
-        weight = self.clip.logit_scale.exp() * self.classifier(text)  # (K+1, E)
-        results = []
-        for query, patches in outputs:
-            masks, biases = self.side.decoder(query, patches, side_grid)
-            regions = self.recognize(records[self.config.split], biases, clip_grid)
-            results.append({"pred_masks": masks, "pred_logits": regions @ weight.to(regions.dtype).T})
+        results = [
+            {"pred_masks": masks, "pred_logits": self.class_logits(regions, text)}
+            for masks, regions in self.side_outputs(images)
+        ]
         return {**results[-1], "aux_outputs": results[:-1]}
 
     # ---------------------------------------------------------------------------------- protocols
@@ -449,6 +468,18 @@ class SAN(SegmentationModel):
     def input_protocol(self, **options: Any) -> str:
         """``"mmseg"`` for ``inference="mmseg"`` (cv2-exact resize, mmseg TTA), else ``"detectron2"``."""
         return "mmseg" if self._mode(dict(options)) == "mmseg" else "detectron2"
+
+    def image_stage(
+        self, images: torch.Tensor, image_size: tuple[int, int], **options: Any
+    ) -> dict[str, Any]:
+        """The image-only stage of :meth:`predict_blocks`: the main side output (``side_outputs``).
+
+        Returns:
+            ``{"masks": (B, Q, h_s, w_s), "regions": (B, Q, E), "padded": (H, W), "mode": protocol}``.
+        """
+        mode = self._mode(dict(options))
+        masks, regions = self.side_outputs(images)[-1]
+        return {"masks": masks, "regions": regions, "padded": tuple(images.shape[-2:]), "mode": mode}
 
     def predict_blocks(
         self,
@@ -483,14 +514,31 @@ class SAN(SegmentationModel):
             class scores formed at the padded size and then resized
             (:func:`~ovss.models.san_protocols.mmseg_score_blocks`).
         """
+        features = self.image_stage(images, image_size, **options)
+        yield from self.text_stage(features, text, image_size, output_size, max_elements, **options)
+
+    def text_stage(
+        self,
+        features: dict[str, Any],
+        text: torch.Tensor,
+        image_size: tuple[int, int],
+        output_size: tuple[int, int],
+        max_elements: int = BLOCK_ELEMENTS,
+        **options: Any,
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """The text stage of :meth:`predict_blocks` from :meth:`image_stage` (same numbers)."""
         mode = self._mode(dict(options))
-        out = self.forward(images, text)
-        masks, logits = out["pred_masks"], out["pred_logits"]
+        if mode != features["mode"]:
+            raise ConfigError(
+                f"SAN image features of inference={features['mode']!r} cannot finish inference={mode!r}; "
+                "compute them with the same options"
+            )
+        masks, logits = features["masks"], self.class_logits(features["regions"], text)
         if mode == "mmseg":  # class scores at the padded size, then resized (san_protocols)
-            hw = (int(images.shape[-2]), int(images.shape[-1]))
+            hw = (int(features["padded"][0]), int(features["padded"][1]))
             yield from mmseg_score_blocks(masks, logits, hw, image_size, output_size, max_elements)
             return
-        (hs, ws), (hp, wp) = masks.shape[-2:], images.shape[-2:]
+        (hs, ws), (hp, wp) = masks.shape[-2:], features["padded"]
         (h, w), (h0, w0) = image_size, output_size
         resize = BandedResize(
             bilinear_matrix(h, h0) @ bilinear_matrix(hs, hp)[:h],

@@ -267,6 +267,11 @@ class SED(SegmentationModel):
             rows ``[row_start, row_start + r)``, top to bottom: sigmoid of the final logits (normal), or
             the official CER output (sigmoid at surviving classes, 0 elsewhere).
         """
+        features = self.image_stage(images, image_size, fast=fast, topk=topk, **options)
+        yield from self.text_stage(features, text, image_size, output_size, max_elements, fast=fast, topk=topk)
+
+    def _options(self, fast: bool | None, topk: int | None, options: dict[str, Any]) -> tuple[bool, int]:
+        """``fast``, ``topk`` with the config's defaults; one-line errors for anything else."""
         if options:
             raise ConfigError(
                 f"SED does not take the option(s) {sorted(options)}; its options are fast=True/False "
@@ -276,17 +281,49 @@ class SED(SegmentationModel):
         topk = self.config.topk if topk is None else topk
         if topk < 1:
             raise ConfigError(f"SED topk must be >= 1 (classes kept per pixel), got {topk}")
+        return fast, topk
+
+    def image_stage(
+        self,
+        images: torch.Tensor,
+        image_size: tuple[int, int],
+        fast: bool | None = None,
+        topk: int | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """The image-only stage of :meth:`predict_blocks`: the ConvNeXt encoder (:meth:`image_features`).
+
+        Returns:
+            ``{"dense": (B, E, S/32, S/32), "skips": [res4, res3, res2], "padded": (H, W)}``.
+        """
+        self._options(fast, topk, options)
         dense, skips = self.image_features(images)
+        return {"dense": dense, "skips": skips, "padded": tuple(images.shape[-2:])}
+
+    def text_stage(
+        self,
+        features: dict[str, Any],
+        text: torch.Tensor,
+        image_size: tuple[int, int],
+        output_size: tuple[int, int],
+        max_elements: int = BLOCK_ELEMENTS,
+        fast: bool | None = None,
+        topk: int | None = None,
+        **options: Any,
+    ) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """The text stage of :meth:`predict_blocks` (the decoder and the resize) from :meth:`image_stage`."""
+        fast, topk = self._options(fast, topk, options)
+        dense, skips = features["dense"], features["skips"]
         if fast:  # probabilities already (0 at rejected classes)
             scores = torch.cat(
                 [
                     self.decoder.forward_fast(dense[b : b + 1], text, [s[b : b + 1] for s in skips], topk)[0]
-                    for b in range(images.shape[0])
+                    for b in range(dense.shape[0])
                 ]
             )
         else:  # logits; the sigmoid follows on the small map, in float32
             scores = self.decoder(dense, text, skips, aux=False)[0]
-        probs = valid_region(scores, tuple(images.shape[-2:]), image_size).float()
+        probs = valid_region(scores, features["padded"], image_size).float()
         if not fast:
             probs = probs.sigmoid()
         (h, w), (h0, w0) = probs.shape[-2:], output_size
