@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ovss.api.requery import ImageCache, ImageHandle, View, cache_key, pixel_digest
 from ovss.api.result import SegmentationResult, unlabelled_value
-from ovss.api.tta import TTAConfig, check_pass_sizes, mean_blocks, parse_tta, report_passes, scaled_size
+from ovss.api.tta import TTAConfig, check_pass_sizes, mean_blocks, parse_tta, scaled_size
 from ovss.data.io import ImageInput, read_image
 from ovss.errors import ImageReadError, OvssError
 from ovss.layers.cv2_resize import cv2_resize_linear, mmcv_scale_factor_size
@@ -119,6 +120,10 @@ class Segmenter:
             A folder: they go block by block into a float16 memory-mapped temporary file there
             (:func:`disk_scores`; removed once the results are dropped), so the maps of a large image
             never need RAM (``ovss segment --outputs scores,heatmaps`` uses its ``--out``).
+
+    Re-query (``ovss.api.requery``): :meth:`encode_image` keeps an image's image-only features for
+    any number of vocabularies, and ``predict`` of an image seen just before (same pixels, options and
+    TTA) reuses them from ``image_cache`` (LRU bounded by ``$OVSS_IMAGE_CACHE_MB``, default 256 MiB).
     """
 
     def __init__(
@@ -160,6 +165,13 @@ class Segmenter:
         self._vocab: Vocabulary | None = None
         self._text: torch.Tensor | None = None
         self.scores_dir: Path | None = None  # see the class docstring
+        self.image_cache = ImageCache()
+
+    @property
+    def identity(self) -> str:
+        """The model and weights this segmenter runs (image handles are tied to it)."""
+        name = self.name or type(self.model).__name__
+        return f"{name} (weights {self.digest[:12] or '?'}, #{id(self.model):x})"
 
     # ------------------------------------------------------------------------------ vocabulary
     def _encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -205,7 +217,7 @@ class Segmenter:
     # ------------------------------------------------------------------------------ prediction
     def predict(
         self,
-        image: ImageInput,
+        image: ImageInput | ImageHandle,
         classes: str | Path | Sequence[str | Sequence[str]] | Vocabulary | None = None,
         return_scores: bool | Sequence[int] = False,
         tta: bool | TTAConfig | Sequence[float] | None = None,
@@ -217,7 +229,9 @@ class Segmenter:
 
         Args:
             image: path, http(s) URL (a ``str``; byte limit, timeout, refused offline: see
-                :mod:`ovss.data.remote`), PIL image or (H, W, 3) uint8 RGB array.
+                :mod:`ovss.data.remote`), PIL image, (H, W, 3) uint8 RGB array, or an
+                :class:`ImageHandle` from :meth:`encode_image` (then only the text stage runs; options
+                and ``tta`` default to the handle's and must equal them when given).
             classes: vocabulary (``"cat; sofa, couch; wall"``, a list, a file); None keeps the last one.
             return_scores: keep the full (K, H, W) score map in the result; a list of class indices
                 keeps only those classes' maps ((len, H, W), listed in ``result.score_classes``).
@@ -250,7 +264,7 @@ class Segmenter:
 
     def predict_batch(
         self,
-        images: Iterable[ImageInput],
+        images: Iterable[ImageInput | ImageHandle],
         classes: str | Path | Sequence[str | Sequence[str]] | Vocabulary | None = None,
         batch_size: int = 1,
         return_scores: bool | Sequence[int] = False,
@@ -274,6 +288,15 @@ class Segmenter:
             raise OvssError("no vocabulary: pass classes, e.g. predict(image, 'cat; dog; grass')")
         pending: list[tuple[np.ndarray, torch.Tensor, tuple[int, int]]] = []
         for image in images:
+            if isinstance(image, ImageHandle):
+                if pending:
+                    yield from self._run(pending, return_scores, aug, progress, min_score, **options)
+                    pending = []
+                opts, handle_tta = image.settings(self.identity, self.dtype, options, aug)
+                yield from self._finish(
+                    image.views, [image.image], return_scores, handle_tta, progress, min_score, opts
+                )
+                continue
             rgb = read_image(image, self.max_pixels)
             tensor, size = self._preprocess(rgb, **options)
             same = pending and rgb.shape == pending[0][0].shape and size == pending[0][2]
@@ -308,6 +331,53 @@ class Segmenter:
         return torch.from_numpy(small).permute(2, 0, 1).float()
 
     @torch.inference_mode()
+    def encode_image(
+        self, image: ImageInput, tta: bool | TTAConfig | Sequence[float] | None = None, **options: Any
+    ) -> ImageHandle:
+        """Run the image-only stage of the model once: ``predict(handle, classes)`` then finishes any
+        vocabulary from it, with the numbers of ``predict(image, classes, tta=tta, **options)``.
+
+        Args:
+            image, tta, options: as for :meth:`predict`.
+
+        Returns:
+            an :class:`~ovss.api.requery.ImageHandle` (its ``nbytes``: memory held); it also enters the
+            implicit cache, so ``predict(image, ...)`` with the same options reuses it.
+        """
+        aug = parse_tta(tta)
+        rgb = read_image(image, self.max_pixels)
+        tensor, size = self._preprocess(rgb, **options)
+        handle = self._encode([(rgb, tensor, size)], aug, options, None)
+        self.image_cache.put(handle)
+        return handle
+
+    def _encode(
+        self,
+        items: list[tuple[np.ndarray, torch.Tensor, tuple[int, int]]],
+        tta: TTAConfig | None,
+        options: dict[str, Any],
+        progress: Progress | None,
+    ) -> ImageHandle:
+        """The image stage of a batch (one view, or one per TTA augmentation, reported to ``progress``
+        as passes) as a handle."""
+        if tta is None:
+            size = items[0][2]
+            batch = self._normalise([t for _, t, _ in items], size)
+            views: tuple[View, ...] = (View(False, size, self.model.image_stage(batch, size, **options)),)
+        else:
+            mmseg = self.model.input_protocol(**options) == "mmseg"
+            check_pass_sizes(items[0][0].shape[:2] if mmseg else items[0][2], tta)  # mmseg: x original
+            report = progress or (lambda done, total, unit: None)
+            report(0, len(tta.augmentations), "pass")
+            views = ()
+            for scale, flip in tta.augmentations:
+                batch, size = self._augmented_batch(items, scale, flip, options)
+                views += (View(flip, size, self.model.image_stage(batch, size, **options)),)
+                report(len(views), len(tta.augmentations), "pass")
+        digest = pixel_digest(items[0][0]) if len(items) == 1 else ""
+        return ImageHandle(items[0][0], views, self.identity, self.dtype, dict(options), tta, digest)
+
+    @torch.inference_mode()
     def _run(
         self,
         items: list[tuple[np.ndarray, torch.Tensor, tuple[int, int]]],
@@ -317,27 +387,49 @@ class Segmenter:
         min_score: float | None = None,
         **options: Any,
     ) -> Iterator[SegmentationResult]:
-        out_size = tuple(items[0][0].shape[:2])  # a batch holds images of one original size
-        shape = (len(items), len(self._vocab), *out_size)
-        if tta is None:
-            batch = self._normalise([t for _, t, _ in items], items[0][2])
-            blocks = self._score_blocks(batch, items[0][2], out_size, **options)
-            if progress is not None:
-                blocks = _report_blocks(blocks, shape, progress)
-        else:
-            mmseg = self.model.input_protocol(**options) == "mmseg"  # SegTTAModel: mean of softmaxes
-            check_pass_sizes(out_size if mmseg else items[0][2], tta)  # mmseg: ratios of the original
-            streams = [
-                (flip, self._augmented_blocks(items, scale, flip, out_size, options))
-                for scale, flip in tta.augmentations
-            ]
-            if progress is not None:
-                streams = report_passes(streams, progress)
-            blocks = mean_blocks(streams, softmax=mmseg)
+        if len(items) > 1 or self.image_cache.max_bytes <= 0:
+            views = self._encode(items, tta, options, progress).views
+        else:  # one image: the implicit cache (the same image with other classes skips the image stage)
+            handle = self.image_cache.get(cache_key(items[0][0], self.identity, self.dtype, options, tta))
+            if handle is None:
+                handle = self._encode(items, tta, options, progress)
+                self.image_cache.put(handle)
+            elif progress is not None and tta is not None:
+                for done in range(len(handle.views) + 1):
+                    progress(done, len(handle.views), "pass")
+            views = handle.views
+        images = [rgb for rgb, _, _ in items]
+        yield from self._finish(views, images, return_scores, tta, progress, min_score, options)
+
+    @torch.inference_mode()
+    def _finish(
+        self,
+        views: Sequence[View],
+        images: list[np.ndarray],
+        return_scores: bool | Sequence[int],
+        tta: TTAConfig | None,
+        progress: Progress | None,
+        min_score: float | None,
+        options: dict[str, Any],
+    ) -> Iterator[SegmentationResult]:
+        """The text stage of every view, the mean over TTA views, the reduction and the results
+        (``progress`` without TTA: percent of the map, as its blocks come)."""
+        assert self._vocab is not None and self._text is not None  # predict_batch checked
+        out_size = tuple(images[0].shape[:2])  # a batch holds images of one original size
+        shape = (len(images), len(self._vocab), *out_size)
+        max_elements = max(1, int(self.block_mb * 2**20) // 4)
+        streams = [
+            (v.flip, self.model.text_stage(v.features, self._text, v.size, out_size, max_elements, **options))
+            for v in views
+        ]
+        mmseg = tta is not None and self.model.input_protocol(**options) == "mmseg"
+        blocks = mean_blocks(streams, softmax=mmseg)  # mmseg's SegTTAModel: the mean of the softmaxes
+        if progress is not None and tta is None:
+            blocks = _report_blocks(blocks, shape, progress)
         keep = return_scores if isinstance(return_scores, bool) else _class_indices(return_scores, shape[1])
         disk = disk_scores(shape, self.scores_dir) if keep is True and self.scores_dir is not None else None
         reduced = reduce_scores(blocks, shape, keep if disk is None else False, self.device, out=disk)
-        for i, (rgb, _, _) in enumerate(items):
+        for i, rgb in enumerate(images):
             kept = disk[i] if disk is not None else None
             if reduced.scores is not None:
                 kept = reduced.scores[i].cpu().numpy()
@@ -353,36 +445,28 @@ class Segmenter:
             batch = F.pad(batch, (0, (-w) % div, 0, (-h) % div))
         return batch
 
-    def _augmented_blocks(
+    def _augmented_batch(
         self,
         items: list[tuple[np.ndarray, torch.Tensor, tuple[int, int]]],
         scale: float,
         flip: bool,
-        out_size: tuple[int, int],
         options: dict[str, Any],
-    ) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """Score blocks of one TTA augmentation (mirrored when ``flip``; :func:`mean_blocks` undoes it).
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The model input of one TTA augmentation (mirrored when ``flip``; :func:`mean_blocks` undoes it).
 
         The image is resized from the original to ``scale`` x the model's test size (PIL bilinear, as
         the normal path) and the map comes at the original size, as the normal path's. mmseg protocol
         (``input_protocol``): ``scale`` x the ORIGINAL size (mmseg's ``tta_pipeline``), cv2-exact.
         """
         mmseg = self.model.input_protocol(**options) == "mmseg"
-        h0, w0 = out_size
+        h0, w0 = items[0][0].shape[:2]
         size = mmcv_scale_factor_size(h0, w0, scale) if mmseg else scaled_size(items[0][2], scale)
         tensors = []
         for rgb, tensor, _ in items:
             if size != tensor.shape[-2:]:
                 tensor = self._resize(rgb, size, mmseg)
             tensors.append(tensor.flip(-1) if flip else tensor)
-        yield from self._score_blocks(self._normalise(tensors, size), size, out_size, **options)
-
-    def _score_blocks(
-        self, batch: torch.Tensor, size: tuple[int, int], out_size: tuple[int, int], **options: Any
-    ) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """The model's score map as blocks (``SegmentationModel.predict_blocks``)."""
-        max_elements = max(1, int(self.block_mb * 2**20) // 4)
-        return self.model.predict_blocks(batch, self._text, size, out_size, max_elements, **options)
+        return self._normalise(tensors, size), size
 
     def _to_result(
         self,

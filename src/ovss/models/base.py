@@ -167,7 +167,8 @@ class SegmentationModel(nn.Module):
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
         """The text stage: :meth:`predict_blocks`'s blocks from :meth:`image_stage` of the same
         images, ``image_size`` and ``options`` (bit for bit the same numbers)."""
-        yield from self.predict_blocks(features["images"], text, image_size, output_size, max_elements, **options)
+        images = features["images"]
+        yield from self.predict_blocks(images, text, image_size, output_size, max_elements, **options)
 
 
 def features_nbytes(features: Any) -> int:

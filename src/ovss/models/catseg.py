@@ -286,7 +286,8 @@ class CATSeg(SegmentationModel):
         def to_map(t: torch.Tensor) -> torch.Tensor:
             return t[:, 1:].transpose(1, 2).reshape(b, -1, h, w)
 
-        return {"image": to_map(tokens), "guidance": [up(to_map(g)) for up, g in zip(self.guidance_up, guidance)]}
+        maps = [up(to_map(g)) for up, g in zip(self.guidance_up, guidance)]
+        return {"image": to_map(tokens), "guidance": maps}
 
     def aggregate(self, maps: dict[str, Any], text: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
         """The text part: :meth:`image_maps` and (K, P, E) text -> (B, K, 4h, 4w) logits."""
@@ -378,7 +379,9 @@ class CATSeg(SegmentationModel):
         features = self.image_stage(images, image_size, **options)
         yield from self.text_stage(features, text, image_size, output_size, max_elements, **options)
 
-    def image_stage(self, images: torch.Tensor, image_size: tuple[int, int], **options: Any) -> dict[str, Any]:
+    def image_stage(
+        self, images: torch.Tensor, image_size: tuple[int, int], **options: Any
+    ) -> dict[str, Any]:
         """The image-only stage of :meth:`predict_blocks`: :meth:`image_maps` of the whole image
         (whole) or of the slide views, image-major (slide); ``mode`` records the protocol."""
         mode = self._mode(dict(options))
@@ -386,7 +389,8 @@ class CATSeg(SegmentationModel):
             c = self.config
             valid = images[..., : image_size[0], : image_size[1]]
             canvas_img = self._resize(valid, c.slide_size)
-            views = [canvas_img[..., y : y + c.slide_crop, x : x + c.slide_crop] for y, x in self.slide_windows()]
+            crop = c.slide_crop
+            views = [canvas_img[..., y : y + crop, x : x + crop] for y, x in self.slide_windows()]
             views.append(self._resize(valid, c.slide_crop))
             batch = torch.stack(views, dim=1).flatten(0, 1)  # (B * V, 3, crop, crop), image-major
             maps = self.image_maps(self._resize(batch, c.clip_resolution))

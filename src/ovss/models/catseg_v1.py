@@ -351,7 +351,9 @@ class CATSegV1(SegmentationModel):
         features = self.image_stage(images, image_size, **options)
         yield from self.text_stage(features, text, image_size, output_size, max_elements, **options)
 
-    def image_stage(self, images: torch.Tensor, image_size: tuple[int, int], **options: Any) -> dict[str, Any]:
+    def image_stage(
+        self, images: torch.Tensor, image_size: tuple[int, int], **options: Any
+    ) -> dict[str, Any]:
         """The image-only stage of :meth:`predict_blocks`: :meth:`encode_pair` of the protocol's
         views (``nets``: one batch for whole and slide, one per crop size for mmseg) and their geometry."""
         mode = self._mode(dict(options))

@@ -268,7 +268,8 @@ class SED(SegmentationModel):
             the official CER output (sigmoid at surviving classes, 0 elsewhere).
         """
         features = self.image_stage(images, image_size, fast=fast, topk=topk, **options)
-        yield from self.text_stage(features, text, image_size, output_size, max_elements, fast=fast, topk=topk)
+        kw = {"fast": fast, "topk": topk}
+        yield from self.text_stage(features, text, image_size, output_size, max_elements, **kw)
 
     def _options(self, fast: bool | None, topk: int | None, options: dict[str, Any]) -> tuple[bool, int]:
         """``fast``, ``topk`` with the config's defaults; one-line errors for anything else."""
