@@ -394,3 +394,20 @@ def test_segment_refuses_server_files_without_telling_whether_they_exist(data_di
         messages.add(str(info.value))
     assert messages == {NOT_UPLOADED} and calls == []
     assert str(tmp_path) not in caplog.text and "passwd" not in caplog.text
+
+
+def test_changing_only_the_classes_reuses_the_image_features(data_dir, monkeypatch):
+    backend = DemoBackend("test-san-tiny", limits=DemoLimits(max_classes=10), gate=photos_gate(data_dir))
+    seg = backend.segmenter()
+    calls = []
+    real_stage = seg.model.image_stage
+    monkeypatch.setattr(seg.model, "image_stage", lambda *a, **k: (calls.append(1), real_stage(*a, **k))[1])
+    photo = {"path": str(data_dir / "quokka.jpg")}
+    backend.segment(photo, "quokka; grass")
+    out = backend.segment(photo, "quokka; grass; rock, stone; sky")  # a new request, the same upload
+    assert len(calls) == 1  # the second request ran only the text stage
+    rgb = np.asarray(Image.open(data_dir / "quokka.jpg").convert("RGB"))
+    seg.image_cache.clear()
+    reference = seg.predict(rgb, [["quokka"], ["grass"], ["rock", "stone"], ["sky"]])
+    assert len(calls) == 2 and np.array_equal(read_label(out.label_file), reference.label_map)
+    backend.close()
