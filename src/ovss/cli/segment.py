@@ -22,6 +22,7 @@ rank takes a disjoint slice of the images:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -45,6 +46,8 @@ from ovss.cli.segment_runs import (
 from ovss.cli.video import add_video_arguments, run_video, video_inputs
 
 OUTPUT_KINDS = ("label", "overlay", "json", "scores", "heatmaps")
+READ_AHEAD = 2  # decoded images a reader thread holds ahead of the model (ovss.cli.pipeline)
+WRITE_BEHIND = 2  # results waiting for the writer thread
 __all__ = ["IMAGE_EXTS", "OUTPUT_KINDS", "STATE_DIR", "add_parser", "collect_inputs", "plan_names", "run"]
 
 
@@ -344,6 +347,8 @@ def _segment(
     from tqdm import tqdm
 
     from ovss.api.progress import ImageProgress
+    from ovss.api.requery import ImageCache
+    from ovss.cli.pipeline import WriteBehind, read_ahead
     from ovss.data.io import read_image
     from ovss.errors import OutputPathError, OvssError
 
@@ -369,7 +374,7 @@ def _segment(
         failures.append((files[i], str(error)))
         bar.update(1)
 
-    def finish(i: int, result: Any) -> None:
+    def finish(i: int, result: Any) -> None:  # on the writer thread (pipeline.WriteBehind)
         result.source = sources[i]
         result.vocabulary = synonyms
         try:
@@ -394,14 +399,16 @@ def _segment(
         tqdm.write(f"{shown(files[i])}: {top}")
         bar.update(1)
 
-    remaining = iter(todo)  # shared by every pass, so a pass resumes where the last one stopped
+    # decoded by a reader thread, a few images ahead; shared by every pass, so a pass resumes where
+    # the last one stopped
+    remaining = read_ahead(todo, lambda i: read_image(files[i], args.max_pixels), depth=READ_AHEAD)
 
     def readable() -> Iterator[Any]:
-        for i in remaining:
-            try:
-                rgb = read_image(files[i], args.max_pixels)
-            except OvssError as e:  # unreadable: note it and go on
-                fail(i, e)
+        for i, rgb, error in remaining:
+            if error is not None:
+                if not isinstance(error, OvssError):
+                    raise error
+                fail(i, error)  # unreadable: note it and go on
                 continue
             queue.append(i)
             yield rgb
@@ -409,6 +416,8 @@ def _segment(
     def batches() -> Iterator[Any]:
         return seg.predict_batch(readable(), batch_size=args.batch_size, progress=passes, **options)
 
+    writer = WriteBehind(depth=WRITE_BEHIND)  # saves results on a writer thread, in order
+    seg.image_cache = ImageCache(0)  # every image is new: no re-query cache, no digest per image
     try:
         results = batches()
         while True:
@@ -428,11 +437,14 @@ def _segment(
                     except OvssError as e:
                         fail(i, e)
                         continue
-                    finish(i, single)
+                    writer.submit(functools.partial(finish, i, single))
                 results = batches()
                 continue
-            finish(queue.popleft(), result)  # outside the try: a write error stops the job
+            writer.submit(functools.partial(finish, queue.popleft(), result))  # a write error stops the job
+        writer.close()
     finally:
+        writer.close(cancel=True)  # after an error or Ctrl-C: the running write ends, the rest are dropped
+        remaining.close()
         log.close()
         passes.close()
         bar.close()

@@ -1,0 +1,131 @@
+"""Re-query cost: the same image with another vocabulary, as a fraction of a full ``predict``.
+
+Per run (a real-size architecture with random weights, built as bench_segment builds it; text
+embeddings precomputed, so neither timing includes the text tower), in one fresh process:
+
+* ``full``: ``Segmenter.predict(image)`` with the image cache off (the whole forward pass);
+* ``requery``: ``Segmenter.predict(image)`` again with the image cache on and the image already seen
+  (the implicit cache: pixel digest, text stage, reduction);
+* ``handle``: ``Segmenter.predict(handle)`` from ``encode_image`` (the explicit API: text stage only).
+
+The three are interleaved (full, requery, handle, full, ...) ``--repeat`` times and the medians
+reported, so a shared machine's load hits them alike; ``fraction`` = requery / full.
+
+    python -m bench.bench_requery                                    # K = 20, fp32, the four runs
+    python -m bench.bench_requery --runs san-vit-b16 --classes 20 150 --repeat 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from bench.bench_segment import DEFAULT_RUNS, REPO, parse_run, text_for
+
+
+def child(spec: str, classes: int, dtype: str, args: argparse.Namespace) -> dict[str, object]:
+    """Time one case in this process; returns its row."""
+    import numpy as np
+    import torch
+
+    from ovss.api.requery import ImageCache
+    from ovss.api.segmenter import Segmenter
+    from ovss.models.build import build_model
+    from ovss.vocab.vocabulary import Vocabulary
+    from ovss.weights.registry import get_weight_spec
+
+    torch.set_num_threads(args.threads)
+    name, options = parse_run(spec)
+    torch.manual_seed(0)
+    model = build_model(get_weight_spec(name).config()).requires_grad_(False)
+    seg = Segmenter(model, name=name, dtype=dtype)
+    vocab = Vocabulary.from_names([f"class {i}" for i in range(classes)])
+    seg.set_vocabulary(vocab, embeddings=text_for(model, classes))
+    image = np.random.default_rng(0).integers(0, 256, (*args.size, 3), dtype=np.uint8)
+    off, on = ImageCache(0), ImageCache(4096)
+
+    def full() -> None:
+        seg.image_cache = off
+        seg.predict(image, **options)
+
+    def requery() -> None:
+        seg.image_cache = on
+        seg.predict(image, **options)
+
+    handle = seg.encode_image(image, **options)  # also fills ``on``: requery() always hits
+
+    def from_handle() -> None:
+        seg.predict(handle)
+
+    load = os.getloadavg()[0]
+    times: dict[str, list[float]] = {"full": [], "requery": [], "handle": []}
+    for fn in (full, requery, from_handle):  # warm-up
+        fn()
+    for _ in range(args.repeat):
+        for key, fn in (("full", full), ("requery", requery), ("handle", from_handle)):
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "run": spec,
+        "K": classes,
+        "dtype": dtype,
+        "full s": med["full"],
+        "requery s": med["requery"],
+        "handle s": med["handle"],
+        "fraction": med["requery"] / med["full"],
+        "handle MiB": handle.nbytes / 2**20,
+        "repeat": args.repeat,
+        "load": load,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, help="name[:option=value,...]")
+    parser.add_argument("--classes", type=int, nargs="+", default=[20])
+    parser.add_argument("--dtypes", nargs="+", default=["fp32"])
+    parser.add_argument("--size", type=int, nargs=2, default=[640, 853], metavar=("H", "W"))
+    parser.add_argument("--repeat", type=int, default=5, help="interleaved timed rounds (medians kept)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="append the rows (JSON lines) to this file")
+    parser.add_argument("--child", nargs=3, metavar=("RUN", "K", "DTYPE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    from bench.common import emit_result, print_table, run_child
+
+    if args.child:
+        emit_result(child(args.child[0], int(args.child[1]), args.child[2], args))
+        return
+    rows = []
+    for spec in args.runs:
+        for classes in args.classes:
+            for dtype in args.dtypes:
+                cmd = [sys.executable, "-m", "bench.bench_requery", "--child", spec, str(classes), dtype,
+                       "--size", *map(str, args.size), "--repeat", str(args.repeat),
+                       "--threads", str(args.threads)]
+                env = dict(os.environ)
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), str(REPO),
+                                                                  env.get("PYTHONPATH")]))
+                row = run_child(cmd, f"{spec} K={classes} {dtype}", env=env, cwd=REPO)
+                if row is None:
+                    continue
+                rows.append(row)
+                print(f"{spec} K={classes} {dtype}: full {row['full s']:.3f} s, re-query "
+                      f"{row['requery s']:.3f} s ({row['fraction']:.3f})", flush=True)
+                if args.json:
+                    with args.json.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+    print(f"\n{args.threads} threads; image {args.size[0]}x{args.size[1]}; medians of {args.repeat} "
+          "interleaved rounds\n")
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
