@@ -278,7 +278,8 @@ class CATSeg(SegmentationModel):
 
         Returns:
             ``{"image": (B, E, h, w) dense embedding, "guidance": [(B, guidance_dims[0], 2h, 2w),
-            (B, guidance_dims[1], 4h, 4w)] upsampled guidance maps}``.
+            (B, guidance_dims[1], 4h, 4w)] upsampled guidance maps, "prepared": the aggregator's
+            image-only inputs (``Aggregator.image_guidance``)}``.
         """
         tokens, guidance, (h, w) = self.encode_image_dense(images)
         b = images.shape[0]
@@ -286,15 +287,15 @@ class CATSeg(SegmentationModel):
         def to_map(t: torch.Tensor) -> torch.Tensor:
             return t[:, 1:].transpose(1, 2).reshape(b, -1, h, w)
 
-        maps = [up(to_map(g)) for up, g in zip(self.guidance_up, guidance)]
-        return {"image": to_map(tokens), "guidance": maps}
+        image, maps = to_map(tokens), [up(to_map(g)) for up, g in zip(self.guidance_up, guidance)]
+        return {"image": image, "guidance": maps, "prepared": self.aggregator.image_guidance(image, maps)}
 
     def aggregate(self, maps: dict[str, Any], text: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
         """The text part: :meth:`image_maps` and (K, P, E) text -> (B, K, 4h, 4w) logits."""
         self._check_text(text)
         image = maps["image"]
         text = text.to(image.dtype).unsqueeze(0).expand(image.shape[0], *text.shape)
-        return self.aggregator(image, text, maps["guidance"], pool)
+        return self.aggregator(image, text, maps["guidance"], pool, maps.get("prepared"))
 
     def _logits(self, images: torch.Tensor, text: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
         """(B, 3, R, R) images and (K, P, E) text -> (B, K, 4h, 4w) logits."""

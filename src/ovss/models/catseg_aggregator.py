@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -561,12 +562,29 @@ class Aggregator(nn.Module):
             num_layers=num_layers,
         )
 
+    def image_guidance(
+        self, image: torch.Tensor, guidance: tuple[torch.Tensor, torch.Tensor]
+    ) -> dict[str, Any]:
+        """The image-only inputs of :meth:`forward` (a re-query computes them once per image).
+
+        Returns:
+            ``{"appearance": (B, Ga, h, w), "decoder": [projected decoder guidance maps], "terms":
+            [each decoder block's guidance part of its first conv]}``.
+        """
+        decoder_guidance = [proj(g) for proj, g in zip(self.decoder_guidance_proj, guidance)]
+        return {
+            "appearance": self.appearance_proj(image),
+            "decoder": decoder_guidance,
+            "terms": [block.guidance_term(g) for block, g in zip(self.decoder, decoder_guidance)],
+        }
+
     def forward(
         self,
         image: torch.Tensor,
         text: torch.Tensor,
         guidance: tuple[torch.Tensor, torch.Tensor],
         pool: tuple[int, int] = (1, 1),
+        prepared: dict[str, Any] | None = None,
     ) -> torch.Tensor:
         """Per-class logits.
 
@@ -579,6 +597,7 @@ class Aggregator(nn.Module):
             text: (B, T, P, E) text embeddings.
             guidance: decoder guidance maps (B, guidance_dims[0], 2h, 2w), (B, guidance_dims[1], 4h, 4w).
             pool: class-aggregation pooling window ((2, 2) in training, (1, 1) at test).
+            prepared: :meth:`image_guidance` of ``image`` and ``guidance`` (computed when None).
 
         Returns:
             (B, T, 4h, 4w) logits.
@@ -600,8 +619,8 @@ class Aggregator(nn.Module):
         cost = self.cost_embed(corr.transpose(1, 2).reshape(b * tk, -1, h, w))  # (B*T, C, h, w)
         cost = cost.reshape(b, tk, -1, h, w).permute(0, 1, 3, 4, 2)  # (B, T, h, w, C)
 
-        appearance = self.appearance_proj(image)
-        decoder_guidance = [proj(g) for proj, g in zip(self.decoder_guidance_proj, guidance)]
+        prepared = prepared if prepared is not None else self.image_guidance(image, guidance)
+        appearance, decoder_guidance = prepared["appearance"], prepared["decoder"]
         text_guidance = self.text_proj(F.normalize(text.mean(dim=2), dim=-1))  # (B, T, Gt)
 
         for layer in self.layers:
@@ -611,7 +630,7 @@ class Aggregator(nn.Module):
         # on fixed chunks of classes so its (B*T, C, 4h, 4w) activations stay small, channels-last
         # (the cost is already channels-last: no permute copy, and the convolutions' native layout).
         # The guidance's part of each block's first conv is computed once per image.
-        terms = [block.guidance_term(g) for block, g in zip(self.decoder, decoder_guidance)]
+        terms = prepared["terms"]
         chunks = []
         step = tk if tracing else max(1, DECODER_CHUNK // b)  # export: all classes in one pass (any T)
         for start in [0] if tracing else range(0, tk, step):
