@@ -29,6 +29,8 @@ _EPILOG = """\
   OVSS_OFFLINE=1      never touch the network (also HF_HUB_OFFLINE=1); HF_ENDPOINT: a Hub mirror
   OVSS_MAX_PIXELS     largest image accepted (default: 100000000; 0 = no limit)
   OVSS_TEXT_CACHE_MB  in-memory text-embedding cache per model in MiB (default: 256; 0 to 65536)
+  OVSS_IMAGE_CACHE_MB in-memory image-feature cache per model in MiB, for re-queries (default: 256;
+                      0 = off, to 65536)
 """
 
 
