@@ -180,3 +180,17 @@ def test_cache_size_zero_turns_the_cache_off(monkeypatch, image) -> None:
     assert calls[0] == 2 and len(seg.image_cache) == 0
     monkeypatch.setenv("OVSS_IMAGE_CACHE_MB", "0.5")
     assert default_image_cache_mb() == 0.5
+
+
+def test_a_model_without_the_split_keeps_its_inputs_as_features() -> None:
+    from ovss.api.segmenter import Segmenter
+    from tests.api.test_segmenter import ColourModel, _halves
+
+    seg = Segmenter(ColourModel(ResizeConfig(size=64)))
+    img = _halves(45, 70)
+    handle = seg.encode_image(img)
+    assert set(handle.views[0].features) == {"images"}  # the normalised, padded input batch
+    ours = seg.predict(handle, "red; green; blue", return_scores=True)
+    _assert_same(ours, Segmenter(ColourModel(ResizeConfig(size=64))).predict(img, "red; green; blue",
+                                                                              return_scores=True))
+    assert ours.label_map[0, 0] == 0 and ours.label_map[0, -1] == 2
