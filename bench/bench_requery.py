@@ -9,7 +9,9 @@ embeddings precomputed, so neither timing includes the text tower), in one fresh
 * ``handle``: ``Segmenter.predict(handle)`` from ``encode_image`` (the explicit API: text stage only).
 
 The three are interleaved (full, requery, handle, full, ...) ``--repeat`` times and the medians
-reported, so a shared machine's load hits them alike; ``fraction`` = requery / full.
+reported, so a shared machine's load hits them alike; ``fraction`` = requery / full in wall time,
+``CPU fraction`` the same in process CPU time (with ``--threads 1`` the robust figure on a loaded
+machine: no time spent descheduled or spin-waiting).
 
     python -m bench.bench_requery                                    # K = 20, fp32, the four runs
     python -m bench.bench_requery --runs san-vit-b16 --classes 20 150 --repeat 7
@@ -33,6 +35,7 @@ def child(spec: str, classes: int, dtype: str, args: argparse.Namespace) -> dict
     import numpy as np
     import torch
 
+    from bench.common import count_flops
     from ovss.api.requery import ImageCache
     from ovss.api.segmenter import Segmenter
     from ovss.models.build import build_model
@@ -64,14 +67,18 @@ def child(spec: str, classes: int, dtype: str, args: argparse.Namespace) -> dict
 
     load = os.getloadavg()[0]
     times: dict[str, list[float]] = {"full": [], "requery": [], "handle": []}
-    for fn in (full, requery, from_handle):  # warm-up
-        fn()
+    cpu: dict[str, list[float]] = {"full": [], "requery": [], "handle": []}
+    flops_full = count_flops(full)  # the warm-up runs count the FLOPs (FlopCounterMode)
+    flops_requery = count_flops(from_handle)
+    requery()
     for _ in range(args.repeat):
         for key, fn in (("full", full), ("requery", requery), ("handle", from_handle)):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             fn()
             times[key].append(time.perf_counter() - start)
+            cpu[key].append(time.process_time() - cpu_start)
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     return {
         "run": spec,
         "K": classes,
@@ -80,6 +87,12 @@ def child(spec: str, classes: int, dtype: str, args: argparse.Namespace) -> dict
         "requery s": med["requery"],
         "handle s": med["handle"],
         "fraction": med["requery"] / med["full"],
+        "full GFLOP": flops_full / 1e9,
+        "requery GFLOP": flops_requery / 1e9,
+        "FLOP fraction": flops_requery / flops_full,
+        "full CPU s": med_cpu["full"],
+        "requery CPU s": med_cpu["requery"],
+        "CPU fraction": med_cpu["requery"] / med_cpu["full"],
         "handle MiB": handle.nbytes / 2**20,
         "repeat": args.repeat,
         "load": load,

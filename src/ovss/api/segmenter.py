@@ -277,6 +277,8 @@ class Segmenter:
 
         Consecutive images of the same size are run as one batch (up to ``batch_size``). ``tta``,
         ``progress`` (reported per batch), ``return_scores`` and ``min_score`` as in :meth:`predict`.
+        Items may be :class:`ImageHandle` s (as in :meth:`predict`); one image at a time
+        (``batch_size=1``) uses the implicit image cache.
         """
         aug = parse_tta(tta)
         min_score = check_min_score(min_score)
