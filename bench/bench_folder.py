@@ -130,6 +130,7 @@ def child(spec: str, classes: int, dtype: str, args: argparse.Namespace) -> dict
     names = "; ".join(f"class {i}" for i in range(classes))
     opts = [f"--inference={options['inference']}"] if "inference" in options else []
     seg.set_vocabulary(names)
+    mode = "predict"
     seg.predict(photo, **options)  # warm-up (first-call costs), outside every timing
     for r in range(args.rounds):
         for mode in ("folder", "serial", "predict"):
