@@ -163,12 +163,17 @@ def test_cache_is_an_lru_bounded_in_bytes() -> None:
     assert len(empty) == 0
 
 
-@pytest.mark.parametrize("raw", ["nan", "inf", "-1", "lots"])
+@pytest.mark.parametrize("raw", ["nan", "inf", "-1", "lots", "1e9"])
 def test_bad_cache_size_is_one_line(monkeypatch, raw) -> None:
     monkeypatch.setenv("OVSS_IMAGE_CACHE_MB", raw)
     with pytest.raises(CacheError, match="OVSS_IMAGE_CACHE_MB") as err:
         default_image_cache_mb()
     assert "\n" not in str(err.value)
+    with pytest.raises(CacheError, match="OVSS_IMAGE_CACHE_MB"):
+        _load("test-san-tiny")  # at load, before any image
+    if raw != "lots":
+        with pytest.raises(CacheError, match="max_mb"):
+            ImageCache(float(raw))
 
 
 def test_cache_size_zero_turns_the_cache_off(monkeypatch, image) -> None:

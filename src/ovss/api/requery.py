@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 from collections import OrderedDict
 from typing import Any
@@ -31,6 +30,7 @@ from ovss.models.base import Features, features_nbytes
 
 IMAGE_CACHE_ENV = "OVSS_IMAGE_CACHE_MB"
 DEFAULT_IMAGE_CACHE_MB = 256.0
+MAX_IMAGE_CACHE_MB = 65536.0  # as the text cache's bound
 
 
 def default_image_cache_mb() -> float:
@@ -41,11 +41,17 @@ def default_image_cache_mb() -> float:
     except ValueError:
         raise CacheError(f"{IMAGE_CACHE_ENV}={raw!r} is not a number; set the MiB to keep, e.g. 256") \
             from None
-    if not math.isfinite(value) or value < 0:
+    return check_cache_mb(value, f"{IMAGE_CACHE_ENV}={raw!r}")
+
+
+def check_cache_mb(value: float, what: str) -> float:
+    """``value`` when it is a finite number of MiB in [0, MAX_IMAGE_CACHE_MB], else one-line CacheError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_IMAGE_CACHE_MB:
         raise CacheError(
-            f"{IMAGE_CACHE_ENV}={raw!r} must be a finite number >= 0; set the MiB to keep (0: no cache)"
-        )
-    return value
+            f"{what} is out of range; set the MiB of image features to keep, from 0 (no cache) to "
+            f"{MAX_IMAGE_CACHE_MB:g}, e.g. 256"
+        )  # NaN fails the comparison too
+    return float(value)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -125,10 +131,13 @@ def cache_key(
 
 
 class ImageCache:
-    """LRU of :class:`ImageHandle` bounded in bytes (``max_mb``; 0 keeps nothing)."""
+    """LRU of :class:`ImageHandle` bounded in bytes (``max_mb``, default ``$OVSS_IMAGE_CACHE_MB``;
+    0 keeps nothing)."""
 
     def __init__(self, max_mb: float | None = None) -> None:
-        self.max_bytes = int((default_image_cache_mb() if max_mb is None else max_mb) * 2**20)
+        what = f"image cache max_mb={max_mb!r}"
+        mb = default_image_cache_mb() if max_mb is None else check_cache_mb(max_mb, what)
+        self.max_bytes = int(mb * 2**20)
         self._items: OrderedDict[tuple[str, str, str, str], ImageHandle] = OrderedDict()  # oldest first
         self._bytes = 0
 
