@@ -194,7 +194,7 @@ def _run(folder: Path) -> dict:
     model = SAN(fixture_config(cfg, where)).eval()
     load_strict(model, san_mmseg.convert({"state_dict": official_state_dict(folder)}), str(folder))
     got: dict = {}
-    for name in ("forward", "recognize"):
+    for name in ("class_logits", "recognize"):  # predict runs SAN's image stage, then its text stage
         _wrap(model, name, got)
     hooks = _hooks(model, got)
     seg = Segmenter(model)
@@ -212,8 +212,8 @@ def _run(folder: Path) -> dict:
 
 def _finish(model: SAN, got: dict, seg, tokens: torch.Tensor) -> None:
     """Derived tensors: text, CLIP records, side tokens, pooled bias, padded-size map."""
-    out, cfg = got.pop("forward"), model.config
-    got["mask_logits"], got["mask_embeds"] = out["pred_logits"], got.pop("recognize")
+    cfg = model.config
+    got["mask_logits"], got["mask_embeds"] = got.pop("class_logits"), got.pop("recognize")
     images = got["input.npy"]
     with torch.no_grad():
         got["text.per_template"] = torch.stack([model.clip.encode_text(t, normalize=True) for t in tokens])
@@ -222,7 +222,7 @@ def _finish(model: SAN, got: dict, seg, tokens: torch.Tensor) -> None:
         records = [0] + [c for c, _ in cfg.fusion_map if c]
         found, grid = model.clip.visual.forward_intermediates(got["clip_input"], records)
         hw = tuple(int(v) for v in images.shape[-2:])
-        blocks = mmseg_score_blocks(out["pred_masks"], out["pred_logits"], hw, hw, hw, 1 << 30)
+        blocks = mmseg_score_blocks(got["mask_props"], got["mask_logits"], hw, hw, hw, 1 << 30)
         padded = torch.cat([b for _, _, b in blocks], dim=2)
     for j, rec in enumerate(found):
         got[f"clip.feat.{j}"] = _map(rec[:, 1:], grid)
