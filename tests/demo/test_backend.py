@@ -232,13 +232,13 @@ def test_catseg_v1_models_get_their_inference_modes():
 def test_segment_passes_the_catseg_v1_inference_mode(data_dir, monkeypatch):
     backend = DemoBackend("test-catseg-v1-tiny.mmseg", gate=photos_gate(data_dir))
     seen = []
-    real_predict = type(backend.segmenter()).predict
+    real_encode = type(backend.segmenter()).encode_image
 
-    def spy(self, image, classes=None, **options):
+    def spy(self, image, tta=None, **options):  # the model options go to the image stage
         seen.append(options)
-        return real_predict(self, image, classes, **options)
+        return real_encode(self, image, tta, **options)
 
-    monkeypatch.setattr(type(backend.segmenter()), "predict", spy)
+    monkeypatch.setattr(type(backend.segmenter()), "encode_image", spy)
     photo = {"path": str(data_dir / "quokka.jpg")}
     assert backend.segment(photo, "quokka; grass").table
     backend.segment(photo, "quokka; grass", inference="whole")
@@ -332,13 +332,13 @@ def test_segment_switches_family_and_applies_its_options(backend, data_dir, monk
     seen = {}
     out = backend.segment(photo, "bus; car; road", model="test-sed-tiny", fast=True, topk=2)
     assert backend.model_name == "test-sed-tiny" and backend.family("test-sed-tiny") == "sed" and out.table
-    real_predict = type(backend.segmenter()).predict
+    real_encode = type(backend.segmenter()).encode_image
 
-    def spy(self, image, classes=None, **options):
+    def spy(self, image, tta=None, **options):  # the model options go to the image stage
         seen.update(options)
-        return real_predict(self, image, classes, **options)
+        return real_encode(self, image, tta, **options)
 
-    monkeypatch.setattr(type(backend.segmenter()), "predict", spy)
+    monkeypatch.setattr(type(backend.segmenter()), "encode_image", spy)
     backend.segment(photo, "bus; car", model="test-sed-tiny", fast=True, topk=2, inference="whole")
     assert seen == {"fast": True, "topk": 2}  # the CAT-Seg option is not passed to SED
     seen.clear()
@@ -397,17 +397,29 @@ def test_segment_refuses_server_files_without_telling_whether_they_exist(data_di
 
 
 def test_changing_only_the_classes_reuses_the_image_features(data_dir, monkeypatch):
+    """Within one browser session a request that changes only the classes (or display controls) runs
+    only the text stage; another session never gets them (no timing hint about others' images)."""
     backend = DemoBackend("test-san-tiny", limits=DemoLimits(max_classes=10), gate=photos_gate(data_dir))
     seg = backend.segmenter()
     calls = []
     real_stage = seg.model.image_stage
     monkeypatch.setattr(seg.model, "image_stage", lambda *a, **k: (calls.append(1), real_stage(*a, **k))[1])
     photo = {"path": str(data_dir / "quokka.jpg")}
-    backend.segment(photo, "quokka; grass")
-    out = backend.segment(photo, "quokka; grass; rock, stone; sky")  # a new request, the same upload
+    backend.segment(photo, "quokka; grass", session="alice")
+    out = backend.segment(photo, "quokka; grass; rock, stone; sky", session="alice", min_score=0.01)
     assert len(calls) == 1  # the second request ran only the text stage
+    backend.segment(photo, "quokka; grass", session="bob")  # the same image from another user
+    backend.segment(photo, "quokka; grass")  # no session: nothing kept
+    assert len(calls) == 3
+    backend.segment(photo, "quokka; grass", session="alice", opacity=0.2)
+    assert len(calls) == 3  # alice's features are still hers
+    bus = {"path": str(data_dir / "voc" / "2011_000003.jpg")}
+    backend.segment(bus, "person", session="alice")
+    assert len(calls) == 4  # a new image replaces alice's features
     rgb = np.asarray(Image.open(data_dir / "quokka.jpg").convert("RGB"))
-    seg.image_cache.clear()
-    reference = seg.predict(rgb, [["quokka"], ["grass"], ["rock", "stone"], ["sky"]])
-    assert len(calls) == 2 and np.array_equal(read_label(out.label_file), reference.label_map)
+    reference = seg.predict(rgb, [["quokka"], ["grass"], ["rock", "stone"], ["sky"]], min_score=0.01)
+    assert len(calls) == 5 and np.array_equal(read_label(out.label_file), reference.label_map)
+    for session in range(6):  # at most MAX_FEATURE_SESSIONS sessions keep features
+        backend.segment(photo, "quokka", session=f"s{session}")
+    assert len(backend._features) == demo.MAX_FEATURE_SESSIONS
     backend.close()

@@ -145,6 +145,7 @@ def build_app(
         opacity=DEFAULT_OPACITY,
         labels=True,
         score_class="",
+        request=None,
     ):
         try:
             out = backend.segment(
@@ -158,6 +159,7 @@ def build_app(
                 opacity=opacity,
                 labels=labels,
                 score_class=score_class or "",
+                session=str(getattr(request, "session_hash", None) or ""),
             )
         except DemoUserError as e:
             log.info("request refused: %s", e)
@@ -171,6 +173,8 @@ def build_app(
                 "internal error while segmenting (details are in the server log)", print_exception=False
             ) from None
         return out.overlay, out.legend, str(out.label_file), out.table, out.score_map
+
+    segment.__annotations__ = {"request": gr.Request}  # gradio passes the request (its session hash)
 
     limits = backend.limits
     with gr.Blocks(

@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from ovss.demo.display import (  # noqa: F401  (DISPLAY_SIDE, display_overlay: p
 from ovss.errors import ImageReadError, ImageTooLargeError, OvssError, VocabularyError
 
 EXAMPLE_CLASSES = "person; car; bus; road; building; sky; tree; grass"
+MAX_FEATURE_SESSIONS = 4  # browser sessions whose latest image features are kept (re-query)
 MAX_VOCABULARY_CHARS = 100_000  # characters in the class box (independent of the class count)
 
 log = logging.getLogger("ovss.demo")
@@ -465,6 +466,10 @@ class DemoBackend:
         self.device, self.dtype, self.weights = device, dtype, weights
         self.limits = limits or DemoLimits()
         self.gate = gate or UploadGate()
+        # The image features of each browser session's latest image (re-query: a request that only
+        # changes the classes skips the image stage). Kept per session, never shared between users, so
+        # a faster answer cannot tell a user that someone else sent the same image.
+        self._features: OrderedDict[str, tuple[str, Any]] = OrderedDict()
         self.startup_model = self.model_name = model
         self._segmenter: Any = None
         self._family = ""
@@ -500,13 +505,16 @@ class DemoBackend:
 
     def segmenter(self, model: str | None = None) -> Any:
         """The loaded segmenter for ``model`` (the startup model by default), loading it if needed."""
+        from ovss.api.requery import ImageCache
         from ovss.api.segmenter import load
 
         model = model or self.model_name
         if self._segmenter is None or model != self.model_name:
             self._segmenter = None  # free the old model before loading the next one
             weights = self.weights if model == self.startup_model else None
+            self._features.clear()
             self._segmenter = load(model, device=self.device, dtype=self.dtype, weights=weights)
+            self._segmenter.image_cache = ImageCache(0)  # features are reused per session (_image_features)
             self.model_name = model
             self._family = type(self._segmenter.model).__module__.rsplit(".", 1)[-1]
             if model == self.startup_model:
@@ -537,11 +545,14 @@ class DemoBackend:
         opacity: Any = DEFAULT_OPACITY,
         labels: Any = True,
         score_class: Any = "",
+        session: str = "",
     ) -> DemoOutput:
         """One web request: check the inputs against the limits, segment, render the outputs.
 
         ``min_score``, ``opacity``, ``labels`` and ``score_class`` are the display controls
-        (:func:`display_options`); their defaults give the page's first rendering.
+        (:func:`display_options`); their defaults give the page's first rendering. ``session``
+        identifies the browser session (gradio's session hash): its latest image's features are
+        reused when only the classes or display controls change; ``""`` keeps nothing.
         """
         vocabulary = parse_classes(classes, self.limits)
         display = display_options(vocabulary, min_score, opacity, labels, score_class)
@@ -564,7 +575,8 @@ class DemoBackend:
             default = str(getattr(segmenter.model.config, "inference", ""))
             options = model_options(self._family, fast, topk, inference, default)
             try:
-                result = segmenter.predict(rgb, vocabulary, **options, **_display_kwargs(display))
+                handle = self._image_features(segmenter, rgb, options, session)
+                result = segmenter.predict(handle, vocabulary, **_display_kwargs(display))
             except VocabularyError as e:
                 raise DemoUserError(f"the class list is not valid: {web_message(e)}") from None
         colours = result.colours()
@@ -587,8 +599,26 @@ class DemoBackend:
             else None,
         )
 
+    def _image_features(self, segmenter: Any, rgb: np.ndarray, options: dict[str, Any], session: str) -> Any:
+        """The image-stage features of ``rgb`` for this request: the session's own last ones when the
+        image, model and options are the same, else computed now (and kept for the session)."""
+        from ovss.api.requery import default_image_cache_mb, pixel_digest
+
+        key = json.dumps([self.model_name, pixel_digest(rgb), options], sort_keys=True, default=str)
+        kept = self._features.pop(session, None) if session else None
+        handle = kept[1] if kept is not None and kept[0] == key else segmenter.encode_image(rgb, **options)
+        if session:
+            self._features[session] = (key, handle)
+            budget = default_image_cache_mb() * 2**20
+            while len(self._features) > MAX_FEATURE_SESSIONS or (
+                len(self._features) > 1 and sum(h.nbytes for _, h in self._features.values()) > budget
+            ):
+                self._features.popitem(last=False)  # the least recently used session's features go
+        return handle
+
     def close(self) -> None:
         """Remove the temporary files of this backend."""
+        self._features.clear()
         self.files.close()
 
 
