@@ -157,3 +157,31 @@ def test_the_server_gets_a_private_upload_folder(monkeypatch, tmp_path):
     assert folder is not None and folder.parent == tmp_path and folder.name.startswith("ovss-demo-uploads-")
     assert os.environ["GRADIO_TEMP_DIR"] == str(folder) and (folder.stat().st_mode & 0o777) == 0o700
     assert private_upload_dir() is None  # a folder the user chose is kept
+
+
+def test_the_page_passes_each_browser_session_to_the_backend(data_dir):
+    """gradio hands the request to /segment: each API client (browser session) gets its own re-query
+    features, so one user's image never speeds up another's request."""
+    pytest.importorskip("gradio_client", reason="gradio_client not installed (pip install 'ovss[demo]')")
+    from gradio_client import Client, handle_file
+
+    from ovss.demo.app import build_app
+
+    backend = DemoBackend("test-san-tiny")
+    backend.segmenter()
+    app = build_app(backend, [])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        photo = handle_file(str(data_dir / "quokka.jpg"))
+        first, second = (Client(f"http://127.0.0.1:{port}/", verbose=False) for _ in range(2))
+        first.predict(image=photo, classes="quokka; grass", api_name="/segment")
+        first.predict(image=photo, classes="quokka; grass; sky", api_name="/segment")
+        assert len(backend._features) == 1
+        second.predict(image=photo, classes="quokka", api_name="/segment")
+        assert len(backend._features) == 2 and all(backend._features)
+    finally:
+        app.close()
+        backend.close()
