@@ -69,7 +69,8 @@ def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str
             if source == "ovss" and all(alias.name == "__version__" for alias in node.names):
                 continue
             # "from ovss.weights import cache" imports the module ovss.weights.cache
-            targets = [f"{source}.{a.name}" if f"{source}.{a.name}" in modules else source for a in node.names]
+            named = [f"{source}.{alias.name}" for alias in node.names]
+            targets = [target if target in modules else source for target in named]
         else:
             continue
         for target in targets:

@@ -11,7 +11,7 @@ offending keys. Key remapping never happens here: see :mod:`ovss.weights.detect`
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -148,8 +148,27 @@ def check_fits(config: ModelConfig, tensors: Mapping[str, torch.Tensor], what: s
     load_strict(model, tensors, what, assign=True)
 
 
-def build(config: ModelConfig, state_dict: Mapping[str, torch.Tensor], what: str) -> nn.Module:
-    """The model of ``config`` (float32, CPU), ``state_dict`` loaded strictly (:func:`load_strict`)."""
+def build(
+    config: ModelConfig,
+    tensors: Callable[[], Mapping[str, torch.Tensor]],
+    what: str,
+    meta: Mapping[str, torch.Tensor] | None = None,
+) -> nn.Module:
+    """The model of ``config`` (float32, CPU) with the weights ``tensors()`` loaded strictly.
+
+    Args:
+        config: the architecture.
+        tensors: gives the state dict (ovss layout); called once, after the fit check when ``meta``
+            is given, so a file's data is read only once its config is known to fit it.
+        what: the checkpoint, for error messages.
+        meta: stand-ins of the tensors (shapes and dtypes, e.g. a file's header): checked with
+            :func:`check_fits` before anything is allocated.
+
+    Raises:
+        CheckpointMismatchError: the config does not fit the tensors (every key listed).
+    """
+    if meta is not None:
+        check_fits(config, meta, what)
     model = build_model(config)
-    load_strict(model, state_dict, what)
+    load_strict(model, tensors(), what)
     return model

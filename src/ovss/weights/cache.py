@@ -32,15 +32,13 @@ from ovss.weights.build import build, check_fits
 from ovss.weights.detect import other_variant_error, to_ovss
 from ovss.weights.modelfile import (
     DEFAULT_FIX,
-    ModelFile,
     check_file,
     looks_like_safetensors,
     open_model_file,
     save_model_file,
-    stamp_path,
     write_stamp,
 )
-from ovss.weights.read import read_checkpoint, read_state_dict
+from ovss.weights.read import VerifiedModelFile, read_checkpoint, read_state_dict
 from ovss.weights.registry import WeightSpec
 from ovss.weights.resolve import Source, converted_path, resolve, verify_digest
 
@@ -71,40 +69,27 @@ def load_model(name_or_path: str | Path, weights: str | Path | None = None) -> t
         assert spec is not None and source.cache is not None
         convert_checkpoint(spec, source.path, source.cache)
         source = Source(source.cache, spec, source.cache)
+    cache = source.cache is not None
     fix = DEFAULT_FIX
-    if source.cache is not None and spec is not None:
+    if cache and spec is not None:
         fix = f"delete it and run 'ovss download {spec.name}' (or 'ovss convert {spec.name} FILE')"
-    read = read_checkpoint(source.path, fix, model_file=source.cache is not None)
+    family = spec.family if spec is not None and not cache else None  # NAME --weights FILE: FILE is NAME
+    read = read_checkpoint(source.path, fix, cache, family, spec.name if spec else "")
     what = str(source.path)
-    if isinstance(read, ModelFile):
-        return _load_model_file(read, source)
+    if isinstance(read, VerifiedModelFile):  # an ovss file: no conversion
+        model = build(read.config, read.tensors, what, meta=read.file.meta_tensors())
+        if cache:  # the converted-weights cache: the digest of the official release
+            name, digest = spec.name, read.file.metadata.get("source_sha256", "")  # type: ignore[union-attr]
+        else:
+            name = spec.name if spec is not None else read.file.metadata.get("name", source.path.stem)
+            digest = read.digest
+        return model, {"name": name, "family": read.family, "source": what, "digest": digest}
     raw, digest = read
     state_dict, _, variant = to_ovss(spec, raw, what)
     assert variant is not None
-    model = build(variant.config(), state_dict, what)
+    model = build(variant.config(), lambda: state_dict, what)
     name = spec.name if spec else source.path.stem
     return model, {"name": name, "family": variant.family, "source": what, "digest": digest}
-
-
-def _load_model_file(mf: ModelFile, source: Source) -> tuple[Any, dict[str, Any]]:
-    """Check an ovss model file against its own config (and ``source.spec``'s family), verify its digest
-    (once per change of a cache file: its stamp) and build the model."""
-    spec, path = source.spec, mf.path
-    config, family = mf.model_config()
-    if source.cache is None and spec is not None and family != spec.family:
-        raise CheckpointMismatchError(
-            f"{path} holds a {family} model, not {spec.name}; drop --model or pass a {spec.family} file"
-        )
-    check_fits(config, mf.meta_tensors(), str(path))
-    if source.cache is not None:  # the converted-weights cache: the digest of the official release
-        assert spec is not None
-        mf.verify(stamp=stamp_path(path))
-        name, digest = spec.name, mf.metadata.get("source_sha256", "")
-    else:
-        digest = mf.verify()
-        name = spec.name if spec is not None else mf.metadata.get("name", path.stem)
-    model = build(config, mf.load_tensors(), str(path))
-    return model, {"name": name, "family": family, "source": str(path), "digest": digest}
 
 
 # ----------------------------------------------------------------------------------------- conversion

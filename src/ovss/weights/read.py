@@ -9,43 +9,93 @@ an official state dict with its sha256, for the convert stage (:mod:`ovss.weight
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ovss.errors import CheckpointMismatchError
 from ovss.utils import sha256_file
 from ovss.weights.formats import unwrap_checkpoint
-from ovss.weights.modelfile import DEFAULT_FIX, ModelFile, check_file, looks_like_safetensors, open_model_file
+from ovss.weights.modelfile import (
+    DEFAULT_FIX,
+    ModelFile,
+    check_file,
+    looks_like_safetensors,
+    open_model_file,
+    stamp_path,
+)
+
+if TYPE_CHECKING:
+    from ovss.models.base import ModelConfig
 
 _WRAPPER_KEYS = ("model", "state_dict")
 _SHOW = 8  # non-tensor keys shown in messages
 
 
+@dataclasses.dataclass
+class VerifiedModelFile:
+    """An ovss model file whose header and metadata (family, config) were checked; ``tensors()`` checks
+    its digest, then reads its data. The build stage calls it once the config fits the file's shapes
+    (``file.meta_tensors()``), so nothing is hashed or allocated for a file whose config does not fit.
+
+    Attributes:
+        file: the opened file.
+        config: the model config stored in it; family: its family.
+        stamp: the stamp of a converted-weights cache file (its digest is checked once per change).
+        digest: after ``tensors()``: sha256 of the whole file (None when the stamp made it unnecessary).
+    """
+
+    file: ModelFile
+    config: ModelConfig
+    family: str
+    stamp: Path | None = None
+    digest: str | None = None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the file (CPU, stored dtype), after checking the recorded digest.
+
+        Raises:
+            WeightsFileError: the file does not have its recorded digest (corrupt or edited).
+        """
+        self.digest = self.file.verify(stamp=self.stamp)
+        return self.file.load_tensors()
+
+
 def read_checkpoint(
-    path: Path, fix: str = DEFAULT_FIX, model_file: bool = False
-) -> ModelFile | tuple[dict[str, torch.Tensor], str]:
-    """The read stage: an ovss model file, opened with its header checked (its metadata, shapes and
-    digest are checked by the caller before its tensors are read), or (official state dict, sha256 of
-    the file) for any other checkpoint.
+    path: Path, fix: str = DEFAULT_FIX, cache: bool = False, family: str | None = None, name: str = ""
+) -> VerifiedModelFile | tuple[dict[str, torch.Tensor], str]:
+    """The read stage: an ovss model file (header and metadata checked; its tensors come digest-checked),
+    or (official state dict, sha256 of the file) for any other checkpoint.
 
     Args:
         path: the file.
         fix: the fix quoted in errors about a bad model file.
-        model_file: the file must be an ovss model file (the converted-weights cache): it is returned
-            as such even without ovss metadata, whose absence its ``model_config`` reports.
+        cache: the file is the converted-weights cache: it must be an ovss model file (one without
+            ovss metadata is refused with ``fix``), and its digest is checked once per change (stamp).
+        family: the family the file must hold when it is an ovss model file (read as model ``name``).
+
+    Raises:
+        WeightsNotFoundError / WeightsFileError / CheckpointMismatchError: missing, not a file, corrupt,
+            edited, unreadable, of an earlier format, or of another family than ``family``.
     """
     check_file(path)
-    if model_file or looks_like_safetensors(path):
-        mf = open_model_file(path, fix)
-        if mf.is_ovss or model_file:
-            return mf
+    if not cache and not looks_like_safetensors(path):
+        return read_state_dict(path), sha256_file(path)
+    mf = open_model_file(path, fix)
+    if not cache and not mf.is_ovss:
         return mf.load_tensors(), mf.verify() or ""
-    return read_state_dict(path), sha256_file(path)
+    config, found = mf.model_config()
+    if family is not None and found != family:
+        raise CheckpointMismatchError(
+            f"{path} holds a {found} model, not {name}; drop --model or pass a {family} file"
+        )
+    return VerifiedModelFile(mf, config, found, stamp_path(path) if cache else None)
 
 
 def _is_torchscript(path: Path) -> bool:
