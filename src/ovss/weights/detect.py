@@ -24,8 +24,6 @@ from ovss.weights.registry import WEIGHTS, WeightSpec
 if TYPE_CHECKING:
     from ovss.models.base import ModelConfig
 
-CLIP_FORMATS = CLIP_FORMAT_NAMES
-
 # Human names for messages (a converter module may define TITLE instead).
 _TITLES = {
     "san_d2": "an official SAN (detectron2)",
@@ -49,9 +47,6 @@ def model_formats() -> dict[str, str]:
     return formats
 
 
-MODEL_FORMATS = model_formats()
-
-
 def _module(name: str):
     return importlib.import_module(f"ovss.weights.formats.{name}")
 
@@ -72,7 +67,7 @@ def family_title(family: str) -> str:
 
 def identify(state_dict: Mapping[str, object]) -> str | None:
     """The model format (first) or CLIP format whose ``detect`` accepts ``state_dict``; None if none."""
-    for name in (*model_formats(), *CLIP_FORMATS):
+    for name in (*model_formats(), *CLIP_FORMAT_NAMES):
         if _module(name).detect(state_dict):
             return name
     return None
@@ -86,8 +81,8 @@ def names_for_format(source_format: str) -> list[str]:
 def convert_state_dict(source_format: str, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Apply the converter ``ovss.weights.formats.<source_format>.convert``."""
     formats = model_formats()
-    if source_format not in formats and source_format not in CLIP_FORMATS:
-        known = ", ".join([*formats, *CLIP_FORMATS])
+    if source_format not in formats and source_format not in CLIP_FORMAT_NAMES:
+        known = ", ".join([*formats, *CLIP_FORMAT_NAMES])
         raise OvssError(f"unknown checkpoint format {source_format!r}; known: {known}")
     return _module(source_format).convert(state_dict)
 
