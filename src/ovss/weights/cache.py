@@ -77,7 +77,7 @@ def load_model(name_or_path: str | Path, weights: str | Path | None = None) -> t
     read = read_checkpoint(source.path, fix, cache, family, spec.name if spec else "")
     what = str(source.path)
     if isinstance(read, VerifiedModelFile):  # an ovss file: no conversion
-        model = build(read.config, read.tensors, what, meta=read.file.meta_tensors())
+        model = build(read.config, read.tensors, what, meta=read.meta)
         if cache:  # the converted-weights cache: the digest of the official release
             name, digest = spec.name, read.file.metadata.get("source_sha256", "")  # type: ignore[union-attr]
         else:

@@ -42,11 +42,12 @@ _SHOW = 8  # non-tensor keys shown in messages
 class VerifiedModelFile:
     """An ovss model file whose header and metadata (family, config) were checked; ``tensors()`` checks
     its digest, then reads its data. The build stage calls it once the config fits the file's shapes
-    (``file.meta_tensors()``), so nothing is hashed or allocated for a file whose config does not fit.
+    (``meta``), so nothing is hashed or allocated for a file whose config does not fit.
 
     Attributes:
         file: the opened file.
         config: the model config stored in it; family: its family.
+        meta: meta-device stand-ins of its tensors (shapes and dtypes from the header).
         stamp: the stamp of a converted-weights cache file (its digest is checked once per change).
         digest: after ``tensors()``: sha256 of the whole file (None when the stamp made it unnecessary).
     """
@@ -54,6 +55,7 @@ class VerifiedModelFile:
     file: ModelFile
     config: ModelConfig
     family: str
+    meta: dict[str, torch.Tensor]
     stamp: Path | None = None
     digest: str | None = None
 
@@ -95,7 +97,7 @@ def read_checkpoint(
         raise CheckpointMismatchError(
             f"{path} holds a {found} model, not {name}; drop --model or pass a {family} file"
         )
-    return VerifiedModelFile(mf, config, found, stamp_path(path) if cache else None)
+    return VerifiedModelFile(mf, config, found, mf.meta_tensors(), stamp_path(path) if cache else None)
 
 
 def _is_torchscript(path: Path) -> bool:
