@@ -127,16 +127,16 @@ def convert_checkpoint(spec: WeightSpec, source: Path, out: str | Path | None = 
                     f"{source} holds a {family} model (ovss file), not {spec.name}; pass a {spec.family} file"
                 )
             _check_variant(spec, mf.meta_tensors(), source, stored, mf.metadata.get("name"))
-            log.info(f"converting {source.name} into {out} ...")
+            log.info("converting %s into %s ...", source.name, out)
             mf.verify()
             state_dict = mf.load_tensors()
             source_format = mf.metadata.get("source_format", "ovss")
             source_digest = mf.metadata.get("source_sha256", digest)
         else:
-            log.info(f"converting {source.name} into {out} ...")
+            log.info("converting %s into %s ...", source.name, out)
             state_dict, source_format, _ = to_ovss(spec, mf.load_tensors(), str(source))
     else:
-        log.info(f"converting {source.name} into {out} ...")
+        log.info("converting %s into %s ...", source.name, out)
         state_dict, source_format, _ = to_ovss(spec, read_state_dict(source), str(source))
     _check_variant(spec, state_dict, source)
     result = save_model_file(
@@ -145,7 +145,7 @@ def convert_checkpoint(spec: WeightSpec, source: Path, out: str | Path | None = 
     )  # fmt: skip
     if out == converted_path(spec.name):
         write_stamp(out)
-    log.info(f"converted {spec.name} in {time.monotonic() - started:.1f} s")
+    log.info("converted %s in %.1f s", spec.name, time.monotonic() - started)
     return result
 
 

@@ -69,7 +69,7 @@ def fetch_source(spec: WeightSpec, alternative: str = "") -> Path:
         from ovss.weights.urlfetch import fetch_url
 
         if not is_offline():
-            log.info(f"fetching {spec.url} for {spec.name} (once; cached)")
+            log.info("fetching %s for %s (once; cached)", spec.url, spec.name)
         return fetch_url(spec.name, spec.url, spec.sha256)
     if not spec.downloadable:
         raise WeightsNotFoundError(
@@ -96,7 +96,7 @@ def fetch_source(spec: WeightSpec, alternative: str = "") -> Path:
             )
         _probe(spec, manual, alternative)
         _remove_stale_partials(hub, huggingface_hub.__version__)
-        log.info(f"downloading {spec.hub_file} for {spec.name} from {hub_page(spec)}")
+        log.info("downloading %s for %s from %s", spec.hub_file, spec.name, hub_page(spec))
         try:
             path = Path(
                 hf_hub_download(
