@@ -40,7 +40,7 @@ from ovss.weights.modelfile import (
 )
 from ovss.weights.read import VerifiedModelFile, read_checkpoint, read_state_dict
 from ovss.weights.registry import WeightSpec
-from ovss.weights.resolve import Source, converted_path, resolve, verify_digest
+from ovss.weights.resolve import converted_path, resolve, verify_digest
 
 log = logging.getLogger("ovss.weights")
 
@@ -58,37 +58,35 @@ def load_model(name_or_path: str | Path, weights: str | Path | None = None) -> t
         (model, info) where info has name, family, source and digest fields.
     """
     source = resolve(name_or_path, weights)
-    spec = source.spec
-    if source.path is None:  # a built-in test model: random weights from its seed
+    spec, path = source.spec, source.path
+    if path is None:  # a built-in test model: random weights from its seed
         assert spec is not None
         torch.manual_seed(spec.seed)
-        model = build_model(spec.config())
+        model: Any = build_model(spec.config())
         info = {"name": spec.name, "family": spec.family, "source": "random", "digest": f"random{spec.seed}"}
         return model, info
     if source.install:  # first use of a registry name: convert the downloaded file into the cache
         assert spec is not None and source.cache is not None
-        convert_checkpoint(spec, source.path, source.cache)
-        source = Source(source.cache, spec, source.cache)
+        path = convert_checkpoint(spec, path, source.cache)
     cache = source.cache is not None
     fix = DEFAULT_FIX
     if cache and spec is not None:
         fix = f"delete it and run 'ovss download {spec.name}' (or 'ovss convert {spec.name} FILE')"
     family = spec.family if spec is not None and not cache else None  # NAME --weights FILE: FILE is NAME
-    read = read_checkpoint(source.path, fix, cache, family, spec.name if spec else "")
-    what = str(source.path)
+    read = read_checkpoint(path, fix, cache, family, spec.name if spec else "")
+    what, name = str(path), spec.name if spec is not None else path.stem
     if isinstance(read, VerifiedModelFile):  # an ovss file: no conversion
         model = build(read.config, read.tensors, what, meta=read.meta)
+        digest = read.digest
         if cache:  # the converted-weights cache: the digest of the official release
-            name, digest = spec.name, read.file.metadata.get("source_sha256", "")  # type: ignore[union-attr]
-        else:
-            name = spec.name if spec is not None else read.file.metadata.get("name", source.path.stem)
-            digest = read.digest
+            digest = read.file.metadata.get("source_sha256", "")
+        elif spec is None:
+            name = read.file.metadata.get("name", name)
         return model, {"name": name, "family": read.family, "source": what, "digest": digest}
     raw, digest = read
     state_dict, _, variant = to_ovss(spec, raw, what)
     assert variant is not None
     model = build(variant.config(), lambda: state_dict, what)
-    name = spec.name if spec else source.path.stem
     return model, {"name": name, "family": variant.family, "source": what, "digest": digest}
 
 
