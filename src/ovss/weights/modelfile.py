@@ -18,10 +18,11 @@ them again; ``ovss convert NAME OLD_FILE`` accepts them as a source (its data di
 the architecture comes from the registry entry NAME, not from the old file).
 
 Everything is checked before a byte of tensor data is allocated: the header structure against the
-file size (truncated or padded files), the metadata (family, config), and the config's parameter
-shapes against the file's, on the meta device with a budget that stops a crafted config asking for a
-huge model. The digest is verified once per file and process (``verify``), or, for the
-converted-weights cache, once per change of the file (a stamp of size, mtime, ctime and inode).
+file size (truncated or padded files), the metadata (family, config), and (by the build stage,
+:func:`ovss.weights.build.check_fits`, from ``meta_tensors``) the config's parameter shapes against
+the file's, on the meta device with a budget that stops a crafted config asking for a huge model.
+The digest is verified once per file and process (``verify``), or, for the converted-weights cache,
+once per change of the file (a stamp of size, mtime, ctime and inode). This module builds no model.
 """
 
 from __future__ import annotations
