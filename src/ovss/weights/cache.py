@@ -38,7 +38,7 @@ from ovss.weights.modelfile import (
     save_model_file,
     write_stamp,
 )
-from ovss.weights.read import VerifiedModelFile, read_checkpoint, read_state_dict
+from ovss.weights.read import CheckedModelFile, read_checkpoint, read_state_dict
 from ovss.weights.registry import WeightSpec
 from ovss.weights.resolve import converted_path, resolve, verify_digest
 
@@ -75,7 +75,7 @@ def load_model(name_or_path: str | Path, weights: str | Path | None = None) -> t
     family = spec.family if spec is not None and not cache else None  # NAME --weights FILE: FILE is NAME
     read = read_checkpoint(path, fix, cache, family, spec.name if spec else "")
     what, name = str(path), spec.name if spec is not None else path.stem
-    if isinstance(read, VerifiedModelFile):  # an ovss file: no conversion
+    if isinstance(read, CheckedModelFile):  # an ovss file: no conversion
         model = build(read.config, read.tensors, what, meta=read.meta)
         digest = read.digest
         if cache:  # the converted-weights cache: the digest of the official release

@@ -2,9 +2,10 @@
 
 ``read_state_dict`` opens any supported file (safetensors, ``torch.save`` pickles read with
 ``weights_only=True``, OpenAI's TorchScript CLIP archives) and unwraps ``{"model": sd}`` /
-``{"state_dict": sd}``. ``read_checkpoint`` is the stage's entry: an ovss model file comes back opened
-and checked (:class:`~ovss.weights.modelfile.ModelFile`: header, metadata, digest), any other file as
-an official state dict with its sha256, for the convert stage (:mod:`ovss.weights.detect`).
+``{"state_dict": sd}``. ``read_checkpoint`` is the stage's entry: an ovss model file comes back as a
+:class:`CheckedModelFile` (header and metadata checked; its ``tensors()`` verify the digest before
+reading the data), any other file as an official state dict with its sha256, for the convert stage
+(:mod:`ovss.weights.detect`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ _SHOW = 8  # non-tensor keys shown in messages
 
 
 @dataclasses.dataclass
-class VerifiedModelFile:
+class CheckedModelFile:
     """An ovss model file whose header and metadata (family, config) were checked; ``tensors()`` checks
     its digest, then reads its data. The build stage calls it once the config fits the file's shapes
     (``meta``), so nothing is hashed or allocated for a file whose config does not fit.
@@ -71,7 +72,7 @@ class VerifiedModelFile:
 
 def read_checkpoint(
     path: Path, fix: str = DEFAULT_FIX, cache: bool = False, family: str | None = None, name: str = ""
-) -> VerifiedModelFile | tuple[dict[str, torch.Tensor], str]:
+) -> CheckedModelFile | tuple[dict[str, torch.Tensor], str]:
     """The read stage: an ovss model file (header and metadata checked; its tensors come digest-checked),
     or (official state dict, sha256 of the file) for any other checkpoint.
 
@@ -97,7 +98,7 @@ def read_checkpoint(
         raise CheckpointMismatchError(
             f"{path} holds a {found} model, not {name}; drop --model or pass a {family} file"
         )
-    return VerifiedModelFile(mf, config, found, mf.meta_tensors(), stamp_path(path) if cache else None)
+    return CheckedModelFile(mf, config, found, mf.meta_tensors(), stamp_path(path) if cache else None)
 
 
 def _is_torchscript(path: Path) -> bool:
