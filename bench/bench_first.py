@@ -30,7 +30,7 @@ def child(spec: str, classes: str, threads: int) -> dict[str, object]:
     from bench.bench_segment import parse_run
     from ovss.api.segmenter import Segmenter
     from ovss.models.build import build_model
-    from ovss.weights.loading import read_state_dict
+    from ovss.weights.read import read_state_dict
     from ovss.weights.registry import get_weight_spec
 
     torch.set_num_threads(threads)

@@ -85,6 +85,11 @@ def relative_error(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return float((ours - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
+def strip_prefix(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries whose key starts with ``prefix``, with the prefix removed (order kept)."""
+    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
 def noise_photo(path: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
     """Write an (h, w) RGB PNG of uniform noise to ``path``; returns ``path``."""
     import numpy as np

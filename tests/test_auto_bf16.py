@@ -81,7 +81,8 @@ def test_every_command(tmp_path, capsys, monkeypatch):
     assert trained.is_file()
 
     tiny = tmp_path / "tiny.safetensors"
-    from ovss.weights.cache import load_model, save_model_file
+    from ovss.weights.cache import load_model
+    from ovss.weights.modelfile import save_model_file
 
     model, _ = load_model("test-sed-tiny")
     save_model_file(tiny, model.state_dict(), model.config, "sed", name="mine")

@@ -1,4 +1,5 @@
-"""Small helpers shared across the package (atomic file writes, stale temp files, hashing)."""
+"""Small helpers shared across the package (atomic file writes, stale temp files, hashing, and the
+file-system guard: what kind of thing a path is, and refusing anything but a regular file)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import hashlib
 import os
 import re
 import secrets
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from ovss.errors import OvssError
 
 # Temporary files of atomic_write: ".<target name>.<pid>-<8 hex>.tmp" beside the target. The pid lets
 # remove_stale_temp_files tell a file of a live writer from the leftover of a killed one.
@@ -127,3 +131,50 @@ def is_tracing() -> bool:
         or torch.compiler.is_compiling()
         or is_exporting()
     )
+
+
+_MISSING = (FileNotFoundError, NotADirectoryError)
+
+
+def path_kind(path: Path, missing: tuple[type[OSError], ...] = _MISSING) -> str:
+    """``"missing"``, ``"folder"``, ``"file"``, ``"fifo"`` or ``"special file"`` (device, socket).
+
+    Args:
+        path: the path (``os.stat`` follows symlinks).
+        missing: the ``os.stat`` errors that mean "it does not exist".
+
+    Raises:
+        OSError: any other ``os.stat`` error (permissions, a name too long); ValueError: a NUL byte.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except missing:
+        return "missing"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "fifo" if stat.S_ISFIFO(mode) else "special file"
+
+
+def check_regular_file(
+    path: Path, what: str, missing_error: type[OvssError], error: type[OvssError]
+) -> Path:
+    """Refuse a missing path, a folder or a special file (a FIFO would block ``open`` forever).
+
+    Raises:
+        missing_error: the path does not exist.
+        error: it cannot be inspected, is a folder or is not a regular file.
+    """
+    path = Path(path)
+    try:
+        kind = path_kind(path)
+    except OSError as e:
+        raise error(f"cannot read {what} {path} ({e.strerror}); check its permissions") from None
+    if kind == "missing":
+        raise missing_error(f"{what} {path} does not exist; check the path")
+    if kind == "folder":
+        raise error(f"{what} {path} is a folder, expected a file; pass the file inside it")
+    if kind != "file":
+        raise error(f"{what} {path} is not a regular file (a pipe or device); pass a file")
+    return path

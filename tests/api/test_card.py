@@ -10,8 +10,9 @@ import ovss
 from ovss.api.card import ModelCard, count_parameters
 from ovss.cli.main import main
 from ovss.data.catalog import get_benchmark
-from ovss.weights.cache import converted_path, save_model_file
+from ovss.weights.modelfile import save_model_file
 from ovss.weights.registry import WEIGHTS, get_weight_spec
+from ovss.weights.resolve import converted_path
 
 
 @pytest.mark.parametrize("name", ["test-san-tiny", "test-sed-tiny", "test-catseg-v1-tiny"])

@@ -150,7 +150,7 @@ def test_result_files_round_trip_and_keep_only_the_newest():
 
 # ----------------------------------------------------------------------------------------- models
 def test_catalogue_offers_only_models_on_disk(monkeypatch, tmp_path):
-    from ovss.weights.cache import converted_path
+    from ovss.weights.resolve import converted_path
 
     monkeypatch.setenv("OVSS_HOME", str(tmp_path))
     entries = {e.name: e for e in demo.model_catalogue("test-san-tiny", "san")}
@@ -300,13 +300,13 @@ def test_segment_refuses_bad_requests_with_page_messages(backend, data_dir):
 
 
 def test_segment_never_downloads_and_hides_server_details(backend, data_dir, monkeypatch, tmp_path, caplog):
-    import ovss.weights.cache as cache
-    from ovss.weights.cache import converted_path
+    from ovss.weights import resolve
+    from ovss.weights.resolve import converted_path
 
     def no_network(*args, **kwargs):
         raise AssertionError("a web request tried to download weights")
 
-    monkeypatch.setattr(cache, "fetch_source", no_network)
+    monkeypatch.setattr(resolve, "fetch_source", no_network)
     monkeypatch.setenv("OVSS_HOME", str(tmp_path))
     photo = {"path": str(data_dir / "quokka.jpg")}
     with pytest.raises(DemoUserError, match=r"^the weights of san-vit-b16 are not on this server, so it"):

@@ -9,7 +9,7 @@ from ovss.engine.build import build_training_model, resolve_file
 from ovss.engine.recipes import load_config
 from ovss.errors import ConfigError
 from ovss.models.build import build_model
-from ovss.weights.cache import save_model_file
+from ovss.weights.modelfile import save_model_file
 from ovss.weights.registry import get_weight_spec
 
 

@@ -16,7 +16,7 @@ from ovss.engine.trainer import train
 from ovss.models.build import build_model
 from ovss.models.catseg_v1 import catseg_v1_tiny
 from ovss.vocab.vocabulary import Vocabulary
-from ovss.weights.cache import save_model_file
+from ovss.weights.modelfile import save_model_file
 
 from ._synthetic import distinct_text_projection, make_shapes
 

@@ -18,7 +18,8 @@ import torch
 from ovss.engine.build import build_training_model
 from ovss.engine.recipes import load_config
 from ovss.engine.trainer import train
-from ovss.weights.cache import load_model, save_model_file
+from ovss.weights.cache import load_model
+from ovss.weights.modelfile import save_model_file
 
 from ._synthetic import distinct_text_projection, make_shapes
 

@@ -349,8 +349,8 @@ def test_bfloat16_decoder_stays_close_to_float32_on_the_parity_fixture(folder) -
     mode only)."""
     import copy
 
+    from ovss.weights.build import load_strict
     from ovss.weights.formats import sed_d2
-    from ovss.weights.loading import load_strict
     from tests.parity._common import official_state_dict, read_array, read_config
     from tests.parity.test_sed_parity import fixture_config, text_embeddings
 

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from ovss.models.catseg import CATSeg, CATSegConfig
 from ovss.models.catseg_aggregator import cost_volume
 from ovss.vocab.templates import get_templates
+from ovss.weights.build import load_strict
 from ovss.weights.formats import catseg_d2
-from ovss.weights.loading import load_strict
 from tests.conftest import parity_params, relative_error
 from tests.parity._common import (
     TOL,

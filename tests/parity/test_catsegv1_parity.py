@@ -22,8 +22,8 @@ from ovss.models.catseg_v1 import CATSegV1, CATSegV1Config
 from ovss.towers.resnet import ResNetConfig
 from ovss.towers.swin import SwinConfig
 from ovss.vocab.templates import get_templates
+from ovss.weights.build import load_strict
 from ovss.weights.formats import catseg_mm, catseg_v1_d2
-from ovss.weights.loading import load_strict
 from tests.conftest import parity_params, relative_error
 from tests.parity._common import (
     TOL,

@@ -17,8 +17,8 @@ import torch
 from ovss.errors import CheckpointMismatchError
 from ovss.models.san import SAN, SANConfig, san_vit_b16, san_vit_l14
 from ovss.vocab.templates import get_templates
+from ovss.weights.build import load_strict
 from ovss.weights.formats import san_d2
-from ovss.weights.loading import load_strict
 from tests.conftest import parity_params, relative_error
 from tests.parity._common import (
     TOL,

@@ -24,8 +24,8 @@ from ovss.towers.clip import ClipConfig
 from ovss.towers.text import TextConfig
 from ovss.towers.vit import VisionConfig
 from ovss.vocab.templates import get_templates
+from ovss.weights.build import load_strict
 from ovss.weights.formats import san_mmseg
-from ovss.weights.loading import load_strict
 from tests.conftest import parity_dir, parity_params, relative_error
 from tests.parity._common import (
     TOL,

@@ -18,8 +18,8 @@ from ovss.models.sed import SED, SEDConfig
 from ovss.towers.clip import ClipConfig
 from ovss.towers.text import TextConfig
 from ovss.vocab.templates import get_templates
+from ovss.weights.build import load_strict
 from ovss.weights.formats import sed_d2
-from ovss.weights.loading import load_strict
 from tests.conftest import parity_params, relative_error
 from tests.parity._common import (
     TOL,

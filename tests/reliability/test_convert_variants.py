@@ -12,8 +12,10 @@ from ovss.cli.main import main
 from ovss.engine.recipes import RECIPES
 from ovss.errors import CheckpointMismatchError
 from ovss.models.build import build_model
-from ovss.weights.cache import converted_path, load_model, save_model_file
+from ovss.weights.cache import load_model
+from ovss.weights.modelfile import save_model_file
 from ovss.weights.registry import get_weight_spec
+from ovss.weights.resolve import converted_path
 
 
 @pytest.fixture

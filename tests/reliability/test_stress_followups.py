@@ -38,7 +38,7 @@ def test_a_bad_pickle_is_one_line_without_torchs_weights_only_false_hint(tmp_pat
     import pickle
 
     from ovss.errors import CheckpointMismatchError
-    from ovss.weights.loading import read_state_dict
+    from ovss.weights.read import read_state_dict
 
     marker = tmp_path / "ran"
 

@@ -16,7 +16,9 @@ import ovss
 from ovss.cli.main import main
 from ovss.errors import WeightsFileError
 from ovss.weights import modelfile
-from ovss.weights.cache import converted_path, load_model, save_model_file
+from ovss.weights.cache import load_model
+from ovss.weights.modelfile import save_model_file
+from ovss.weights.resolve import converted_path
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ from ovss.towers.clip import CLIP, CLIP_CONFIGS, ClipConfig, build_clip, clip_co
 from ovss.towers.convnext import ConvNeXt
 from ovss.towers.text import TextConfig
 from ovss.towers.vit import VisionConfig, VisionTransformer
-from ovss.weights.formats import open_clip, openai_clip, strip_prefix
-from ovss.weights.loading import mismatches
+from ovss.weights.build import mismatches
+from ovss.weights.formats import open_clip, openai_clip
+from tests.conftest import strip_prefix
 from tests.parity._common import meta_state_dict, read_manifest
 
 

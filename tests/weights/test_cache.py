@@ -5,8 +5,9 @@ import hashlib
 
 import pytest
 
+import ovss.home
 from ovss.errors import DigestMismatchError, WeightsNotFoundError
-from ovss.weights import cache
+from ovss.weights import cache, resolve
 from ovss.weights.registry import get_weight_spec
 
 
@@ -18,18 +19,18 @@ def home(tmp_path, monkeypatch):
 
 
 def test_home_and_offline_from_environment(home, monkeypatch):
-    assert cache.ovss_home() == home
-    assert cache.converted_path("san-vit-b16") == home / "weights" / "san-vit-b16.safetensors"
-    assert cache.is_offline()
+    assert ovss.home.ovss_home() == home
+    assert resolve.converted_path("san-vit-b16") == home / "weights" / "san-vit-b16.safetensors"
+    assert ovss.home.is_offline()
     monkeypatch.setenv("OVSS_OFFLINE", "0")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    assert not cache.is_offline()
+    assert not ovss.home.is_offline()
 
 
 def test_offline_and_missing_is_one_line_with_the_fix(home):
     spec = get_weight_spec("san-vit-b16")
     with pytest.raises(WeightsNotFoundError) as info:
-        cache.fetch_source(spec)
+        resolve.fetch_source(spec)
     msg = str(info.value)
     assert "\n" not in msg
     assert "OVSS_OFFLINE=1" in msg and "ovss download san-vit-b16" in msg
@@ -40,17 +41,17 @@ def test_manual_download_weights_say_where(home):
     with pytest.raises(
         WeightsNotFoundError, match="download it from https://github.com/xb534/SED.*ovss convert"
     ):
-        cache.fetch_source(get_weight_spec("sed-convnext-b"))
+        resolve.fetch_source(get_weight_spec("sed-convnext-b"))
 
 
 def test_digest_mismatch_refuses_the_file(tmp_path):
     f = tmp_path / "w.pth"
     f.write_bytes(b"not the weights")
     good = hashlib.sha256(b"not the weights").hexdigest()
-    assert cache.verify_digest(f, good, "x") == good
-    assert cache.verify_digest(f, None, "x") == good
+    assert resolve.verify_digest(f, good, "x") == good
+    assert resolve.verify_digest(f, None, "x") == good
     with pytest.raises(DigestMismatchError, match="the file is not used"):
-        cache.verify_digest(f, "0" * 64, "x")
+        resolve.verify_digest(f, "0" * 64, "x")
     spec = dataclasses.replace(get_weight_spec("san-vit-b16"), sha256="0" * 64)
     with pytest.raises(DigestMismatchError):
         cache.convert_checkpoint(spec, f, tmp_path / "out.safetensors")

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 import ovss
 from ovss.cli.main import main
 from ovss.errors import CheckpointMismatchError
-from ovss.weights import cache
+from ovss.weights import cache, modelfile, resolve
+from ovss.weights.build import check_fits
 from ovss.weights.registry import get_weight_spec
 from tests.conftest import needs, parity_dir, relative_error
 
@@ -34,11 +35,15 @@ def test_convert_once_then_load_by_path(family, folder, tiny, fmt, tmp_path, mon
     source = _fixture(folder)
     spec = dataclasses.replace(get_weight_spec(tiny), name=f"{family}-fixture", source_format=fmt)
     out = cache.convert_checkpoint(spec, source)
-    assert out == cache.converted_path(f"{family}-fixture") and out.is_file()
-    config, fam, state, meta = cache.read_model_file(out)
+    assert out == resolve.converted_path(f"{family}-fixture") and out.is_file()
+    mf = modelfile.open_model_file(out)
+    config, fam = mf.model_config()
+    check_fits(config, mf.meta_tensors(), str(out))
+    mf.verify()
+    state, meta = mf.load_tensors(), mf.metadata
     assert fam == family and meta["source_format"] == fmt and meta["name"] == f"{family}-fixture"
     assert config == spec.config()
-    assert meta["source_sha256"] == cache.verify_digest(source, None, "x")
+    assert meta["source_sha256"] == resolve.verify_digest(source, None, "x")
     # the file alone rebuilds the model, with exactly the converted weights
     model, info = cache.load_model(out)
     assert info["family"] == family and info["name"] == f"{family}-fixture"

@@ -24,9 +24,10 @@ import pytest
 import torch
 
 import ovss
+import ovss.home
 from ovss.cli.main import main
 from ovss.errors import DigestMismatchError, WeightsNotFoundError
-from ovss.weights import cache, registry
+from ovss.weights import cache, modelfile, registry, resolve
 from tests.conftest import noise_photo, parity_dir
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -136,7 +137,7 @@ def official_bytes(tmp_path_factory) -> bytes:
     if not fixture.is_file():
         model, _ = cache.load_model("test-san-tiny")
         path = tmp_path_factory.mktemp("release") / "san.safetensors"
-        return cache.save_model_file(path, model.state_dict(), model.config, "san").read_bytes()
+        return modelfile.save_model_file(path, model.state_dict(), model.config, "san").read_bytes()
     from safetensors.torch import load_file
 
     buf = io.BytesIO()
@@ -163,11 +164,11 @@ def test_download_convert_segment(hub, official_bytes, monkeypatch, tmp_path, ca
     spec = tiny_spec(monkeypatch)
     hub.add(spec, official_bytes)
     assert main(["download", spec.name]) == 0
-    target = cache.converted_path(spec.name)
+    target = resolve.converted_path(spec.name)
     assert f"{spec.name}: {target}" in capsys.readouterr().out
     # our probe, hf's HEAD, the file (huggingface_hub may also ask /api/... for its own telemetry)
     assert [r[0] for r in hub.requests if "/resolve/" in r[1]] == ["HEAD", "HEAD", "GET"]
-    meta = cache.open_model_file(target).metadata
+    meta = modelfile.open_model_file(target).metadata
     assert meta["source_sha256"] == hashlib.sha256(official_bytes).hexdigest()
     assert meta["source_format"] == ("san_d2" if official_bytes.startswith(b"PK") else "ovss")
     # the converted weights are the fixture's, through the production path
@@ -202,11 +203,11 @@ def test_interrupted_download_restarts_cleanly(hub, official_bytes, monkeypatch,
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("ovss: error: downloading model_final.pth from") and "Traceback" not in err
     assert f"run 'ovss download {spec.name}' again" in err
-    assert not cache.converted_path(spec.name).exists()
+    assert not resolve.converted_path(spec.name).exists()
     hub.broken = False
     assert main(["download", spec.name]) == 0
-    assert cache.fetch_source(spec).read_bytes() == official_bytes
-    assert not list((cache.ovss_home() / "hub").rglob("*.incomplete"))  # no partial file left
+    assert resolve.fetch_source(spec).read_bytes() == official_bytes
+    assert not list((ovss.home.ovss_home() / "hub").rglob("*.incomplete"))  # no partial file left
 
 
 def test_partial_files_of_killed_downloads_are_removed(hub, official_bytes, monkeypatch):
@@ -216,14 +217,14 @@ def test_partial_files_of_killed_downloads_are_removed(hub, official_bytes, monk
     spec = tiny_spec(monkeypatch)
     hub.add(spec, official_bytes)
     sha = hashlib.sha256(official_bytes).hexdigest()
-    blobs = cache.ovss_home() / "hub" / "models--ovss-test--san-tiny" / "blobs"
+    blobs = ovss.home.ovss_home() / "hub" / "models--ovss-test--san-tiny" / "blobs"
     blobs.mkdir(parents=True)
     stale, live = blobs / f"{sha}.0badc0de.incomplete", blobs / f"{sha}.1badc0de.incomplete"
     stale.write_bytes(official_bytes[:3000])
     live.write_bytes(official_bytes[:3000])
     old = time.time() - 3600
     os.utime(stale, (old, old))
-    source = cache.fetch_source(spec)
+    source = resolve.fetch_source(spec)
     assert source.read_bytes() == official_bytes
     assert not stale.exists() and live.exists()
 
@@ -238,13 +239,13 @@ def test_checksum_mismatch_is_refused_and_removed(hub, official_bytes, monkeypat
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("ovss: error: ") and "has sha256" in err and "expected ffffffffffffffff" in err
     assert "the file was removed from the cache" in err
-    assert not cache.converted_path(spec.name).exists()
-    assert not list((cache.ovss_home() / "hub").rglob("f" * 64))
+    assert not resolve.converted_path(spec.name).exists()
+    assert not list((ovss.home.ovss_home() / "hub").rglob("f" * 64))
     # a pinned digest is checked the same way
     pinned = tiny_spec(monkeypatch, name="san-tiny-pinned", sha256="0" * 64)
     hub.add(pinned, official_bytes)
     with pytest.raises(DigestMismatchError, match="expected 0000000000000000"):
-        cache.fetch_source(pinned)
+        resolve.fetch_source(pinned)
 
 
 def test_offline_never_touches_the_network(hub, official_bytes, monkeypatch, capsys):
@@ -264,14 +265,14 @@ def test_offline_never_touches_the_network(hub, official_bytes, monkeypatch, cap
     # downloaded once, the converted file lost: offline re-conversion from the hub cache, no request
     monkeypatch.delenv("OVSS_OFFLINE")
     assert main(["download", spec.name]) == 0
-    cache.converted_path(spec.name).unlink()
+    resolve.converted_path(spec.name).unlink()
     before = len(hub.requests)
     monkeypatch.setenv("OVSS_OFFLINE", "1")
     assert main(["download", spec.name]) == 0
-    assert len(hub.requests) == before and cache.converted_path(spec.name).is_file()
+    assert len(hub.requests) == before and resolve.converted_path(spec.name).is_file()
     capsys.readouterr()
     # a damaged converted file is converted again (from the cached source)
-    target = cache.converted_path(spec.name)
+    target = resolve.converted_path(spec.name)
     data = bytearray(target.read_bytes())
     data[-10] ^= 0xFF
     target.write_bytes(bytes(data))
@@ -305,5 +306,5 @@ def test_missing_file_on_the_hub_and_catseg_space_link(hub, monkeypatch, capsys)
     assert "the hub answered 404" in capsys.readouterr().err
     monkeypatch.setenv("OVSS_OFFLINE", "1")
     with pytest.raises(WeightsNotFoundError) as info:
-        cache.fetch_source(registry.get_weight_spec("catseg-vit-b16"))
+        resolve.fetch_source(registry.get_weight_spec("catseg-vit-b16"))
     assert "model_base.pth from https://huggingface.co/spaces/hamacojr/CAT-Seg-weights" in str(info.value)

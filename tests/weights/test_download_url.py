@@ -17,9 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
+import ovss.home
 from ovss.cli.main import main
 from ovss.errors import DigestMismatchError, WeightsNotFoundError
-from ovss.weights import cache, registry
+from ovss.weights import cache, modelfile, registry, resolve
 from ovss.weights.urlfetch import fetch_url, name_hash_prefix
 from tests.conftest import parity_dir
 
@@ -106,13 +107,13 @@ def test_download_checks_the_name_hash_and_converts(server, zoo_bytes, monkeypat
     spec = _spec(monkeypatch, f"{server.base}/san/san-tiny_20230906-{digest[:8]}.pth")
     assert main(["download", spec.name]) == 0
     assert len(server.requests) == 1
-    target = cache.converted_path(spec.name)
+    target = resolve.converted_path(spec.name)
     assert f"{spec.name}: {target}" in capsys.readouterr().out
-    meta = cache.open_model_file(target).metadata
+    meta = modelfile.open_model_file(target).metadata
     assert meta["source_sha256"] == digest and meta["source_format"] == "san_mmseg"
     model, _ = cache.load_model(spec.name)
     assert model.config.inference == "mmseg"
-    record = cache.cache_folder("hub") / "url" / f"san-tiny_20230906-{digest[:8]}.pth.sha256"
+    record = ovss.home.cache_folder("hub") / "url" / f"san-tiny_20230906-{digest[:8]}.pth.sha256"
     assert record.read_text().strip() == digest  # the full digest, recorded on first download
     # later: from the cache, no request, the recorded digest checked
     assert fetch_url(spec.name, spec.url) and len(server.requests) == 1
@@ -129,15 +130,15 @@ def test_a_file_whose_hash_does_not_match_its_name_is_refused(server, zoo_bytes,
     server.files["/san/san-tiny_20230906-00000000.pth"] = zoo_bytes
     spec = _spec(monkeypatch, f"{server.base}/san/san-tiny_20230906-00000000.pth")
     with pytest.raises(DigestMismatchError, match="00000000 \\(the hash in its name\\)"):
-        cache.fetch_source(spec)
-    assert not list((cache.cache_folder("hub") / "url").glob("san-tiny*"))
+        resolve.fetch_source(spec)
+    assert not list((ovss.home.cache_folder("hub") / "url").glob("san-tiny*"))
 
 
 def test_failed_and_offline_downloads_give_the_url(server, monkeypatch, capsys) -> None:
     url = f"{server.base}/san/missing-12345678.pth"
     spec = _spec(monkeypatch, url)
     with pytest.raises(WeightsNotFoundError) as err:
-        cache.fetch_source(spec)
+        resolve.fetch_source(spec)
     message = str(err.value)
     assert url in message and f"ovss convert {spec.name} FILE" in message and "\n" not in message
     assert main(["download", spec.name]) != 0  # the CLI prints that one line
@@ -145,7 +146,7 @@ def test_failed_and_offline_downloads_give_the_url(server, monkeypatch, capsys) 
     monkeypatch.setenv("OVSS_OFFLINE", "1")
     before = len(server.requests)
     with pytest.raises(WeightsNotFoundError, match="offline mode is on.*" + url.replace(".", r"\.")):
-        cache.fetch_source(spec)
+        resolve.fetch_source(spec)
     assert len(server.requests) == before
 
 

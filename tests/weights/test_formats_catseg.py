@@ -8,8 +8,8 @@ import torch
 from ovss.errors import CheckpointMismatchError
 from ovss.models.catseg import CATSeg, catseg_tiny, catseg_vit_b16, catseg_vit_l14
 from ovss.models.catseg_aggregator import shift_window_mask
+from ovss.weights.build import mismatches
 from ovss.weights.formats import catseg_d2
-from ovss.weights.loading import mismatches
 from tests.conftest import needs, parity_dir
 from tests.parity._common import meta_state_dict, official_state_dict, read_manifest
 

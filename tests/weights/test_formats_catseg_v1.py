@@ -13,8 +13,8 @@ from ovss.models.catseg_v1 import (
     catseg_v1_swinb_vit_l14,
     catseg_v1_swinb_vit_l14_mmseg,
 )
+from ovss.weights.build import mismatches
 from ovss.weights.formats import catseg_d2, catseg_mm, catseg_v1_d2
-from ovss.weights.loading import mismatches
 from tests.conftest import needs, parity_dir
 from tests.parity._common import meta_state_dict, official_state_dict, read_manifest
 

@@ -10,16 +10,15 @@ from ovss.towers.clip import CLIP, ClipConfig
 from ovss.towers.convnext import ConvNeXtConfig
 from ovss.towers.text import TextConfig
 from ovss.towers.vit import VisionConfig
+from ovss.weights.build import load_strict
 from ovss.weights.formats import (
     convert_clip,
     detect_clip_format,
     hf_clip,
     open_clip,
     openai_clip,
-    strip_prefix,
 )
-from ovss.weights.loading import load_strict
-from tests.conftest import parity_params, relative_error
+from tests.conftest import parity_params, relative_error, strip_prefix
 from tests.parity._common import (
     official_state_dict,
     read_array,

@@ -14,8 +14,8 @@ import torch
 
 from ovss.errors import CheckpointMismatchError
 from ovss.models.san import SAN, san_tiny, san_vit_b16, san_vit_l14
+from ovss.weights.build import load_strict
 from ovss.weights.formats import san_d2, san_mmseg
-from ovss.weights.loading import load_strict
 from tests.conftest import parity_dir, requires
 from tests.parity._common import meta_state_dict, official_state_dict, read_array, read_manifest
 

@@ -7,8 +7,8 @@ import torch
 
 from ovss.errors import CheckpointMismatchError
 from ovss.models.sed import SED, sed_convnext_b, sed_convnext_l
+from ovss.weights.build import load_strict
 from ovss.weights.formats import sed_d2
-from ovss.weights.loading import load_strict
 from tests.parity._common import meta_state_dict, read_manifest
 
 MANIFESTS = {

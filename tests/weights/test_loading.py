@@ -8,7 +8,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ovss.errors import CheckpointMismatchError, WeightsNotFoundError
-from ovss.weights.loading import load_strict, read_state_dict
+from ovss.weights.build import load_strict
+from ovss.weights.read import read_state_dict
 
 
 class Tiny(nn.Module):

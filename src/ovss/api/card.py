@@ -76,7 +76,7 @@ def cached_file(spec: WeightSpec) -> tuple[str | None, int | None, dict[str, str
 
     The metadata is read from the header only (no tensor data); an unreadable header gives ``{}``.
     """
-    from ovss.weights.cache import converted_path
+    from ovss.weights.resolve import converted_path
 
     path = converted_path(spec.name)
     if spec.source_format == "random" or not path.is_file():

@@ -680,7 +680,8 @@ def load(
             the CPU it is ~3x slower than fp32, and a ``UserWarning`` says so once).
         weights: an explicit checkpoint file for the registry name (official or converted).
     """
-    from ovss.weights.cache import load_model, ovss_home
+    from ovss.home import ovss_home
+    from ovss.weights.cache import load_model
 
     model, info = load_model(name_or_path, weights=weights)
     return Segmenter(

@@ -41,11 +41,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ovss.cli.common import ensure_writable_file
-    from ovss.weights.cache import check_regular_file, convert_checkpoint
+    from ovss.weights.cache import convert_checkpoint
+    from ovss.weights.modelfile import check_file
     from ovss.weights.registry import get_weight_spec
 
     spec = get_weight_spec(args.name)
-    check_regular_file(args.file)
+    check_file(args.file)
     out = None
     if args.out is not None:
         out = Path(args.out).expanduser()

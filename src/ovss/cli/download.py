@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,16 +41,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ovss.errors import CheckpointMismatchError, WeightsFileError
-    from ovss.weights.cache import (
-        check_file_slot,
-        convert_checkpoint,
-        converted_path,
-        fetch_source,
-        open_model_file,
-        say,
-        stamp_path,
-    )
+    from ovss.home import check_file_slot
+    from ovss.weights.cache import convert_checkpoint
+    from ovss.weights.modelfile import open_model_file, stamp_path
     from ovss.weights.registry import get_weight_spec
+    from ovss.weights.resolve import converted_path, fetch_source
 
     specs = [get_weight_spec(name) for name in args.names]  # fail on a typo before downloading anything
     for spec in specs:
@@ -63,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
                 mf.model_config()
                 mf.verify(stamp=stamp_path(target))
             except (WeightsFileError, CheckpointMismatchError) as e:  # damaged, old format, no metadata
-                say(f"{spec.name}: the converted file is damaged ({str(e).split('; ')[0]}); converting again")
+                damage = str(e).split("; ")[0]
+                line = f"ovss: {spec.name}: the converted file is damaged ({damage}); converting again"
+                print(line, file=sys.stderr, flush=True)
             else:
                 print(f"{spec.name}: already at {target}")
                 continue

@@ -10,10 +10,12 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import logging
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from ovss import __version__
 from ovss.errors import OvssError
@@ -76,6 +78,32 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"ovss: warning: {text}", file=file or sys.stderr, flush=True)
 
 
+class _StderrHandler(logging.Handler):
+    """Progress lines of the library (``ovss.weights``: downloading, converting) as ``ovss: MESSAGE`` on
+    the current ``sys.stderr``, flushed at once."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"ovss: {record.getMessage()}", file=sys.stderr, flush=True)
+        except Exception:  # a closed stream: like logging.StreamHandler, never fail the command
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _progress_lines() -> Iterator[None]:
+    """Show the ``ovss.weights`` logger's INFO lines on the terminal for the duration of a command."""
+    logger = logging.getLogger("ovss.weights")
+    handler, level = _StderrHandler(logging.INFO), logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ovss`` command; returns the exit status."""
     parser = build_parser()
@@ -89,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         tune_cpu_allocator()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _progress_lines():
             warnings.showwarning = _one_line_warning
             return int(args.run(args) or 0)
     except OvssError as e:

@@ -20,8 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ovss.api.card import cached_file, count_parameters, format_count, format_size, model_card
-    from ovss.weights.cache import converted_path, is_available, ovss_home
+    from ovss.home import ovss_home
     from ovss.weights.registry import WEIGHTS
+    from ovss.weights.resolve import converted_path, is_available
 
     if args.name is not None:
         card = model_card(args.name)

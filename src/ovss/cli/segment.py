@@ -41,6 +41,7 @@ from ovss.cli.segment_runs import (
     outputs_intact,
     prepare_out,
     read_done,
+    render_settings,
     settings_key,
 )
 from ovss.cli.video import add_video_arguments, run_video, video_inputs
@@ -140,45 +141,6 @@ def add_render_args(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="do not write the class names on the overlay's regions (default: they are written)",
     )
-
-
-def render_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The checked rendering options of ``args`` (only those set): min_score, opacity, palette, labels.
-
-    Raises:
-        ConfigError: a bad --opacity, --palette or --min-score (before any model loads).
-    """
-    from ovss.api.palettes import get_palette
-    from ovss.api.segmenter import check_min_score
-    from ovss.api.visualize import check_opacity
-    from ovss.errors import ConfigError, OvssError
-
-    settings: dict[str, Any] = {}
-    if getattr(args, "min_score", None) is not None:
-        try:
-            settings["min_score"] = check_min_score(args.min_score)
-        except OvssError:
-            raise ConfigError(
-                f"--min-score must be a finite number (e.g. 0.3), got {args.min_score}"
-            ) from None
-    if getattr(args, "opacity", None) is not None:
-        try:
-            settings["opacity"] = check_opacity(args.opacity)
-        except ConfigError:
-            raise ConfigError(
-                f"--opacity must be from 0 (image only) to 1 (colours only), got {args.opacity}"
-            ) from None
-    if getattr(args, "palette", None) is not None:
-        from ovss.api.palettes import PALETTE_NAMES
-        from ovss.utils import sha256_file
-
-        get_palette(args.palette)  # a bad name or file: one line now
-        settings["palette"] = args.palette
-        if args.palette not in PALETTE_NAMES:  # a file: its colours, not its name, decide the overlay
-            settings["palette_sha256"] = sha256_file(Path(args.palette))
-    if getattr(args, "labels", True) is False:
-        settings["labels"] = False
-    return settings
 
 
 # ----------------------------------------------------------------------------------------- state

@@ -16,6 +16,7 @@ Everything lives in ``OUT/.ovss-segment/``:
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -362,3 +363,42 @@ def _inside(out: Path, relative: Any) -> Path | None:
     if ".." in Path(relative).parts:
         return None
     return path
+
+
+def render_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The checked rendering options of ``args`` (only those set): min_score, opacity, palette, labels.
+
+    Raises:
+        ConfigError: a bad --opacity, --palette or --min-score (before any model loads).
+    """
+    from ovss.api.palettes import get_palette
+    from ovss.api.segmenter import check_min_score
+    from ovss.api.visualize import check_opacity
+    from ovss.errors import ConfigError, OvssError
+
+    settings: dict[str, Any] = {}
+    if getattr(args, "min_score", None) is not None:
+        try:
+            settings["min_score"] = check_min_score(args.min_score)
+        except OvssError:
+            raise ConfigError(
+                f"--min-score must be a finite number (e.g. 0.3), got {args.min_score}"
+            ) from None
+    if getattr(args, "opacity", None) is not None:
+        try:
+            settings["opacity"] = check_opacity(args.opacity)
+        except ConfigError:
+            raise ConfigError(
+                f"--opacity must be from 0 (image only) to 1 (colours only), got {args.opacity}"
+            ) from None
+    if getattr(args, "palette", None) is not None:
+        from ovss.api.palettes import PALETTE_NAMES
+        from ovss.utils import sha256_file
+
+        get_palette(args.palette)  # a bad name or file: one line now
+        settings["palette"] = args.palette
+        if args.palette not in PALETTE_NAMES:  # a file: its colours, not its name, decide the overlay
+            settings["palette_sha256"] = sha256_file(Path(args.palette))
+    if getattr(args, "labels", True) is False:
+        settings["labels"] = False
+    return settings

@@ -65,7 +65,7 @@ def run_video(args: argparse.Namespace, videos: list[Path]) -> int:
     outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
     if not outputs or any(o not in VIDEO_OUTPUTS for o in outputs):
         raise ConfigError(f"--outputs {args.outputs!r}: for videos choose among {', '.join(VIDEO_OUTPUTS)}")
-    from ovss.cli.segment import render_settings
+    from ovss.cli.segment_runs import render_settings
 
     render_settings(args)  # a bad --opacity / --palette / --min-score: one line before the model loads
     import_av()  # a missing extra fails before the model loads
@@ -90,8 +90,8 @@ def _run_videos(args: argparse.Namespace, videos: list[Path], out: Path, vocab: 
     """Load the model, embed the vocabulary once, segment this rank's share of the videos."""
     from ovss.api.video import segment_video
     from ovss.cli.common import load_segmenter, model_options
-    from ovss.cli.segment import render_settings
     from ovss.cli.segment_inputs import plan_names
+    from ovss.cli.segment_runs import render_settings
     from ovss.models.build import family_of
 
     seg = load_segmenter(args)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +45,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ovss.data.png import row_bands, save_png
 from ovss.data.remote import fetch, url_scheme
 from ovss.errors import ConfigError, ImageReadError, ImageTooLargeError
+from ovss.utils import path_kind
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
@@ -230,18 +230,18 @@ def _open(path: Path, max_pixels: int | None = None) -> Image.Image:
     if "\x00" in str(path):
         raise ImageReadError(f"image path {str(path)!r} contains a NUL byte; pass a real file name")
     try:
-        st = path.stat()
-    except FileNotFoundError:
+        kind = path_kind(path, missing=(FileNotFoundError,))
+    except OSError as exc:
+        raise ImageReadError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if kind == "missing":
         raise ImageReadError(
             f"image file not found: {path}; check the path (relative to {Path.cwd()})"
         ) from None
-    except OSError as exc:
-        raise ImageReadError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(st.st_mode):
+    if kind == "folder":
         raise ImageReadError(f"expected an image file but {path} is a directory; pass a file inside it")
-    if not stat.S_ISREG(st.st_mode):
-        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
-        raise ImageReadError(f"{path} is {kind}; pass an image file (save the stream to a file first)")
+    if kind != "file":
+        shown = "a named pipe (FIFO)" if kind == "fifo" else "not a regular file"
+        raise ImageReadError(f"{path} is {shown}; pass an image file (save the stream to a file first)")
     return _decode(path, str(path), max_pixels)
 
 

@@ -140,7 +140,7 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
 
 
 def _offline() -> bool:
-    from ovss.weights.home import is_offline  # the one definition of offline mode
+    from ovss.home import is_offline  # the one definition of offline mode
 
     return is_offline()
 

@@ -94,8 +94,8 @@ def model_catalogue(startup_model: str, startup_family: str = "") -> list[ModelE
     The tiny random ``test-*`` models are listed only when the demo was started with one of them (an
     offline check of the pipeline); their labels are meaningless otherwise.
     """
-    from ovss.weights.cache import is_available
     from ovss.weights.registry import WEIGHTS
+    from ovss.weights.resolve import is_available
 
     entries: list[ModelEntry] = []
     names = {spec.name for spec in WEIGHTS}

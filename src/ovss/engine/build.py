@@ -30,12 +30,13 @@ def resolve_file(source: str) -> Path:
         raise ConfigError(f"{source!r} is not hf://OWNER/REPO/FILE; e.g. hf://laion/REPO/open_clip_model.safetensors")
     from huggingface_hub import hf_hub_download
 
-    from ovss.weights.cache import is_offline, ovss_home
+    from ovss import __version__
+    from ovss.home import is_offline, ovss_home
 
     try:
         return Path(
             hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]), cache_dir=str(ovss_home() / "hub"),
-                            local_files_only=is_offline())
+                            local_files_only=is_offline(), library_name="ovss", library_version=__version__)
         )
     except Exception as e:  # huggingface_hub raises many unrelated types for network / missing files
         raise WeightsNotFoundError(
@@ -45,8 +46,9 @@ def resolve_file(source: str) -> Path:
 
 def load_clip_weights(model: SegmentationModel, source: str) -> None:
     """Load a pretrained CLIP checkpoint into ``model.clip`` (strict: every key, every shape)."""
+    from ovss.weights.build import load_strict
     from ovss.weights.formats import convert_clip
-    from ovss.weights.loading import load_strict, read_state_dict
+    from ovss.weights.read import read_state_dict
 
     vision = model.config.clip.vision
     split = vision.split_qkv if vision is not None else None
@@ -65,8 +67,8 @@ def build_training_model(section: ModelSection) -> tuple[SegmentationModel, str]
 
     spec = get_weight_spec(section.name)
     if section.weights is not None:
+        from ovss.weights.build import load_strict
         from ovss.weights.cache import load_model
-        from ovss.weights.loading import load_strict
 
         model, info = load_model(section.weights)
         if info["family"] != spec.family:

@@ -348,7 +348,7 @@ def train(
 
     final = out_dir / "model_final.safetensors"
     if dist.is_main:
-        from ovss.weights.cache import save_model_file
+        from ovss.weights.modelfile import save_model_file
 
         save_model_file(final, model.state_dict(), model.config, family, name=cfg.name or family,
                         source_format="ovss_train", iteration=str(done))

@@ -196,7 +196,7 @@ class TextEmbedder:
     # ------------------------------------------------------------------------------ disk
     def _check_slot(self) -> bool:
         """Whether the disk cache file exists; CacheError when it or its folder is of the wrong kind."""
-        from ovss.weights.home import check_file_slot
+        from ovss.home import check_file_slot
 
         assert self._disk_path is not None
         return check_file_slot(self._disk_path)
@@ -255,7 +255,7 @@ class TextEmbedder:
             return
         from safetensors.torch import save_file
 
-        from ovss.weights.home import check_folder
+        from ovss.home import check_folder
 
         tensors = dict(self._memory)
         metadata = {

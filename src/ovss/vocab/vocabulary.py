@@ -19,11 +19,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ovss.errors import VocabularyError
+from ovss.utils import path_kind
 
 CONTEXT_LENGTH = 77  # CLIP text context
 MAX_TEMPLATE_TOKENS = 9  # the longest prompt template without its class (ImageNet "a photo of the small {}.")
@@ -217,21 +217,21 @@ def _decode(path: Path, data: bytes) -> str:
 def _read_file(path: Path) -> Vocabulary:
     try:
         path = path.expanduser()
-        mode = path.stat().st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        raise VocabularyError(
-            f"class file {_shown(path)} does not exist; pass an existing .txt/.json file (or class names "
-            'separated by ";")'
-        ) from None
+        kind = path_kind(path)
     except (OSError, ValueError, RuntimeError) as e:  # name too long, loop, NUL byte, unknown ~user
         reason = getattr(e, "strerror", None) or e
         raise VocabularyError(
             f"cannot read class file {_shown(path)} ({reason}); pass an existing .txt/.json file (or class "
             'names separated by ";")'
         ) from None
-    if stat.S_ISDIR(mode):
+    if kind == "missing":
+        raise VocabularyError(
+            f"class file {_shown(path)} does not exist; pass an existing .txt/.json file (or class names "
+            'separated by ";")'
+        )
+    if kind == "folder":
         raise VocabularyError(f"class file {path} is a folder; pass a .txt (one class per line) or .json")
-    if not stat.S_ISREG(mode):
+    if kind != "file":
         raise VocabularyError(f"class file {path} is not a regular file; pass a .txt or .json file")
     try:
         data = path.read_bytes()

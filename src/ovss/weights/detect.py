@@ -1,4 +1,5 @@
-"""Which checkpoint format a state dict is in, and which registered model it fits.
+"""Convert stage of the weights pipeline: which checkpoint format a state dict is in, which registered
+model it fits, and its conversion into the ovss layout (``to_ovss``).
 
 Model formats are the ``source_format`` values of the registry (``ovss.weights.registry.WEIGHTS``):
 each has a converter module ``ovss.weights.formats.<name>`` with ``detect(sd)`` and ``convert(sd)``, and
@@ -16,13 +17,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from ovss.errors import CheckpointMismatchError, OvssError
+from ovss.weights.build import check_fits
 from ovss.weights.formats import CLIP_FORMAT_NAMES
 from ovss.weights.registry import WEIGHTS, WeightSpec
 
 if TYPE_CHECKING:
     from ovss.models.base import ModelConfig
-
-CLIP_FORMATS = CLIP_FORMAT_NAMES
 
 # Human names for messages (a converter module may define TITLE instead).
 _TITLES = {
@@ -47,9 +47,6 @@ def model_formats() -> dict[str, str]:
     return formats
 
 
-MODEL_FORMATS = model_formats()
-
-
 def _module(name: str):
     return importlib.import_module(f"ovss.weights.formats.{name}")
 
@@ -70,7 +67,7 @@ def family_title(family: str) -> str:
 
 def identify(state_dict: Mapping[str, object]) -> str | None:
     """The model format (first) or CLIP format whose ``detect`` accepts ``state_dict``; None if none."""
-    for name in (*model_formats(), *CLIP_FORMATS):
+    for name in (*model_formats(), *CLIP_FORMAT_NAMES):
         if _module(name).detect(state_dict):
             return name
     return None
@@ -84,8 +81,8 @@ def names_for_format(source_format: str) -> list[str]:
 def convert_state_dict(source_format: str, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Apply the converter ``ovss.weights.formats.<source_format>.convert``."""
     formats = model_formats()
-    if source_format not in formats and source_format not in CLIP_FORMATS:
-        known = ", ".join([*formats, *CLIP_FORMATS])
+    if source_format not in formats and source_format not in CLIP_FORMAT_NAMES:
+        known = ", ".join([*formats, *CLIP_FORMAT_NAMES])
         raise OvssError(f"unknown checkpoint format {source_format!r}; known: {known}")
     return _module(source_format).convert(state_dict)
 
@@ -134,8 +131,6 @@ def other_family_error(
 
 def fits(config: ModelConfig, state_dict: Mapping[str, torch.Tensor], what: str) -> bool:
     """Whether ``state_dict`` (ovss layout) fits ``config`` exactly (checked on the meta device)."""
-    from ovss.weights.modelfile import check_fits
-
     try:
         check_fits(config, state_dict, what)
     except CheckpointMismatchError:
@@ -204,3 +199,47 @@ def config_difference(a: ModelConfig, b: ModelConfig, limit: int = 4) -> str:
     diffs = [f"{k} {fa.get(k)} vs {fb.get(k)}" for k in {**fa, **fb} if fa.get(k) != fb.get(k)]
     more = f", and {len(diffs) - limit} more" if len(diffs) > limit else ""
     return ", ".join(diffs[:limit]) + more if diffs else "the same config, other tensors"
+
+
+def to_ovss(
+    spec: WeightSpec | None, raw: dict[str, torch.Tensor], what: str
+) -> tuple[dict[str, torch.Tensor], str, WeightSpec | None]:
+    """(ovss state dict, source format, the registered variant it fits) of an official checkpoint.
+
+    With ``spec`` (the model it is read as) the format must be one of its family (a bare state dict in
+    the ovss layout that fits it is taken as is) and the variant returned is ``spec``; without, the
+    format and variant are detected.
+
+    Raises:
+        CheckpointMismatchError: unknown layout, a CLIP checkpoint, another family or variant, no fit.
+    """
+    if spec is not None:
+        state_dict, source_format = _convert_for(spec, raw, what)
+        return state_dict, source_format, spec
+    source_format = detect_format(raw, what=what)
+    state_dict = convert_state_dict(source_format, raw)
+    return state_dict, source_format, match_variant(state_dict, source_format, what)
+
+
+def _convert_for(
+    spec: WeightSpec, raw: dict[str, torch.Tensor], what: str
+) -> tuple[dict[str, torch.Tensor], str]:
+    """(ovss state dict, format) of a raw checkpoint meant for ``spec``, with the format detected."""
+    found = identify(raw)
+    formats = model_formats()
+    if found is None:
+        if fits(spec.config(), raw, what):
+            return raw, "ovss"  # a bare state dict already in the ovss layout
+        if (other := other_variant_error(spec, raw, what)) is not None:
+            raise other
+        if spec.source_format not in formats:  # a test-* model ("random"): no converter to say why
+            detect_format(raw, what=what)  # raises: no known key layout
+        return convert_state_dict(spec.source_format, raw), spec.source_format  # its converter says why
+    if found not in formats:
+        raise CheckpointMismatchError(
+            f"{what} is {format_title(found)} checkpoint (a CLIP model alone), not {spec.name}; pass the "
+            f"segmentation model's checkpoint"
+        )
+    if formats[found] != spec.family:
+        raise other_family_error(found, spec.family, what, spec.name)
+    return convert_state_dict(found, raw), found

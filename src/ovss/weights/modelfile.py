@@ -18,10 +18,11 @@ them again; ``ovss convert NAME OLD_FILE`` accepts them as a source (its data di
 the architecture comes from the registry entry NAME, not from the old file).
 
 Everything is checked before a byte of tensor data is allocated: the header structure against the
-file size (truncated or padded files), the metadata (family, config), and the config's parameter
-shapes against the file's, on the meta device with a budget that stops a crafted config asking for a
-huge model. The digest is verified once per file and process (``verify``), or, for the
-converted-weights cache, once per change of the file (a stamp of size, mtime, ctime and inode).
+file size (truncated or padded files), the metadata (family, config), and (by the build stage,
+:func:`ovss.weights.build.check_fits`, from ``meta_tensors``) the config's parameter shapes against
+the file's, on the meta device with a budget that stops a crafted config asking for a huge model.
+The digest is verified once per file and process (``verify``), or, for the converted-weights cache,
+once per change of the file (a stamp of size, mtime, ctime and inode). This module builds no model.
 """
 
 from __future__ import annotations
@@ -31,17 +32,14 @@ import dataclasses
 import hashlib
 import json
 import os
-import stat
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ovss.errors import CheckpointMismatchError, OvssError, WeightsFileError, WeightsNotFoundError
-from ovss.utils import atomic_write
+from ovss.utils import atomic_write, check_regular_file
 
 if TYPE_CHECKING:
     from ovss.models.base import ModelConfig
@@ -177,15 +175,6 @@ class ModelFile:
             for k, t in self.tensors.items()
         }
 
-    def check_fits(self, config: ModelConfig, what: str | None = None) -> None:
-        """Build ``config`` on the meta device (bounded by this file's size) and compare shapes.
-
-        Raises:
-            CheckpointMismatchError: the config asks for more parameters than the file holds, or keys
-                or shapes differ (all listed).
-        """
-        check_fits(config, self.meta_tensors(), what or str(self.path))
-
     # ------------------------------------------------------------------------------ integrity
     def verify(self, stamp: Path | None = None) -> str | None:
         """Check the recorded digest (``content_sha256``; ``data_sha256`` of a format 2 file) against
@@ -267,25 +256,14 @@ def _stat_key(path: Path) -> tuple[int, ...]:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
-def check_regular_file(path: Path, what: str = "checkpoint file") -> Path:
+def check_file(path: Path, what: str = "checkpoint file") -> Path:
     """Refuse a missing path, a folder or a special file (a FIFO would block ``open`` forever).
 
     Raises:
         WeightsNotFoundError: the path does not exist.
         WeightsFileError: it is a folder or not a regular file.
     """
-    path = Path(path)
-    try:
-        mode = os.stat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        raise WeightsNotFoundError(f"{what} {path} does not exist; check the path") from None
-    except OSError as e:
-        raise WeightsFileError(f"cannot read {what} {path} ({e.strerror}); check its permissions") from None
-    if stat.S_ISDIR(mode):
-        raise WeightsFileError(f"{what} {path} is a folder, expected a file; pass the file inside it")
-    if not stat.S_ISREG(mode):
-        raise WeightsFileError(f"{what} {path} is not a regular file (a pipe or device); pass a file")
-    return path
+    return check_regular_file(path, what, WeightsNotFoundError, WeightsFileError)
 
 
 def looks_like_safetensors(path: Path) -> bool:
@@ -311,7 +289,7 @@ def open_model_file(path: str | Path, fix: str = DEFAULT_FIX) -> ModelFile:
         WeightsNotFoundError / WeightsFileError: missing, not a file, empty, truncated, padded,
             unparsable header, bad dtypes, shapes or byte ranges (one line each, with ``fix``).
     """
-    path = check_regular_file(Path(path))
+    path = check_file(Path(path))
     key = _stat_key(path)
     size = key[0]
 
@@ -367,63 +345,6 @@ def _tensor_info(name: str, entry: object, bad: Any) -> TensorInfo:
     if info.numel * _ITEMSIZE[dtype] != info.end - info.start:
         raise bad(f"tensor {name} {tuple(shape)} {dtype} does not match its {info.end - info.start} bytes")
     return info
-
-
-# ----------------------------------------------------------------------------------------- shapes
-class _BudgetExceededError(Exception):
-    pass
-
-
-@contextmanager
-def _build_budget(max_count: int, max_numel: int) -> Iterator[None]:
-    """Abort module construction (on this thread) past ``max_count`` tensors or ``max_numel`` elements."""
-    from torch.nn.modules import module as nn_module
-
-    thread = threading.get_ident()
-    seen = [0, 0]
-
-    def count(_module: object, _name: str, tensor: torch.Tensor | None) -> None:
-        if tensor is None or threading.get_ident() != thread:
-            return
-        seen[0] += 1
-        seen[1] += tensor.numel()
-        if seen[0] > max_count or seen[1] > max_numel:
-            raise _BudgetExceededError
-
-    hooks = [
-        nn_module.register_module_parameter_registration_hook(count),
-        nn_module.register_module_buffer_registration_hook(count),
-    ]
-    try:
-        yield
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-
-def check_fits(config: ModelConfig, tensors: Mapping[str, torch.Tensor], what: str) -> None:
-    """Build ``config`` on the meta device and strictly compare it with ``tensors`` (shapes only).
-
-    The build is bounded by the tensors given: more than twice their count (+64) or their element count
-    (+64 Mi elements for derived buffers) aborts it, so a config asking for a huge model fails in
-    milliseconds without allocating.
-
-    Raises:
-        CheckpointMismatchError: too large for the file, or keys / shapes differ (all listed).
-    """
-    from ovss.models.build import build_model
-    from ovss.weights.loading import load_strict
-
-    numel = sum(t.numel() for t in tensors.values())
-    try:
-        with _build_budget(2 * len(tensors) + 64, 2 * numel + (64 << 20)), torch.device("meta"):
-            model = build_model(config)
-    except _BudgetExceededError:
-        raise CheckpointMismatchError(
-            f"{what}: its config asks for a model far larger than the {len(tensors)} tensors "
-            f"({numel} values) stored with it; the file is corrupt or crafted, re-convert it"
-        ) from None
-    load_strict(model, tensors, what, assign=True)
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -492,12 +413,3 @@ def write_stamp(path: Path) -> None:
     digest = mf.metadata.get(DIGEST_KEY)
     if digest:
         _write_stamp(stamp_path(path), mf.stat_key, digest)
-
-
-def read_model_file(path: Path) -> tuple[ModelConfig, str, dict[str, torch.Tensor], dict[str, str]]:
-    """Read a file written by :func:`save_model_file`: (config, family, state dict, metadata), all checked."""
-    mf = open_model_file(path)
-    config, family = mf.model_config()
-    mf.check_fits(config)
-    mf.verify()
-    return config, family, mf.load_tensors(), mf.metadata

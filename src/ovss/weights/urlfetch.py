@@ -22,8 +22,8 @@ import urllib.request
 from pathlib import Path
 
 from ovss.errors import DigestMismatchError, WeightsNotFoundError
+from ovss.home import cache_folder, is_offline
 from ovss.utils import atomic_write, atomic_write_text, sha256_file
-from ovss.weights.home import cache_folder, is_offline
 
 log = logging.getLogger("ovss.weights.urlfetch")
 
@@ -65,7 +65,7 @@ def fetch_url(name: str, url: str, sha256: str | None = None) -> Path:
                 f"{name} is not downloaded and offline mode is on (OVSS_OFFLINE=1): run 'ovss download "
                 f"{name}' with network access, or {_manual(name, url)}"
             )
-        log.info("downloading %s for %s", url, name)
+        log.debug("downloading %s for %s", url, name)  # resolve logs the progress line
         try:
             atomic_write(path, lambda tmp: _stream(url, tmp))
         except (urllib.error.URLError, OSError, ValueError) as e:

@@ -37,11 +37,6 @@ Rule = tuple[re.Pattern[str], Callable[[re.Match[str]], str]]
 Rename = Callable[[str, torch.Tensor], tuple[str, torch.Tensor] | None]
 
 
-def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The entries whose key starts with ``prefix``, with the prefix removed (order kept)."""
-    return {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-
-
 def is_text_root(key: str) -> bool:
     """Whether an OpenAI / open_clip top-level key belongs to the text tower."""
     root = key.split(".", 1)[0]

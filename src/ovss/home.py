@@ -1,4 +1,4 @@
-"""``$OVSS_HOME`` and its folders, checked before use.
+"""``$OVSS_HOME`` and its folders, checked before use (weights, text embeddings and remote images use them).
 
 Layout under ``$OVSS_HOME`` (default ``~/.cache/ovss``): ``hub/`` (the Hugging Face cache of downloaded
 source checkpoints), ``weights/`` (converted ``<name>.safetensors`` files) and ``text/`` (text-embedding
@@ -10,10 +10,10 @@ path and the fix, never as a raw ``FileExistsError`` / ``NotADirectoryError``.
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
 from ovss.errors import CacheError
+from ovss.utils import path_kind
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -30,13 +30,8 @@ def is_offline() -> bool:
 
 def _kind(path: Path) -> str | None:
     """``"folder"``, ``"file"``, ``"special file"`` or None when ``path`` does not exist."""
-    try:
-        mode = path.stat().st_mode
-    except OSError:  # missing, a parent is a file (reported for that parent), or not searchable
-        return None
-    if stat.S_ISDIR(mode):
-        return "folder"
-    return "file" if stat.S_ISREG(mode) else "special file"
+    kind = path_kind(path, missing=(OSError,))  # a parent that is a file is reported for that parent
+    return {"missing": None, "fifo": "special file"}.get(kind, kind)
 
 
 def _describe(path: Path) -> str:

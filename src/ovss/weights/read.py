@@ -1,28 +1,104 @@
-"""Reading checkpoint files and loading state dicts strictly.
+"""Read stage of the weights pipeline: a checkpoint file -> its tensors.
 
 ``read_state_dict`` opens any supported file (safetensors, ``torch.save`` pickles read with
 ``weights_only=True``, OpenAI's TorchScript CLIP archives) and unwraps ``{"model": sd}`` /
-``{"state_dict": sd}``. ``load_strict`` loads into a module only when every key is consumed and every
-shape matches, and otherwise raises ONE :class:`~ovss.errors.CheckpointMismatchError` listing all
-offending keys. Key remapping never happens here: see :mod:`ovss.weights.formats`.
+``{"state_dict": sd}``. ``read_checkpoint`` is the stage's entry: an ovss model file comes back as a
+:class:`CheckedModelFile` (header and metadata checked; its ``tensors()`` verify the digest before
+reading the data), any other file as an official state dict with its sha256, for the convert stage
+(:mod:`ovss.weights.detect`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from ovss.errors import CheckpointMismatchError
+from ovss.utils import sha256_file
 from ovss.weights.formats import unwrap_checkpoint
+from ovss.weights.modelfile import (
+    DEFAULT_FIX,
+    ModelFile,
+    check_file,
+    looks_like_safetensors,
+    open_model_file,
+    stamp_path,
+)
+
+if TYPE_CHECKING:
+    from ovss.models.base import ModelConfig
 
 _WRAPPER_KEYS = ("model", "state_dict")
-_SHOW = 8  # keys shown per category in mismatch messages
+_SHOW = 8  # non-tensor keys shown in messages
+
+
+@dataclasses.dataclass
+class CheckedModelFile:
+    """An ovss model file whose header and metadata (family, config) were checked; ``tensors()`` checks
+    its digest, then reads its data. The build stage calls it once the config fits the file's shapes
+    (``meta``), so nothing is hashed or allocated for a file whose config does not fit.
+
+    Attributes:
+        file: the opened file.
+        config: the model config stored in it; family: its family.
+        meta: meta-device stand-ins of its tensors (shapes and dtypes from the header).
+        stamp: the stamp of a converted-weights cache file (its digest is checked once per change).
+        digest: after ``tensors()``: sha256 of the whole file (None when the stamp made it unnecessary).
+    """
+
+    file: ModelFile
+    config: ModelConfig
+    family: str
+    meta: dict[str, torch.Tensor]
+    stamp: Path | None = None
+    digest: str | None = None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the file (CPU, stored dtype), after checking the recorded digest.
+
+        Raises:
+            WeightsFileError: the file does not have its recorded digest (corrupt or edited).
+        """
+        self.digest = self.file.verify(stamp=self.stamp)
+        return self.file.load_tensors()
+
+
+def read_checkpoint(
+    path: Path, fix: str = DEFAULT_FIX, cache: bool = False, family: str | None = None, name: str = ""
+) -> CheckedModelFile | tuple[dict[str, torch.Tensor], str]:
+    """The read stage: an ovss model file (header and metadata checked; its tensors come digest-checked),
+    or (official state dict, sha256 of the file) for any other checkpoint.
+
+    Args:
+        path: the file.
+        fix: the fix quoted in errors about a bad model file.
+        cache: the file is the converted-weights cache: it must be an ovss model file (one without
+            ovss metadata is refused with ``fix``), and its digest is checked once per change (stamp).
+        family: the family the file must hold when it is an ovss model file (read as model ``name``).
+
+    Raises:
+        WeightsNotFoundError / WeightsFileError / CheckpointMismatchError: missing, not a file, corrupt,
+            edited, unreadable, of an earlier format, or of another family than ``family``.
+    """
+    check_file(path)
+    if not cache and not looks_like_safetensors(path):
+        return read_state_dict(path), sha256_file(path)
+    mf = open_model_file(path, fix)
+    if not cache and not mf.is_ovss:
+        return mf.load_tensors(), mf.verify() or ""
+    config, found = mf.model_config()
+    if family is not None and found != family:
+        raise CheckpointMismatchError(
+            f"{path} holds a {found} model, not {name}; drop --model or pass a {family} file"
+        )
+    return CheckedModelFile(mf, config, found, mf.meta_tensors(), stamp_path(path) if cache else None)
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -66,9 +142,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         WeightsFileError: the path is a folder or not a regular file.
         CheckpointMismatchError: the file cannot be read or holds no state dict.
     """
-    from ovss.weights.modelfile import check_regular_file
-
-    path = check_regular_file(Path(path))  # missing, a folder or a FIFO: one clear error, no hang
+    path = check_file(Path(path))  # missing, a folder or a FIFO: one clear error, no hang
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -111,64 +185,3 @@ def _short(items: list[str], show: int = _SHOW) -> str:
     head = ", ".join(items[:show])
     return head if len(items) <= show else f"{head}, ... (+{len(items) - show} more)"
 
-
-def mismatches(
-    module: nn.Module, state_dict: Mapping[str, torch.Tensor]
-) -> tuple[list[str], list[str], list[str]]:
-    """Keys the module expects but the dict lacks, keys it does not expect, and shape mismatches.
-
-    Returns:
-        (missing, unexpected, wrong_shape); wrong_shape entries read ``"key ckpt (a, b) != model (c, d)"``.
-    """
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [
-        f"{k} ckpt {tuple(v.shape)} != model {tuple(expected[k].shape)}"
-        for k, v in state_dict.items()
-        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
-    ]
-    return missing, unexpected, wrong
-
-
-def load_strict(
-    module: nn.Module,
-    state_dict: Mapping[str, torch.Tensor],
-    what: str,
-    assign: bool = False,
-    model: str | None = None,
-) -> nn.Module:
-    """Load ``state_dict`` into ``module``: every key consumed, every shape checked.
-
-    Values are copied into the existing parameters (cast to their dtype and device) unless
-    ``assign`` is True, which adopts the given tensors (e.g. into a module built on the meta device).
-
-    Args:
-        module: the target module.
-        state_dict: keys already in the module's layout (converted by ``ovss.weights.formats``).
-        what: which checkpoint this is (a path or weights name), for the error message.
-        assign: adopt the tensors instead of copying (``nn.Module.load_state_dict(assign=True)``).
-        model: name of the model for the error message (default: the module's class name).
-
-    Returns:
-        ``module``.
-
-    Raises:
-        CheckpointMismatchError: one error listing every missing, unexpected and wrongly shaped key.
-    """
-    missing, unexpected, wrong = mismatches(module, state_dict)
-    if missing or unexpected or wrong:
-        name = model or type(module).__name__
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing [{_short(missing)}]")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected [{_short(unexpected)}]")
-        if wrong:
-            parts.append(f"{len(wrong)} wrong shape [{_short(wrong)}]")
-        raise CheckpointMismatchError(
-            f"checkpoint {what} does not fit {name}: {'; '.join(parts)}; check that the weights match "
-            f"this architecture and were converted with the right source format"
-        )
-    module.load_state_dict(dict(state_dict), strict=True, assign=assign)
-    return module
