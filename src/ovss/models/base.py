@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -65,11 +65,33 @@ BLOCK_ELEMENTS = 1 << 22
 Features = dict[str, Any]  # a model's image features (see SegmentationModel.image_stage)
 
 
+_Model = TypeVar("_Model", bound="SegmentationModel")
+
+
 class SegmentationModel(nn.Module):
     """Base class: subclasses set ``self.config`` and implement ``encode_text`` and ``predict_blocks``
     (bounded memory; ``predict`` assembles it) or, for simple models, ``predict`` (one block)."""
 
     config: ModelConfig
+
+    # ---------------------------------------------------------------------------------- training
+    def is_trainable(self, name: str) -> bool:
+        """Whether the family's recipe trains parameter ``name`` (a ``named_parameters`` name).
+
+        The one training rule of a family; :meth:`freeze` and :meth:`trainable_parameters` read it.
+        The base trains nothing (an inference-only family).
+        """
+        return False
+
+    def freeze(self: _Model) -> _Model:
+        """Set every parameter's ``requires_grad`` by :meth:`is_trainable`; returns ``self``."""
+        for name, param in self.named_parameters():
+            param.requires_grad_(self.is_trainable(name))
+        return self
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) pairs the family trains (by :meth:`is_trainable`), in module order."""
+        return [(n, p) for n, p in self.named_parameters() if self.is_trainable(n)]
 
     def preprocess_size(self, height: int, width: int, **options: Any) -> tuple[int, int]:
         """Size the predictor resizes an original ``height`` x ``width`` image to."""

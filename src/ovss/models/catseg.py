@@ -168,14 +168,51 @@ def dense_last_block(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Te
     return v + block.mlp(block.ln_2(v))
 
 
-class CATSeg(SegmentationModel):
+class CostAggregationModel(SegmentationModel):
+    """What CAT-Seg and CAT-Seg v1 share: (P, K, L) tokens -> (K, P, E) text embeddings L2-normalised
+    per template, the (K, P, E) text check and the ``inference=`` option parser (both by ``label``
+    and ``inference_modes``, which each subclass sets)."""
+
+    label = "CAT-Seg"  # the model's name in error messages
+    inference_modes: tuple[str, ...] = INFERENCE_MODES
+    clip: CLIP
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Normalised text embeddings.
+
+        Args:
+            tokens: (P, K, L) int64 token ids (P templates, K classes; P = 1 for the released models).
+
+        Returns:
+            (K, P, E) float, L2-normalised along E.
+        """
+        p, k, length = tokens.shape
+        emb = self.clip.encode_text(tokens.reshape(p * k, length))
+        return F.normalize(emb.reshape(p, k, -1).transpose(0, 1), dim=-1)
+
+    def _check_text(self, text: torch.Tensor) -> None:
+        """Raise :class:`ConfigError` unless ``text`` is (K, P, E) with P = ``config.prompt_channels``."""
+        if text.ndim != 3 or text.shape[1] != self.config.prompt_channels:
+            raise ConfigError(
+                f"{self.label} text must be (K, P={self.config.prompt_channels}, E) from encode_text, got "
+                f"{tuple(text.shape)}; embed the vocabulary with templates={self.config.templates!r}"
+            )
+
+    def _mode(self, options: dict[str, Any]) -> str:
+        mode = options.pop("inference", None) or self.config.inference
+        if options:
+            raise ConfigError(f"unknown {self.label} option(s) {sorted(options)}; the only one is inference=")
+        if mode not in self.inference_modes:
+            raise ConfigError(f"{self.label} inference={mode!r} is not one of {list(self.inference_modes)}")
+        return mode
+
+
+class CATSeg(CostAggregationModel):
     """CAT-Seg (CVPR 2024): dense CLIP, guidance upsamplers and the cost aggregator.
 
     All parameters CAT-Seg does not train are frozen at construction (see :meth:`freeze`).
     """
 
-    # the model's name in error messages and its ``inference=`` protocols (CAT-Seg v1 shares the
-    # methods that use them)
     label = "CAT-Seg"
     inference_modes: tuple[str, ...] = INFERENCE_MODES
 
@@ -210,8 +247,7 @@ class CATSeg(SegmentationModel):
         self.freeze()
 
     # ------------------------------------------------------------------ training rule
-    @staticmethod
-    def is_trainable(name: str) -> bool:
+    def is_trainable(self, name: str) -> bool:
         """CAT-Seg's rule: q and v projection weights of both CLIP towers, and everything not CLIP.
 
         Officially (cat_seg_model.py ``__init__``) a CLIP parameter trains when its name contains
@@ -222,30 +258,7 @@ class CATSeg(SegmentationModel):
             return True
         return ".transformer." in name and ".attn." in name and ("q_proj" in name or "v_proj" in name)
 
-    def freeze(self) -> CATSeg:
-        """Set ``requires_grad`` of every parameter by :meth:`is_trainable`; returns ``self``."""
-        for name, param in self.named_parameters():
-            param.requires_grad_(self.is_trainable(name))
-        return self
-
-    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """(name, parameter) pairs CAT-Seg trains (the CLIP ones take lr x CLIP_MULTIPLIER 0.01)."""
-        return [(n, p) for n, p in self.named_parameters() if self.is_trainable(n)]
-
     # ------------------------------------------------------------------ encoders
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Normalised text embeddings.
-
-        Args:
-            tokens: (P, K, L) int64 token ids (P templates, K classes; P = 1 for the released models).
-
-        Returns:
-            (K, P, E) float, L2-normalised along E.
-        """
-        p, k, length = tokens.shape
-        emb = self.clip.encode_text(tokens.reshape(p * k, length))
-        return F.normalize(emb.reshape(p, k, -1).transpose(0, 1), dim=-1)
-
     def encode_image_dense(
         self, images: torch.Tensor
     ) -> tuple[torch.Tensor, list[torch.Tensor], tuple[int, int]]:
@@ -302,14 +315,6 @@ class CATSeg(SegmentationModel):
         self._check_text(text)
         return self.aggregate(self.image_maps(images), text, pool)
 
-    def _check_text(self, text: torch.Tensor) -> None:
-        """Raise :class:`ConfigError` unless ``text`` is (K, P, E) with P = ``config.prompt_channels``."""
-        if text.ndim != 3 or text.shape[1] != self.config.prompt_channels:
-            raise ConfigError(
-                f"{self.label} text must be (K, P={self.config.prompt_channels}, E) from encode_text, got "
-                f"{tuple(text.shape)}; embed the vocabulary with templates={self.config.templates!r}"
-            )
-
     def _resize(self, images: torch.Tensor, size: int) -> torch.Tensor:
         if images.shape[-2:] == (size, size):
             return images
@@ -331,14 +336,6 @@ class CATSeg(SegmentationModel):
         return self._logits(self._resize(images, self.config.clip_resolution), text, pool)
 
     # ------------------------------------------------------------------ inference
-    def _mode(self, options: dict[str, Any]) -> str:
-        mode = options.pop("inference", None) or self.config.inference
-        if options:
-            raise ConfigError(f"unknown {self.label} option(s) {sorted(options)}; the only one is inference=")
-        if mode not in self.inference_modes:
-            raise ConfigError(f"{self.label} inference={mode!r} is not one of {list(self.inference_modes)}")
-        return mode
-
     def preprocess_size(self, height: int, width: int, **options: Any) -> tuple[int, int]:
         """Slide: straight to ``slide_size`` x ``slide_size``; whole: short side 640, long side <= 2560."""
         if self._mode(dict(options)) == "slide":

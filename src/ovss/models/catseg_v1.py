@@ -40,9 +40,8 @@ from ovss.models.base import (
     CLIP_STD_255,
     ModelConfig,
     ResizeConfig,
-    SegmentationModel,
 )
-from ovss.models.catseg import CATSeg
+from ovss.models.catseg import CostAggregationModel
 from ovss.models.catseg_v1_aggregator import AggregatorV1
 from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
 from ovss.towers.resnet import ResNet, ResNetConfig, resnet101_d2
@@ -194,7 +193,7 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-class CATSegV1(SegmentationModel):
+class CATSegV1(CostAggregationModel):
     """CAT-Seg v1: dense CLIP (v1 block), a ResNet / Swin guidance backbone and the v1 aggregator.
 
     Parameters CAT-Seg v1 does not train are frozen at construction (see :meth:`is_trainable`).
@@ -240,15 +239,6 @@ class CATSegV1(SegmentationModel):
         if name.startswith("backbone."):
             return self.config.backbone_lr_mult > 0 and "norm0" not in name
         return True
-
-    # The CVPR model's: requires_grad by is_trainable, the (name, parameter) pairs it trains,
-    # (P, K, L) tokens -> (K, P, E) text embeddings L2-normalised per template, the (K, P, E) text
-    # check and the ``inference=`` option parser (both by ``label`` and ``inference_modes``).
-    freeze = CATSeg.freeze
-    trainable_parameters = CATSeg.trainable_parameters
-    encode_text = CATSeg.encode_text
-    _check_text = CATSeg._check_text
-    _mode = CATSeg._mode
 
     def encode_image_dense(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, 3, R, R) CLIP-normalised -> tokens (B, 1 + h*w, E) after the v1 dense block, and (h, w)."""

@@ -292,19 +292,9 @@ class SAN(SegmentationModel):
         self.freeze()
 
     # ---------------------------------------------------------------------------------- training
-    def freeze(self) -> SAN:
-        """SAN's freezing: only ``side``, ``bg_embed`` and the CLIP visual positional embedding train."""
-        for p in self.parameters():
-            p.requires_grad_(False)
-        for p in self.side.parameters():
-            p.requires_grad_(True)
-        self.bg_embed.requires_grad_(True)
-        self.clip.visual.positional_embedding.requires_grad_(True)
-        return self
-
-    def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
-        """(name, parameter) of every parameter with ``requires_grad`` (after :meth:`freeze`: SAN's set)."""
-        return ((n, p) for n, p in self.named_parameters() if p.requires_grad)
+    def is_trainable(self, name: str) -> bool:
+        """SAN's rule: only ``side``, ``bg_embed`` and the CLIP visual positional embedding train."""
+        return name.startswith("side.") or name in ("bg_embed", "clip.visual.positional_embedding")
 
     # ---------------------------------------------------------------------------------- text
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:

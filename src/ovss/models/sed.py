@@ -19,7 +19,6 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ovss.errors import ConfigError
 from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
@@ -155,19 +154,11 @@ class SED(SegmentationModel):
         self.freeze()
 
     # -- training rule ---------------------------------------------------------------------------
-    def _is_trainable(self, name: str) -> bool:
-        # SED CLIP_FINETUNE "full": every clip_model.visual.* parameter and the decoder train; the
-        # text tower and logit_scale stay frozen (SED sed_model.py, __init__).
+    def is_trainable(self, name: str) -> bool:
+        """SED's rule (CLIP_FINETUNE "full"): every ``clip.visual.*`` parameter and the decoder train;
+        the text tower and ``logit_scale`` stay frozen (SED sed_model.py, ``__init__``). Names under
+        ``clip.`` get the CLIP lr multiplier (0.01)."""
         return name.startswith(("clip.visual.", "decoder."))
-
-    def freeze(self) -> None:
-        """Set ``requires_grad`` by SED's rule: image tower and decoder train, text tower frozen."""
-        for name, param in self.named_parameters():
-            param.requires_grad_(self._is_trainable(name))
-
-    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        """(name, parameter) pairs SED trains; names under ``clip.`` get the CLIP lr multiplier (0.01)."""
-        return [(n, p) for n, p in self.named_parameters() if self._is_trainable(n)]
 
     # -- encoders --------------------------------------------------------------------------------
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
