@@ -179,9 +179,9 @@ def test_catalogue_offers_only_models_on_disk(monkeypatch, tmp_path):
 
 
 def test_options_apply_only_to_their_family():
-    assert demo.option_visibility("sed") == {"sed": True, "catseg": False}
-    assert demo.option_visibility("catseg") == {"sed": False, "catseg": True}
-    assert demo.option_visibility("san") == {"sed": False, "catseg": True}  # the inference radio
+    assert demo.option_visibility("sed") == {"fast": True, "inference": False}
+    assert demo.option_visibility("catseg") == {"fast": False, "inference": True}
+    assert demo.option_visibility("san") == {"fast": False, "inference": True}  # the inference radio
     assert demo.model_options("sed", True, 4.0, "whole") == {"fast": True, "topk": 4}
     assert demo.model_options("sed", False, 4.0, "whole") == {}
     assert demo.model_options("san", True, 4.0, "") == {"inference": "d2"}
@@ -196,7 +196,7 @@ def test_options_apply_only_to_their_family():
 
 
 def test_catseg_v1_models_get_their_inference_modes():
-    assert demo.option_visibility("catseg_v1") == {"sed": False, "catseg": True}
+    assert demo.option_visibility("catseg_v1") == {"fast": False, "inference": True}
     # CAT-Seg: whole first, as `ovss segment`; v1: the model's own protocol first (official / mmseg port)
     assert demo.inference_modes("catseg", "slide") == (["whole", "slide"], "whole")
     assert demo.inference_modes("catseg_v1", "slide") == (["whole", "slide"], "slide")

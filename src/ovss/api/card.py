@@ -13,17 +13,8 @@ import dataclasses
 import json
 from typing import Any
 
+from ovss.models.family import get_family
 from ovss.weights.registry import Published, WeightSpec, get_weight_spec
-
-_FAMILY = {
-    "san": "SAN (Side Adapter Network): frozen CLIP + a side adapter that proposes masks and the "
-    "attention biases with which CLIP's last blocks classify them",
-    "catseg": "CAT-Seg: image-text cost volume from CLIP features, spatial and class aggregation, "
-    "upsampling decoder (CLIP fine-tuned)",
-    "catseg_v1": "CAT-Seg arXiv v1: cost aggregation with a ResNet-101 or Swin-B guidance backbone",
-    "sed": "SED: hierarchical cost maps from a ConvNeXt CLIP, gradual fusion decoder, optional "
-    "category early rejection",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +22,7 @@ class ModelCard:
     """Everything ``ovss models NAME`` prints, as data."""
 
     name: str  # registry name
-    family: str  # "san" | "catseg" | "catseg_v1" | "sed"
+    family: str  # the family's name (ovss.models.family)
     description: str  # one line from the registry
     architecture: list[str]  # model family line, image tower, text tower
     parameters: int  # total parameters (buffers excluded), from the config on the meta device
@@ -146,17 +137,20 @@ def _protocols(config: Any, family: str) -> dict[str, str]:
     """How ``predict``, ``ovss segment`` (also export and the demo) and ``ovss eval`` run the model."""
     whole = "one whole-image pass at the resized size; scores resized back to the original size"
     eval_tail = "fp32, single scale (--tta for ms+flip)"
-    if family in ("catseg", "catseg_v1"):
+    descriptor = get_family(family)
+    option = descriptor.inference
+    if option is not None and option.exported:  # CAT-Seg and CAT-Seg v1
         default = f"inference={config.inference!r}" + (
             " (the official evaluation: sliding window + global view)" if config.inference == "slide" else "")
         where = "ovss segment, ovss export, ovss demo"
-        segment = "inference='whole' (one pass, 4-5x faster; --inference slide for the evaluation protocol)"
-        if family == "catseg_v1":  # v1 keeps its own protocol everywhere
-            where, segment = "ovss segment, ovss demo", f"{default} (--inference whole|slide|mmseg)"
+        segment = (f"inference={option.defaults['segment']!r} (one pass, 4-5x faster; --inference slide for "
+                   "the evaluation protocol)")
+        if "segment" not in option.defaults:  # the model keeps its own protocol everywhere (v1)
+            where, segment = "ovss segment, ovss demo", f"{default} (--inference {'|'.join(option.modes)})"
         return {"api": f"Segmenter.predict: {default}",
                 "segment": f"{where}: {segment}",
                 "eval": f"ovss eval: {default}, {eval_tail}"}
-    if family == "sed":
+    if "fast" in descriptor.options:  # SED
         fast = (f"fast (category early rejection, topk {config.topk})" if config.fast_inference
                 else "all classes (--fast --topk 8 for category early rejection)")
         return {"api": f"Segmenter.predict: {whole}; {fast}",
@@ -183,7 +177,7 @@ def model_card(name: str) -> ModelCard:
         name=spec.name,
         family=spec.family,
         description=spec.description,
-        architecture=[_FAMILY.get(spec.family, spec.family), *_tower(config)],
+        architecture=[get_family(spec.family).summary or spec.family, *_tower(config)],
         parameters=count_parameters(spec),
         code=spec.origin,
         weights_origin=weights_origin(spec),

@@ -8,19 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# Which family each model option belongs to (the CLI names them; the API takes them as keywords).
-OPTION_FAMILY = {
-    "inference": (("san", "catseg", "catseg_v1"), "SAN and CAT-Seg"),
-    "fast": (("sed",), "SED"),
-    "topk": (("sed",), "SED"),
-}
-FAMILY_NAMES = {"san": "SAN", "catseg": "CAT-Seg", "sed": "SED", "catseg_v1": "CAT-Seg v1"}
-# --inference values per family (each model's ``inference_modes``; its config's ``inference`` is the default)
-INFERENCE_MODES = {
-    "san": ("d2", "mmseg"), "catseg": ("whole", "slide"), "catseg_v1": ("whole", "slide", "mmseg")
-}
-
-
 _LITERAL = re.compile(r"``(.+?)``")  # reST inline literals in module docstrings used as descriptions
 
 
@@ -132,27 +119,44 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def check_model_options(args: argparse.Namespace, family: str, model: str) -> None:
-    """Refuse, in CLI words, an inference option of another family (``--inference`` with a SAN model).
+    """Refuse, in CLI words, an inference option of another family (``--inference`` with a SED model).
+
+    Which family takes which option, and which ``--inference`` modes, is read from the family
+    descriptors (:mod:`ovss.models.family`).
 
     Raises:
         ConfigError: naming the option, the family it belongs to and the model's family.
     """
     from ovss.errors import ConfigError
+    from ovss.models.family import family_title, find_family, option_owners
 
     options = model_options(args)
-    mode, modes = options.get("inference"), INFERENCE_MODES.get(family, ())
+    descriptor = find_family(family)
+    title = family_title(family)
+    mode = options.get("inference")
+    modes = descriptor.inference.modes if descriptor is not None and descriptor.inference else ()
     if mode is not None and modes and mode not in modes:
         raise ConfigError(
-            f"--inference {mode} does not apply to {model} (a {FAMILY_NAMES.get(family, family)} model); "
-            f"use {' or '.join(modes)}"
+            f"--inference {mode} does not apply to {model} (a {title} model); use {' or '.join(modes)}"
         )
     for key in options.keys() - {"tta"}:
-        owners, label = OPTION_FAMILY[key]
-        if family not in owners:
+        if descriptor is None or key not in descriptor.options:
+            # one name per family line: a variant's title starts with its base's ("CAT-Seg v1")
+            owners = list(dict.fromkeys(f.title.split()[0] for f in option_owners(key)))
+            label = " and ".join(owners) if len(owners) < 3 else ", ".join(owners[:-1]) + " and " + owners[-1]
             raise ConfigError(
-                f"--{key} applies to {label} models only; {model} is a {FAMILY_NAMES.get(family, family)} "
-                f"model (remove --{key})"
+                f"--{key} applies to {label} models only; {model} is a {title} model (remove --{key})"
             )
+
+
+def apply_inference_default(args: argparse.Namespace, config: Any, command: str) -> None:
+    """Set ``args.inference`` to the model family's default for ``command`` (``Family.inference``)
+    when the user gave none and the family states one (else the config's own protocol applies)."""
+    from ovss.models.family import family_for_config
+
+    option = family_for_config(config).inference
+    if getattr(args, "inference", None) is None and option is not None and command in option.defaults:
+        args.inference = option.defaults[command]
 
 
 def _family_before_loading(model: str) -> str | None:

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from ovss.cli.common import ensure_writable_file
     from ovss.errors import OvssError
     from ovss.export.onnx import check_export_size, check_opset, export_onnx, parse_export_dtype
-    from ovss.models.build import family_of
+    from ovss.models.family import family_for_config
 
     ensure_writable_file(args.out)  # before the model loads
     check_opset(args.opset)
@@ -81,9 +81,10 @@ def run(args: argparse.Namespace) -> int:
     seg = load(args.model, weights=args.weights, dtype="fp32")
     cfg = seg.model.config
     options = {}
-    if family_of(cfg) in ("catseg", "catseg_v1"):
-        options["inference"] = args.inference or "whole"
-    elif args.inference:  # SAN bakes its config's protocol (d2, or mmseg for the .mmseg weights)
+    option = family_for_config(cfg).inference
+    if option is not None and option.exported:
+        options["inference"] = args.inference or option.default("export", getattr(cfg, "inference", ""))
+    elif args.inference:  # e.g. SAN bakes its config's protocol (d2, or mmseg for the .mmseg weights)
         raise OvssError(f"--inference is a CAT-Seg option; {args.model} has no inference modes, remove it")
     seg.set_vocabulary(args.classes)
     size = tuple(args.size) if args.size else (cfg.test_resize.size, cfg.test_resize.size)

@@ -32,7 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from ovss.api.tta import add_tta_arguments
-from ovss.cli.common import add_model_args, ensure_writable_dir, load_segmenter, model_options
+from ovss.cli.common import (
+    add_model_args,
+    apply_inference_default,
+    ensure_writable_dir,
+    load_segmenter,
+    model_options,
+)
 from ovss.cli.segment_inputs import IMAGE_EXTS, STATE_DIR, InputImage, collect_inputs, plan_names, shown
 from ovss.cli.segment_runs import (
     OutputLock,
@@ -234,15 +240,11 @@ def _run_locked(
     world: int,
 ) -> int:
     from ovss.distributed import barrier
-    from ovss.models.build import family_of
     from ovss.utils import remove_stale_temp_files
 
     state = out / STATE_DIR
     seg = load_segmenter(args)
-    if args.inference is None and family_of(seg.model.config) == "catseg":
-        # labelling default: one whole-image pass (the official demo's and yaml's mode, aspect ratio
-        # kept, 4-5x faster); slide, the official evaluation protocol, stays ovss eval's default
-        args.inference = "whole"
+    apply_inference_default(args, seg.model.config, "segment")  # CAT-Seg: whole (see models/catseg.py)
     seg.max_pixels = args.max_pixels
     seg.set_vocabulary(vocab)
     key, settings = _run_key(seg, vocab, args, outputs)

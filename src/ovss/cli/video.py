@@ -89,14 +89,12 @@ def _run_videos(args: argparse.Namespace, videos: list[Path], out: Path, vocab: 
                 outputs: tuple[str, ...], rank: int, world: int) -> int:
     """Load the model, embed the vocabulary once, segment this rank's share of the videos."""
     from ovss.api.video import segment_video
-    from ovss.cli.common import load_segmenter, model_options
+    from ovss.cli.common import apply_inference_default, load_segmenter, model_options
     from ovss.cli.segment_inputs import plan_names
     from ovss.cli.segment_runs import render_settings
-    from ovss.models.build import family_of
 
     seg = load_segmenter(args)
-    if args.inference is None and family_of(seg.model.config) == "catseg":
-        args.inference = "whole"  # as for images: one whole-image pass per frame
+    apply_inference_default(args, seg.model.config, "segment")  # as for images
     seg.max_pixels = args.max_pixels
     seg.set_vocabulary(vocab)  # embedded once for every frame of every video
     options = model_options(args)

@@ -125,10 +125,10 @@ def build_app(
         show = option_visibility(backend.family(model))
         choices, first = backend.inference_modes(model)
         return (
-            gr.update(visible=show["sed"]),
-            gr.update(visible=show["sed"] and bool(sed_fast)),  # top-k only matters in fast mode
+            gr.update(visible=show["fast"]),
+            gr.update(visible=show["fast"] and bool(sed_fast)),  # top-k only matters in fast mode
             gr.update(
-                visible=show["catseg"],
+                visible=show["inference"],
                 choices=inference_choices(backend.family(model), choices or ["whole"]),
                 value=first or "whole",
             ),
@@ -213,7 +213,7 @@ def build_app(
                 fast = gr.Checkbox(
                     value=False,
                     label="SED fast mode (category early rejection)",
-                    visible=visible["sed"],
+                    visible=visible["fast"],
                     elem_id="ovss-sed-fast",
                 )
                 topk = gr.Number(
@@ -228,7 +228,7 @@ def build_app(
                     inference_choices(backend.family(backend.model_name), modes or ["whole"]),
                     value=first_mode or "whole",
                     label="inference protocol (SAN, CAT-Seg)",
-                    visible=visible["catseg"],
+                    visible=visible["inference"],
                 )
                 display = display_controls(gr, min_score)
                 button = gr.Button("Segment", variant="primary", elem_id="ovss-segment")

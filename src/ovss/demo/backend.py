@@ -72,7 +72,7 @@ class ModelEntry:
     """One model of the catalogue: what the page shows about it and whether it can be chosen."""
 
     name: str  # registry name or checkpoint path (the dropdown value)
-    family: str  # "san" | "catseg" | "sed" | "" (unknown until loaded)
+    family: str  # a registered family's name, or "" (unknown until loaded)
     status: str  # "on disk" | "built in, random weights" | "local file" | "not downloaded"
     description: str = ""
 
@@ -131,50 +131,46 @@ def weights_table(entries: list[ModelEntry]) -> str:
     return "\n".join(rows) + note
 
 
-CATSEG_FAMILIES = ("catseg", "catseg_v1")
-INFERENCE_FAMILIES = ("san", *CATSEG_FAMILIES)  # the families with an inference protocol
-INFERENCE_LABELS = {
-    "whole": "whole image (faster)",
-    "slide": "sliding window (official, slower)",
-    "mmseg": "sliding window (mmseg port)",
-}
-SAN_INFERENCE_LABELS = {
-    "d2": "detectron2 protocol (official SAN)",
-    "mmseg": "mmsegmentation protocol",
-}
+def _inference_option(family: str) -> Any:
+    """The family's ``inference=`` option descriptor (None: the family has none, or is unknown)."""
+    from ovss.models.family import find_family
+
+    descriptor = find_family(family)
+    return descriptor.inference if descriptor is not None else None
 
 
 def inference_choices(family: str, modes: list[str]) -> list[tuple[str, str]]:
     """(label, mode) pairs of the page's inference radio for a model of ``family``."""
-    labels = SAN_INFERENCE_LABELS if family == "san" else INFERENCE_LABELS
+    option = _inference_option(family)
+    labels = option.labels if option is not None else {}
     return [(labels.get(m, m), m) for m in modes]
 
 
 def option_visibility(family: str) -> dict[str, bool]:
-    """Which per-model options apply: ``{"sed": ..., "catseg": ...}`` (the rest take none); ``catseg``
-    is the inference-protocol radio, shown for SAN and CAT-Seg."""
-    return {"sed": family == "sed", "catseg": family in INFERENCE_FAMILIES}
+    """Which per-model widgets apply: ``{"fast": ..., "inference": ...}`` (the families' ``options``):
+    ``fast`` is SED's early-rejection group, ``inference`` the inference-protocol radio."""
+    from ovss.models.family import find_family
+
+    descriptor = find_family(family)
+    options = descriptor.options if descriptor is not None else ()
+    return {"fast": "fast" in options, "inference": "inference" in options}
 
 
 def inference_modes(family: str, model_default: str = "") -> tuple[list[str], str]:
-    """The inference modes the page offers for a model (SAN, CAT-Seg), and the one selected at first.
+    """The inference modes the page offers for a model, and the one selected at first.
 
-    The first selection is ``ovss segment``'s default: ``whole`` for CAT-Seg (one pass, aspect ratio
-    kept, 4-5x faster than the official ``slide``); the model's own protocol (``model_default``, its
-    config's ``inference``) for CAT-Seg v1. CAT-Seg v1 models of the official code offer ``whole`` and
-    ``slide``, those of the mmseg port (``model_default == "mmseg"``) their ``mmseg`` protocol and
-    ``whole``. SAN: its config's protocol first (``mmseg`` for the ``.mmseg`` weights, else ``d2``),
-    then the other. Other families: ``([], "")``.
+    Read from the family's descriptor (``InferenceOption.demo_modes``): the first selection is
+    ``ovss segment``'s default: ``whole`` for CAT-Seg (one pass, aspect ratio kept, 4-5x faster than
+    the official ``slide``); the model's own protocol (``model_default``, its config's ``inference``)
+    for CAT-Seg v1. CAT-Seg v1 models of the official code offer ``whole`` and ``slide``, those of the
+    mmseg port (``model_default == "mmseg"``) their ``mmseg`` protocol and ``whole``. SAN: its config's
+    protocol first (``mmseg`` for the ``.mmseg`` weights, else ``d2``), then the other. Families
+    without the option: ``([], "")``.
     """
-    if family == "san":
-        return (["mmseg", "d2"], "mmseg") if model_default == "mmseg" else (["d2", "mmseg"], "d2")
-    if family == "catseg":
-        return ["whole", "slide"], "whole"
-    if family == "catseg_v1":
-        if model_default == "mmseg":
-            return ["mmseg", "whole"], "mmseg"
-        return ["whole", "slide"], model_default if model_default in ("whole", "slide") else "slide"
-    return [], ""
+    option = _inference_option(family)
+    if option is None:
+        return [], ""
+    return option.demo_modes(model_default)
 
 
 def model_options(
@@ -193,7 +189,8 @@ def model_options(
         DemoUserError: a SED top-k that is not a whole number >= 1, or an inference mode the model
             does not offer.
     """
-    if family == "sed" and fast:
+    show = option_visibility(family)
+    if show["fast"] and fast:
         options: dict[str, Any] = {"fast": True}
         if topk is not None:
             try:
@@ -204,11 +201,12 @@ def model_options(
                 raise DemoUserError(f"'classes kept per pixel' must be a whole number >= 1, got {topk!r}")
             options["topk"] = k
         return options
-    if family in INFERENCE_FAMILIES:
-        modes, first = inference_modes(family, model_default)
-        # the page's one radio serves every family: a CAT-Seg mode sent with a SAN model (a client
-        # that fills the hidden radio with "whole", as before SAN had protocols) means its own protocol
-        if not inference or (family == "san" and inference in ("whole", "slide")):
+    option = _inference_option(family)
+    if show["inference"] and option is not None:
+        modes, first = option.demo_modes(model_default)
+        # the page's one radio serves every family: a mode of another family sent with this model (a
+        # client that fills the hidden radio with "whole", as before SAN had protocols) means its own
+        if not inference or inference in option.foreign:
             return {"inference": first}
         if inference not in modes:
             raise DemoUserError(
@@ -507,6 +505,7 @@ class DemoBackend:
         """The loaded segmenter for ``model`` (the startup model by default), loading it if needed."""
         from ovss.api.requery import ImageCache
         from ovss.api.segmenter import load
+        from ovss.models.build import family_of
 
         model = model or self.model_name
         if self._segmenter is None or model != self.model_name:
@@ -516,7 +515,7 @@ class DemoBackend:
             self._segmenter = load(model, device=self.device, dtype=self.dtype, weights=weights)
             self._segmenter.image_cache = ImageCache(0)  # features are reused per session (_image_features)
             self.model_name = model
-            self._family = type(self._segmenter.model).__module__.rsplit(".", 1)[-1]
+            self._family = family_of(self._segmenter.model.config)
             if model == self.startup_model:
                 self._startup_family = self._family
         return self._segmenter

@@ -40,8 +40,6 @@ class Task(nn.Module):
         ignore_index: label value without a class.
     """
 
-    family = ""
-
     def __init__(self, model: SegmentationModel, loss: LossConfig, ignore_index: int = 255) -> None:
         super().__init__()
         self.model = model
@@ -123,8 +121,6 @@ def prompt_tokens(model: SegmentationModel, vocabulary: Vocabulary) -> torch.Ten
 class SANTask(Task):
     """SAN: frozen text, Hungarian-matched set losses with deep supervision."""
 
-    family = "san"
-
     def __init__(
         self, model: SegmentationModel, vocabulary: Vocabulary, loss: LossConfig, ignore_index: int = 255
     ) -> None:
@@ -154,8 +150,6 @@ class SANTask(Task):
 class CATSegTask(Task):
     """CAT-Seg: text re-encoded with gradients every step; per-class BCE."""
 
-    family = "catseg"
-
     def __init__(
         self, model: SegmentationModel, vocabulary: Vocabulary, loss: LossConfig, ignore_index: int = 255
     ) -> None:
@@ -175,8 +169,6 @@ class CATSegTask(Task):
 
 class SEDTask(Task):
     """SED: frozen text; BCE on the final logits and on the three early-rejection heads."""
-
-    family = "sed"
 
     def __init__(
         self, model: SegmentationModel, vocabulary: Vocabulary, loss: LossConfig, ignore_index: int = 255
@@ -205,8 +197,6 @@ class CATSegV1Task(Task):
     (official) or, with ``loss.semantic_loss="ce"``, the mmseg port's softmax cross-entropy averaged
     over non-ignored pixels."""
 
-    family = "catseg_v1"
-
     def __init__(
         self, model: SegmentationModel, vocabulary: Vocabulary, loss: LossConfig, ignore_index: int = 255
     ) -> None:
@@ -228,15 +218,20 @@ class CATSegV1Task(Task):
         return {"loss_sem_seg": self.loss_cfg.bce_weights[0]}
 
 
-TASKS: dict[str, type[Task]] = {
-    "san": SANTask, "catseg": CATSegTask, "sed": SEDTask, "catseg_v1": CATSegV1Task,
-}
-
-
 def build_task(
     family: str, model: SegmentationModel, vocabulary: Vocabulary, loss: LossConfig, ignore_index: int = 255
 ) -> Task:
-    """The adapter of ``family`` around ``model`` (which must already be on its training device)."""
-    if family not in TASKS:
-        raise ConfigError(f"no training task for model family {family!r}; known: {', '.join(TASKS)}")
-    return TASKS[family](model, vocabulary, loss, ignore_index)
+    """The adapter of ``family`` (its descriptor's ``task``) around ``model`` (which must already be on
+    its training device).
+
+    Raises:
+        ConfigError: the family has no training task.
+    """
+    from ovss.models.family import families, find_family
+
+    descriptor = find_family(family)
+    task = descriptor.resolve_task() if descriptor is not None else None
+    if task is None:
+        known = ", ".join(f.name for f in families() if f.task)
+        raise ConfigError(f"no training task for model family {family!r}; known: {known}")
+    return task(model, vocabulary, loss, ignore_index)

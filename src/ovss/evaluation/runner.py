@@ -27,17 +27,19 @@ from ovss.evaluation.metrics import ConfusionMatrix
 from ovss.utils import atomic_write, atomic_write_text
 
 CONVENTIONS = ("detectron2", "mmseg")
-# Class-name lists each family was evaluated with officially (see ovss.data.catalog).
-FAMILY_VARIANT = {"san": "san", "catseg": "catseg", "sed": "catseg", "catseg_v1": "catseg"}
 
 
 def benchmark(name: str, data_root: str | Path, family: str) -> tuple[Any, list[str], int | None]:
-    """(dataset, vocabulary, merge_from) of benchmark ``name`` with the class names ``family`` used."""
+    """(dataset, vocabulary, merge_from) of benchmark ``name`` with the class names ``family`` was
+    evaluated with officially (its descriptor's ``class_variant``; ``plain`` for an unknown family)."""
     from ovss.data.datasets import BenchmarkDataset
+    from ovss.models.family import find_family
 
     spec = get_benchmark(name)
     data = BenchmarkDataset(spec.name, data_root)
-    return data, spec.class_names(FAMILY_VARIANT.get(family, "plain")), spec.merge_from
+    descriptor = find_family(family)
+    variant = descriptor.class_variant if descriptor is not None else "plain"
+    return data, spec.class_names(variant), spec.merge_from
 
 
 def evaluate(

@@ -31,6 +31,7 @@ from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
 from ovss.layers.transformer import ResidualAttentionBlock
 from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, SegmentationModel
 from ovss.models.catseg_aggregator import Aggregator
+from ovss.models.family import Family, InferenceOption, register_family
 from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
 from ovss.towers.text import TextConfig
 from ovss.towers.vit import VisionConfig
@@ -531,3 +532,32 @@ def catseg_tiny() -> CATSegConfig:
         num_layers=2,
         num_heads=4,
     )
+
+
+# ------------------------------------------------------------------------------------------ family
+# The demo's labels of the cost-aggregation protocols (CAT-Seg v1 uses them too).
+INFERENCE_LABELS = {
+    "whole": "whole image (faster)",
+    "slide": "sliding window (official, slower)",
+    "mmseg": "sliding window (mmseg port)",
+}
+
+FAMILY = register_family(Family(
+    name="catseg",
+    title="CAT-Seg",
+    config_class=CATSegConfig,
+    model_class=CATSeg,
+    task="ovss.engine.tasks:CATSegTask",
+    class_variant="catseg",
+    summary="CAT-Seg: image-text cost volume from CLIP features, spatial and class aggregation, "
+    "upsampling decoder (CLIP fine-tuned)",
+    options=("inference",),
+    # labelling default: one whole-image pass (the official demo's and yaml's mode, aspect ratio kept,
+    # 4-5x faster); slide, the official evaluation protocol, stays eval's default (the config's)
+    inference=InferenceOption(
+        modes=INFERENCE_MODES,
+        labels=INFERENCE_LABELS,
+        defaults={"segment": "whole", "export": "whole", "demo": "whole"},
+    ),
+    formats={"catseg_d2": "ovss.weights.formats.catseg_d2"},
+))

@@ -41,8 +41,9 @@ from ovss.models.base import (
     ModelConfig,
     ResizeConfig,
 )
-from ovss.models.catseg import CostAggregationModel
+from ovss.models.catseg import INFERENCE_LABELS, CostAggregationModel
 from ovss.models.catseg_v1_aggregator import AggregatorV1
+from ovss.models.family import Family, InferenceOption, register_family
 from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
 from ovss.towers.resnet import ResNet, ResNetConfig, resnet101_d2
 from ovss.towers.swin import SwinConfig, SwinTransformer, swin_b_384
@@ -547,3 +548,31 @@ def catseg_v1_tiny_mmseg() -> CATSegV1Config:
     cfg = catseg_v1_tiny()
     resnet = dataclasses.replace(cfg.resnet, norm="bn", depths=(3, 4, 6))
     return _mmseg(cfg, resnet=resnet, mmseg_scale=(1536, 384))
+
+
+# ------------------------------------------------------------------------------------------ family
+def _demo_modes(mode: str) -> tuple[list[str], str]:
+    """Models of the official code offer whole and slide (their own first selected), those of the
+    mmseg port (config ``mmseg``) their mmseg protocol and whole."""
+    if mode == "mmseg":
+        return ["mmseg", "whole"], "mmseg"
+    return ["whole", "slide"], mode if mode in ("whole", "slide") else "slide"
+
+
+FAMILY = register_family(Family(
+    name="catseg_v1",
+    title="CAT-Seg v1",
+    config_class=CATSegV1Config,
+    model_class=CATSegV1,
+    task="ovss.engine.tasks:CATSegV1Task",
+    class_variant="catseg",
+    summary="CAT-Seg arXiv v1: cost aggregation with a ResNet-101 or Swin-B guidance backbone",
+    options=("inference",),
+    # v1 keeps its own protocol everywhere, except export (one whole-image pass unless told)
+    inference=InferenceOption(
+        modes=INFERENCE_MODES, labels=INFERENCE_LABELS, defaults={"export": "whole"}, offered=_demo_modes
+    ),
+    formats={
+        "catseg_v1_d2": "ovss.weights.formats.catseg_v1_d2", "catseg_mm": "ovss.weights.formats.catseg_mm"
+    },
+))

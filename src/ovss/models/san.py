@@ -28,6 +28,7 @@ from ovss.layers.pos_embed import resize_pos_embed
 from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
 from ovss.layers.transformer import ResidualAttentionBlock
 from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, SegmentationModel
+from ovss.models.family import Family, InferenceOption, register_family
 from ovss.models.san_protocols import MMSEG_MEAN_255, MMSEG_STD_255, SAN_PROTOCOLS, mmseg_score_blocks
 from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
 from ovss.towers.text import TextConfig
@@ -605,3 +606,28 @@ def san_tiny() -> SANConfig:
 def san_tiny_mmseg() -> SANConfig:
     """:func:`san_tiny` with mmsegmentation's test protocol (as the ``.mmseg`` weights)."""
     return _mmseg(san_tiny())
+
+
+# ------------------------------------------------------------------------------------------ family
+FAMILY = register_family(Family(
+    name="san",
+    title="SAN",
+    config_class=SANConfig,
+    model_class=SAN,
+    task="ovss.engine.tasks:SANTask",
+    class_variant="san",
+    summary="SAN (Side Adapter Network): frozen CLIP + a side adapter that proposes masks and the "
+    "attention biases with which CLIP's last blocks classify them",
+    options=("inference",),
+    # every command uses the config's protocol (mmseg for the .mmseg weights, else d2); the demo lists
+    # it first; export bakes it in
+    inference=InferenceOption(
+        modes=SAN_PROTOCOLS,
+        labels={"d2": "detectron2 protocol (official SAN)", "mmseg": "mmsegmentation protocol"},
+        exported=False,
+        offered=lambda mode: ([mode, *(m for m in SAN_PROTOCOLS if m != mode)], mode)
+        if mode in SAN_PROTOCOLS else (list(SAN_PROTOCOLS), SAN_PROTOCOLS[0]),
+        foreign=("whole", "slide"),
+    ),
+    formats={"san_d2": "ovss.weights.formats.san_d2", "san_mmseg": "ovss.weights.formats.san_mmseg"},
+))

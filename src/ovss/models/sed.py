@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ovss.errors import ConfigError
 from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
 from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, SegmentationModel
+from ovss.models.family import Family, register_family
 from ovss.models.sed_decoder import SEDDecoder
 from ovss.towers.clip import CLIP, ClipConfig, convnext_b_w_320, convnext_l_d_320
 from ovss.towers.convnext import ConvNeXtConfig
@@ -401,3 +402,18 @@ def sed_tiny() -> SEDConfig:
         text=TextConfig(width=16, heads=2, layers=2, output_dim=32, act="gelu"),
     )
     return SEDConfig(clip=clip, hidden_dim=48, decoder_dims=(32, 16, 16), guidance_proj_dims=(32, 16, 8))
+
+
+# ------------------------------------------------------------------------------------------ family
+FAMILY = register_family(Family(
+    name="sed",
+    title="SED",
+    config_class=SEDConfig,
+    model_class=SED,
+    task="ovss.engine.tasks:SEDTask",
+    class_variant="catseg",  # SED was evaluated with CAT-Seg's class-name lists
+    summary="SED: hierarchical cost maps from a ConvNeXt CLIP, gradual fusion decoder, optional "
+    "category early rejection",
+    options=("fast", "topk"),
+    formats={"sed_d2": "ovss.weights.formats.sed_d2"},
+))

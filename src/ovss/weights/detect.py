@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ovss.errors import CheckpointMismatchError, OvssError
+from ovss.models.family import families, family_title
 from ovss.weights.build import check_fits
 from ovss.weights.formats import CLIP_FORMAT_NAMES
 from ovss.weights.registry import WEIGHTS, WeightSpec
@@ -35,19 +36,25 @@ _TITLES = {
     "hf_clip": "a transformers CLIP",
     "ovss": "an ovss (already converted)",
 }
-_FAMILY_NAMES = {"san": "SAN", "catseg": "CAT-Seg", "catseg_v1": "CAT-Seg v1", "sed": "SED"}
 
 
 def model_formats() -> dict[str, str]:
-    """Model checkpoint format -> family, in registry order (derived from the registry)."""
+    """Model checkpoint format -> family: the registry's, in registry order, then those of the family
+    descriptors (``Family.formats``) that no registry entry uses."""
     formats: dict[str, str] = {}
     for spec in WEIGHTS:
         if spec.source_format != "random":
             formats.setdefault(spec.source_format, spec.family)
+    for family in families():
+        for name in family.formats:
+            formats.setdefault(name, family.name)
     return formats
 
 
 def _module(name: str):
+    for family in families():  # a family's converter module (lazily named by its descriptor)
+        if name in family.formats:
+            return importlib.import_module(family.formats[name])
     return importlib.import_module(f"ovss.weights.formats.{name}")
 
 
@@ -59,10 +66,6 @@ def format_title(name: str) -> str:
         return getattr(_module(name), "TITLE", name)
     except ImportError:
         return name
-
-
-def family_title(family: str) -> str:
-    return _FAMILY_NAMES.get(family, family)
 
 
 def identify(state_dict: Mapping[str, object]) -> str | None:

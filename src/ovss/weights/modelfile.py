@@ -123,7 +123,8 @@ class ModelFile:
         Raises:
             WeightsFileError: no ovss metadata, unknown or earlier version, no or unknown family, bad config.
         """
-        from ovss.models.build import FAMILIES, family_classes
+        from ovss.models.build import family_classes
+        from ovss.models.family import family_names
 
         meta = self.metadata
         if not self.is_ovss:
@@ -143,9 +144,9 @@ class ModelFile:
                 f"integrity check does not cover the model config; {self._reconvert()}"
             )
         family = meta.get("family")
-        if family not in FAMILIES:
+        if family not in family_names():
             what = "no 'family' entry" if family is None else f"unknown family {family!r}"
-            raise self.error(f"has {what} in its metadata (expected one of {', '.join(FAMILIES)})")
+            raise self.error(f"has {what} in its metadata (expected one of {', '.join(family_names())})")
         if "config" not in meta:
             raise self.error("has no 'config' entry in its metadata")
         try:
