@@ -31,7 +31,7 @@ from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
 from ovss.layers.transformer import ResidualAttentionBlock
 from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, SegmentationModel
 from ovss.models.catseg_aggregator import Aggregator
-from ovss.models.family import Family, InferenceOption, register_family
+from ovss.models.family import Family, InferenceOption, family_for_config, register_family
 from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
 from ovss.towers.text import TextConfig
 from ovss.towers.vit import VisionConfig
@@ -172,11 +172,20 @@ def dense_last_block(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Te
 class CostAggregationModel(SegmentationModel):
     """What CAT-Seg and CAT-Seg v1 share: (P, K, L) tokens -> (K, P, E) text embeddings L2-normalised
     per template, the (K, P, E) text check and the ``inference=`` option parser (both by ``label``
-    and ``inference_modes``, which each subclass sets)."""
+    and ``inference_modes``, read from the model's family descriptor)."""
 
-    label = "CAT-Seg"  # the model's name in error messages
-    inference_modes: tuple[str, ...] = INFERENCE_MODES
     clip: CLIP
+
+    @property
+    def label(self) -> str:
+        """The family's title, in error messages."""
+        return family_for_config(self.config).title
+
+    @property
+    def inference_modes(self) -> tuple[str, ...]:
+        """The ``inference=`` modes of the family."""
+        option = family_for_config(self.config).inference
+        return option.modes if option is not None else ()
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Normalised text embeddings.
@@ -213,9 +222,6 @@ class CATSeg(CostAggregationModel):
 
     All parameters CAT-Seg does not train are frozen at construction (see :meth:`freeze`).
     """
-
-    label = "CAT-Seg"
-    inference_modes: tuple[str, ...] = INFERENCE_MODES
 
     def __init__(self, config: CATSegConfig) -> None:
         super().__init__()

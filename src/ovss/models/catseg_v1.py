@@ -200,9 +200,6 @@ class CATSegV1(CostAggregationModel):
     Parameters CAT-Seg v1 does not train are frozen at construction (see :meth:`is_trainable`).
     """
 
-    label = "CAT-Seg v1"  # in error messages
-    inference_modes: tuple[str, ...] = INFERENCE_MODES
-
     def __init__(self, config: CATSegV1Config) -> None:
         super().__init__()
         self.config = config

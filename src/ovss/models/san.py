@@ -435,8 +435,6 @@ class SAN(SegmentationModel):
         return {**results[-1], "aux_outputs": results[:-1]}
 
     # ---------------------------------------------------------------------------------- protocols
-    inference_modes: tuple[str, ...] = SAN_PROTOCOLS
-
     def _mode(self, options: dict[str, Any]) -> str:
         """The ``inference=`` option (default ``config.inference``); no other option exists."""
         mode = options.pop("inference", None) or self.config.inference
