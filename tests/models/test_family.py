@@ -218,3 +218,23 @@ def test_toy_family_trains_and_serves_in_the_demo(toy_family, tmp_path):
     # the widgets of other families' options are ignored for it (the toy model refuses any option)
     other = backend.segment(str(photo), "cat; wall", fast=True, topk=3, inference="whole")
     assert np.array_equal(np.asarray(Image.open(other.label_file)), labels)
+
+
+def test_every_family_has_one_training_contract():
+    """freeze() returns the model, trainable_parameters() is the list of is_trainable's parameters."""
+    from ovss.models.build import build_model
+    from ovss.models.family import families
+    from ovss.weights.registry import WEIGHTS
+
+    for family in families():
+        spec = next(s for s in WEIGHTS if s.family == family.name and s.source_format == "random")
+        model = build_model(spec.config())
+        for param in model.parameters():
+            param.requires_grad_(True)
+        assert model.freeze() is model, family.name
+        pairs = model.trainable_parameters()
+        assert isinstance(pairs, list) and pairs, family.name
+        names = {n for n, _ in pairs}
+        assert names == {n for n, p in model.named_parameters() if p.requires_grad}, family.name
+        assert names == {n for n, _ in model.named_parameters() if model.is_trainable(n)}, family.name
+        assert len(names) < len(list(model.parameters())), family.name  # something stays frozen
