@@ -138,7 +138,7 @@ def test_toy_family_loads_segments_and_exports_through_the_public_paths(toy_fami
     import ovss
     from ovss.cli.main import main
     from ovss.models.build import family_of
-    from ovss.weights.cache import save_model_file
+    from ovss.weights.modelfile import save_model_file
 
     assert toy_family.resolve_task().__name__ == "ToyTask"
     official = _official_checkpoint(tmp_path / "toy.pth")
