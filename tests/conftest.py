@@ -99,6 +99,13 @@ def noise_photo(path: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
     return path
 
 
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    """The captured stderr of a failed ``ovss`` command, checked to be one ``ovss: error:`` line."""
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ovss: error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
 def segment_max_scores(args: list[str], out: Path, name: str = "photo") -> list[float]:
     """Run ``ovss segment ARGS --out OUT`` in-process (it must succeed); the classes' max scores
     from ``OUT/NAME.json``."""

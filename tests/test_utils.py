@@ -6,6 +6,7 @@ import os
 import stat
 
 import pytest
+import torch
 
 from ovss.utils import atomic_write, atomic_write_text, is_stale_temp_file, remove_stale_temp_files
 
@@ -46,3 +47,16 @@ def test_only_stale_ovss_temp_files_are_removed(tmp_path):
     removed = remove_stale_temp_files(tmp_path)
     assert sorted(p.name for p in removed) == sorted(n for n, stale in names.items() if stale)
     assert remove_stale_temp_files(tmp_path / "missing") == []
+
+
+def test_atomic_write_keeps_the_umask_mode_when_the_writer_recreates_the_file(tmp_path):
+    """safetensors' save_file re-creates its target with 0600; the published file must still be 0644."""
+    from safetensors.torch import save_file
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "w.st", lambda tmp: save_file({"a": torch.zeros(2)}, str(tmp)))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert os.listdir(tmp_path) == ["w.st"]

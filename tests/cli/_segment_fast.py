@@ -2,7 +2,7 @@
 
 The tiny models keep the official 640-pixel test resize, which makes each image cost seconds on a
 loaded CI machine; the batch-job behaviour under test does not depend on it. ``python -m
-tests.reliability._segment_fast ARGS`` is ``ovss ARGS`` with this setting (used for the kill tests).
+tests.cli._segment_fast ARGS`` is ``ovss ARGS`` with this setting (used for the kill tests).
 """
 
 from __future__ import annotations

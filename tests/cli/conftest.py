@@ -1,4 +1,4 @@
-"""Fixtures of the reliability tests."""
+"""Fixtures of the CLI tests."""
 
 from __future__ import annotations
 

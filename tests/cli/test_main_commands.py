@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 
 from ovss.cli.main import build_parser, main
+from ovss.errors import OvssError
+from tests.conftest import one_line_error
 
 from ._small_eval import shrink_eval_model
 
@@ -24,12 +26,6 @@ def bad_outs(tmp_path) -> dict[str, Path]:
     file = tmp_path / "file.txt"
     file.write_text("x")
     return {"a file": file, "under a file": file / "sub", "not creatable": Path("/proc/ovss-test-out")}
-
-
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("ovss: error: ") and "\n" not in err, err
-    return err
 
 
 @pytest.mark.parametrize("kind", ["a file", "under a file", "not creatable"])
@@ -47,11 +43,11 @@ def test_bad_out_is_reported_before_any_work(kind, bad_outs, tmp_path, capsys, n
     }
     for name, argv in commands.items():
         assert main(argv) == 1, name
-        err = _one_line_error(capsys)
+        err = one_line_error(capsys)
         assert f"--out {out}" in err and expected in err, (name, err)
     if (REPO / "src" / "ovss" / "cli" / "export.py").is_file():
         assert main(["export", "--model", "test-san-tiny", "--out", str(bad_outs[kind] / "m.onnx")]) == 1
-        err = _one_line_error(capsys)
+        err = one_line_error(capsys)
         assert f"--out {bad_outs[kind] / 'm.onnx'}: the folder" in err, err
         assert expected in err, err
 
@@ -59,40 +55,39 @@ def test_bad_out_is_reported_before_any_work(kind, bad_outs, tmp_path, capsys, n
 def test_eval_options_are_checked_in_cli_words_before_loading(tmp_path, capsys, no_model_load):
     base = ["eval", "--folder", str(tmp_path), "--classes", "a; b", "--out", str(tmp_path / "o")]
     assert main([*base, "--model", "test-san-tiny", "--inference", "slide"]) == 1
-    assert _one_line_error(capsys) == (
+    assert one_line_error(capsys) == (
         "ovss: error: --inference slide does not apply to test-san-tiny (a SAN model); use d2 or mmseg"
     )
     assert main([*base, "--model", "test-catseg-tiny", "--inference", "d2"]) == 1
     assert "--inference d2 does not apply to test-catseg-tiny (a CAT-Seg model); use whole or slide" in (
-        _one_line_error(capsys)
+        one_line_error(capsys)
     )
     assert main([*base, "--model", "test-sed-tiny", "--inference", "whole"]) == 1
-    assert _one_line_error(capsys) == (
+    assert one_line_error(capsys) == (
         "ovss: error: --inference applies to SAN and CAT-Seg models only; test-sed-tiny is a SED model "
         "(remove --inference)"
     )
     assert main([*base, "--model", "test-catseg-tiny", "--fast"]) == 1
-    assert "--fast applies to SED models only; test-catseg-tiny is a CAT-Seg model" in _one_line_error(capsys)
+    assert "--fast applies to SED models only; test-catseg-tiny is a CAT-Seg model" in one_line_error(capsys)
     assert main([*base, "--model", "test-sed-tiny", "--topk", "4"]) == 1
-    assert _one_line_error(capsys) == (
+    assert one_line_error(capsys) == (
         "ovss: error: --topk only applies with --fast (SED's category early rejection); add --fast"
     )
     assert main([*base, "--model", "test-sed-tiny", "--fast", "--topk", "0"]) == 1
-    assert "--topk must be >= 1, got 0" in _one_line_error(capsys)
+    assert "--topk must be >= 1, got 0" in one_line_error(capsys)
     assert main(["eval", "--dataset", "ade150", "--classes", "a; b", "--model", "test-san-tiny"]) == 1
-    assert "--classes applies to --folder only" in _one_line_error(capsys)
+    assert "--classes applies to --folder only" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize("size", ["0", "-3"])
 def test_segment_batch_size_below_one_is_refused(size, tmp_path, capsys, no_model_load):
     code = main(["segment", str(tmp_path / "x.png"), "--classes", "a; b", "--model", "test-san-tiny",
                  "--batch-size", size, "--out", str(tmp_path / "o")])
-    assert code == 1 and f"--batch-size must be >= 1, got {size}" in _one_line_error(capsys)
+    assert code == 1 and f"--batch-size must be >= 1, got {size}" in one_line_error(capsys)
 
 
 def test_debug_is_accepted_after_the_subcommand(tmp_path, capsys):
     assert main(["models", "--debug"]) == 0
-    from ovss.errors import OvssError
 
     with pytest.raises(OvssError):  # --debug: the traceback instead of the one-line message
         main(["train", "--config", "tiny-san", "--set", "solver.lrr=1", "--out", str(tmp_path / "r"),
@@ -169,3 +164,22 @@ def test_eval_all_skips_unprepared_benchmarks_and_writes_per_model(tmp_path, cap
     assert (tmp_path / "ovss_eval" / "test-san-tiny-limit1" / "voc20" / "metrics.json").is_file()
     assert re.search(r"^voc20 +detectron2 +1 ", captured.out, re.MULTILINE)
     assert os.environ["OVSS_DATA"] in captured.err
+
+
+def test_the_cli_reports_a_full_disk_in_one_line(monkeypatch, capsys):
+    import errno
+
+    import ovss.cli.train as train_cli
+    from ovss.cli.main import main
+
+    def run(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/r/checkpoints/iter_0000002.pt")
+
+    monkeypatch.setattr(train_cli, "run", run)
+    assert main(["train", "--config", "tiny-san", "--out", "/r"]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "ovss: error: cannot write /r/checkpoints/iter_0000002.pt: No space left on device; free space or "
+        "choose another folder, then re-run the same command (it continues where it stopped; ovss train: "
+        "add --resume)\n"
+    )

@@ -14,7 +14,7 @@ from ovss.cli.main import main
 from ovss.cli.segment import STATE_DIR, plan_names
 from ovss.data.io import read_label
 from tests.conftest import noise_photo
-from tests.reliability.test_io_inputs import png_header_only
+from tests.data.test_io_inputs import png_header_only
 
 CLASSES = "person; bus; car"
 

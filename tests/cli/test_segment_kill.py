@@ -65,7 +65,7 @@ def test_kill_9_then_rerun_leaves_no_junk_and_equals_a_clean_run(tmp_path, fast_
             break
         before = _done_lines(out)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.reliability._segment_fast", *_args(images, out)],
+            [sys.executable, "-m", "tests.cli._segment_fast", *_args(images, out)],
             cwd=REPO,
             env=env,
             stdout=subprocess.DEVNULL,

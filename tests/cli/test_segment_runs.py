@@ -48,7 +48,7 @@ def _child(args: list[str], **env: str) -> subprocess.Popen:
         **env,
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.reliability._segment_fast", *args],
+        [sys.executable, "-m", "tests.cli._segment_fast", *args],
         cwd=REPO,
         env=environ,
         stdout=subprocess.PIPE,
@@ -224,7 +224,7 @@ def test_torchrun_ranks_share_the_lock_of_their_run(tmp_path):
     images = _photos(tmp_path / "in", 3)
     out = tmp_path / "out"
     torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command = [sys.executable, *torchrun, "-m", "tests.reliability._segment_fast", *_args(images, out)]
+    command = [sys.executable, *torchrun, "-m", "tests.cli._segment_fast", *_args(images, out)]
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",

@@ -174,3 +174,20 @@ def test_benchmark_dataset_errors(tmp_path):
     match = r"1 images without a label map \(b\).*re-run `ovss prepare ade150"
     with pytest.raises(DatasetError, match=match):
         BenchmarkDataset("ade150", tmp_path)
+
+
+def test_a_folder_dataset_takes_inline_class_names_in_order(tmp_path):
+    """ovss eval --folder D --classes "a; b" said "class file a; b does not exist; pass ... (or class
+    names separated by ";")", which is what was passed."""
+    from PIL import Image
+
+    from ovss.data.datasets import FolderDataset
+
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "images" / "x.png")
+    Image.new("L", (4, 4)).save(tmp_path / "labels" / "x.png")
+    (tmp_path / "classes.txt").write_text("sky\ngrass, lawn\n")
+    inline = FolderDataset(tmp_path, "sky; grass, lawn")
+    from_file = FolderDataset(tmp_path, tmp_path / "classes.txt")
+    assert inline.class_names == from_file.class_names == ["sky", "grass, lawn"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -10,7 +11,10 @@ import torch
 
 from ovss.engine import checkpoint as ckpt
 from ovss.engine.logging import MetricLogger, read_metrics, truncate_metrics
-from ovss.errors import CheckpointMismatchError, MissingDependencyError
+from ovss.errors import (
+    CheckpointMismatchError,
+    MissingDependencyError,
+)
 
 
 def _draws() -> tuple[float, float, float]:
@@ -78,3 +82,25 @@ def test_required_tensorboard_without_the_package(tmp_path):
         optional.log(1, {"x": 1.0}, echo=False)
     else:
         MetricLogger(tmp_path, enabled=True, tensorboard=True).close()
+
+
+def test_a_full_disk_during_a_checkpoint_is_enospc_with_no_temp_file(tmp_path, monkeypatch):
+    """torch.save on a full disk raises RuntimeError ("unexpected pos 128 vs 0"): ovss train printed
+    a traceback. It is now OSError(ENOSPC) naming the checkpoint, and the temp file is gone."""
+    import errno
+    import shutil
+
+    import ovss.engine.checkpoint as ckpt
+
+    def full_disk(state, path):
+        with open(path, "wb") as f:
+            f.write(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 128 vs 0")
+
+    monkeypatch.setattr(ckpt.torch, "save", full_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 0))
+    target = tmp_path / "iter_0000002.pt"
+    with pytest.raises(OSError) as info:
+        ckpt.save_checkpoint(target, {"a": 1})
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert os.listdir(tmp_path) == []

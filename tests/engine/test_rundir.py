@@ -20,7 +20,7 @@ from PIL import Image
 from ovss.cli.main import main
 from ovss.engine.logging import read_metrics
 
-from ..engine._synthetic import make_shapes
+from ._synthetic import make_shapes
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

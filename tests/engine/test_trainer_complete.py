@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from ovss.cli.main import main
 
-from ..engine._synthetic import make_shapes
+from ._synthetic import make_shapes
 
 
 @pytest.fixture(scope="module")

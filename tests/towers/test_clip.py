@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ovss.errors import ConfigError, UnknownModelError
 from ovss.towers.clip import CLIP, CLIP_CONFIGS, ClipConfig, build_clip, clip_config
 from ovss.towers.convnext import ConvNeXt
 from ovss.towers.text import TextConfig
 from ovss.towers.vit import VisionConfig, VisionTransformer
-from ovss.weights.build import mismatches
+from ovss.weights.build import load_strict, mismatches
 from ovss.weights.formats import open_clip, openai_clip
-from tests.conftest import strip_prefix
+from tests.conftest import relative_error, strip_prefix
 from tests.parity._common import meta_state_dict, read_manifest
+from tests.towers._clip_reference import RefCLIP, randomize_
 
 
 def _meta(name: str, **kw) -> CLIP:
@@ -81,23 +85,27 @@ def _tiny() -> ClipConfig:
     )
 
 
-def test_encode_and_forward():
-    torch.manual_seed(0)
-    model = CLIP(_tiny()).eval()
-    images = torch.randn(2, 3, 32, 32)
+def test_encode_and_forward_match_the_reference_clip():
+    """Embeddings, their unit-norm versions and the zero-shot logits (``exp(logit_scale)`` times the
+    cosine similarity) against the straightforward reference CLIP carrying the same weights."""
+    ref = randomize_(RefCLIP(dict(image_size=32, patch=8, width=32, layers=2, heads=4, out_dim=16),
+                             dict(context=12, vocab=50, width=24, layers=2, heads=3, out_dim=16)), 5).eval()
+    with torch.no_grad():
+        ref.logit_scale.fill_(2.5)
+    model = load_strict(CLIP(_tiny()), openai_clip.convert(dict(ref.state_dict())), "reference").eval()
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     tokens = torch.zeros(3, 12, dtype=torch.long)
     tokens[:, 0], tokens[0, 3], tokens[1, 5], tokens[2, 1] = 47, 49, 49, 49
-    img, txt = model.encode_image(images), model.encode_text(tokens)
-    assert img.shape == (2, 16) and txt.shape == (3, 16)
-    torch.testing.assert_close(img, model.visual(images), rtol=0, atol=0)
-    torch.testing.assert_close(txt, model.text(tokens), rtol=0, atol=0)
-    n = model.encode_text(tokens, normalize=True)
-    torch.testing.assert_close(n.norm(dim=-1), torch.ones(3))
-    torch.testing.assert_close(n, txt / txt.norm(dim=-1, keepdim=True))
-    logits = model(images, tokens)
-    expected = model.logit_scale.exp() * model.encode_image(images, normalize=True) @ n.T
-    torch.testing.assert_close(logits, expected)
-    assert abs(model.logit_scale.exp().item() - 1 / 0.07) < 1e-3
+    with torch.no_grad():
+        ref_img, ref_txt = ref.encode_image(images), ref.encode_text(tokens)
+        ref_logits = math.exp(2.5) * F.cosine_similarity(ref_img[:, None], ref_txt[None], dim=-1)
+        assert relative_error(model.encode_image(images), ref_img) < 1e-5
+        assert relative_error(model.encode_text(tokens), ref_txt) < 1e-5
+        unit = model.encode_text(tokens, normalize=True)
+        assert relative_error(unit, ref_txt / torch.linalg.vector_norm(ref_txt, dim=-1, keepdim=True)) < 1e-5
+        logits = model(images, tokens)
+    assert logits.shape == (2, 3) and relative_error(logits, ref_logits) < 1e-5
+    assert abs(CLIP(_tiny()).logit_scale.exp().item() - 1 / 0.07) < 1e-3  # OpenAI's initial temperature
 
 
 def test_config_validation_and_presets():

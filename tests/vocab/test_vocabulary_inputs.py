@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
 from ovss.cli.main import main
 from ovss.errors import VocabularyError
 from ovss.vocab.vocabulary import MAX_CLASS_TOKENS, Vocabulary, parse_vocabulary
+from tests.conftest import noise_photo, one_line_error
 
 
 @pytest.mark.parametrize(
@@ -65,7 +67,6 @@ def test_names_that_are_not_paths_stay_classes(spec, tmp_path, monkeypatch):
 def test_a_folder_or_fifo_as_class_file(tmp_path):
     with pytest.raises(VocabularyError, match="is a folder"):
         parse_vocabulary(tmp_path)
-    import os
 
     fifo = tmp_path / "pipe.txt"
     os.mkfifo(fifo)
@@ -105,3 +106,65 @@ def test_cli_prints_one_line_for_a_vocabulary_error(capsys, tmp_path):
                  "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code != 0 and "\n" not in err and err.startswith("ovss: error:")
+
+
+# ------------------------------------------------------------------------------------- long class names
+def test_a_very_long_class_name_is_the_documented_error_not_oserror(tmp_path, capsys):
+    import ovss
+    from ovss.vocab.vocabulary import parse_vocabulary
+
+    eighty = " ".join(["word"] * 80)
+    for spec in (eighty, "x" * 400, "x" * 5000, "a/" * 300 + "b"):
+        with pytest.raises(VocabularyError, match=r"CLIP tokens long; .* at most 66"):
+            parse_vocabulary(spec)
+    photo = noise_photo(tmp_path / "p.png")
+    argv = ["segment", str(photo), "--model", "test-san-tiny", "--classes", eighty, "--out", f"{tmp_path}/o"]
+    assert main(argv) == 1
+    err = one_line_error(capsys)
+    assert "is 80 CLIP tokens long; a class (synonyms included) may have at most 66" in err
+    seg = ovss.load("test-san-tiny")
+    with pytest.raises(VocabularyError, match="at most 66"):
+        seg.predict(photo, "x" * 400)
+
+
+def test_path_like_names_that_cannot_be_looked_up_are_one_error(tmp_path, monkeypatch):
+    from ovss.vocab.vocabulary import parse_vocabulary
+
+    monkeypatch.chdir(tmp_path)
+    loop = tmp_path / "loop.txt"
+    loop.symlink_to(loop)
+    cases = {
+        "x" * 400 + ".txt": "File name too long",
+        "loop.txt": "Too many levels of symbolic links",
+        "a\x00b.txt": "embedded null byte",
+        "~no-such-user-ovss/classes.txt": "home directory",
+    }
+    for spec, reason in cases.items():
+        with pytest.raises(VocabularyError, match=rf"^cannot read class file .*{reason}"):
+            parse_vocabulary(spec)
+
+
+def test_a_bytes_vocabulary_is_refused_by_type_not_as_class_99():
+    from ovss.errors import VocabularyError
+    from ovss.vocab.vocabulary import parse_vocabulary
+
+    with pytest.raises(VocabularyError, match=r"^cannot read a vocabulary from bytes; decode them first"):
+        parse_vocabulary(b"cat; dog")
+
+
+def test_a_line_break_in_a_class_string_separates_classes_as_in_a_file():
+    """--classes "$(cat classes.txt)" made ONE class "cat dog sky" (line breaks became spaces)."""
+    from ovss.vocab.vocabulary import parse_vocabulary
+
+    assert parse_vocabulary("cat\ndog\r\nsky; sofa, couch\n").names == ["cat", "dog", "sky", "sofa"]
+    assert [c.synonyms for c in parse_vocabulary("cat\nsofa, couch").classes] == [("cat",), ("sofa", "couch")]
+
+
+def test_a_json_object_as_class_string_is_refused_not_one_class_named_like_it():
+    """--classes '{"a": 1}' became one class named '{"a":1}'."""
+    from ovss.errors import VocabularyError
+    from ovss.vocab.vocabulary import parse_vocabulary
+
+    with pytest.raises(VocabularyError, match=r"^the --classes JSON must be a JSON list of .* got dict"):
+        parse_vocabulary('{"a": 1}')
+    assert parse_vocabulary("{curly} thing; cat").names == ["{curly} thing", "cat"]

@@ -357,3 +357,13 @@ def test_read_state_dict_refuses_folders_and_pipes_without_hanging(tmp_path):
         read_state_dict(fifo)
     with pytest.raises(WeightsFileError, match="is not a regular file"):
         ovss.load(fifo)
+
+
+def test_weights_of_an_unknown_layout_for_a_test_model_name_the_layout_problem(tmp_path):
+    """--model test-san-tiny --weights foreign.pth said "unknown checkpoint format 'random'"."""
+    from ovss.errors import CheckpointMismatchError
+    from ovss.weights.cache import load_model
+
+    torch.save({"foo.weight": torch.zeros(3)}, tmp_path / "foreign.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"key layout matches \(first keys: foo\.weight\)"):
+        load_model("test-san-tiny", weights=tmp_path / "foreign.pth")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -124,3 +126,31 @@ def test_assign_onto_meta_module():
     load_strict(model, _sd(), "x", assign=True)
     assert model.a.weight.device.type == "cpu"
     assert torch.equal(model.a.weight, _sd()["a.weight"])
+
+
+def test_a_bad_pickle_is_one_line_without_torchs_weights_only_false_hint(tmp_path, recwarn):
+    """Random bytes or a pickle of arbitrary objects: no advice to re-run with weights_only=False, no
+    torch 'please file an issue' warning, and the object's code never runs."""
+    import pickle
+
+    from ovss.errors import CheckpointMismatchError
+    from ovss.weights.read import read_state_dict
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"model": Evil()}, protocol=4))
+    (tmp_path / "random.pth").write_bytes(bytes(range(256)) * 8)
+    for name in ("evil.pth", "random.pth"):
+        with pytest.raises(CheckpointMismatchError) as info:
+            read_state_dict(tmp_path / name)
+        message = str(info.value)
+        start = f"cannot read checkpoint {tmp_path / name}: not a torch.save file of plain tensors ("
+        assert message.startswith(start)
+        assert "ovss never unpickles other Python objects" in message and "\n" not in message
+        assert "weights_only" not in message
+    assert not marker.exists()
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]

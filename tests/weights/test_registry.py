@@ -3,7 +3,10 @@ from __future__ import annotations
 import pytest
 
 import ovss
-from ovss.errors import UnknownModelError
+from ovss.errors import (
+    UnknownModelError,
+)
+from ovss.models.build import family_classes
 from ovss.weights.registry import WEIGHTS, get_weight_spec, list_weights
 
 
@@ -11,7 +14,7 @@ def test_names_unique_and_well_formed():
     names = [s.name for s in WEIGHTS]
     assert len(names) == len(set(names))
     for spec in WEIGHTS:
-        assert spec.family in {"san", "catseg", "sed", "catseg_v1"}
+        family_classes(spec.family)  # a family the model builder knows (UnknownModelError otherwise)
         assert spec.license and spec.origin and spec.description
         if spec.source_format == "random":
             assert spec.name.startswith("test-")
@@ -31,3 +34,21 @@ def test_unknown_name_lists_known_names_and_suggests():
     message = str(info.value)
     assert "did you mean 'san-vit-b16'" in message
     assert "catseg-vit-l14" in message and "sed-convnext-b" in message
+
+
+def test_a_very_long_model_name_is_an_unknown_model_not_oserror():
+    import ovss
+    from ovss.errors import UnknownModelError
+
+    with pytest.raises(UnknownModelError, match="unknown model"):
+        ovss.load("x" * 400)
+
+
+def test_an_empty_model_name_is_not_taken_for_the_current_folder():
+    """ovss.load("") said "checkpoint file . is a folder"."""
+    import ovss
+    from ovss.errors import UnknownModelError
+
+    with pytest.raises(UnknownModelError) as info:
+        ovss.load("  ")
+    assert str(info.value) == "no model given (an empty name); pass a name 'ovss models' lists or a file"
