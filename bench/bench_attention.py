@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--logit-std", type=float, default=3.0)
     args = parser.parse_args()
-    from ovss.api.segmenter import native_bf16_cpu
+    from ovss.cpu import native_bf16_cpu
 
     torch.set_num_threads(args.threads)
     dtypes = args.dtypes or (["fp32", "bf16"] if native_bf16_cpu() else ["fp32"])

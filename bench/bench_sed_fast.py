@@ -27,10 +27,15 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import print_table, setup_threads
-from ovss.models.sed import SED, postprocess, sed_convnext_b
+from ovss.models.sed import SED, sed_convnext_b, valid_region
 
 PHOTO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "quokka.jpg"
 
+
+
+def _postprocess(probs: torch.Tensor, padded: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """The official ``sem_seg_postprocess``: crop the valid region, resize it bilinearly to ``size``."""
+    return F.interpolate(valid_region(probs, padded, size), size=size, mode="bilinear", align_corners=False)
 
 def load_image(model: SED, size: int) -> tuple[torch.Tensor, tuple[int, int]]:
     """(1, 3, h, w) CLIP-normalised photo (short side 640) and its size; noise if the photo is absent."""
@@ -106,7 +111,7 @@ def main() -> None:
         model.decoder(dense, few, skips, aux=False)
         model.decoder.forward_fast(dense, few, skips, args.topk[0])
         full_s, logits = timed(lambda: model.decoder(dense, text, skips, aux=False)[0].sigmoid(), args.repeat)
-        full = postprocess(logits, tuple(image.shape[-2:]), (h, w), (h, w)).argmax(1)
+        full = _postprocess(logits, tuple(image.shape[-2:]), (h, w)).argmax(1)
         del logits
         rows = [
             {
@@ -122,7 +127,7 @@ def main() -> None:
             fast_s, (probs, kept) = timed(
                 lambda k=k: model.decoder.forward_fast(dense, text, skips, k), args.repeat
             )
-            fast = postprocess(probs, tuple(image.shape[-2:]), (h, w), (h, w)).argmax(1)
+            fast = _postprocess(probs, tuple(image.shape[-2:]), (h, w)).argmax(1)
             rows.append(
                 {
                     "mode": f"CER top-{k}",

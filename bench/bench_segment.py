@@ -125,7 +125,8 @@ def child(spec: str, classes: int, dtype: str, args: argparse.Namespace) -> dict
 
     import ovss
     from bench.common import count_flops, cpu_info
-    from ovss.api.segmenter import Segmenter, tune_cpu_allocator
+    from ovss.api.segmenter import Segmenter
+    from ovss.cpu import tune_cpu_allocator
     from ovss.models.build import build_model
     from ovss.vocab.vocabulary import Vocabulary
     from ovss.weights.registry import get_weight_spec
@@ -233,7 +234,7 @@ def main() -> None:
     parser.add_argument("--peak", type=float, help="matmul GFLOP/s of the case's dtype (default: measured)")
     parser.add_argument("--profile", action="store_true", help="print the top ops of one extra run")
     parser.add_argument("--top", type=int, default=15)
-    parser.add_argument("--tune-malloc", action="store_true", help="ovss.api.segmenter.tune_cpu_allocator()")
+    parser.add_argument("--tune-malloc", action="store_true", help="ovss.cpu.tune_cpu_allocator()")
     parser.add_argument("--before", metavar="SRC", help="also run every case with the package in SRC")
     parser.add_argument("--label", default="after", help="version label of this tree's rows")
     parser.add_argument("--json", type=Path, help="append the rows (JSON lines) to this file")
@@ -246,7 +247,7 @@ def main() -> None:
         emit_result(child(args.child[0], int(args.child[1]), args.child[2], args))
         return
     from bench.common import device_header, print_table
-    from ovss.api.segmenter import native_bf16_cpu
+    from ovss.cpu import native_bf16_cpu
 
     print(device_header(args.device), flush=True)
     if args.device.startswith("cuda"):

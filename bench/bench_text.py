@@ -37,7 +37,8 @@ def main() -> None:
 
     import ovss.towers.text as text_module
     from bench.common import count_flops, print_table, setup_threads
-    from ovss.api.segmenter import Segmenter, native_bf16_cpu
+    from ovss.api.segmenter import Segmenter
+    from ovss.cpu import native_bf16_cpu
     from ovss.models.build import build_model
     from ovss.vocab.templates import get_templates
     from ovss.weights.registry import get_weight_spec

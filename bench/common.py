@@ -82,7 +82,7 @@ def cpu_info() -> dict[str, object]:
     ``kind`` is "native bf16" (avx512_bf16 or AMX: ``dtype="auto"`` means bf16 there), "AVX2-only"
     (auto means fp32) or "other". Read from /proc/cpuinfo (Linux); "unknown" elsewhere.
     """
-    from ovss.api.segmenter import native_bf16_cpu
+    from ovss.cpu import native_bf16_cpu
 
     model, flags = "unknown", set()
     try:

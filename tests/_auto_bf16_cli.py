@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import sys
 
-import ovss.api.segmenter
+import ovss.cpu
 from ovss.cli.main import main
 
 if __name__ == "__main__":
-    ovss.api.segmenter.native_bf16_cpu = lambda: True  # type: ignore[assignment]
+    ovss.cpu.native_bf16_cpu = lambda: True  # type: ignore[assignment]
     sys.exit(main(sys.argv[1:]))

@@ -128,10 +128,10 @@ def _auto_dtype_is_fp32(request: pytest.FixtureRequest, monkeypatch: pytest.Monk
     """``dtype="auto"`` (the default of ovss.load, segment, demo) means fp32 in tests on every CPU, so
     results compared with references do not depend on whether the test machine has bf16 units.
     Tests marked ``auto_bf16`` get the other resolution, bf16, on every CPU."""
-    import ovss.api.segmenter
+    import ovss.cpu
 
     native = request.node.get_closest_marker("auto_bf16") is not None
-    monkeypatch.setattr(ovss.api.segmenter, "native_bf16_cpu", lambda: native)
+    monkeypatch.setattr(ovss.cpu, "native_bf16_cpu", lambda: native)
 
 
 @pytest.fixture

@@ -183,3 +183,35 @@ def test_the_cli_reports_a_full_disk_in_one_line(monkeypatch, capsys):
         "choose another folder, then re-run the same command (it continues where it stopped; ovss train: "
         "add --resume)\n"
     )
+
+
+def test_the_library_logs_and_the_cli_shows_its_lines_as_before(monkeypatch, capsys):
+    """ovss.engine logs its progress lines to ``ovss.train`` (nothing printed by the library itself);
+    the CLI shows information on stdout unchanged and a warning as one ``ovss: warning:`` line."""
+    import ast
+    import logging
+    from pathlib import Path
+
+    import ovss.engine
+    from ovss.cli.main import _console_logging
+
+    engine = Path(ovss.engine.__file__).parent
+    printing = [
+        f"{path.name}:{node.lineno}"
+        for path in sorted(engine.glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print"
+    ]
+    assert printing == []
+    log = logging.getLogger("ovss.train")
+    monkeypatch.setattr(log, "handlers", [])  # as in a program that imports ovss without the CLI
+    monkeypatch.setattr(log, "level", logging.NOTSET)
+    log.info("saved checkpoint c.pt (iteration 2)")
+    assert capsys.readouterr().out == ""
+    _console_logging()
+    _console_logging()  # once per process however often main() runs
+    log.info("saved checkpoint %s (iteration %d)", "c.pt", 2)
+    log.warning("the data   loader\nis slow")
+    captured = capsys.readouterr()
+    assert captured.out == "saved checkpoint c.pt (iteration 2)\n"
+    assert captured.err == "ovss: warning: the data loader is slow\n"

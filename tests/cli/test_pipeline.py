@@ -9,7 +9,6 @@ import time
 import pytest
 
 from ovss.cli.pipeline import WriteBehind, read_ahead
-from tests.reliability.conftest import fast_model  # noqa: F401 (a fixture: runs the tiny model at 64 px)
 
 
 def _threads(name: str) -> list[threading.Thread]:

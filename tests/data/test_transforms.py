@@ -10,11 +10,9 @@ from PIL import Image
 
 from ovss.data.io import read_image
 from ovss.data.transforms import (
-    pad_to_multiple,
     resize_image,
     resize_shortest_edge_pil,
     shortest_edge_size,
-    to_tensor_normalised,
 )
 
 CLIP_MEAN = (122.7709383, 116.7460125, 104.09373615)
@@ -83,40 +81,3 @@ def test_resize_image_tensor():
     assert resize_image(x[0], (5, 7)).shape == (3, 5, 7)
     with pytest.raises(ValueError, match="mode"):
         resize_image(x, (5, 7), "nearest")
-
-
-def test_to_tensor_normalised(data_dir):
-    image = read_image(data_dir / "voc" / "2011_000003.jpg")
-    x = to_tensor_normalised(image, CLIP_MEAN, CLIP_STD)
-    h, w = image.shape[:2]
-    assert x.shape == (1, 3, h, w) and x.dtype == torch.float32 and x.is_contiguous()
-    # detectron2: (uint8 CHW tensor - float32 mean buffer) / float32 std buffer
-    chw = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    assert torch.equal(x[0], (chw - mean) / std)
-    with pytest.raises(ValueError, match="uint8"):
-        to_tensor_normalised(image.astype(np.float32), CLIP_MEAN, CLIP_STD)
-    with pytest.raises(ValueError, match="3 values"):
-        to_tensor_normalised(image, CLIP_MEAN[:2], CLIP_STD)
-
-
-def test_pad_to_multiple_tensor():
-    x = torch.randn(1, 3, 33, 64)
-    out = pad_to_multiple(x, 32)
-    assert out.shape == (1, 3, 64, 64)
-    assert torch.equal(out[..., :33, :64], x) and (out[..., 33:, :] == 0).all()
-    same = x[..., :32, :]
-    assert pad_to_multiple(same, 32) is same
-    assert pad_to_multiple(x, 0) is x and pad_to_multiple(x, -1) is x
-
-
-def test_pad_to_multiple_numpy():
-    label = np.arange(5 * 7).reshape(5, 7)
-    out = pad_to_multiple(label, 4, value=255)
-    assert out.shape == (8, 8) and out.dtype == label.dtype
-    np.testing.assert_array_equal(out[:5, :7], label)
-    assert (out[5:] == 255).all() and (out[:, 7:] == 255).all()
-    image = np.ones((5, 7, 3), np.uint8)
-    out = pad_to_multiple(image, 4, value=128)
-    assert out.shape == (8, 8, 3) and (out[5:] == 128).all()

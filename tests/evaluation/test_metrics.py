@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ import torch
 
 from ovss.data.io import read_label
 from ovss.errors import DatasetError
-from ovss.evaluation.metrics import ConfusionMatrix, detectron2_results
+from ovss.evaluation.metrics import ConfusionMatrix
 from tests.conftest import parity_params
 
 
@@ -36,6 +38,27 @@ def _matrix(expected: dict, pairs, boundary: bool = False) -> ConfusionMatrix:
     return cm
 
 
+def _detectron2_results(metrics: dict[str, Any], class_names: Sequence[str]) -> dict[str, float | None]:
+    """Our ``compute()`` output in the reference evaluator's layout: detectron2's ``results["sem_seg"]``
+    keys and order.
+
+    ``mIoU, fwIoU, IoU-<name> [, BoundaryIoU-<name>, min(IoU, B-Iou)-<name>], mACC, pACC,
+    ACC-<name>``; excluded classes are None (detectron2 stores NaN).
+    """
+    if len(class_names) != len(metrics["IoU"]):
+        raise ValueError(f"{len(class_names)} class names for {len(metrics['IoU'])} classes")
+    out: dict[str, float | None] = {"mIoU": metrics["mIoU"], "fwIoU": metrics["fwIoU"]}
+    for i, name in enumerate(class_names):
+        out[f"IoU-{name}"] = metrics["IoU"][i]
+        if "BoundaryIoU" in metrics:
+            out[f"BoundaryIoU-{name}"] = metrics["BoundaryIoU"][i]
+            out[f"min(IoU, B-Iou)-{name}"] = metrics["min(IoU, B-IoU)"][i]
+    out["mACC"], out["pACC"] = metrics["mACC"], metrics["pACC"]
+    for i, name in enumerate(class_names):
+        out[f"ACC-{name}"] = metrics["ACC"][i]
+    return out
+
+
 @pytest.mark.parametrize("folder", parity_params("evaluator"))
 def test_detectron2_convention_matches_semsegevaluator_exactly(folder):
     expected, pairs = _load(folder)
@@ -43,7 +66,7 @@ def test_detectron2_convention_matches_semsegevaluator_exactly(folder):
     assert cm.num_images == len(pairs)
     np.testing.assert_array_equal(cm.matrix, _section(expected, "detectron2_confusion_matrix"))
 
-    ours = detectron2_results(cm.compute("detectron2"), expected["class_names"])
+    ours = _detectron2_results(cm.compute("detectron2"), expected["class_names"])
     ref = _section(expected, "detectron2_SemSegEvaluator")
     assert list(ours) == list(ref)  # same keys, same order
     mismatched = {k: (ours[k], ref[k]) for k in ref if ours[k] != ref[k]}  # bitwise, None == None

@@ -164,9 +164,9 @@ def test_export_help_is_complete(capsys):
 
 def test_export_cli_traces_fp32_where_auto_is_bf16(tmp_path, capsys, monkeypatch):
     """On a CPU with bf16 units ``ovss.load``'s auto is bf16; export still traces (and writes) float32."""
-    import ovss.api.segmenter
+    import ovss.cpu
 
-    monkeypatch.setattr(ovss.api.segmenter, "native_bf16_cpu", lambda: True)
+    monkeypatch.setattr(ovss.cpu, "native_bf16_cpu", lambda: True)
     assert ovss.load("test-san-tiny").dtype == torch.bfloat16  # the resolution a user's CPU makes
     out = tmp_path / "san.onnx"
     argv = ["export", "--model", "test-san-tiny", "--classes", "a; b", "--size", "64", "64"]

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ovss.errors import ConfigError
+from ovss.layers.window import shift_window_mask
 from ovss.models.catseg import (
     CATSeg,
     CATSegConfig,
@@ -27,7 +28,6 @@ from ovss.models.catseg_aggregator import (
     SpatialAggregation,
     UpBlock,
     linear_attention,
-    shift_window_mask,
 )
 from tests.conftest import relative_error
 from tests.models._blocks import check_blocks
@@ -95,24 +95,6 @@ def test_invalid_configs_name_the_field(override: str, field: str) -> None:
 
 
 # ------------------------------------------------------------------------------------- primitives
-def test_shift_mask_blocks_exactly_the_pairs_split_by_the_cyclic_shift() -> None:
-    h = w = 24
-    window, shift = 12, 6
-    mask = shift_window_mask(h, w, window, shift, torch.float32)
-    assert mask.shape == (4, 144, 144)
-    # Independent characterisation: after rolling by -shift, a token wrapped around an edge iff
-    # its rolled coordinate is >= size - shift; two tokens of a window may attend iff they wrapped alike.
-    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    wrap = torch.stack([rows >= h - shift, cols >= w - shift], dim=-1)  # (H, W, 2)
-    for idx in range(4):
-        wy, wx = divmod(idx, 2)
-        tile = wrap[wy * window : (wy + 1) * window, wx * window : (wx + 1) * window].reshape(-1, 2)
-        same = (tile[:, None] == tile[None]).all(-1)
-        assert torch.equal(mask[idx] == 0, same)
-    assert set(mask.unique().tolist()) == {-100.0, 0.0}
-    assert shift_window_mask(h, w, window, shift, torch.bfloat16).dtype == torch.bfloat16
-
-
 def test_linear_attention_matches_the_formula_and_folds_padding_exactly() -> None:
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 5, 4, generator=gen, dtype=torch.float64) for _ in range(3))

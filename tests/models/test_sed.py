@@ -7,7 +7,15 @@ import torch
 import torch.nn.functional as F
 
 from ovss.errors import ConfigError
-from ovss.models.sed import SED, SEDConfig, SEDOutput, postprocess, sed_convnext_b, sed_convnext_l, sed_tiny
+from ovss.models.sed import (
+    SED,
+    SEDConfig,
+    SEDOutput,
+    sed_convnext_b,
+    sed_convnext_l,
+    sed_tiny,
+    valid_region,
+)
 from ovss.models.sed_blocks import ClassAttention, FusionStage
 from ovss.models.sed_decoder import cer_survivors
 from ovss.towers.clip import vit_b_16
@@ -249,15 +257,20 @@ def test_training_forward_and_stop_gradients() -> None:
     assert all(p.grad is None for p in m.clip.text.parameters())
 
 
-def test_postprocess_crops_the_padded_fraction() -> None:
+def _official_postprocess(
+    probs: torch.Tensor, padded: tuple[int, int], image: tuple[int, int], output: tuple[int, int]
+) -> torch.Tensor:
+    """The official ``sem_seg_postprocess`` (the reference the banded resize is checked against): crop
+    the valid region of the padded input, then one ``F.interpolate`` to the output size."""
+    crop = valid_region(probs, padded, image)
+    return F.interpolate(crop, size=output, mode="bilinear", align_corners=False)
+
+
+def test_valid_region_crops_the_padded_fraction() -> None:
     probs = torch.arange(64.0).view(1, 1, 8, 8)
-    out = postprocess(probs, (64, 64), (32, 64), (30, 60))
-    ref = F.interpolate(probs[..., :4, :], size=(30, 60), mode="bilinear", align_corners=False)
-    torch.testing.assert_close(out, ref)
-    full = postprocess(probs, (64, 64), (64, 64), (16, 16))
-    torch.testing.assert_close(
-        full, F.interpolate(probs, size=(16, 16), mode="bilinear", align_corners=False)
-    )
+    assert torch.equal(valid_region(probs, (64, 64), (32, 64)), probs[..., :4, :])
+    assert torch.equal(valid_region(probs, (64, 64), (64, 40)), probs[..., :, :5])
+    assert valid_region(probs, (64, 64), (64, 64)) is probs
 
 
 def test_predict_rejects_unknown_options(model: SED) -> None:
@@ -279,7 +292,7 @@ def test_predict_blocks_are_row_bands_of_predict_and_match_postprocess(model: SE
             probs = torch.cat(one)
         else:
             probs = model.decoder(dense, text, skips)[0].sigmoid()
-    expected = postprocess(probs, (S, S), (S - 28, S), (45, 37))  # the official F.interpolate form
+    expected = _official_postprocess(probs, (S, S), (S - 28, S), (45, 37))
     torch.testing.assert_close(full, expected, rtol=1e-5, atol=1e-6)
     assert ((full - expected).norm() / expected.norm()) < 1e-6
     if fast:  # rejected classes stay exactly 0 through the banded resize

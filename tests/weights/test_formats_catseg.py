@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from ovss.errors import CheckpointMismatchError
+from ovss.layers.window import shift_window_mask
 from ovss.models.catseg import CATSeg, catseg_tiny, catseg_vit_b16, catseg_vit_l14
-from ovss.models.catseg_aggregator import shift_window_mask
 from ovss.weights.build import mismatches
 from ovss.weights.formats import catseg_d2
 from tests.conftest import needs, parity_dir

@@ -10,7 +10,6 @@ Typical use::
 
 from __future__ import annotations
 
-import functools
 import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ovss import cpu
 from ovss.api.requery import ImageCache, ImageHandle, View, cache_key, pixel_digest
 from ovss.api.result import SegmentationResult, unlabelled_value
 from ovss.api.tta import TTAConfig, check_pass_sizes, mean_blocks, parse_tta, scaled_size
@@ -46,25 +46,11 @@ Progress = Callable[[float, float, str], None]  # progress(done, total, unit), s
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-@functools.cache  # the hardware does not change while the process runs
-def native_bf16_cpu() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX, read from /proc/cpuinfo).
-
-    Without them PyTorch emulates bf16 matrix products, tens of times slower than float32.
-    """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def parse_dtype(dtype: str | torch.dtype, device: torch.device | None = None) -> torch.dtype:
     """``"fp32" | "bf16" | "fp16" | "auto"`` (or a torch dtype) -> torch dtype.
 
     ``auto`` is the fast precision where it is safe: bfloat16 on CUDA GPUs that support it and on
-    CPUs with native bf16 units (:func:`native_bf16_cpu`), float32 (exact) everywhere else.
+    CPUs with native bf16 units (:func:`ovss.cpu.native_bf16_cpu`), float32 (exact) everywhere else.
     """
     if isinstance(dtype, torch.dtype):
         return dtype
@@ -72,7 +58,7 @@ def parse_dtype(dtype: str | torch.dtype, device: torch.device | None = None) ->
         device = device or torch.device("cpu")
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-        return torch.bfloat16 if device.type == "cpu" and native_bf16_cpu() else torch.float32
+        return torch.bfloat16 if device.type == "cpu" and cpu.native_bf16_cpu() else torch.float32
     try:
         return DTYPES[str(dtype).lower()]
     except KeyError:
@@ -620,33 +606,6 @@ def reduce_scores(
         elif scores is not None:
             scores[:, k0:k1, r0:r1] = block
     return ReducedScores(labels, confidence, class_scores, scores)
-
-
-def tune_cpu_allocator() -> bool:
-    """Let glibc reuse freed memory instead of unmapping every large block (Linux/glibc, process-wide).
-
-    By default every tensor above 32 MiB is a fresh ``mmap`` whose pages the kernel zeroes on first
-    touch; CAT-Seg and SED create many such (B*K, C, H, W) activations, and these page faults cost
-    them 1.6-1.9x on CPU (docs/performance.md). After this call all blocks come from the heap and
-    freed memory stays mapped for reuse (``mallopt(M_MMAP_MAX, 0)``, ``M_TRIM_THRESHOLD`` 2 GiB; the
-    same as ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` in the environment), so the
-    resident size stays at its peak. Call it once at start-up in processes that run inference.
-
-    Returns:
-        True when applied, False where it does not apply (no glibc).
-    """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        m_trim_threshold, m_mmap_max = -1, -4
-        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
-    except (OSError, AttributeError):
-        return False
 
 
 FP16_ON_CPU = (

@@ -89,19 +89,42 @@ class _StderrHandler(logging.Handler):
             self.handleError(record)
 
 
+class _TrainHandler(logging.Handler):
+    """The training lines (``ovss.train``) as ``ovss train`` always showed them: information on the
+    current stdout as it is, a warning or error as one ``ovss: warning: ...`` line on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if record.levelno >= logging.WARNING:
+                text = " ".join(text.split())  # one line, as warnings.warn's are
+                print(f"ovss: {record.levelname.lower()}: {text}", file=sys.stderr, flush=True)
+            else:
+                print(text, file=sys.stdout, flush=True)
+        except BrokenPipeError:  # the reader went away: main's quiet exit 141
+            raise
+        except Exception:  # logging's own one-time report, never the command's failure
+            self.handleError(record)
+
+
 @contextlib.contextmanager
 def _progress_lines() -> Iterator[None]:
-    """Show the ``ovss.weights`` logger's INFO lines on the terminal for the duration of a command."""
-    logger = logging.getLogger("ovss.weights")
-    handler, level = _StderrHandler(logging.INFO), logger.level
-    logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
+    """Show the library's progress lines on the terminal for the duration of a command: ``ovss.weights``
+    (downloading, converting) and ``ovss.train`` (training start, metrics, checkpoints)."""
+    installed = []
+    handlers = {"ovss.weights": _StderrHandler(logging.INFO), "ovss.train": _TrainHandler(logging.INFO)}
+    for name, handler in handlers.items():
+        logger = logging.getLogger(name)
+        installed.append((logger, handler, logger.level))
+        logger.addHandler(handler)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+        for logger, handler, level in installed:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if argv is None and args.command in ("segment", "eval", "demo"):  # the `ovss` process itself (not
         # an in-process call): let glibc reuse freed memory, 1.6-1.9x on CAT-Seg/SED (docs/performance.md)
-        from ovss.api.segmenter import tune_cpu_allocator
+        from ovss.cpu import tune_cpu_allocator
 
         tune_cpu_allocator()
     try:

@@ -1,4 +1,4 @@
-"""Test-time image transforms: resize, normalise, pad.
+"""Test-time image resizing (the Segmenter normalises and pads inside its own pipeline).
 
 Two resize flavours exist on purpose, because the official pipelines use both:
 
@@ -10,14 +10,10 @@ Two resize flavours exist on purpose, because the official pipelines use both:
 * :func:`resize_image` is ``torch.nn.functional.interpolate`` on the float image
   (``align_corners=False``, no antialias unless asked), the operation the models themselves use
   inside the network.
-
-Normalisation follows detectron2 (``(x - pixel_mean) / pixel_std`` in float32 with the constants in
-0..255 units), padding follows ``ImageList.from_tensors`` (bottom/right, to a multiple of k).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -116,77 +112,6 @@ def resize_image(
     if image.dtype == np.uint8:
         return np.ascontiguousarray(torch.round(y).clamp_(0, 255).to(torch.uint8).numpy())
     return np.ascontiguousarray(y.numpy())
-
-
-def to_tensor_normalised(
-    image: np.ndarray,
-    mean_255: Sequence[float],
-    std_255: Sequence[float],
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """HWC uint8 RGB -> normalised NCHW float32, as detectron2 models do it.
-
-    The uint8 image is moved to ``device`` first (4x less traffic), then
-    ``(x.float() - mean) / std`` is computed there (a division, not a multiplication by 1/std, so
-    the numbers match the official code bit for bit).
-
-    Args:
-        image: (H, W, 3) uint8 RGB.
-        mean_255: per-channel mean in 0..255 units (CLIP: 122.7709383, 116.7460125, 104.09373615).
-        std_255: per-channel std in 0..255 units (CLIP: 68.5005327, 66.6321579, 70.3231630).
-        device: where the result lives; default CPU.
-
-    Returns:
-        (1, 3, H, W) float32.
-    """
-    _check_uint8_image(image)
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be (H, W, 3) uint8 RGB, got shape {image.shape}")
-    if len(mean_255) != 3 or len(std_255) != 3:
-        raise ValueError(f"mean_255 and std_255 need 3 values, got {list(mean_255)} and {list(std_255)}")
-    if any(s <= 0 for s in std_255):
-        raise ValueError(f"std_255 must be positive, got {list(std_255)}")
-    x = _from_numpy(image).to(device).permute(2, 0, 1)[None]
-    mean = torch.tensor(mean_255, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(std_255, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    return ((x.float() - mean) / std).contiguous()
-
-
-def pad_to_multiple(x: ArrayOrTensor, k: int, value: float = 0) -> ArrayOrTensor:
-    """Pad the bottom and right so height and width are multiples of ``k``.
-
-    Mirrors detectron2 ``ImageList.from_tensors(size_divisibility=k, pad_value=value)`` for one
-    image. ``k <= 1`` means no padding (detectron2 uses 0 / -1 for that).
-
-    Args:
-        x: torch tensor (..., H, W), or numpy array in image layout (H, W) or (H, W, C).
-        k: the multiple (e.g. 32).
-        value: fill value (0 for normalised images, 255 = ignore for label maps).
-
-    Returns:
-        The same kind and dtype, (..., H', W') with H' = ceil(H / k) * k; the input itself when
-        nothing needs padding. The valid region is ``[:H, :W]``.
-    """
-    if isinstance(x, torch.Tensor):
-        if x.ndim < 2:
-            raise ValueError(f"tensor must be (..., H, W), got shape {tuple(x.shape)}")
-        h, w = x.shape[-2:]
-    else:
-        if x.ndim not in (2, 3):
-            raise ValueError(f"numpy array must be (H, W) or (H, W, C), got shape {x.shape}")
-        h, w = x.shape[:2]
-    if k <= 1:
-        return x
-    pad_h, pad_w = -h % k, -w % k
-    if pad_h == 0 and pad_w == 0:
-        return x
-    if isinstance(x, torch.Tensor):
-        out = x.new_full((*x.shape[:-2], h + pad_h, w + pad_w), value)
-        out[..., :h, :w] = x
-        return out
-    out = np.full((h + pad_h, w + pad_w, *x.shape[2:]), value, dtype=x.dtype)
-    out[:h, :w] = x
-    return out
 
 
 def _check_uint8_image(image: np.ndarray) -> None:

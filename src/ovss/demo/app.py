@@ -13,12 +13,14 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from ovss.demo.backend import (
     DEFAULT_OPACITY,
     EXAMPLE_CLASSES,
     DemoBackend,
+    DemoLimits,
     DemoUserError,
     UploadGate,
     inference_choices,
@@ -108,18 +110,8 @@ def _duration(seconds: int) -> str:
     return f"{seconds // 60} minutes" if seconds >= 120 else f"{seconds} seconds"
 
 
-def build_app(
-    backend: DemoBackend, examples: list[list[str]] | None = None, min_score: float | None = None
-) -> Any:
-    """The gradio Blocks page. Call :func:`launch` to serve it with the demo's limits.
-
-    ``min_score``: the first value of the page's minimum score (None: empty, every pixel labelled).
-    """
-    gr = import_gradio()
-    catalogue = backend.catalogue()
-    offered = [(e.label, e.name) for e in catalogue if e.usable]
-    visible = option_visibility(backend.family(backend.model_name))
-    modes, first_mode = backend.inference_modes(backend.model_name)
+def _on_model(backend: DemoBackend, gr: Any) -> Any:
+    """The model dropdown's handler: show the options of the chosen model's family."""
 
     def on_model(model: str, sed_fast: bool) -> tuple[Any, Any, Any]:
         show = option_visibility(backend.family(model))
@@ -133,6 +125,12 @@ def build_app(
                 value=first or "whole",
             ),
         )
+
+    return on_model
+
+
+def _segment_handler(backend: DemoBackend, gr: Any) -> Any:
+    """The ``/segment`` handler: the backend's result, or one error message for the page."""
 
     def segment(
         image,
@@ -175,7 +173,141 @@ def build_app(
         return out.overlay, out.legend, str(out.label_file), out.table, out.score_map
 
     segment.__annotations__ = {"request": gr.Request}  # gradio passes the request (its session hash)
+    return segment
 
+
+def _input_column(gr: Any, backend: DemoBackend, offered: list, min_score: float | None) -> SimpleNamespace:
+    """The left column: image, classes, model and its options, display controls, the button."""
+    visible = option_visibility(backend.family(backend.model_name))
+    modes, first_mode = backend.inference_modes(backend.model_name)
+    image = gr.Image(
+        type="filepath",
+        label="image",
+        sources=["upload", "clipboard"],
+        height=360,
+        elem_id="ovss-image",
+    )
+    classes = gr.Textbox(
+        value=EXAMPLE_CLASSES,
+        label="classes",
+        info="';' between classes, ',' between synonyms: cat; sofa, couch; wall",
+        lines=2,
+        elem_id="ovss-classes",
+    )
+    model = gr.Dropdown(
+        offered,
+        value=backend.model_name,
+        label="model",
+        info="weights status in brackets",
+        elem_id="ovss-model",
+    )
+    fast = gr.Checkbox(
+        value=False,
+        label="SED fast mode (category early rejection)",
+        visible=visible["fast"],
+        elem_id="ovss-sed-fast",
+    )
+    topk = gr.Number(
+        value=8,
+        precision=0,
+        minimum=1,
+        label="SED fast mode: classes kept per pixel",
+        visible=False,
+        elem_id="ovss-sed-topk",
+    )
+    inference = gr.Radio(
+        inference_choices(backend.family(backend.model_name), modes or ["whole"]),
+        value=first_mode or "whole",
+        label="inference protocol (SAN, CAT-Seg)",
+        visible=visible["inference"],
+    )
+    display = display_controls(gr, min_score)
+    button = gr.Button("Segment", variant="primary", elem_id="ovss-segment")
+    return SimpleNamespace(image=image, classes=classes, model=model, fast=fast, topk=topk,
+                           inference=inference, display=display, button=button)
+
+
+def _output_column(gr: Any) -> SimpleNamespace:
+    """The right column: overlay and legend, label-map file, class table, score map."""
+    with gr.Row():
+        overlay = gr.Image(
+            type="pil",
+            format="png",
+            label="segmentation",
+            interactive=False,
+            scale=2,
+            min_width=320,  # narrower screens put the legend below the image
+            elem_id="ovss-overlay",
+        )
+        legend = gr.HTML(label="legend", elem_id="ovss-legend", min_width=220, scale=1)
+    label_file = gr.File(
+        label="label map (PNG)",
+        interactive=False,
+        elem_id="ovss-label-file",
+    )
+    table = gr.Dataframe(
+        headers=["class", "% pixels", "peak score"],
+        label="classes present",
+        interactive=False,
+        elem_id="ovss-table",
+    )
+    score_map = gr.Image(
+        type="pil",
+        format="png",
+        label="score map of the chosen class (black 0, pale yellow 1)",
+        interactive=False,
+        visible=False,
+        elem_id="ovss-score-map",
+    )
+    score_state = gr.State(None)  # not part of the /segment API (State is not exposed)
+    return SimpleNamespace(overlay=overlay, legend=legend, label_file=label_file, table=table,
+                           score_map=score_map, score_state=score_state)
+
+
+def _limits_text(limits: DemoLimits) -> str:
+    return (
+        f"Limits per request: images up to {limits.max_pixels / 1e6:g} million pixels and "
+        f"{limits.max_upload_mb:g} MB, up to {limits.max_classes:,} classes; requests run one at a time "
+        f"(at most {limits.queue_size} waiting). Uploads and results are deleted from the server after "
+        f"{_duration(limits.keep_files_s)}. The label map PNG is full size; its pixel value is the index "
+        "of the class in your list (0 = the first). API: `/segment` (see *Use via API* below)."
+    )
+
+
+def _wire(gr: Any, backend: DemoBackend, inputs: SimpleNamespace, outputs: SimpleNamespace) -> None:
+    """The page's events; ``/segment`` is the only API endpoint."""
+    inputs.model.change(
+        _on_model(backend, gr), [inputs.model, inputs.fast], [inputs.fast, inputs.topk, inputs.inference],
+        api_name=False,
+    )
+    inputs.fast.change(lambda on: gr.update(visible=bool(on)), [inputs.fast], [inputs.topk], api_name=False)
+    # The legend (HTML) shows no error state: clear it in the browser first, so that a failed request
+    # never leaves the legend of the previous image beside the error.
+    score_class = inputs.display[3]
+    inputs.classes.change(
+        score_class_choices, [inputs.classes, score_class], [score_class], api_name=False, queue=False
+    )
+    inputs.button.click(None, None, [outputs.legend], js="() => ''", api_name=False, queue=False).then(
+        _segment_handler(backend, gr),
+        [inputs.image, inputs.classes, inputs.model, inputs.fast, inputs.topk, inputs.inference,
+         *inputs.display],
+        [outputs.overlay, outputs.legend, outputs.label_file, outputs.table, outputs.score_state],
+        api_name="segment",
+        preprocess=False,  # the backend checks and decodes the upload itself (clear errors, limits)
+        concurrency_limit=1,
+    ).then(show_score_map, [outputs.score_state], [outputs.score_map], api_name=False, queue=False)
+
+
+def build_app(
+    backend: DemoBackend, examples: list[list[str]] | None = None, min_score: float | None = None
+) -> Any:
+    """The gradio Blocks page. Call :func:`launch` to serve it with the demo's limits.
+
+    ``min_score``: the first value of the page's minimum score (None: empty, every pixel labelled).
+    """
+    gr = import_gradio()
+    catalogue = backend.catalogue()
+    offered = [(e.label, e.name) for e in catalogue if e.usable]
     limits = backend.limits
     with gr.Blocks(
         title="ovss: open-vocabulary segmentation",
@@ -189,107 +321,18 @@ def build_app(
         )
         with gr.Row():
             with gr.Column(scale=2):
-                image = gr.Image(
-                    type="filepath",
-                    label="image",
-                    sources=["upload", "clipboard"],
-                    height=360,
-                    elem_id="ovss-image",
-                )
-                classes = gr.Textbox(
-                    value=EXAMPLE_CLASSES,
-                    label="classes",
-                    info="';' between classes, ',' between synonyms: cat; sofa, couch; wall",
-                    lines=2,
-                    elem_id="ovss-classes",
-                )
-                model = gr.Dropdown(
-                    offered,
-                    value=backend.model_name,
-                    label="model",
-                    info="weights status in brackets",
-                    elem_id="ovss-model",
-                )
-                fast = gr.Checkbox(
-                    value=False,
-                    label="SED fast mode (category early rejection)",
-                    visible=visible["fast"],
-                    elem_id="ovss-sed-fast",
-                )
-                topk = gr.Number(
-                    value=8,
-                    precision=0,
-                    minimum=1,
-                    label="SED fast mode: classes kept per pixel",
-                    visible=False,
-                    elem_id="ovss-sed-topk",
-                )
-                inference = gr.Radio(
-                    inference_choices(backend.family(backend.model_name), modes or ["whole"]),
-                    value=first_mode or "whole",
-                    label="inference protocol (SAN, CAT-Seg)",
-                    visible=visible["inference"],
-                )
-                display = display_controls(gr, min_score)
-                button = gr.Button("Segment", variant="primary", elem_id="ovss-segment")
+                inputs = _input_column(gr, backend, offered, min_score)
             with gr.Column(scale=3):
-                with gr.Row():
-                    overlay = gr.Image(
-                        type="pil",
-                        format="png",
-                        label="segmentation",
-                        interactive=False,
-                        scale=2,
-                        min_width=320,  # narrower screens put the legend below the image
-                        elem_id="ovss-overlay",
-                    )
-                    legend = gr.HTML(label="legend", elem_id="ovss-legend", min_width=220, scale=1)
-                label_file = gr.File(
-                    label="label map (PNG)",
-                    interactive=False,
-                    elem_id="ovss-label-file",
-                )
-                table = gr.Dataframe(
-                    headers=["class", "% pixels", "peak score"],
-                    label="classes present",
-                    interactive=False,
-                    elem_id="ovss-table",
-                )
-                score_map = gr.Image(
-                    type="pil",
-                    format="png",
-                    label="score map of the chosen class (black 0, pale yellow 1)",
-                    interactive=False,
-                    visible=False,
-                    elem_id="ovss-score-map",
-                )
-                score_state = gr.State(None)  # not part of the /segment API (State is not exposed)
+                outputs = _output_column(gr)
         example_photos: list[str] = []
         if examples:
-            shown = gr.Examples(examples, inputs=[image, classes], label="examples (click one, then Segment)")
+            shown = gr.Examples(examples, inputs=[inputs.image, inputs.classes],
+                                label="examples (click one, then Segment)")
             example_photos = _example_paths(shown)
         with gr.Accordion("models and weights on this server", open=False):
             gr.Markdown(weights_table(catalogue))
-        gr.Markdown(
-            f"Limits per request: images up to {limits.max_pixels / 1e6:g} million pixels and "
-            f"{limits.max_upload_mb:g} MB, up to {limits.max_classes:,} classes; requests run one at a time "
-            f"(at most {limits.queue_size} waiting). Uploads and results are deleted from the server after "
-            f"{_duration(limits.keep_files_s)}. The label map PNG is full size; its pixel value is the index "
-            "of the class in your list (0 = the first). API: `/segment` (see *Use via API* below)."
-        )
-        model.change(on_model, [model, fast], [fast, topk, inference], api_name=False)
-        fast.change(lambda on: gr.update(visible=bool(on)), [fast], [topk], api_name=False)
-        # The legend (HTML) shows no error state: clear it in the browser first, so that a failed request
-        # never leaves the legend of the previous image beside the error.
-        classes.change(score_class_choices, [classes, display[3]], [display[3]], api_name=False, queue=False)
-        button.click(None, None, [legend], js="() => ''", api_name=False, queue=False).then(
-            segment,
-            [image, classes, model, fast, topk, inference, *display],
-            [overlay, legend, label_file, table, score_state],
-            api_name="segment",
-            preprocess=False,  # the backend checks and decodes the upload itself (clear errors, limits)
-            concurrency_limit=1,
-        ).then(show_score_map, [score_state], [score_map], api_name=False, queue=False)
+        gr.Markdown(_limits_text(limits))
+        _wire(gr, backend, inputs, outputs)
     app.queue(default_concurrency_limit=1, max_size=limits.queue_size)
     # A request may name only the files this server received as uploads, and the example photos.
     backend.gate = UploadGate(lambda: app.upload_file_set, example_photos)

@@ -10,13 +10,15 @@ wandb are imported only when used.
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
 from ovss.errors import MissingDependencyError, missing_dependency
 from ovss.utils import atomic_write_text
+
+_log = logging.getLogger("ovss.train")
 
 
 def truncate_metrics(path: Path, last_iteration: int) -> None:
@@ -115,7 +117,7 @@ class MetricLogger:
         if echo:
             shown = " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
             tail = f" {suffix}" if suffix else ""
-            print(f"iter {progress or iteration}: {shown}{tail}", file=sys.stdout, flush=True)
+            _log.info("iter %s: %s%s", progress or iteration, shown, tail)
         if self._tb is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import time
 import warnings
@@ -51,6 +52,8 @@ from ovss.engine.sampler import ResumableSampler
 from ovss.engine.tasks import Task, build_task
 from ovss.errors import ConfigError, OvssError
 from ovss.models.losses import weighted_sum
+
+_log = logging.getLogger("ovss.train")
 
 _AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype
 
@@ -163,9 +166,9 @@ def _complete_run(out_dir: Path, done: int, iterations: int, is_main: bool) -> d
     if done < iterations or not final.is_file():
         return None
     if is_main:
-        print(f"the run in {out_dir} is already complete ({done} of {iterations} iterations): nothing to do; "
-              f"its model is {final} (to train longer, add --set solver.iterations=N with N > {done})",
-              flush=True)
+        _log.info("the run in %s is already complete (%d of %d iterations): nothing to do; its model is %s "
+                  "(to train longer, add --set solver.iterations=N with N > %d)",
+                  out_dir, done, iterations, final, done)
     return {"iteration": done, "model": final, "metrics": {}, "eval": {}}
 
 
@@ -175,59 +178,54 @@ def _iterations_left(start: int, iterations: int, batch: int) -> str:
     return f"iterations {start + 1}..{iterations} x batch {batch}"
 
 
-def train(
-    cfg: TrainConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False
-) -> dict[str, Any]:
-    """Train (or, with ``resume``, continue) the run described by ``cfg``, writing to ``out_dir``.
+@dataclasses.dataclass
+class _Run:
+    """Everything one training run holds, built by :func:`_build_run` (fresh or from a checkpoint)."""
 
-    Collective: with torchrun every rank calls it with the same arguments, inside
-    :func:`ovss.distributed.distributed_session` (as ``ovss train`` does), which leaves the group.
-    A fresh start needs an empty (or missing) ``out_dir``; ``overwrite`` first deletes the files of an
-    earlier run there (:mod:`ovss.engine.rundir`). Temporary files left by a killed write are removed
-    on every start.
+    model: torch.nn.Module
+    family: str
+    vocab: Any
+    task: Task
+    net: torch.nn.Module
+    weights: dict[str, float]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    precision: str
+    amp_dtype: torch.dtype | None
+    start: int
 
-    Raises:
-        ConfigError: ``out_dir`` holds files and neither ``resume`` nor ``overwrite`` is set;
-            ``resume`` without a checkpoint.
 
-    Returns:
-        ``{"iteration", "model", "metrics", "eval"}``: completed iterations, the exported model file,
-        the last logged metrics and the last evaluation (empty without one).
-    """
-    dist = init_distributed(cfg.device)
-    device, rank, world = dist.device, dist.rank, dist.world_size
-    out_dir = Path(out_dir)
-    ckpt_dir = out_dir / "checkpoints"
-    micro = cfg.micro_batch(world)
-    accum = cfg.solver.accumulation
+def _prepare_run_dir(out_dir: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
+    """Check ``out_dir`` (fresh start: empty), then delete an earlier run (``overwrite``) or the
+    temporary files of killed writes; every rank waits for rank 0."""
     check_run_dir(out_dir, resume, overwrite)
-    if dist.is_main:
+    if is_main:
         removed = clear_run(out_dir) if overwrite else remove_stale_temp_files(out_dir)
         if removed:
             what = "previous run" if overwrite else "stale temporary files"
-            print(f"removed the {what} in {out_dir}: {', '.join(removed)}", flush=True)
+            _log.info("removed the %s in %s: %s", what, out_dir, ", ".join(removed))
     barrier()  # every rank has checked the folder before rank 0 writes into it
 
-    state = None
-    if resume:
-        latest = ckpt.latest_checkpoint(ckpt_dir)
-        if latest is None:
-            raise ConfigError(f"--resume: no checkpoint in {ckpt_dir}; run without --resume to start")
-        state = ckpt.load_checkpoint(latest)
-        if dist.is_main:
-            print(f"resuming from {latest} (iteration {int(state['iteration'])} of {cfg.solver.iterations})",
-                  flush=True)
-        changed = _changed_keys(TrainConfig.from_json(state["config"]).to_dict(), cfg.to_dict())
-        if changed and dist.is_main:
-            print(f"resume: the config differs from the checkpoint's in {', '.join(changed)}", flush=True)
-        complete = _complete_run(out_dir, int(state["iteration"]), cfg.solver.iterations, dist.is_main)
-        if complete is not None:
-            return complete
-    if cfg.tf32 and device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
-    # Model, text, optimizer. The same seed on every rank gives the same initial weights.
+def _resume_state(cfg: TrainConfig, ckpt_dir: Path, is_main: bool) -> dict[str, Any]:
+    """The newest checkpoint in ``ckpt_dir`` (``--resume``), saying where it continues and what changed."""
+    latest = ckpt.latest_checkpoint(ckpt_dir)
+    if latest is None:
+        raise ConfigError(f"--resume: no checkpoint in {ckpt_dir}; run without --resume to start")
+    state = ckpt.load_checkpoint(latest)
+    if is_main:
+        _log.info("resuming from %s (iteration %d of %d)",
+                  latest, int(state["iteration"]), cfg.solver.iterations)
+    changed = _changed_keys(TrainConfig.from_json(state["config"]).to_dict(), cfg.to_dict())
+    if changed and is_main:
+        _log.info("resume: the config differs from the checkpoint's in %s", ", ".join(changed))
+    return state
+
+
+def _build_run(cfg: TrainConfig, state: dict[str, Any] | None, dist: Any) -> _Run:
+    """Model, task, optimizer and scaler on ``dist.device``; restored from ``state`` when resuming.
+    The same seed on every rank gives the same initial weights."""
+    device, rank, world = dist.device, dist.rank, dist.world_size
     torch.manual_seed(cfg.seed)
     section = cfg.model
     if state is not None and section.weights is None:  # the checkpoint overwrites every weight anyway
@@ -236,10 +234,8 @@ def train(
     model.to(device)
     vocab = vocabulary(cfg.data)
     task = build_task(family, model, vocab, cfg.loss, cfg.data.ignore_index).to(device)
-    weights = task.loss_weights()
     optimizer = build_optimizer(model, cfg.solver)
     precision = _precision(cfg.precision, device, dist.is_main)
-    amp_dtype = _AMP[precision]
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     start = 0
     torch.manual_seed(cfg.seed + rank)  # per-rank stream (point sampling, drop path)
@@ -254,105 +250,170 @@ def train(
         else:  # a different number of processes cannot continue the same random streams
             torch.manual_seed(cfg.seed + rank + 1_000_003 * start)
             if dist.is_main:
-                print(f"resume: {len(rngs)} saved RNG streams for {world} ranks; reseeding", flush=True)
+                _log.info("resume: %d saved RNG streams for %d ranks; reseeding", len(rngs), world)
     net = data_parallel(task, device, cfg.find_unused_parameters) if world > 1 else task
+    return _Run(model, family, vocab, task, net, task.loss_weights(), optimizer, scaler, precision,
+                _AMP[precision], start)
 
-    # Data: an endless, seeded stream; resuming skips the samples already consumed.
-    pairs = image_label_pairs(cfg.data)
-    sampler = ResumableSampler(len(pairs), micro, cfg.seed, rank, world, start=start * micro * accum)
-    workers = _workers(cfg.workers, world)
-    dataset = TrainDataset(pairs, cfg.augment, cfg.seed, len(vocab), cfg.data.ignore_index)
+
+def _train_loader(cfg: TrainConfig, pairs: list, run: _Run, dist: Any) -> tuple[Any, int]:
+    """An endless, seeded batch stream (iterator) and its worker count; resuming skips the samples
+    already consumed."""
+    micro = cfg.micro_batch(dist.world_size)
+    consumed = run.start * micro * cfg.solver.accumulation
+    sampler = ResumableSampler(len(pairs), micro, cfg.seed, dist.rank, dist.world_size, start=consumed)
+    workers = _workers(cfg.workers, dist.world_size)
+    dataset = TrainDataset(pairs, cfg.augment, cfg.seed, len(run.vocab), cfg.data.ignore_index)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=workers,
-        collate_fn=collate, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        collate_fn=collate, pin_memory=dist.device.type == "cuda", persistent_workers=workers > 0,
         generator=torch.Generator(),  # keeps the DataLoader off the global RNG (exact resume)
     )
-    batches = iter(loader)
-    eval_data = cfg.eval.data  # empty fields fall back to the training data's
+    return iter(loader), workers
+
+
+def _eval_inputs(cfg: TrainConfig) -> tuple[Any, list, Any]:
+    """The periodic evaluation's data section, image/label pairs and vocabulary (empty fields of
+    ``cfg.eval.data`` fall back to the training data's; nothing without ``eval.period``)."""
+    eval_data = cfg.eval.data
     classes = eval_data.classes or (None if eval_data.benchmark else cfg.data.classes)
     eval_data = dataclasses.replace(eval_data, root=eval_data.root or cfg.data.root, classes=classes)
     eval_pairs = image_label_pairs(eval_data) if cfg.eval.period else []
     if cfg.eval.max_images:
         eval_pairs = eval_pairs[: cfg.eval.max_images]
-    eval_vocab = vocabulary(eval_data) if cfg.eval.period else None
+    return eval_data, eval_pairs, vocabulary(eval_data) if cfg.eval.period else None
 
+
+def _start_line(cfg: TrainConfig, out_dir: Path, run: _Run, n_images: int, dist: Any, workers: int) -> str:
+    names = ", ".join(run.vocab.names[:5]) + (", ..." if len(run.vocab) > 5 else "")
+    where = f"{cfg.data.benchmark} {cfg.data.split} in " if cfg.data.benchmark else ""
+    left = _iterations_left(run.start, cfg.solver.iterations, cfg.solver.batch_size)
+    return (f"training {cfg.name or run.family}: {n_images} images ({where}{cfg.data.root}), "
+            f"{len(run.vocab)} classes ({names}); device {dist.device}, {dist.world_size} process(es), "
+            f"{run.precision}, {workers} data worker(s); {left}; writing to {out_dir}")
+
+
+def _train_step(
+    cfg: TrainConfig, run: _Run, batches: Any, it: int, dist: Any
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, float]:
+    """Iteration ``it``: set its lr, forward/backward every micro-batch, clip, step. Returns the loss
+    terms averaged over the micro-batches, the gradient norm and the seconds spent waiting for data."""
+    accum, world = cfg.solver.accumulation, dist.world_size
+    set_lr(run.optimizer, cfg.solver.lr, lr_factor(it, cfg.solver))
+    sums: dict[str, torch.Tensor] = {}
+    data_time = 0.0
+    for step in range(accum):
+        t0 = time.perf_counter()
+        images, labels = _next_batch(batches)
+        images, labels = images.to(dist.device, non_blocking=True), labels.to(dist.device, non_blocking=True)
+        data_time += time.perf_counter() - t0
+        # DDP reduces the gradients in the backward of the last micro-batch only
+        sync = step == accum - 1 or world == 1
+        parts = forward_backward(run.net, run.task, images, labels, run.weights, run.scaler, run.amp_dtype,
+                                 accum, sync)
+        for name, value in parts.items():
+            sums[name] = sums.get(name, 0.0) + value / accum
+    if it == run.start and world > 1 and not cfg.find_unused_parameters:
+        _check_all_used(run.model)
+    run.scaler.unscale_(run.optimizer)
+    grad_norm = clip_gradients(run.optimizer, cfg.solver.clip_grad_norm)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return sums, grad_norm, data_time
+
+
+def _save_checkpoint(cfg: TrainConfig, run: _Run, ckpt_dir: Path, done: int, dist: Any) -> None:
+    """Checkpoint after ``done`` iterations (collective: gathers every rank's random streams)."""
+    rngs = all_gather_object(ckpt.rng_state())
+    if dist.is_main:
+        micro = cfg.micro_batch(dist.world_size)
+        path = ckpt.save_checkpoint(ckpt.checkpoint_path(ckpt_dir, done), {
+            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict(), "iteration": done, "rng": rngs,
+            # the schedule is a pure function of the iteration; its next factor, for reference
+            "scheduler": {"next_iteration": done, "lr_factor": lr_factor(done, cfg.solver)},
+            "data_position": done * micro * cfg.solver.accumulation,  # samples consumed per rank
+            "world_size": dist.world_size, "config": cfg.to_json(),
+        })
+        ckpt.prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
+        _log.info("saved checkpoint %s (iteration %d)", path, done)
+    barrier()
+
+
+def train(
+    cfg: TrainConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
+    """Train (or, with ``resume``, continue) the run described by ``cfg``, writing to ``out_dir``.
+
+    Collective: with torchrun every rank calls it with the same arguments, inside
+    :func:`ovss.distributed.distributed_session` (as ``ovss train`` does), which leaves the group.
+    A fresh start needs an empty (or missing) ``out_dir``; ``overwrite`` first deletes the files of an
+    earlier run there (:mod:`ovss.engine.rundir`). Temporary files left by a killed write are removed
+    on every start. Progress lines go to the ``ovss.train`` logger (``ovss train`` shows them).
+
+    Raises:
+        ConfigError: ``out_dir`` holds files and neither ``resume`` nor ``overwrite`` is set;
+            ``resume`` without a checkpoint.
+
+    Returns:
+        ``{"iteration", "model", "metrics", "eval"}``: completed iterations, the exported model file,
+        the last logged metrics and the last evaluation (empty without one).
+    """
+    dist = init_distributed(cfg.device)
+    out_dir = Path(out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    _prepare_run_dir(out_dir, resume, overwrite, dist.is_main)
+    state = _resume_state(cfg, ckpt_dir, dist.is_main) if resume else None
+    if state is not None:
+        complete = _complete_run(out_dir, int(state["iteration"]), cfg.solver.iterations, dist.is_main)
+        if complete is not None:
+            return complete
+    if cfg.tf32 and dist.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    run = _build_run(cfg, state, dist)
+    pairs = image_label_pairs(cfg.data)
+    batches, workers = _train_loader(cfg, pairs, run, dist)
+    eval_data, eval_pairs, eval_vocab = _eval_inputs(cfg)
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg.to_json(out_dir / "config.json")
-        names = ", ".join(vocab.names[:5]) + (", ..." if len(vocab) > 5 else "")
-        where = f"{cfg.data.benchmark} {cfg.data.split} in " if cfg.data.benchmark else ""
-        print(f"training {cfg.name or family}: {len(pairs)} images ({where}{cfg.data.root}), {len(vocab)} "
-              f"classes ({names}); device {device}, {world} process(es), {precision}, {workers} data "
-              f"worker(s); {_iterations_left(start, cfg.solver.iterations, cfg.solver.batch_size)}; "
-              f"writing to {out_dir}",
-              flush=True)
+        _log.info("%s", _start_line(cfg, out_dir, run, len(pairs), dist, workers))
     logger = MetricLogger(out_dir, dist.is_main, cfg.tensorboard, cfg.wandb_project, cfg.to_dict(),
-                          resume_from=start if state is not None else None)
+                          resume_from=run.start if state is not None else None)
     metrics: dict[str, float] = {}
     last_eval: dict[str, float] = {}
-    done = logged_at = start
+    done = logged_at = run.start
     tic = time.perf_counter()
-    net.train()
-    for it in range(start, cfg.solver.iterations):
-        factor = lr_factor(it, cfg.solver)
-        set_lr(optimizer, cfg.solver.lr, factor)
-        sums: dict[str, torch.Tensor] = {}
-        data_time = 0.0
-        for step in range(accum):
-            t0 = time.perf_counter()
-            images, labels = _next_batch(batches)
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            data_time += time.perf_counter() - t0
-            # DDP reduces the gradients in the backward of the last micro-batch only
-            sync = step == accum - 1 or world == 1
-            parts = forward_backward(net, task, images, labels, weights, scaler, amp_dtype, accum, sync)
-            for name, value in parts.items():
-                sums[name] = sums.get(name, 0.0) + value / accum
-        if it == start and world > 1 and not cfg.find_unused_parameters:
-            _check_all_used(model)
-        scaler.unscale_(optimizer)
-        grad_norm = clip_gradients(optimizer, cfg.solver.clip_grad_norm)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+    run.net.train()
+    for it in range(run.start, cfg.solver.iterations):
+        sums, grad_norm, data_time = _train_step(cfg, run, batches, it, dist)
         done = it + 1
-
         if done % cfg.log_period == 0 or done == cfg.solver.iterations or done == 1:
             metrics = all_reduce_mean({k: float(v) for k, v in sums.items()})
             elapsed, tic = time.perf_counter() - tic, time.perf_counter()
-            metrics.update(lr=cfg.solver.lr * factor, grad_norm=float(grad_norm), data_time=data_time,
-                           sec_per_iter=elapsed / (done - logged_at))
+            metrics.update(lr=cfg.solver.lr * lr_factor(it, cfg.solver), grad_norm=float(grad_norm),
+                           data_time=data_time, sec_per_iter=elapsed / (done - logged_at))
             logged_at = done
             eta = metrics["sec_per_iter"] * (cfg.solver.iterations - done)
             logger.log(done, metrics, progress=f"{done}/{cfg.solver.iterations}", suffix=f"eta {_eta(eta)}")
         if done % cfg.checkpoint_period == 0 or done == cfg.solver.iterations:
-            rngs = all_gather_object(ckpt.rng_state())  # collective: every rank's random streams
-            if dist.is_main:
-                path = ckpt.save_checkpoint(ckpt.checkpoint_path(ckpt_dir, done), {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(), "iteration": done, "rng": rngs,
-                    # the schedule is a pure function of the iteration; its next factor, for reference
-                    "scheduler": {"next_iteration": done, "lr_factor": lr_factor(done, cfg.solver)},
-                    "data_position": done * micro * accum,  # samples consumed per rank
-                    "world_size": world, "config": cfg.to_json(),
-                })
-                ckpt.prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
-                print(f"saved checkpoint {path} (iteration {done})", flush=True)
-            barrier()
+            _save_checkpoint(cfg, run, ckpt_dir, done, dist)
         if cfg.eval.period and (done % cfg.eval.period == 0 or done == cfg.solver.iterations):
-            last_eval = evaluate(model, eval_pairs, eval_vocab, device, eval_data.ignore_index, rank, world,
-                                 precision, cfg.eval.convention, cfg.eval.options)
+            last_eval = evaluate(run.model, eval_pairs, eval_vocab, dist.device, eval_data.ignore_index,
+                                 dist.rank, dist.world_size, run.precision, cfg.eval.convention,
+                                 cfg.eval.options)
             logger.log(done, {f"eval/{k}": v for k, v in last_eval.items()})
             if dist.is_main:
                 write_curves(out_dir)  # curves.png: losses, lr, eval mIoU so far
-
     final = out_dir / "model_final.safetensors"
     if dist.is_main:
         from ovss.weights.modelfile import save_model_file
 
-        save_model_file(final, model.state_dict(), model.config, family, name=cfg.name or family,
-                        source_format="ovss_train", iteration=str(done))
-        print(f"wrote {final}", flush=True)
+        save_model_file(final, run.model.state_dict(), run.model.config, run.family,
+                        name=cfg.name or run.family, source_format="ovss_train", iteration=str(done))
+        _log.info("wrote %s", final)
         write_curves(out_dir)
     logger.close()
     barrier()

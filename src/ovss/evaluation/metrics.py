@@ -22,7 +22,6 @@ an out-of-range value silently lands in the wrong cell of the matrix, or crashes
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -321,26 +320,6 @@ class ConfusionMatrix:
         b_iou = np.full(self.num_classes, np.nan, dtype=float)
         b_iou[valid] = b_tp[valid] / b_union[valid]
         return b_iou
-
-
-def detectron2_results(metrics: dict[str, Any], class_names: Sequence[str]) -> dict[str, float | None]:
-    """Flatten ``compute()`` output into detectron2's ``results["sem_seg"]`` keys and order.
-
-    ``mIoU, fwIoU, IoU-<name> [, BoundaryIoU-<name>, min(IoU, B-Iou)-<name>], mACC, pACC,
-    ACC-<name>``; excluded classes are None (detectron2 stores NaN).
-    """
-    if len(class_names) != len(metrics["IoU"]):
-        raise ValueError(f"{len(class_names)} class names for {len(metrics['IoU'])} classes")
-    out: dict[str, float | None] = {"mIoU": metrics["mIoU"], "fwIoU": metrics["fwIoU"]}
-    for i, name in enumerate(class_names):
-        out[f"IoU-{name}"] = metrics["IoU"][i]
-        if "BoundaryIoU" in metrics:
-            out[f"BoundaryIoU-{name}"] = metrics["BoundaryIoU"][i]
-            out[f"min(IoU, B-Iou)-{name}"] = metrics["min(IoU, B-IoU)"][i]
-    out["mACC"], out["pACC"] = metrics["mACC"], metrics["pACC"]
-    for i, name in enumerate(class_names):
-        out[f"ACC-{name}"] = metrics["ACC"][i]
-    return out
 
 
 # ----------------------------------------------------------------------------------------------

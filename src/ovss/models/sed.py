@@ -354,30 +354,6 @@ def valid_region(
     return probs[..., :rows, :cols]
 
 
-def postprocess(
-    probs: torch.Tensor,
-    padded_size: tuple[int, int],
-    image_size: tuple[int, int],
-    output_size: tuple[int, int],
-) -> torch.Tensor:
-    """Crop the valid region of the score map (:func:`valid_region`) and resize it to the output size.
-
-    This is the official ``sem_seg_postprocess`` with ``F.interpolate``; :meth:`SED.predict_blocks`
-    applies the same bilinear weights in bands of rows (equal to float32 rounding).
-
-    Args:
-        probs: (B, K, h', w') score map.
-        padded_size: (H, W) of the network input.
-        image_size: (h, w) valid region of the input.
-        output_size: (H0, W0).
-
-    Returns:
-        (B, K, H0, W0), bilinear (align_corners=False).
-    """
-    probs = valid_region(probs, padded_size, image_size)
-    return F.interpolate(probs, size=tuple(output_size), mode="bilinear", align_corners=False)
-
-
 # ----------------------------------------------------------------------------------------------
 # builders
 

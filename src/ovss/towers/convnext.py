@@ -22,7 +22,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ovss.config import Config
 from ovss.errors import ConfigError
@@ -253,17 +252,10 @@ class ConvNeXtStage(nn.Module):
                 for rate in dp_rates[:depth]
             )
         )
-        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, C, H/2, W/2) (or (B, C, H, W) without downsample)."""
-        x = self.downsample(x)
-        for block in self.blocks:
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return x
+        return self.blocks(self.downsample(x))
 
 
 class TrunkHead(nn.Module):
@@ -348,11 +340,6 @@ class ConvNeXt(nn.Module):
             {"index": i, "num_chs": c, "reduction": r}
             for i, (c, r) in enumerate(zip(self.config.dims, self.config.reductions))
         ]
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute block activations in backward (saves memory when fine-tuning at 768 px)."""
-        for stage in self.trunk.stages:
-            stage.grad_checkpointing = enable
 
     def forward_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Stem, then every stage; the stage outputs are SED's res2..res5.

@@ -18,7 +18,7 @@ from torch import nn
 
 from ovss.config import Config
 from ovss.errors import ConfigError
-from ovss.models.catseg_aggregator import shift_window_mask, window_merge, window_partition
+from ovss.layers.window import shift_window_mask, window_merge, window_partition
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 

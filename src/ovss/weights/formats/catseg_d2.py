@@ -104,7 +104,7 @@ def _is_shift_mask(key: str) -> bool:
 
 def _mask_is_derivable(key: str, mask: torch.Tensor) -> bool:
     """Whether a stored Swin shift mask equals the one ovss derives from its shape."""
-    from ovss.models.catseg_aggregator import shift_window_mask
+    from ovss.layers.window import shift_window_mask
 
     if mask.ndim != 3 or mask.shape[1] != mask.shape[2]:
         return False
