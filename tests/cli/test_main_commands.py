@@ -186,19 +186,19 @@ def test_the_cli_reports_a_full_disk_in_one_line(monkeypatch, capsys):
 
 
 def test_the_library_logs_and_the_cli_shows_its_lines_as_before(monkeypatch, capsys):
-    """ovss.engine logs its progress lines to ``ovss.train`` (nothing printed by the library itself);
+    """ovss.engine logs its progress lines to ``ovss.train`` (engine and demo print nothing themselves);
     the CLI shows information on stdout unchanged and a warning as one ``ovss: warning:`` line."""
     import ast
     import logging
     from pathlib import Path
 
-    import ovss.engine
+    import ovss
     from ovss.cli.main import _console_logging
 
-    engine = Path(ovss.engine.__file__).parent
+    package = Path(ovss.__file__).parent
     printing = [
         f"{path.name}:{node.lineno}"
-        for path in sorted(engine.glob("*.py"))
+        for path in sorted([*package.glob("engine/*.py"), *package.glob("demo/*.py")])
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print"
     ]

@@ -99,6 +99,10 @@ def examples_from(option: str | None) -> list[list[str]]:
     return find_examples(folder)
 
 
+def _say(text: str) -> None:
+    print(f"ovss demo: {text}", file=sys.stderr, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     import shutil
 
@@ -128,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     uploads = private_upload_dir()
     try:
         app = build_app(backend, examples, min_score=args.min_score)
-        launch(app, backend, args.host, args.port, share=args.share)
+        launch(app, backend, args.host, args.port, share=args.share, say=_say)
     finally:
         if uploads is not None:
             shutil.rmtree(uploads, ignore_errors=True)

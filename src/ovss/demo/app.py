@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import signal
 import socket
-import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -431,8 +431,13 @@ def launch(
     host: str,
     port: int,
     share: bool = False,
+    say: Callable[[str], None] = log.info,
 ) -> None:
-    """Serve ``app`` until Ctrl+C (blocking); a port taken meanwhile is one clear error."""
+    """Serve ``app`` until Ctrl+C (blocking); a port taken meanwhile is one clear error.
+
+    ``say`` receives the lines for the person who started the server (address, public link,
+    stopped); ``ovss demo`` prints them, the default logs them to ``ovss.demo``.
+    """
     gr = import_gradio()
     theme = gr.themes.Default(  # system fonts: the page loads nothing from outside the server
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
@@ -453,20 +458,16 @@ def launch(
     except OSError as e:
         backend.close()
         raise OvssError(f"cannot serve on {host}:{port}: {e}; choose another port with --port N") from None
-    print(
-        f"ovss demo: serving {backend.model_name} on {app.local_url} (Ctrl+C stops)",
-        file=sys.stderr,
-        flush=True,
-    )
+    say(f"serving {backend.model_name} on {app.local_url} (Ctrl+C stops)")
     if share and getattr(app, "share_url", None):
-        print(f"ovss demo: public link {app.share_url}", file=sys.stderr, flush=True)
+        say(f"public link {app.share_url}")
     if threading.current_thread() is threading.main_thread():  # `kill` stops it as Ctrl+C does
         signal.signal(signal.SIGTERM, _interrupt)
     try:
         while app.is_running:
             time.sleep(0.2)
     except KeyboardInterrupt:
-        print("ovss demo: stopped", file=sys.stderr, flush=True)
+        say("stopped")
     finally:
         app.close()
         backend.close()

@@ -45,7 +45,8 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _worker(root: str, out: str) -> None:
-    """One rank under torchrun (``python -m tests.engine.test_ddp ROOT OUT``): a DDP step; rank 0 saves."""
+    """One rank under torchrun (``python -m tests.engine.test_trainer_ddp ROOT OUT``): a DDP step;
+    rank 0 saves."""
     torch.set_num_threads(1)
     from ovss.distributed import distributed_session
     from ovss.engine.trainer import data_parallel, forward_backward
@@ -67,7 +68,7 @@ def test_two_process_ddp_step_equals_single_process_step(tmp_path):
     make_shapes(tmp_path, count=6, size=64)
     out = tmp_path / "rank0.pt"
     # torchrun picks its own free port (no port chosen here that another test could take first)
-    done = torchrun(["-m", "tests.engine.test_ddp", str(tmp_path), str(out)])
+    done = torchrun(["-m", "tests.engine.test_trainer_ddp", str(tmp_path), str(out)])
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = torch.load(out, weights_only=True)
 

@@ -1,4 +1,4 @@
-"""``ovss train`` command line (the training itself is covered by test_resume / test_train_tiny)."""
+"""``ovss train`` command line (the training itself: tests/engine/test_trainer*.py)."""
 
 from __future__ import annotations
 
