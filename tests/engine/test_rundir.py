@@ -157,3 +157,17 @@ def test_fp16_on_the_cpu_trains_in_fp32_with_a_warning_and_workers_are_capped(da
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     assert f", fp32, {cpus} data worker(s);" in captured.out
     assert _workers(512, 1) == cpus and _workers(1, 1) == 1 and _workers(512, 2 * cpus) == 1
+
+
+def test_a_batch_the_ranks_cannot_split_fails_before_overwrite_deletes_anything(tmp_path):
+    from ovss.engine.recipes import load_config
+    from ovss.engine.trainer import train
+    from ovss.errors import ConfigError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"iteration": 1, "loss": 1.0}\n')  # an earlier run's file
+    cfg = load_config("tiny-san").override("solver.batch_size=3", "solver.accumulation=2")
+    with pytest.raises(ConfigError, match="not divisible by world size 1 x accumulation 2"):
+        train(cfg, out, overwrite=True)
+    assert (out / "metrics.jsonl").read_text() == '{"iteration": 1, "loss": 1.0}\n'

@@ -149,7 +149,7 @@ def _precision(requested: str, device: torch.device, is_main: bool) -> str:
     if requested == "fp16" and device.type == "cpu":
         if is_main:
             warnings.warn("precision fp16 on the CPU is very slow (no fp16 kernels); training in fp32 "
-                          "instead (set precision=bf16 for bfloat16 autocast)", stacklevel=3)
+                          "instead (set precision=bf16 for bfloat16 autocast)", stacklevel=4)
         return "fp32"
     return requested
 
@@ -363,6 +363,7 @@ def train(
     dist = init_distributed(cfg.device)
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
+    cfg.micro_batch(dist.world_size)  # a batch the ranks cannot split fails before any file changes
     _prepare_run_dir(out_dir, resume, overwrite, dist.is_main)
     state = _resume_state(cfg, ckpt_dir, dist.is_main) if resume else None
     if state is not None:
