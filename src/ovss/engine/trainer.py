@@ -51,7 +51,9 @@ from ovss.engine.rundir import check_run_dir, clear_run, remove_stale_temp_files
 from ovss.engine.sampler import ResumableSampler
 from ovss.engine.tasks import Task, build_task
 from ovss.errors import ConfigError, OvssError
+from ovss.models.base import SegmentationModel
 from ovss.models.losses import weighted_sum
+from ovss.vocab.vocabulary import Vocabulary
 
 _log = logging.getLogger("ovss.train")
 
@@ -182,9 +184,9 @@ def _iterations_left(start: int, iterations: int, batch: int) -> str:
 class _Run:
     """Everything one training run holds, built by :func:`_build_run` (fresh or from a checkpoint)."""
 
-    model: torch.nn.Module
+    model: SegmentationModel
     family: str
-    vocab: Any
+    vocab: Vocabulary
     task: Task
     net: torch.nn.Module
     weights: dict[str, float]
