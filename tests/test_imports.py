@@ -20,7 +20,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "ovss"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors",),
     ("utils",),
-    ("config", "home", "distributed", "plotting"),
+    ("config", "home", "distributed", "plotting", "cpu"),
     ("layers",),
     ("towers",),
     ("vocab",),
@@ -35,10 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 RANK = {area: rank for rank, areas in enumerate(LAYERS) for area in areas}
 
 # Known lower -> higher imports still to be moved (each with the issue item that removes it).
-PENDING: set[tuple[str, str]] = {
-    # issue 19 item 4: the window helpers move to layers/window.py
-    ("ovss.towers.swin", "ovss.models.catseg_aggregator"),
-}
+PENDING: set[tuple[str, str]] = set()
 
 
 def module_files(root: Path = SRC) -> dict[str, Path]:

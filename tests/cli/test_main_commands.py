@@ -193,7 +193,7 @@ def test_the_library_logs_and_the_cli_shows_its_lines_as_before(monkeypatch, cap
     from pathlib import Path
 
     import ovss
-    from ovss.cli.main import _console_logging
+    from ovss.cli.main import _progress_lines
 
     package = Path(ovss.__file__).parent
     printing = [
@@ -208,10 +208,10 @@ def test_the_library_logs_and_the_cli_shows_its_lines_as_before(monkeypatch, cap
     monkeypatch.setattr(log, "level", logging.NOTSET)
     log.info("saved checkpoint c.pt (iteration 2)")
     assert capsys.readouterr().out == ""
-    _console_logging()
-    _console_logging()  # once per process however often main() runs
-    log.info("saved checkpoint %s (iteration %d)", "c.pt", 2)
-    log.warning("the data   loader\nis slow")
+    with _progress_lines():  # what main() does around every command
+        log.info("saved checkpoint %s (iteration %d)", "c.pt", 2)
+        log.warning("the data   loader\nis slow")
+    log.info("after the command")  # the handler leaves with the command
     captured = capsys.readouterr()
     assert captured.out == "saved checkpoint c.pt (iteration 2)\n"
     assert captured.err == "ovss: warning: the data loader is slow\n"
