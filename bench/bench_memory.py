@@ -82,6 +82,8 @@ def child(spec: str, mode: str, classes: int, size: tuple[int, int], dtype: str,
     text = text_for(model, classes)
     extra = {"block_mb": block_mb} if "block_mb" in inspect.signature(Segmenter).parameters else {}
     seg = Segmenter(WholeMap(model) if mode == "whole" else model, dtype=dtype, **extra)
+    if hasattr(seg, "image_cache"):  # the image stage's features are not kept between runs
+        seg.image_cache = type(seg.image_cache)(0)
     seg.set_vocabulary(Vocabulary.from_names([f"class {i}" for i in range(classes)]), embeddings=text)
     image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
     keep = mode.endswith(("+scores", "+disk"))
