@@ -51,7 +51,8 @@ class Parser(argparse.ArgumentParser):
 
 def warn(message: str) -> None:
     """One ``ovss: warning: ...`` line on stderr."""
-    print(f"ovss: warning: {message}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"ovss: warning: {message}\n")  # one write: lines of torchrun ranks never interleave
+    sys.stderr.flush()
 
 
 def add_load_args(p: argparse.ArgumentParser, dtype: str = "auto") -> None:

@@ -16,6 +16,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from ovss import __version__
 from ovss.errors import OvssError
@@ -75,7 +76,7 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Print a warning as ``ovss: warning: MESSAGE`` (no file, line or category for CLI users)."""
     text = " ".join(str(message).split())
-    print(f"ovss: warning: {text}", file=file or sys.stderr, flush=True)
+    _line(f"ovss: warning: {text}", file or sys.stderr)
 
 
 class _StderrHandler(logging.Handler):
@@ -127,6 +128,14 @@ def _progress_lines() -> Iterator[None]:
             logger.setLevel(level)
 
 
+def _line(text: str, file: Any = None) -> None:
+    """Write one line to ``file`` (stderr) in a single write, so that the lines of processes sharing the
+    stream (torchrun ranks) never interleave within a line."""
+    out = file or sys.stderr
+    out.write(f"{text}\n")
+    out.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ovss`` command; returns the exit status."""
     parser = build_parser()
@@ -146,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OvssError as e:
         if args.debug:
             raise
-        print(f"ovss: error: {e}", file=sys.stderr)
+        _line(f"ovss: error: {e}")
         return 1
     except KeyboardInterrupt:
         print("ovss: interrupted", file=sys.stderr)
