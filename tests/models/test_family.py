@@ -238,3 +238,25 @@ def test_every_family_has_one_training_contract():
         assert names == {n for n, p in model.named_parameters() if p.requires_grad}, family.name
         assert names == {n for n, _ in model.named_parameters() if model.is_trainable(n)}, family.name
         assert len(names) < len(list(model.parameters())), family.name  # something stays frozen
+
+
+@pytest.mark.parametrize(
+    ("name", "computed", "other"),
+    [
+        ("test-san-tiny", "d2", "mmseg"),
+        ("test-catseg-tiny", "whole", "slide"),
+        ("test-catseg-v1-tiny", "whole", "slide"),
+    ],
+)
+def test_image_features_finish_only_with_their_own_inference_mode(name, computed, other):
+    """The shared stage check: features of one inference mode are never finished with another."""
+    import ovss
+    from ovss.errors import ConfigError
+
+    model = ovss.load(name, dtype="fp32").model
+    images = torch.zeros(1, 3, 64, 64)
+    features = model.image_stage(images, (64, 64), inference=computed)
+    text = torch.zeros(2, 1, 8)
+    with pytest.raises(ConfigError, match=rf"image features of inference='{computed}' cannot finish "
+                       rf"inference='{other}'; compute them with the same options$"):
+        next(model.text_stage(features, text, (64, 64), (64, 64), inference=other))

@@ -193,6 +193,16 @@ class SegmentationModel(nn.Module):
         yield from self.predict_blocks(images, text, image_size, output_size, max_elements, **options)
 
 
+def check_stage_mode(model: str, features: Features, mode: str) -> None:
+    """Refuse to finish ``features`` (an :meth:`SegmentationModel.image_stage` output recording its
+    ``"mode"``) with another inference ``mode`` than the one they were computed with."""
+    if features["mode"] != mode:
+        raise ConfigError(
+            f"{model} image features of inference={features['mode']!r} cannot finish inference={mode!r}; "
+            "compute them with the same options"
+        )
+
+
 def features_nbytes(features: Any) -> int:
     """Bytes held by the tensors of ``features`` (nested dicts, lists and tuples; other values: 0)."""
     if isinstance(features, torch.Tensor):

@@ -29,7 +29,7 @@ from torch import nn
 from ovss.errors import ConfigError
 from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
 from ovss.layers.transformer import ResidualAttentionBlock
-from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, SegmentationModel
+from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, SegmentationModel, check_stage_mode
 from ovss.models.catseg_aggregator import Aggregator
 from ovss.models.family import Family, InferenceOption, family_for_config, register_family
 from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
@@ -412,11 +412,7 @@ class CATSeg(CostAggregationModel):
         **options: Any,
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
         """The text stage of :meth:`predict_blocks` from :meth:`image_stage` (same numbers)."""
-        if self._mode(dict(options)) != features["mode"]:
-            raise ConfigError(
-                f"{self.label} image features of inference={features['mode']!r} cannot finish {options}; "
-                "compute them with the same options"
-            )
+        check_stage_mode(self.label, features, self._mode(dict(options)))
         if features["mode"] == "slide":
             yield from self._slide_blocks(features, text, output_size, max_elements)
         else:

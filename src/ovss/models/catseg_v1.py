@@ -40,6 +40,7 @@ from ovss.models.base import (
     CLIP_STD_255,
     ModelConfig,
     ResizeConfig,
+    check_stage_mode,
 )
 from ovss.models.catseg import INFERENCE_LABELS, CostAggregationModel
 from ovss.models.catseg_v1_aggregator import AggregatorV1
@@ -386,11 +387,7 @@ class CATSegV1(CostAggregationModel):
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
         """The text stage of :meth:`predict_blocks` from :meth:`image_stage` (same numbers)."""
         mode = self._mode(dict(options))
-        if mode != features["mode"]:
-            raise ConfigError(
-                f"{self.label} image features of inference={features['mode']!r} cannot finish "
-                f"inference={mode!r}; compute them with the same options"
-            )
+        check_stage_mode(self.label, features, mode)
         per_class = features["batch"] * output_size[0] * output_size[1]
         step = max(1, int(max_elements) // max(per_class, 1))
         run = {"whole": self._whole, "slide": self._slide, "mmseg": self._mmseg}[mode]

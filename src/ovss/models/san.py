@@ -27,7 +27,7 @@ from ovss.layers.cv2_resize import mmcv_shortest_edge_size
 from ovss.layers.pos_embed import resize_pos_embed
 from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
 from ovss.layers.transformer import ResidualAttentionBlock
-from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, SegmentationModel
+from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, SegmentationModel, check_stage_mode
 from ovss.models.family import Family, InferenceOption, register_family
 from ovss.models.san_protocols import MMSEG_MEAN_255, MMSEG_STD_255, SAN_PROTOCOLS, mmseg_score_blocks
 from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
@@ -517,11 +517,7 @@ class SAN(SegmentationModel):
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
         """The text stage of :meth:`predict_blocks` from :meth:`image_stage` (same numbers)."""
         mode = self._mode(dict(options))
-        if mode != features["mode"]:
-            raise ConfigError(
-                f"SAN image features of inference={features['mode']!r} cannot finish inference={mode!r}; "
-                "compute them with the same options"
-            )
+        check_stage_mode("SAN", features, mode)
         masks, logits = features["masks"], self.class_logits(features["regions"], text)
         if mode == "mmseg":  # class scores at the padded size, then resized (san_protocols)
             hw = (int(features["padded"][0]), int(features["padded"][1]))
