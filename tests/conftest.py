@@ -135,6 +135,23 @@ def _auto_dtype_is_fp32(request: pytest.FixtureRequest, monkeypatch: pytest.Monk
 
 
 @pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, offline ``$OVSS_HOME`` for the test (weights cache, text cache)."""
+    monkeypatch.setenv("OVSS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OVSS_OFFLINE", "1")
+    return tmp_path / "home"
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple:
+    """(state dict, config) of the random test-san-tiny model."""
+    from ovss.weights.cache import load_model
+
+    model, _ = load_model("test-san-tiny")
+    return model.state_dict(), model.config
+
+
+@pytest.fixture
 def data_dir() -> Path:
     """The real sample photos (``../shared/data``)."""
     return needs(DATA_DIR)

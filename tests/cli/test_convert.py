@@ -18,19 +18,6 @@ from ovss.weights.registry import get_weight_spec
 from ovss.weights.resolve import converted_path
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("OVSS_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("OVSS_OFFLINE", "1")
-    return tmp_path / "home"
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model, _ = load_model("test-san-tiny")
-    return model.state_dict(), model.config
-
-
 def _error(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert err and err[-1].startswith("ovss: error: ") and not any("Traceback" in line for line in err), err

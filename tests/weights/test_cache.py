@@ -11,13 +11,6 @@ from ovss.weights import cache, resolve
 from ovss.weights.registry import get_weight_spec
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("OVSS_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("OVSS_OFFLINE", "1")
-    return tmp_path / "home"
-
-
 def test_home_and_offline_from_environment(home, monkeypatch):
     assert ovss.home.ovss_home() == home
     assert resolve.converted_path("san-vit-b16") == home / "weights" / "san-vit-b16.safetensors"

@@ -32,20 +32,6 @@ from tests.conftest import needs, parity_dir
 V3 = modelfile.FORMAT_VERSION
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("OVSS_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("OVSS_OFFLINE", "1")
-    return tmp_path / "home"
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    """(state dict, config) of the random test-san-tiny model."""
-    model, _ = load_model("test-san-tiny")
-    return model.state_dict(), model.config
-
-
 def write_tiny(path: Path, tiny, **meta: str) -> Path:
     state, config = tiny
     return save_model_file(path, state, config, "san", **meta)

@@ -21,19 +21,6 @@ from ovss.weights.modelfile import save_model_file
 from ovss.weights.resolve import converted_path
 
 
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("OVSS_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("OVSS_OFFLINE", "1")
-    return tmp_path / "home"
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model, _ = load_model("test-san-tiny")
-    return model.state_dict(), model.config
-
-
 def _metadata(path: Path) -> dict[str, str]:
     return modelfile.open_model_file(path).metadata
 
