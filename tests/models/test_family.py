@@ -21,6 +21,7 @@ from ovss.models.base import ModelConfig, ResizeConfig, SegmentationModel
 
 OFFICIAL = "toyseg_official"  # the toy's "official" checkpoint format (converter: this module)
 NAME = "test-toyseg-tiny"
+TOY_MODES = ("fine", "coarse")  # the toy's inference modes (when registered with the option)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -57,9 +58,12 @@ class ToyModel(SegmentationModel):
         return 10.0 * torch.einsum("bchw,kc->bkhw", feats, text.to(feats.dtype))
 
     def predict(self, images, text, image_size, output_size, **options: Any) -> torch.Tensor:
-        if options:
-            raise ValueError(f"the toy model takes no options, got {sorted(options)}")
+        mode = options.pop("inference", "fine")  # coarse: the logits averaged over 2 x 2 cells
+        if options or mode not in TOY_MODES:
+            raise ValueError(f"the toy model takes no options but inference, got {sorted(options)}, {mode!r}")
         logits = self.forward(images, text)
+        if mode == "coarse":
+            logits = F.interpolate(F.avg_pool2d(logits, 2), size=logits.shape[-2:], mode="nearest")
         h, w = image_size
         logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear")[..., :h, :w]
         return F.interpolate(logits, size=output_size, mode="bilinear").sigmoid()
@@ -98,6 +102,19 @@ def _toy_task() -> type:
 @pytest.fixture
 def toy_family(monkeypatch):
     """Register the toy family and one registry entry for it, for this test only."""
+    return _register_toy(monkeypatch)
+
+
+@pytest.fixture
+def toy_family_with_modes(monkeypatch):
+    """The toy family with an ``inference=`` option of its own modes (none of them another family's)."""
+    from ovss.models.family import InferenceOption
+
+    option = InferenceOption(modes=TOY_MODES, defaults={"segment": "coarse", "export": "coarse"})
+    return _register_toy(monkeypatch, options=("inference",), inference=option)
+
+
+def _register_toy(monkeypatch, **descriptor_fields: Any):
     from ovss.models import family as family_mod
     from ovss.weights import registry
 
@@ -105,7 +122,7 @@ def toy_family(monkeypatch):
     monkeypatch.setattr(family_mod, "_REGISTRY", dict(family_mod._REGISTRY))
     descriptor = family_mod.register_family(family_mod.Family(
         name="toyseg", title="ToySeg", config_class=ToyConfig, model_class=ToyModel, task=_toy_task,
-        summary="ToySeg: a test family", formats={OFFICIAL: __name__},
+        summary="ToySeg: a test family", formats={OFFICIAL: __name__}, **descriptor_fields,
     ))
     spec = registry.WeightSpec(
         name=NAME, family="toyseg", config=ToyConfig, source_format=OFFICIAL, description="toy",
@@ -179,6 +196,43 @@ def test_toy_family_loads_segments_and_exports_through_the_public_paths(toy_fami
     argv += ["--out", str(onnx)]
     assert main(argv) == 0 and onnx.stat().st_size > 0
     assert main([*argv[:-2], "--inference", "whole", "--out", str(onnx)]) != 0  # the toy takes no options
+
+
+def test_toy_inference_modes_pass_through_the_cli(toy_family_with_modes, tmp_path, capsys):
+    """--inference accepts the modes of the families registered when the parser is built: the toy's
+    own modes reach its model in segment (its default too) and export; another family's mode is
+    refused in one line naming the toy's, an unknown one by argparse."""
+    import onnx
+
+    from ovss.cli.main import main
+    from tests.conftest import segment_max_scores
+
+    official = _official_checkpoint(tmp_path / "toy.pth")
+    photo = _images(tmp_path / "images", count=1) / "im0.png"
+    base = [str(photo), "--model", NAME, "--weights", str(official), "--classes", "cat; wall"]
+    fine = segment_max_scores([*base, "--inference", "fine"], tmp_path / "fine", "im0")
+    coarse = segment_max_scores([*base, "--inference", "coarse"], tmp_path / "coarse", "im0")
+    assert fine != coarse
+    assert segment_max_scores(base, tmp_path / "default", "im0") == coarse  # the descriptor's default
+    capsys.readouterr()
+
+    assert main(["segment", *base, "--inference", "whole", "--out", str(tmp_path / "whole")]) == 1
+    refusal = f"ovss: error: --inference {{}} does not apply to {NAME} (a ToySeg model); use fine or coarse"
+    assert capsys.readouterr().err.strip() == refusal.format("whole")
+    with pytest.raises(SystemExit):
+        main(["segment", *base, "--inference", "bogus", "--out", str(tmp_path / "bogus")])
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
+
+    export = ["export", "--model", NAME, "--weights", str(official), "--classes", "cat; wall"]
+    export += ["--size", "32", "32"]
+    ops = {}
+    for mode in TOY_MODES:
+        path = tmp_path / f"{mode}.onnx"
+        assert main([*export, "--inference", mode, "--out", str(path)]) == 0
+        ops[mode] = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "AveragePool" in ops["coarse"] and "AveragePool" not in ops["fine"]
+    assert main([*export, "--inference", "slide", "--out", str(tmp_path / "slide.onnx")]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == refusal.format("slide")
 
 
 def test_toy_family_trains_and_serves_in_the_demo(toy_family, tmp_path):

@@ -82,7 +82,7 @@ def add_model_args(
     p.add_argument(
         "--inference",
         default=None,
-        choices=["whole", "slide", "mmseg", "d2"],
+        choices=inference_choices(),
         help="test protocol. SAN: d2 (MendelXu/SAN's detectron2 protocol: PIL resize, mask logits "
         "resized before the sigmoid) or mmseg (mmsegmentation's: cv2 resize, class scores formed at the "
         "padded size, then resized); default: mmseg for the .mmseg weights, d2 for the others. CAT-Seg: "
@@ -97,6 +97,25 @@ def add_model_args(
         help="SED: category early rejection (drop classes outside every pixel's top-k)",
     )
     p.add_argument("--topk", type=int, default=None, help="SED: classes kept per pixel with --fast")
+
+
+def inference_choices(exported: bool = False) -> list[str]:
+    """Every ``--inference`` mode of the registered families (``exported``: of those whose mode
+    ``ovss export`` bakes in, ``InferenceOption.exported``), in family order.
+
+    Read from :mod:`ovss.models.family` when a parser is built (not when this module is imported), so
+    a family registered before that has its modes accepted; which mode fits which model is checked
+    once the model is known (:func:`check_model_options`).
+    """
+    from ovss.models.family import families
+
+    modes = [
+        mode
+        for family in families()
+        if family.inference is not None and (family.inference.exported or not exported)
+        for mode in family.inference.modes
+    ]
+    return list(dict.fromkeys(modes))
 
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ovss.cli.common import inference_choices
+
 DESCRIPTION = """\
 Export a model's score map to ONNX. The graph takes 'images' (1, 3, H, W), CLIP-normalised float32
 (float16 with --dtype fp16) at the size fixed here (one image per run), and 'text' (K, ...) text
@@ -46,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--inference",
         default=None,
-        choices=["whole", "slide"],
+        choices=inference_choices(exported=True),
         help="CAT-Seg: the inference protocol baked into the graph (default: whole)",
     )
     p.add_argument(
@@ -83,6 +85,12 @@ def run(args: argparse.Namespace) -> int:
     options = {}
     option = family_for_config(cfg).inference
     if option is not None and option.exported:
+        if args.inference and args.inference not in option.modes:  # another family's mode
+            family = family_for_config(cfg)
+            raise OvssError(
+                f"--inference {args.inference} does not apply to {args.model} (a {family.title} model); "
+                f"use {' or '.join(option.modes)}"
+            )
         options["inference"] = args.inference or option.default("export", getattr(cfg, "inference", ""))
     elif args.inference:  # e.g. SAN bakes its config's protocol (d2, or mmseg for the .mmseg weights)
         raise OvssError(f"--inference is a CAT-Seg option; {args.model} has no inference modes, remove it")

@@ -270,8 +270,7 @@ def _run_locked(
             logged = record.get("files")  # not a dict: an older ovss, no digests to check
             damaged += isinstance(logged, dict) and set(outputs) <= set(logged)  # not just new kinds
     _tell_skipped(rank, skipped, len(mine), len(todo), damaged, out)
-    files = [x.src for x in inputs]
-    failures = _segment(seg, vocab, files, sources, names, todo, out, outputs, state, rank, key, args)
+    failures = _SegmentJob(seg, args, out, outputs, key, rank).run(inputs, names, vocab, todo)
     return _report(failures, len(todo), len(mine) - len(todo), out, rank, world)
 
 
@@ -292,33 +291,11 @@ def _tell_skipped(rank: int, skipped: list[Path], mine: int, todo: int, damaged:
         print(f"{damaged} image(s) done earlier have outputs that are missing, truncated or changed: redone")
 
 
-def _segment(
-    seg: Any,
-    vocab: Any,
-    files: list[Path | str],
-    sources: list[str],
-    names: list[str],
-    todo: list[int],
-    out: Path,
-    outputs: tuple[str, ...],
-    state: Path,
-    rank: int,
-    key: str,
-    args: argparse.Namespace,
-) -> list[tuple[Path | str, str]]:
-    """Segment ``todo`` (indices into files), save each result at once, log it with the size and
-    sha256 of every file written; returns failures."""
-    from tqdm import tqdm
-
-    from ovss.api.progress import ImageProgress
-    from ovss.api.requery import ImageCache
-    from ovss.cli.pipeline import WriteBehind, read_ahead
-    from ovss.data.io import read_image
-    from ovss.errors import OutputPathError, OvssError
-
-    synonyms = [list(c.synonyms) for c in vocab.classes]
-    failures: list[tuple[Path | str, str]] = []
-    queue: deque[int] = deque()  # indices handed to predict_batch whose results are still due
+def _predict_options(
+    seg: Any, args: argparse.Namespace, outputs: tuple[str, ...], out: Path
+) -> dict[str, Any]:
+    """The ``predict`` arguments of the command line: model options, --tta, --min-score and, for the
+    scores / heatmaps outputs, ``return_scores`` (the maps kept on disk in ``out``, not in RAM)."""
     options = model_options(args)
     if getattr(args, "tta", None):  # ovss segment --tta (Segmenter.predict's tta=)
         options["tta"] = args.tta
@@ -328,91 +305,155 @@ def _segment(
     if "scores" in outputs or "heatmaps" in outputs:
         options["return_scores"] = True  # the (K, H, W) map of return_scores=True, written class by class
         seg.scores_dir = out  # kept in a nameless float16 temporary file there, not in RAM
-    draw = {k: render[k] for k in ("opacity", "palette", "labels") if k in render}
-    bar = tqdm(total=len(todo), unit="img", disable=rank != 0 or len(todo) < 2)
-    passes = ImageProgress(enabled=rank == 0)  # inside one slow image: TTA passes, score-map blocks
-    state.mkdir(parents=True, exist_ok=True)
-    log = open(state / f"done-rank{rank}.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+    return options
 
-    def fail(i: int, error: Exception) -> None:
-        failures.append((files[i], str(error)))
-        bar.update(1)
 
-    def finish(i: int, result: Any) -> None:  # on the writer thread (pipeline.WriteBehind)
-        result.source = sources[i]
-        result.vocabulary = synonyms
+class _SegmentJob:
+    """One rank's pass over its images: segment each, save its result at once (on a writer thread)
+    and log it with the size and sha256 of every file written; images that cannot be read or that
+    the model refuses are collected in ``failures``.
+
+    Args:
+        seg: the loaded segmenter (its vocabulary set).
+        args: the command line (``--batch-size``, ``--max-pixels`` and the render options).
+        out: the output folder; ``outputs``: the kinds of files written per image.
+        key: the settings key recorded with each image (``_run_key``).
+        rank: this process's rank (rank 0 shows the progress bars).
+    """
+
+    def __init__(
+        self, seg: Any, args: argparse.Namespace, out: Path, outputs: tuple[str, ...], key: str, rank: int
+    ) -> None:
+        self.seg, self.args, self.out, self.outputs, self.key, self.rank = seg, args, out, outputs, key, rank
+        self.options = _predict_options(seg, args, outputs, out)
+        render = render_settings(args)
+        self.draw = {k: render[k] for k in ("opacity", "palette", "labels") if k in render}
+        self.failures: list[tuple[Path | str, str]] = []
+        self.queue: deque[int] = deque()  # indices handed to predict_batch whose results are still due
+
+    def run(
+        self, inputs: list[InputImage], names: list[str], vocab: Any, todo: list[int]
+    ) -> list[tuple[Path | str, str]]:
+        """Segment ``todo`` (indices into ``inputs``, saved under ``names``); returns the failures."""
+        from tqdm import tqdm
+
+        from ovss.api.progress import ImageProgress
+        from ovss.api.requery import ImageCache
+        from ovss.cli.pipeline import WriteBehind, read_ahead
+        from ovss.data.io import read_image
+
+        self.files = [x.src for x in inputs]
+        self.sources = [x.source for x in inputs]
+        self.names = names
+        self.synonyms = [list(c.synonyms) for c in vocab.classes]
+        self.bar = tqdm(total=len(todo), unit="img", disable=self.rank != 0 or len(todo) < 2)
+        self.passes = ImageProgress(enabled=self.rank == 0)  # inside one slow image: TTA passes, blocks
+        state = self.out / STATE_DIR
+        state.mkdir(parents=True, exist_ok=True)
+        self.log = open(state / f"done-rank{self.rank}.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        # decoded by a reader thread, a few images ahead; shared by every pass, so a pass resumes where
+        # the last one stopped
+        max_pixels = self.args.max_pixels
+        remaining = read_ahead(todo, lambda i: read_image(self.files[i], max_pixels), depth=READ_AHEAD)
+        writer = WriteBehind(depth=WRITE_BEHIND)  # saves results on a writer thread, in order
+        self.seg.image_cache = ImageCache(0)  # every image is new: no re-query cache, no digest per image
         try:
-            saved = result.save(out, names[i], outputs, **draw)
-            files_written = file_entries(out, saved)  # read back: what is on disk is what is recorded
-        except OSError as e:  # disk full, folder removed or made read-only meanwhile: stop, one line
-            raise OutputPathError(
-                f"cannot write the results of {shown(files[i])} into {out}: {e.strerror or e}; free space or "
-                "fix the folder, then re-run the same command to finish"
-            ) from None
-        record = {
-            "source": sources[i],
-            "name": names[i],
-            "key": key,
-            "outputs": list(outputs),
-            "files": files_written,
-        }
-        # ASCII JSON: a non-UTF-8 file name (a lone surrogate in Python) is written as \\udcXX and read back
-        log.write(json.dumps({**record, "t": time.time()}, ensure_ascii=True) + "\n")
-        log.flush()  # the image counts as done only once all its outputs are in place
-        top = ", ".join(f"{n} {100 * f:.0f}%" for n, f in result.present()[:5])
-        tqdm.write(f"{shown(files[i])}: {top}")
-        bar.update(1)
+            self._predict_all(remaining, writer)
+            writer.close()
+        finally:
+            writer.close(cancel=True)  # after an error or Ctrl-C: the running write ends, the rest dropped
+            remaining.close()
+            self.log.close()
+            self.passes.close()
+            self.bar.close()
+        return self.failures
 
-    # decoded by a reader thread, a few images ahead; shared by every pass, so a pass resumes where
-    # the last one stopped
-    remaining = read_ahead(todo, lambda i: read_image(files[i], args.max_pixels), depth=READ_AHEAD)
+    def _predict_all(self, remaining: Iterator[tuple[int, Any, Exception | None]], writer: Any) -> None:
+        """Run the model over ``remaining`` in batches and hand each result to ``writer``."""
+        from ovss.errors import OvssError
 
-    def readable() -> Iterator[Any]:
-        for i, rgb, error in remaining:
-            if error is not None:
-                if not isinstance(error, OvssError):
-                    raise error
-                fail(i, error)  # unreadable: note it and go on
-                continue
-            queue.append(i)
-            yield rgb
-
-    def batches() -> Iterator[Any]:
-        return seg.predict_batch(readable(), batch_size=args.batch_size, progress=passes, **options)
-
-    writer = WriteBehind(depth=WRITE_BEHIND)  # saves results on a writer thread, in order
-    seg.image_cache = ImageCache(0)  # every image is new: no re-query cache, no digest per image
-    try:
-        results = batches()
+        results = self._batches(remaining)
         while True:
             try:
                 result = next(results)
             except StopIteration:
-                break
+                return
             except OvssError:
                 # The model refused an image of the batch in flight (e.g. too elongated): redo the
                 # images read but not finished one at a time to tell which, then go on.
-                retry = list(queue)
-                queue.clear()
-                for i in retry:
-                    try:
-                        rgb = read_image(files[i], args.max_pixels)
-                        single = seg.predict(rgb, progress=passes, **options)
-                    except OvssError as e:
-                        fail(i, e)
-                        continue
-                    writer.submit(functools.partial(finish, i, single))
-                results = batches()
+                self._retry_singly(writer)
+                results = self._batches(remaining)
                 continue
-            writer.submit(functools.partial(finish, queue.popleft(), result))  # a write error stops the job
-        writer.close()
-    finally:
-        writer.close(cancel=True)  # after an error or Ctrl-C: the running write ends, the rest are dropped
-        remaining.close()
-        log.close()
-        passes.close()
-        bar.close()
-    return failures
+            # a write error stops the job
+            writer.submit(functools.partial(self._finish, self.queue.popleft(), result))
+
+    def _batches(self, remaining: Iterator[tuple[int, Any, Exception | None]]) -> Iterator[Any]:
+        return self.seg.predict_batch(
+            self._readable(remaining), batch_size=self.args.batch_size, progress=self.passes, **self.options
+        )
+
+    def _readable(self, remaining: Iterator[tuple[int, Any, Exception | None]]) -> Iterator[Any]:
+        """The decoded images of ``remaining``; an unreadable one is noted as a failure and skipped."""
+        from ovss.errors import OvssError
+
+        for i, rgb, error in remaining:
+            if error is not None:
+                if not isinstance(error, OvssError):
+                    raise error
+                self._fail(i, error)  # unreadable: note it and go on
+                continue
+            self.queue.append(i)
+            yield rgb
+
+    def _retry_singly(self, writer: Any) -> None:
+        """Segment the images of the refused batch one at a time; the refused ones become failures."""
+        from ovss.data.io import read_image
+        from ovss.errors import OvssError
+
+        retry = list(self.queue)
+        self.queue.clear()
+        for i in retry:
+            try:
+                rgb = read_image(self.files[i], self.args.max_pixels)
+                single = self.seg.predict(rgb, progress=self.passes, **self.options)
+            except OvssError as e:
+                self._fail(i, e)
+                continue
+            writer.submit(functools.partial(self._finish, i, single))
+
+    def _fail(self, i: int, error: Exception) -> None:
+        self.failures.append((self.files[i], str(error)))
+        self.bar.update(1)
+
+    def _finish(self, i: int, result: Any) -> None:
+        """Save image ``i``'s result and log it as done (on the writer thread, pipeline.WriteBehind)."""
+        from tqdm import tqdm
+
+        from ovss.errors import OutputPathError
+
+        result.source = self.sources[i]
+        result.vocabulary = self.synonyms
+        try:
+            saved = result.save(self.out, self.names[i], self.outputs, **self.draw)
+            files_written = file_entries(self.out, saved)  # read back: what is on disk is what is recorded
+        except OSError as e:  # disk full, folder removed or made read-only meanwhile: stop, one line
+            raise OutputPathError(
+                f"cannot write the results of {shown(self.files[i])} into {self.out}: {e.strerror or e}; "
+                "free space or fix the folder, then re-run the same command to finish"
+            ) from None
+        record = {
+            "source": self.sources[i],
+            "name": self.names[i],
+            "key": self.key,
+            "outputs": list(self.outputs),
+            "files": files_written,
+        }
+        # ASCII JSON: a non-UTF-8 file name (a lone surrogate in Python) is written as \\udcXX and read back
+        self.log.write(json.dumps({**record, "t": time.time()}, ensure_ascii=True) + "\n")
+        self.log.flush()  # the image counts as done only once all its outputs are in place
+        top = ", ".join(f"{n} {100 * f:.0f}%" for n, f in result.present()[:5])
+        tqdm.write(f"{shown(self.files[i])}: {top}")
+        self.bar.update(1)
 
 
 def _report(
