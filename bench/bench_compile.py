@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--backend", default="inductor", help="torch.compile backend")
     args = parser.parse_args()
-    from ovss.api.segmenter import parse_device, parse_dtype
+    from ovss.api.device import parse_device, parse_dtype
     from ovss.models.build import build_model
     from ovss.weights.registry import get_weight_spec
 

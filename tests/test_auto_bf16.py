@@ -35,7 +35,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_auto_resolves_to_bf16_in_this_group():
-    from ovss.api.segmenter import parse_dtype
+    from ovss.api.device import parse_dtype
 
     assert parse_dtype("auto") == torch.bfloat16 and parse_dtype("fp32") == torch.float32
 
@@ -106,7 +106,8 @@ def test_every_command(tmp_path, capsys, monkeypatch):
 
 
 def test_demo_backend_predict(tmp_path):
-    from ovss.demo.backend import DemoBackend, UploadGate
+    from ovss.demo.backend import DemoBackend
+    from ovss.demo.inputs import UploadGate
 
     photo = noise_photo(tmp_path / "p.png")
     # dtype "auto", as `ovss demo` starts it; the photo is admitted as an example of the page

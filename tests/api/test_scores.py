@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ovss.api.heatmaps import SHEET_ABOVE, colour_scale
+from ovss.api.scores import reduce_scores
 from ovss.api.segmenter import Segmenter
 from ovss.data.io import read_label
 from ovss.errors import OvssError
@@ -158,3 +159,21 @@ def test_scores_on_disk_match_and_leave_no_file(tmp_path):
         "x_heatmap-3-c3.png",
         "x_scores.npz",
     ]  # the temporary file of the maps has no name
+
+
+@pytest.mark.parametrize("split", [(7, 3), (2, 50), (50, 1)])
+def test_reduce_scores_over_blocks_equals_whole_map_reductions(split):
+    kc, rc = split  # classes and rows per block
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (2, 9, 11, 5), generator=gen).float() / 4  # many ties across classes
+    blocks = [
+        (k0, r0, scores[:, k0 : k0 + kc, r0 : r0 + rc])
+        for r0 in range(0, 11, rc)
+        for k0 in range(0, 9, kc)
+    ]
+    reduced = reduce_scores(blocks, tuple(scores.shape), keep_scores=True)
+    value, label = scores.max(dim=1)  # ties: the first class
+    assert torch.equal(reduced.labels, label) and torch.equal(reduced.confidence, value)
+    assert torch.equal(reduced.class_scores, scores.amax(dim=(2, 3)))
+    assert torch.equal(reduced.scores, scores)
+    assert reduce_scores(blocks, tuple(scores.shape)).scores is None

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import ovss
-from ovss.api.segmenter import Segmenter, reduce_scores
+from ovss.api.segmenter import Segmenter
 from ovss.data.io import read_image, read_label
 from ovss.errors import ImageReadError, OvssError, VocabularyError
 from ovss.models.base import ModelConfig, ResizeConfig, SegmentationModel
@@ -136,25 +136,6 @@ def test_bf16_runs_close_to_fp32(name, data_dir):
     assert clear.any() and np.array_equal(fast.label_map[clear], ref.label_map[clear])
 
 
-@pytest.mark.parametrize("native", [False, True])
-def test_auto_dtype_is_bf16_only_where_bf16_is_native(monkeypatch, native):
-    """``dtype="auto"`` (ovss.load's default): bf16 on CPUs with bf16 units and bf16 GPUs, else fp32."""
-    import ovss.cpu as module
-    from ovss.api.segmenter import parse_dtype
-
-    monkeypatch.setattr(module, "native_bf16_cpu", lambda: native)
-    want = torch.bfloat16 if native else torch.float32
-    assert parse_dtype("auto") == parse_dtype("Auto", torch.device("cpu")) == want
-    assert parse_dtype("fp32") == torch.float32 and parse_dtype("bf16") == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: not native)
-    assert parse_dtype("auto", torch.device("cuda")) == (torch.float32 if native else torch.bfloat16)
-    seg = ovss.load("test-san-tiny")
-    assert seg.dtype == want and next(seg.model.parameters()).dtype == want
-    assert ovss.load("test-san-tiny", dtype="fp32").dtype == torch.float32
-    with pytest.raises(OvssError, match="use fp32, bf16, fp16 or auto"):
-        parse_dtype("fast")
-
-
 def test_cli_dtype_defaults_auto_for_segment_fp32_for_eval(monkeypatch, tmp_path, capsys):
     """segment (and the demo) resolve --dtype auto and record the dtype used; eval stays exact by default."""
     import ovss.cpu as module
@@ -180,24 +161,6 @@ def test_result_dataclass_is_plain():
         "class_scores",
         "scores",
     }
-
-
-@pytest.mark.parametrize("split", [(7, 3), (2, 50), (50, 1)])
-def test_reduce_scores_over_blocks_equals_whole_map_reductions(split):
-    kc, rc = split  # classes and rows per block
-    gen = torch.Generator().manual_seed(0)
-    scores = torch.randint(0, 4, (2, 9, 11, 5), generator=gen).float() / 4  # many ties across classes
-    blocks = [
-        (k0, r0, scores[:, k0 : k0 + kc, r0 : r0 + rc])
-        for r0 in range(0, 11, rc)
-        for k0 in range(0, 9, kc)
-    ]
-    reduced = reduce_scores(blocks, tuple(scores.shape), keep_scores=True)
-    value, label = scores.max(dim=1)  # ties: the first class
-    assert torch.equal(reduced.labels, label) and torch.equal(reduced.confidence, value)
-    assert torch.equal(reduced.class_scores, scores.amax(dim=(2, 3)))
-    assert torch.equal(reduced.scores, scores)
-    assert reduce_scores(blocks, tuple(scores.shape)).scores is None
 
 
 class PredictOnly(SegmentationModel):
@@ -261,23 +224,3 @@ def test_segment_cli_catseg_defaults_to_whole_eval_keeps_slide(tmp_path):
     whole, slide = max_scores("w", "--inference", "whole"), max_scores("s", "--inference", "slide")
     assert max_scores("d") == whole != slide
     assert ovss.load("test-catseg-tiny").model.config.inference == "slide"  # eval's official protocol
-
-
-def test_fp16_on_the_cpu_warns_once_in_one_line():
-    import warnings
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")  # Python's default: once per place
-        for _ in range(2):
-            seg = ovss.load("test-san-tiny", device="cpu", dtype="fp16")
-        ovss.load("test-san-tiny", device="cpu", dtype="bf16")
-        ovss.load("test-san-tiny", device="cpu", dtype="fp32")
-    assert seg.dtype == torch.float16
-    caught = [w for w in caught if w.category is not ResourceWarning]  # garbage of earlier tests
-    assert [(w.category, str(w.message)) for w in caught] == [
-        (
-            UserWarning,
-            "dtype fp16 on the CPU is about 3x slower than fp32 (no fast fp16 kernels); use fp32 (exact) "
-            "or bf16",
-        )
-    ]

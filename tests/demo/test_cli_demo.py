@@ -10,7 +10,8 @@ import pytest
 
 from ovss.cli.main import build_parser, main
 from ovss.demo.app import check_port, default_examples_dir, find_examples
-from ovss.demo.backend import DemoBackend, DemoLimits
+from ovss.demo.backend import DemoBackend
+from ovss.demo.inputs import DemoLimits
 from ovss.errors import MissingDependencyError, OvssError
 
 

@@ -8,8 +8,9 @@ from PIL import Image
 
 from ovss.api.heatmaps import heat, score_range
 from ovss.data.io import read_label
-from ovss.demo.backend import DemoBackend, DemoLimits
+from ovss.demo.backend import DemoBackend
 from ovss.demo.display import DemoUserError, DisplayOptions, display_options
+from ovss.demo.inputs import DemoLimits
 from tests.conftest import DATA_DIR
 from tests.demo.test_backend import photos_gate
 

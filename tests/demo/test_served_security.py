@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ovss.demo.backend import NOT_UPLOADED
+from ovss.demo.inputs import NOT_UPLOADED
 from tests.conftest import DATA_DIR, needs
 from tests.demo.conftest import serve_demo
 

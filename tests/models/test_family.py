@@ -236,7 +236,9 @@ def test_toy_inference_modes_pass_through_the_cli(toy_family_with_modes, tmp_pat
 
 
 def test_toy_family_trains_and_serves_in_the_demo(toy_family, tmp_path):
-    from ovss.demo.backend import DemoBackend, UploadGate, inference_modes, option_visibility
+    from ovss.demo.backend import DemoBackend
+    from ovss.demo.catalogue import inference_modes, option_visibility
+    from ovss.demo.inputs import UploadGate
     from ovss.engine.recipes import load_config
     from ovss.engine.trainer import train
     from ovss.weights.cache import load_model

@@ -10,19 +10,19 @@ Typical use::
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ovss import cpu
+from ovss.api.device import parse_device, parse_dtype, warn_fp16_on_cpu
 from ovss.api.requery import ImageCache, ImageHandle, View, cache_key, pixel_digest
 from ovss.api.result import SegmentationResult, unlabelled_value
+from ovss.api.scores import ReducedScores, check_min_score, class_indices, disk_scores, reduce_scores
 from ovss.api.tta import TTAConfig, check_pass_sizes, mean_blocks, parse_tta, scaled_size
 from ovss.data.io import ImageInput, read_image
 from ovss.errors import ImageReadError, OvssError
@@ -31,55 +31,7 @@ from ovss.models.base import SegmentationModel
 from ovss.vocab.embeddings import TextEmbedder
 from ovss.vocab.vocabulary import Vocabulary, parse_vocabulary
 
-DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
-
-
 Progress = Callable[[float, float, str], None]  # progress(done, total, unit), see Segmenter.predict
-
-DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-
-
-def parse_dtype(dtype: str | torch.dtype, device: torch.device | None = None) -> torch.dtype:
-    """``"fp32" | "bf16" | "fp16" | "auto"`` (or a torch dtype) -> torch dtype.
-
-    ``auto`` is the fast precision where it is safe: bfloat16 on CUDA GPUs that support it and on
-    CPUs with native bf16 units (:func:`ovss.cpu.native_bf16_cpu`), float32 (exact) everywhere else.
-    """
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if str(dtype).lower() == "auto":
-        device = device or torch.device("cpu")
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-        return torch.bfloat16 if device.type == "cpu" and cpu.native_bf16_cpu() else torch.float32
-    try:
-        return DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise OvssError(f"unknown dtype {dtype!r}; use fp32, bf16, fp16 or auto") from None
-
-
-def parse_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" -> cuda when available else cpu; otherwise the device named."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise OvssError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise OvssError(f"device {device!r} requested but CUDA is not available; use --device cpu")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise OvssError(f"device {device!r} requested but MPS (Apple GPU) is not available; use --device cpu")
-    if dev.type not in ("cpu", "cuda", "mps"):  # torch knows more types (xpu, meta, ...); ovss runs on these
-        raise OvssError(f"device {device!r} is not supported; use cpu, cuda, cuda:N, mps or auto")
-    return dev
 
 
 class Segmenter:
@@ -414,7 +366,7 @@ class Segmenter:
         blocks = mean_blocks(streams, softmax=mmseg)  # mmseg's SegTTAModel: the mean of the softmaxes
         if progress is not None and tta is None:
             blocks = _report_blocks(blocks, shape, progress)
-        keep = return_scores if isinstance(return_scores, bool) else _class_indices(return_scores, shape[1])
+        keep = return_scores if isinstance(return_scores, bool) else class_indices(return_scores, shape[1])
         disk = disk_scores(shape, self.scores_dir) if keep is True and self.scores_dir is not None else None
         reduced = reduce_scores(blocks, shape, keep if disk is None else False, self.device, out=disk)
         for i, rgb in enumerate(images):
@@ -501,123 +453,6 @@ def _report_blocks(
         yield item
         done += item[2].numel()
         progress(round(100 * done / total, 1), 100, "%")
-
-
-class ReducedScores(NamedTuple):
-    """What the predictor keeps of a (B, K, H0, W0) score map."""
-
-    labels: torch.Tensor  # (B, H0, W0) int64 argmax over K (the first class among ties)
-    confidence: torch.Tensor  # (B, H0, W0) float32 max over K
-    class_scores: torch.Tensor  # (B, K) float32 max over pixels
-    scores: torch.Tensor | None  # (B, K, H0, W0) float32, only when asked for
-
-
-def check_min_score(min_score: float | None) -> float | None:
-    """``min_score`` as a float (None stays None); OvssError (one line) for anything not a finite number."""
-    if min_score is None:
-        return None
-    try:
-        value = float(min_score)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if isinstance(min_score, bool) or not np.isfinite(value):
-        raise OvssError(f"min_score must be a finite number (e.g. 0.3), got {min_score!r}")
-    return value
-
-
-def _class_indices(classes: Sequence[int], k: int) -> list[int]:
-    """``return_scores`` given as class indices -> a checked list (OvssError when out of range)."""
-    try:
-        indices = [operator.index(c) for c in classes]
-    except TypeError:
-        raise OvssError(
-            f"return_scores takes True/False or a list of class indices, got {classes!r}"
-        ) from None
-    bad = [c for c in indices if not 0 <= c < k]
-    if bad:
-        raise OvssError(f"return_scores: class index {bad[0]} is out of range for {k} classes")
-    return indices
-
-
-def disk_scores(shape: tuple[int, ...], folder: str | Path) -> np.ndarray:
-    """A zeroed float16 array of ``shape`` memory-mapped on an anonymous temporary file in ``folder``.
-
-    The file has no name (``tempfile.TemporaryFile``): its space returns when the array and its views
-    are gone, and a killed process leaves nothing behind. Pages are written to disk as the system
-    needs, so the array takes disk space, not RAM.
-    """
-    import tempfile
-
-    with tempfile.TemporaryFile(dir=folder, prefix=".ovss-scores-") as f:
-        f.truncate(int(np.prod(shape)) * 2)
-        return np.memmap(f, dtype=np.float16, mode="r+", shape=tuple(shape))  # keeps its own mapping
-
-
-def reduce_scores(
-    blocks: Iterable[tuple[int, int, torch.Tensor]],
-    shape: tuple[int, int, int, int],
-    keep_scores: bool | Sequence[int] = False,
-    device: str | torch.device = "cpu",
-    out: np.ndarray | None = None,
-) -> ReducedScores:
-    """Reduce a score map handed over in blocks (the ``predict_blocks`` contract), never holding it whole.
-
-    Args:
-        blocks: ``(class_start, row_start, scores)`` with scores (B, k, r, W0) covering the map exactly
-            once, classes ascending within each band of rows; any float dtype (reduced in float32).
-        shape: (B, K, H0, W0) of the whole map.
-        keep_scores: also assemble the whole (B, K, H0, W0) float32 map; a list of class indices:
-            only those classes' maps, (B, len(list), H0, W0) in the list's order.
-        device: where the blocks are (and the results stay).
-        out: a (B, K, H0, W0) float16 or float32 numpy array (e.g. :func:`disk_scores`) that receives
-            the whole map block by block (cast to its dtype); independent of ``keep_scores``.
-
-    Returns:
-        the same labels / maxima as ``scores.max(dim=1)`` and ``scores.amax(dim=(2, 3))`` on the whole
-        map (finite scores; among equal scores the first class wins).
-    """
-    b, k, h0, w0 = shape
-    confidence = torch.full((b, h0, w0), float("-inf"), device=device)
-    labels = torch.zeros((b, h0, w0), dtype=torch.int64, device=device)
-    class_scores = torch.full((b, k), float("-inf"), device=device)
-    chosen = [] if isinstance(keep_scores, bool) else list(keep_scores)  # [] : all classes or none
-    scores = None
-    if chosen:
-        scores = torch.empty((b, len(chosen), h0, w0), device=device)
-    elif keep_scores is True:
-        scores = torch.empty(shape, device=device)
-    for k0, r0, block in blocks:
-        block = block.float()
-        k1, r1 = k0 + block.shape[1], r0 + block.shape[2]
-        value, label = block.max(dim=1)  # (B, r, W0), first class among ties
-        best = confidence[:, r0:r1]
-        better = value > best  # strictly: an earlier class chunk keeps its ties
-        confidence[:, r0:r1] = torch.where(better, value, best)
-        labels[:, r0:r1] = torch.where(better, label + k0, labels[:, r0:r1])
-        class_scores[:, k0:k1] = torch.maximum(class_scores[:, k0:k1], block.amax(dim=(2, 3)))
-        if out is not None:
-            # cast and lay out in torch (fast), then one contiguous copy per class into out
-            cast = block.to(torch.float16 if out.dtype == np.float16 else torch.float32)
-            out[:, k0:k1, r0:r1] = cast.contiguous().cpu().numpy()
-        if scores is not None and chosen:
-            for j, c in enumerate(chosen):
-                if k0 <= c < k1:
-                    scores[:, j, r0:r1] = block[:, c - k0]
-        elif scores is not None:
-            scores[:, k0:k1, r0:r1] = block
-    return ReducedScores(labels, confidence, class_scores, scores)
-
-
-FP16_ON_CPU = (
-    "dtype fp16 on the CPU is about 3x slower than fp32 (no fast fp16 kernels); use fp32 (exact) or bf16"
-)
-
-
-def warn_fp16_on_cpu() -> None:
-    """A ``UserWarning`` (one line) that fp16 on the CPU is slow; Python shows it once per process."""
-    import warnings
-
-    warnings.warn(FP16_ON_CPU, UserWarning, stacklevel=3)
 
 
 def load(

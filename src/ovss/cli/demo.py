@@ -37,7 +37,7 @@ LIMIT_OPTIONS = (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ovss.demo.backend import DemoLimits
+    from ovss.demo.inputs import DemoLimits
 
     limits = DemoLimits()
     p = sub.add_parser(
@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     import shutil
 
     from ovss.demo.app import build_app, check_port, import_gradio, launch, private_upload_dir
-    from ovss.demo.backend import DemoBackend, DemoLimits
+    from ovss.demo.backend import DemoBackend
+    from ovss.demo.inputs import DemoLimits
     from ovss.errors import OvssError
 
     import_gradio()  # a missing gradio is reported before the (slow) model load

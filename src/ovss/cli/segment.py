@@ -158,7 +158,7 @@ def _run_key(
     The settings are recorded in --out (``segment_runs``); an option that changes the outputs adds
     a key here, and a re-run with another value stops and names it.
     """
-    from ovss.api.segmenter import DTYPE_NAMES
+    from ovss.api.device import DTYPE_NAMES
 
     settings = {
         "model": seg.name,

@@ -372,7 +372,7 @@ def render_settings(args: argparse.Namespace) -> dict[str, Any]:
         ConfigError: a bad --opacity, --palette or --min-score (before any model loads).
     """
     from ovss.api.palettes import get_palette
-    from ovss.api.segmenter import check_min_score
+    from ovss.api.scores import check_min_score
     from ovss.api.visualize import check_opacity
     from ovss.errors import ConfigError, OvssError
 

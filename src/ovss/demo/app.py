@@ -16,18 +16,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from ovss.demo.backend import (
-    DEFAULT_OPACITY,
-    EXAMPLE_CLASSES,
-    DemoBackend,
-    DemoLimits,
-    DemoUserError,
-    UploadGate,
-    inference_choices,
-    option_visibility,
-    web_message,
-    weights_table,
-)
+from ovss.demo.backend import DEFAULT_OPACITY, EXAMPLE_CLASSES, DemoBackend, DemoUserError, web_message
+from ovss.demo.catalogue import inference_choices, option_visibility, weights_table
+from ovss.demo.inputs import DemoLimits, UploadGate
 from ovss.errors import OvssError, missing_dependency
 
 log = logging.getLogger("ovss.demo")
@@ -395,7 +386,7 @@ def display_controls(gr: Any, min_score: float | None = None) -> list[Any]:
 
 def score_class_list(text: str | None) -> list[tuple[str, str]]:
     """Dropdown choices for the score map: "(none)" and the display names typed so far."""
-    from ovss.demo.backend import DemoLimits, parse_classes
+    from ovss.demo.inputs import DemoLimits, parse_classes
 
     try:
         classes = parse_classes(text, DemoLimits(max_classes=2**31))
