@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from ovss.catalogue.backend import DemoBackend
-from ovss.catalogue.display import DemoUserError
 
 from ovss.demo import catalogue
+from ovss.demo.backend import DemoBackend
+from ovss.demo.display import DemoUserError
 
 
 def test_catalogue_offers_only_models_on_disk(monkeypatch, tmp_path):

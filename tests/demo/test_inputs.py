@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ovss.inputs.display import DemoUserError
-from ovss.inputs.inputs import DemoLimits, UploadGate
 from PIL import Image
 
 from ovss.demo import inputs
+from ovss.demo.display import DemoUserError
+from ovss.demo.inputs import DemoLimits, UploadGate
 from ovss.errors import OvssError
 
 LIMITS = DemoLimits(max_pixels=1_000_000, max_classes=5, max_upload_mb=1)

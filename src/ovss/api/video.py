@@ -170,20 +170,13 @@ def segment_video(
     """
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ConfigError(f"every must be an integer >= 1 (take every N-th frame), got {every!r}")
-    bad = [o for o in outputs if o not in VIDEO_OUTPUTS]
-    if bad or not outputs:
-        raise ConfigError(f"video outputs {list(outputs)}: choose among {', '.join(VIDEO_OUTPUTS)}")
     from ovss.api.palettes import get_palette
     from ovss.api.visualize import check_opacity
 
+    source = Path(source)
+    paths = _checked_outputs(out_dir, stem or source.stem, outputs, overwrite)
     draw = {"opacity": check_opacity(opacity), "palette": get_palette(palette), "labels": bool(labels)}
     av = import_av()
-    source = Path(source)
-    paths = {k: p for k, p in output_paths(out_dir, stem or source.stem).items() if k in outputs}
-    existing = [str(p) for p in paths.values() if p.exists()]
-    if existing and not overwrite:
-        raise OutputPathError(f"{', '.join(existing)} already exist(s); pass --overwrite (overwrite=True) to "
-                              "replace, or choose another --out")
     if classes is not None:
         segmenter.set_vocabulary(classes)
     vocab = segmenter.vocabulary
@@ -207,6 +200,22 @@ def segment_video(
         report = _report(summary, segmenter, every, state, draw["palette"])
         atomic_write_text(paths["json"], json.dumps(report, indent=2) + "\n")
     return summary
+
+
+def _checked_outputs(
+    out_dir: str | Path, stem: str, outputs: tuple[str, ...] | list[str], overwrite: bool
+) -> dict[str, Path]:
+    """The paths of the chosen ``outputs`` (:func:`output_paths`), checked: known kinds, and none
+    existing unless ``overwrite``."""
+    bad = [o for o in outputs if o not in VIDEO_OUTPUTS]
+    if bad or not outputs:
+        raise ConfigError(f"video outputs {list(outputs)}: choose among {', '.join(VIDEO_OUTPUTS)}")
+    paths = {k: p for k, p in output_paths(out_dir, stem).items() if k in outputs}
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise OutputPathError(f"{', '.join(existing)} already exist(s); pass --overwrite (overwrite=True) to "
+                              "replace, or choose another --out")
+    return paths
 
 
 def _stream(

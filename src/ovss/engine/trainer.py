@@ -343,6 +343,62 @@ def _save_checkpoint(cfg: TrainConfig, run: _Run, ckpt_dir: Path, done: int, dis
     barrier()
 
 
+def _train_loop(
+    cfg: TrainConfig,
+    run: _Run,
+    batches: Any,
+    evaluation: tuple[Any, list, Any],
+    logger: MetricLogger,
+    out_dir: Path,
+    dist: Any,
+) -> tuple[int, dict[str, float], dict[str, float]]:
+    """Iterations ``run.start`` to the last: steps, metric lines, checkpoints and evaluations
+    (``evaluation``: :func:`_eval_inputs`). Returns (completed iterations, the last logged metrics,
+    the last evaluation)."""
+    eval_data, eval_pairs, eval_vocab = evaluation
+    ckpt_dir = out_dir / "checkpoints"
+    metrics: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    done = logged_at = run.start
+    tic = time.perf_counter()
+    run.net.train()
+    for it in range(run.start, cfg.solver.iterations):
+        sums, grad_norm, data_time = _train_step(cfg, run, batches, it, dist)
+        done = it + 1
+        if done % cfg.log_period == 0 or done == cfg.solver.iterations or done == 1:
+            metrics = all_reduce_mean({k: float(v) for k, v in sums.items()})
+            elapsed, tic = time.perf_counter() - tic, time.perf_counter()
+            metrics.update(lr=cfg.solver.lr * lr_factor(it, cfg.solver), grad_norm=float(grad_norm),
+                           data_time=data_time, sec_per_iter=elapsed / (done - logged_at))
+            logged_at = done
+            eta = metrics["sec_per_iter"] * (cfg.solver.iterations - done)
+            logger.log(done, metrics, progress=f"{done}/{cfg.solver.iterations}", suffix=f"eta {_eta(eta)}")
+        if done % cfg.checkpoint_period == 0 or done == cfg.solver.iterations:
+            _save_checkpoint(cfg, run, ckpt_dir, done, dist)
+        if cfg.eval.period and (done % cfg.eval.period == 0 or done == cfg.solver.iterations):
+            last_eval = evaluate(run.model, eval_pairs, eval_vocab, dist.device, eval_data.ignore_index,
+                                 dist.rank, dist.world_size, run.precision, cfg.eval.convention,
+                                 cfg.eval.options)
+            logger.log(done, {f"eval/{k}": v for k, v in last_eval.items()})
+            if dist.is_main:
+                write_curves(out_dir)  # curves.png: losses, lr, eval mIoU so far
+    return done, metrics, last_eval
+
+
+def _write_final_model(cfg: TrainConfig, run: _Run, out_dir: Path, done: int, dist: Any) -> Path:
+    """Rank 0 writes ``model_final.safetensors`` (the trained model, ``done`` iterations) and the
+    final curves; every rank gets the file's path."""
+    final = out_dir / "model_final.safetensors"
+    if dist.is_main:
+        from ovss.weights.modelfile import save_model_file
+
+        save_model_file(final, run.model.state_dict(), run.model.config, run.family,
+                        name=cfg.name or run.family, source_format="ovss_train", iteration=str(done))
+        _log.info("wrote %s", final)
+        write_curves(out_dir)
+    return final
+
+
 def train(
     cfg: TrainConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
@@ -378,46 +434,15 @@ def train(
     run = _build_run(cfg, state, dist)
     pairs = image_label_pairs(cfg.data)
     batches, workers = _train_loader(cfg, pairs, run, dist)
-    eval_data, eval_pairs, eval_vocab = _eval_inputs(cfg)
+    evaluation = _eval_inputs(cfg)
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         cfg.to_json(out_dir / "config.json")
         _log.info("%s", _start_line(cfg, out_dir, run, len(pairs), dist, workers))
     logger = MetricLogger(out_dir, dist.is_main, cfg.tensorboard, cfg.wandb_project, cfg.to_dict(),
                           resume_from=run.start if state is not None else None)
-    metrics: dict[str, float] = {}
-    last_eval: dict[str, float] = {}
-    done = logged_at = run.start
-    tic = time.perf_counter()
-    run.net.train()
-    for it in range(run.start, cfg.solver.iterations):
-        sums, grad_norm, data_time = _train_step(cfg, run, batches, it, dist)
-        done = it + 1
-        if done % cfg.log_period == 0 or done == cfg.solver.iterations or done == 1:
-            metrics = all_reduce_mean({k: float(v) for k, v in sums.items()})
-            elapsed, tic = time.perf_counter() - tic, time.perf_counter()
-            metrics.update(lr=cfg.solver.lr * lr_factor(it, cfg.solver), grad_norm=float(grad_norm),
-                           data_time=data_time, sec_per_iter=elapsed / (done - logged_at))
-            logged_at = done
-            eta = metrics["sec_per_iter"] * (cfg.solver.iterations - done)
-            logger.log(done, metrics, progress=f"{done}/{cfg.solver.iterations}", suffix=f"eta {_eta(eta)}")
-        if done % cfg.checkpoint_period == 0 or done == cfg.solver.iterations:
-            _save_checkpoint(cfg, run, ckpt_dir, done, dist)
-        if cfg.eval.period and (done % cfg.eval.period == 0 or done == cfg.solver.iterations):
-            last_eval = evaluate(run.model, eval_pairs, eval_vocab, dist.device, eval_data.ignore_index,
-                                 dist.rank, dist.world_size, run.precision, cfg.eval.convention,
-                                 cfg.eval.options)
-            logger.log(done, {f"eval/{k}": v for k, v in last_eval.items()})
-            if dist.is_main:
-                write_curves(out_dir)  # curves.png: losses, lr, eval mIoU so far
-    final = out_dir / "model_final.safetensors"
-    if dist.is_main:
-        from ovss.weights.modelfile import save_model_file
-
-        save_model_file(final, run.model.state_dict(), run.model.config, run.family,
-                        name=cfg.name or run.family, source_format="ovss_train", iteration=str(done))
-        _log.info("wrote %s", final)
-        write_curves(out_dir)
+    done, metrics, last_eval = _train_loop(cfg, run, batches, evaluation, logger, out_dir, dist)
+    final = _write_final_model(cfg, run, out_dir, done, dist)
     logger.close()
     barrier()
     return {"iteration": done, "model": final, "metrics": metrics, "eval": last_eval}

@@ -74,17 +74,7 @@ def evaluate(
     rank, world = rank_and_world()
     folder = Path(out_dir) / data.name
     state_path = folder / f"state-rank{rank}-of{world}.pt"
-    fingerprint = {
-        "model": segmenter.name,
-        "weights": weights_digest(segmenter),
-        "classes": _digest(json.dumps(classes)),
-        "data": data_digest(data, total),
-        "dataset": data.name,
-        "total": total,
-        "world": world,
-        "options": {k: options[k] for k in sorted(options)},
-        "dtype": str(segmenter.dtype),
-    }
+    fingerprint = _fingerprint(segmenter, data, classes, total, world, options)
     matrix = ConfusionMatrix(data.num_classes, data.ignore_index)
     done = _resume(state_path, fingerprint, matrix, rank)
     todo = [i for i in range(rank, total, world) if i not in done]
@@ -98,14 +88,7 @@ def evaluate(
     with open(log_path, "a", encoding="utf-8") as log:
         for n, index in enumerate(todo, 1):
             item = data[index]
-            pred = segmenter.predict(item["image"], progress=passes, **options).label_map
-            if merge_from is not None:  # PAS-20b: every extra (background) class scores as one
-                pred = np.minimum(pred, merge_from)
-            gt = item["label"]
-            if pred.shape != gt.shape:
-                raise DatasetError(
-                    f"{item['name']}: prediction {pred.shape} vs label {gt.shape}; corrupt dataset?"
-                )
+            pred, gt = _predicted_label(segmenter, item, merge_from, passes, options), item["label"]
             matrix.update(pred, gt)
             done.add(index)
             log.write(json.dumps(_image_record(index, item["name"], pred, gt, data.ignore_index)) + "\n")
@@ -126,6 +109,36 @@ def evaluate(
 
     write_eval_plots(report, matrix.matrix, folder)
     return report
+
+
+def _fingerprint(
+    segmenter: Any, data: Any, classes: list[str], total: int, world: int, options: dict[str, Any]
+) -> dict[str, Any]:
+    """What the results depend on; a resumed evaluation must match it (``_resume``)."""
+    return {
+        "model": segmenter.name,
+        "weights": weights_digest(segmenter),
+        "classes": _digest(json.dumps(classes)),
+        "data": data_digest(data, total),
+        "dataset": data.name,
+        "total": total,
+        "world": world,
+        "options": {k: options[k] for k in sorted(options)},
+        "dtype": str(segmenter.dtype),
+    }
+
+
+def _predicted_label(
+    segmenter: Any, item: dict[str, Any], merge_from: int | None, passes: Any, options: dict[str, Any]
+) -> np.ndarray:
+    """The label map predicted for a dataset item (merged classes folded), checked against its label."""
+    pred = segmenter.predict(item["image"], progress=passes, **options).label_map
+    if merge_from is not None:  # PAS-20b: every extra (background) class scores as one
+        pred = np.minimum(pred, merge_from)
+    gt = item["label"]
+    if pred.shape != gt.shape:
+        raise DatasetError(f"{item['name']}: prediction {pred.shape} vs label {gt.shape}; corrupt dataset?")
+    return pred
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
