@@ -141,6 +141,28 @@ def export_options(model: SegmentationModel, options: dict[str, Any]) -> dict[st
     return options
 
 
+def _trace(wrapper: nn.Module, images: torch.Tensor, text: torch.Tensor, tmp: Path, opset: int) -> None:
+    """Trace ``wrapper`` on the example inputs into the ONNX file ``tmp``, the K axis dynamic."""
+    with torch.no_grad(), warnings.catch_warnings():
+        # Expected and harmless here: the image size is fixed at export, so the sizes derived from
+        # it are constants (TracerWarning); the TorchScript exporter is chosen on purpose
+        # (DeprecationWarning); a strided slice is not constant-folded (an optimisation notice).
+        # That the K axis stays dynamic is verified by check_onnx at several K, and by the tests.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        torch.onnx.export(
+            wrapper,
+            (images, text),
+            str(tmp),
+            input_names=["images", "text"],
+            output_names=["scores"],
+            dynamic_axes={"text": {0: "K"}, "scores": {1: "K"}},
+            opset_version=opset,
+            dynamo=False,
+        )
+
+
 def export_onnx(
     model: SegmentationModel,
     text: torch.Tensor,
@@ -186,28 +208,7 @@ def export_onnx(
     images = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(dtype)
     text = text.detach().to(dtype).cpu()
     path = Path(path)
-
-    def write(tmp: Path) -> None:
-        with torch.no_grad(), warnings.catch_warnings():
-            # Expected and harmless here: the image size is fixed at export, so the sizes derived from
-            # it are constants (TracerWarning); the TorchScript exporter is chosen on purpose
-            # (DeprecationWarning); a strided slice is not constant-folded (an optimisation notice).
-            # That the K axis stays dynamic is verified by check_onnx at several K, and by the tests.
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
-            torch.onnx.export(
-                wrapper,
-                (images, text),
-                str(tmp),
-                input_names=["images", "text"],
-                output_names=["scores"],
-                dynamic_axes={"text": {0: "K"}, "scores": {1: "K"}},
-                opset_version=opset,
-                dynamo=False,
-            )
-
-    atomic_write(path, write)
+    atomic_write(path, lambda tmp: _trace(wrapper, images, text, tmp, opset))
     if not check:
         return {}
     k = text.shape[0]
