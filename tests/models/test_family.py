@@ -233,6 +233,9 @@ def test_toy_inference_modes_pass_through_the_cli(toy_family_with_modes, tmp_pat
     assert "AveragePool" in ops["coarse"] and "AveragePool" not in ops["fine"]
     assert main([*export, "--inference", "slide", "--out", str(tmp_path / "slide.onnx")]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == refusal.format("slide")
+    san = ["export", "--model", "test-san-tiny", "--inference", "fine", "--out", str(tmp_path / "san.onnx")]
+    assert main(san) == 1  # SAN bakes its own protocol; the families whose exports take one are named
+    assert "ovss: error: --inference is a CAT-Seg and ToySeg option;" in capsys.readouterr().err
 
 
 def test_toy_family_trains_and_serves_in_the_demo(toy_family, tmp_path):

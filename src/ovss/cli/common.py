@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -161,12 +162,17 @@ def check_model_options(args: argparse.Namespace, family: str, model: str) -> No
         )
     for key in options.keys() - {"tta"}:
         if descriptor is None or key not in descriptor.options:
-            # one name per family line: a variant's title starts with its base's ("CAT-Seg v1")
-            owners = list(dict.fromkeys(f.title.split()[0] for f in option_owners(key)))
-            label = " and ".join(owners) if len(owners) < 3 else ", ".join(owners[:-1]) + " and " + owners[-1]
             raise ConfigError(
-                f"--{key} applies to {label} models only; {model} is a {title} model (remove --{key})"
+                f"--{key} applies to {family_lines(option_owners(key))} models only; {model} is a {title} "
+                f"model (remove --{key})"
             )
+
+
+def family_lines(families: Iterable[Any]) -> str:
+    """``"SAN and CAT-Seg"``: the titles of ``families`` (descriptors), one name per family line (a
+    variant's title starts with its base's: "CAT-Seg v1")."""
+    owners = list(dict.fromkeys(f.title.split()[0] for f in families))
+    return " and ".join(owners) if len(owners) < 3 else ", ".join(owners[:-1]) + " and " + owners[-1]
 
 
 def apply_inference_default(args: argparse.Namespace, config: Any, command: str) -> None:

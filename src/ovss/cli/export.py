@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ovss.cli.common import inference_choices
+from ovss.cli.common import family_lines, inference_choices
 
 DESCRIPTION = """\
 Export a model's score map to ONNX. The graph takes 'images' (1, 3, H, W), CLIP-normalised float32
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from ovss.cli.common import ensure_writable_file
     from ovss.errors import OvssError
     from ovss.export.onnx import check_export_size, check_opset, export_onnx, parse_export_dtype
-    from ovss.models.family import family_for_config
+    from ovss.models.family import families, family_for_config
 
     ensure_writable_file(args.out)  # before the model loads
     check_opset(args.opset)
@@ -93,7 +93,11 @@ def run(args: argparse.Namespace) -> int:
             )
         options["inference"] = args.inference or option.default("export", getattr(cfg, "inference", ""))
     elif args.inference:  # e.g. SAN bakes its config's protocol (d2, or mmseg for the .mmseg weights)
-        raise OvssError(f"--inference is a CAT-Seg option; {args.model} has no inference modes, remove it")
+        exported = [f for f in families() if f.inference is not None and f.inference.exported]
+        raise OvssError(
+            f"--inference is a {family_lines(exported)} option; {args.model} has no inference modes to "
+            "export, remove it"
+        )
     seg.set_vocabulary(args.classes)
     size = tuple(args.size) if args.size else (cfg.test_resize.size, cfg.test_resize.size)
     report = export_onnx(
