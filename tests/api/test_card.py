@@ -10,6 +10,7 @@ import ovss
 from ovss.api.card import ModelCard, count_parameters
 from ovss.cli.main import main
 from ovss.data.catalog import get_benchmark
+from ovss.weights.cache import load_model
 from ovss.weights.modelfile import save_model_file
 from ovss.weights.registry import WEIGHTS, get_weight_spec
 from ovss.weights.resolve import converted_path
@@ -17,7 +18,7 @@ from ovss.weights.resolve import converted_path
 
 @pytest.mark.parametrize("name", ["test-san-tiny", "test-sed-tiny", "test-catseg-v1-tiny"])
 def test_parameter_count_on_meta_equals_the_real_model(name):
-    model, _ = ovss.weights.cache.load_model(name)
+    model, _ = load_model(name)
     assert count_parameters(get_weight_spec(name)) == sum(p.numel() for p in model.parameters())
 
 
@@ -75,7 +76,7 @@ def test_mmseg_san_entries_name_their_official_download(tmp_path, monkeypatch, c
 
 def test_cached_file_size_and_digest_show_in_table_and_card(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("OVSS_HOME", str(tmp_path))
-    model, _ = ovss.weights.cache.load_model("test-san-tiny")
+    model, _ = load_model("test-san-tiny")
     target = converted_path("san-vit-b16")  # any converted file in the slot: the card reads its header
     save_model_file(target, model.state_dict(), model.config, "san", name="san-vit-b16")
     card = ovss.model_card("san-vit-b16")
