@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU run of ovss, at most 8 minutes on one GPU (each step has its own time limit):
 #   1. device: torch, the GPU's name, bf16 support, the CPU (bench/common.py device_header)
-#   2. tests:   tests/models/test_device.py on the device (tiny models of every family, CUDA against
+#   2. tests:   tests/api/test_segmenter_device.py on the device (tiny models of every family, CUDA against
 #               the CPU in float32 within 1e-5, TF32 off)
 #   3. segment: bench_segment for every model at K = 20 and 150 in fp32, bf16 and fp16, with the peak
 #               GPU memory of the timed runs (JSON rows in $OUT/segment.jsonl)
@@ -67,7 +67,7 @@ if dev.startswith('cuda') and not torch.cuda.is_available():
     sys.exit('CUDA is not available on this machine; run with --device cpu')
 " "$device"
 OVSS_TEST_DEVICE=$device step tests "${limits[1]}" "$python" -m pytest -q -p no:xdist -p no:cacheprovider \
-  tests/models/test_device.py
+  tests/api/test_segmenter_device.py
 step segment "${limits[2]}" "$python" -m bench.bench_segment --device "$device" --runs "${runs[@]}" \
   "${seg_args[@]}" --json "$out/segment.jsonl"
 step compile "${limits[3]}" "$python" -m bench.bench_compile --device "$device" --model "$san" "${compile_args[@]}"
