@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ovss.errors import CacheError
 from ovss.vocab.embeddings import TextEmbedder
 from ovss.vocab.vocabulary import parse_vocabulary
 
@@ -207,3 +208,17 @@ def test_memory_bound_from_the_environment(monkeypatch):
     monkeypatch.setenv("OVSS_TEXT_CACHE_MB", "lots")
     with pytest.raises(CacheError, match="OVSS_TEXT_CACHE_MB='lots' is not a number"):
         TextEmbedder(CountingEncoder(), "vild", "first")
+
+
+def test_text_cache_folder_that_is_a_file(home):
+    from ovss.vocab.embeddings import TextEmbedder
+    from ovss.vocab.vocabulary import parse_vocabulary
+
+    home.mkdir()
+    (home / "text").write_text("x")
+    emb = TextEmbedder(
+        lambda t: torch.ones(t.shape[1], 2), "single", "first", cache_id="id", cache_dir=home / "text",
+        tokenize=lambda texts: torch.zeros(len(texts), 4, dtype=torch.long),
+    )  # fmt: skip
+    with pytest.raises(CacheError, match="text is a file, not a folder"):
+        emb(parse_vocabulary("cat"))

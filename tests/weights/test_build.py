@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from ovss.errors import CheckpointMismatchError
+from ovss.weights import build
 from ovss.weights.build import load_strict
 from tests.weights.test_read import Tiny, _same, _sd
 
@@ -49,3 +52,10 @@ def test_assign_onto_meta_module():
     load_strict(model, _sd(), "x", assign=True)
     assert model.a.weight.device.type == "cpu"
     assert torch.equal(model.a.weight, _sd()["a.weight"])
+
+
+def test_crafted_config_in_process_fails_fast(tiny, tmp_path):
+    _, config = tiny
+    huge = dataclasses.replace(config, side_depth=20000, deep_supervision=(20000,))
+    with pytest.raises(CheckpointMismatchError, match="far larger"):
+        build.check_fits(huge, {"x": torch.empty(4, device="meta")}, "crafted")

@@ -5,19 +5,9 @@ import hashlib
 
 import pytest
 
-import ovss.home
 from ovss.errors import DigestMismatchError, WeightsNotFoundError
 from ovss.weights import cache, resolve
 from ovss.weights.registry import get_weight_spec
-
-
-def test_home_and_offline_from_environment(home, monkeypatch):
-    assert ovss.home.ovss_home() == home
-    assert resolve.converted_path("san-vit-b16") == home / "weights" / "san-vit-b16.safetensors"
-    assert ovss.home.is_offline()
-    monkeypatch.setenv("OVSS_OFFLINE", "0")
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    assert not ovss.home.is_offline()
 
 
 def test_offline_and_missing_is_one_line_with_the_fix(home):

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ovss.errors import CheckpointMismatchError, WeightsNotFoundError
+import ovss
+from ovss.errors import CheckpointMismatchError, WeightsFileError, WeightsNotFoundError
 from ovss.weights.build import load_strict
 from ovss.weights.read import read_state_dict
 
@@ -113,3 +114,18 @@ def test_a_bad_pickle_is_one_line_without_torchs_weights_only_false_hint(tmp_pat
         assert "weights_only" not in message
     assert not marker.exists()
     assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+
+
+def test_read_state_dict_refuses_folders_and_pipes_without_hanging(tmp_path):
+    """Every checkpoint reader (e.g. training's model.clip_weights) says what the path is instead of
+    'does not exist' for a folder, and refuses a FIFO instead of blocking on it forever."""
+    from ovss.weights.read import read_state_dict
+
+    with pytest.raises(WeightsFileError, match="is a folder, expected a file"):
+        read_state_dict(tmp_path)
+    fifo = tmp_path / "pipe.pth"
+    os.mkfifo(fifo)
+    with pytest.raises(WeightsFileError, match="is not a regular file"):
+        read_state_dict(fifo)
+    with pytest.raises(WeightsFileError, match="is not a regular file"):
+        ovss.load(fifo)
