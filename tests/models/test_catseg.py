@@ -24,11 +24,12 @@ from ovss.models.catseg import (
 )
 from ovss.models.catseg_aggregator import (
     Aggregator,
+    AggregatorDims,
     ClassAggregation,
-    SpatialAggregation,
     UpBlock,
     linear_attention,
 )
+from ovss.models.catseg_spatial import SpatialAggregation
 from tests.conftest import relative_error
 from tests.models._blocks import check_blocks
 
@@ -187,7 +188,7 @@ def test_spatial_aggregation_equals_the_official_algorithm() -> None:
 def test_spatial_aggregation_bf16_window_forms_are_bounded_by_the_exact_path(monkeypatch) -> None:
     """bf16 on the CPU: the shifted (masked) windows run as one batched matmul attention; the
     per-window SDPA form and float64 agree with it within bf16 rounding."""
-    import ovss.models.catseg_aggregator as agg
+    import ovss.models.catseg_spatial as agg
 
     torch.manual_seed(0)
     mod = _randomize(SpatialAggregation(16, 8, 4, (12, 12), 6), seed=3).double()
@@ -224,11 +225,12 @@ def test_class_aggregation_equals_the_official_algorithm(kind: str, pool, pad_le
 
 
 def _aggregator(pad_len: int) -> Aggregator:
-    return _randomize(Aggregator(
+    dims = AggregatorDims(
         embed_dim=16, prompt_channels=1, hidden_dim=16, appearance_proj_dim=8, text_proj_dim=8,
         guidance_dims=(12, 6), guidance_proj_dims=(4, 4), decoder_dims=(16, 16), num_layers=1, heads=2,
-        resolution=(12, 12), window=6, attention="linear", pad_len=pad_len,
-    )).eval()
+        resolution=(12, 12), window=6, attention="linear",
+    )
+    return _randomize(Aggregator(dims, pad_len)).eval()
 
 
 def test_class_budget_keeps_the_top_classes_per_image_and_fills_the_rest_with_minus_100() -> None:
@@ -262,19 +264,21 @@ def test_class_budget_keeps_the_top_classes_per_image_and_fills_the_rest_with_mi
     ],
 )
 def test_class_and_pixel_chunks_do_not_change_the_logits(monkeypatch, name: str, value: int) -> None:
-    import ovss.models.catseg_aggregator as module
+    import ovss.models.catseg_aggregator as aggregator
+    import ovss.models.catseg_spatial as spatial
 
+    modules = {"DECODER_CHUNK": aggregator, "SPATIAL_CHUNK": spatial, "PIXEL_CHUNK_ELEMENTS": aggregator}
     agg = _randomize(_aggregator(pad_len=0), seed=4)
     gen = torch.Generator().manual_seed(3)
     text = F.normalize(torch.randn(2, 7, 1, 16, generator=gen), dim=-1)
     image = torch.randn(2, 16, 12, 12, generator=gen)
     guidance = (torch.randn(2, 12, 24, 24, generator=gen), torch.randn(2, 6, 48, 48, generator=gen))
     with torch.no_grad():
-        monkeypatch.setattr(module, "DECODER_CHUNK", 10**6)
-        monkeypatch.setattr(module, "SPATIAL_CHUNK", 10**6)
-        monkeypatch.setattr(module, "PIXEL_CHUNK_ELEMENTS", 10**9)
+        monkeypatch.setattr(aggregator, "DECODER_CHUNK", 10**6)
+        monkeypatch.setattr(spatial, "SPATIAL_CHUNK", 10**6)
+        monkeypatch.setattr(aggregator, "PIXEL_CHUNK_ELEMENTS", 10**9)
         whole = agg(image, text, guidance)  # every class and pixel in one pass
-        monkeypatch.setattr(module, name, value)
+        monkeypatch.setattr(modules[name], name, value)
         chunked = agg(image, text, guidance)
     assert whole.shape == (2, 7, 48, 48) and whole.std() > 0
     torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)

@@ -30,7 +30,7 @@ from ovss.errors import ConfigError
 from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
 from ovss.layers.transformer import ResidualAttentionBlock
 from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, SegmentationModel, check_stage_mode
-from ovss.models.catseg_aggregator import Aggregator
+from ovss.models.catseg_aggregator import Aggregator, AggregatorDims
 from ovss.models.family import Family, InferenceOption, family_for_config, register_family
 from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
 from ovss.towers.text import TextConfig
@@ -208,6 +208,26 @@ class CostAggregationModel(SegmentationModel):
                 f"{tuple(text.shape)}; embed the vocabulary with templates={self.config.templates!r}"
             )
 
+    def aggregator_dims(self, guidance_dims: tuple[int, int]) -> AggregatorDims:
+        """The aggregator's widths and grid from the config; ``guidance_dims``: the channels of the
+        two decoder guidance maps (stride 8, stride 4)."""
+        c, grid = self.config, self.config.feature_resolution
+        return AggregatorDims(
+            embed_dim=c.clip.embed_dim,
+            prompt_channels=c.prompt_channels,
+            hidden_dim=c.hidden_dim,
+            appearance_proj_dim=c.appearance_proj_dim,
+            text_proj_dim=c.text_proj_dim,
+            guidance_dims=guidance_dims,
+            guidance_proj_dims=c.guidance_proj_dims,
+            decoder_dims=c.decoder_dims,
+            num_layers=c.num_layers,
+            heads=c.num_heads,
+            resolution=(grid, grid),
+            window=c.window_size,
+            attention=c.attention,
+        )
+
     def _mode(self, options: dict[str, Any]) -> str:
         mode = options.pop("inference", None) or self.config.inference
         if options:
@@ -234,23 +254,7 @@ class CATSeg(CostAggregationModel):
                 nn.ConvTranspose2d(width, config.guidance_dims[1], kernel_size=4, stride=4),
             ]
         )
-        grid = config.feature_resolution
-        self.aggregator = Aggregator(
-            embed_dim=config.clip.embed_dim,
-            prompt_channels=config.prompt_channels,
-            hidden_dim=config.hidden_dim,
-            appearance_proj_dim=config.appearance_proj_dim,
-            text_proj_dim=config.text_proj_dim,
-            guidance_dims=config.guidance_dims,
-            guidance_proj_dims=config.guidance_proj_dims,
-            decoder_dims=config.decoder_dims,
-            num_layers=config.num_layers,
-            heads=config.num_heads,
-            resolution=(grid, grid),
-            window=config.window_size,
-            attention=config.attention,
-            pad_len=config.pad_len,
-        )
+        self.aggregator = Aggregator(self.aggregator_dims(config.guidance_dims), config.pad_len)
         self.freeze()
 
     # ------------------------------------------------------------------ training rule

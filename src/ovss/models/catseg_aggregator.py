@@ -1,7 +1,8 @@
 """CAT-Seg (CVPR 2024) cost aggregation: cost volume, spatial + class aggregation, upsampling decoder.
 
-Reads: pure functions (cost volume, linear attention) -> blocks -> Aggregator; the window helpers
-are :mod:`ovss.layers.window`.
+Reads: pure functions (cost volume, linear attention) -> class aggregation -> Aggregator; the
+spatial aggregation (guided Swin blocks) is :mod:`ovss.models.catseg_spatial`, the upsampling
+decoder :mod:`ovss.models.catseg_decoder`.
 Official reference: ``cat_seg/modeling/transformer/model.py`` of cvlab-kaist/CAT-Seg @ 6d3a188.
 
 Internal cost layout is channels-last ``(B, T, H, W, C)`` (T classes); the official code keeps
@@ -10,6 +11,7 @@ Internal cost layout is channels-last ``(B, T, H, W, C)`` (T classes); the offic
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -18,13 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ovss.layers.attention import matmul_attention, prefers_matmul
-from ovss.layers.window import shift_window_mask, window_merge, window_partition
-
 # The decoder blocks live in catseg_decoder; re-exported here for the models built on this module.
 from ovss.models.catseg_decoder import DECODER_CHUNK, UpBlock, _conv_relu
+from ovss.models.catseg_spatial import _MLP, SpatialAggregation
 
-SPATIAL_CHUNK = 16  # class slices per pass through the spatial aggregation (memory bound, exact)
 PIXEL_CHUNK_ELEMENTS = 1 << 19  # elements of one pixel chunk (pixels x classes x C) of the class aggregation
 
 
@@ -77,179 +76,6 @@ def linear_attention(
         k_sum = k_sum + pad[2] * k_pad
     norm = 1.0 / ((q @ k_sum.transpose(-1, -2)) + eps)  # (N, heads, L, 1)
     return (q @ kv) * norm * length
-
-
-class GuidedWindowAttention(nn.Module):
-    """Window self-attention whose queries and keys also see a guidance feature; no position bias.
-
-    Args:
-        dim: feature width C.
-        guidance_dim: guidance width G (concatenated to the normalised features for q and k).
-        heads: attention heads (C divisible by heads).
-    """
-
-    def __init__(self, dim: int, guidance_dim: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.q = nn.Linear(dim + guidance_dim, dim)
-        self.k = nn.Linear(dim + guidance_dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def _guided(self, linear: nn.Linear, x: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        """``linear(cat([x, g], -1))`` without the concatenation; the guidance part once per image.
-
-        x: (B, T, nW, L, C), guidance: (B, nW, L, G) -> (B, T, nW, L, C).
-        """
-        c = x.shape[-1]
-        y = F.linear(x, linear.weight[:, :c])
-        return y.add_(F.linear(guidance, linear.weight[:, c:], linear.bias).unsqueeze(1))
-
-    def forward(self, x: torch.Tensor, guidance: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Attend within windows.
-
-        Args:
-            x: (N, nW, L, C) windowed features of N = B*T class slices (image index outer).
-            guidance: (B, nW, L, G) windowed guidance, shared by the T class slices of an image.
-            mask: optional additive (nW, L, L).
-
-        Returns:
-            (N, nW, L, C).
-        """
-        n, nw, length, c = x.shape
-        b = guidance.shape[0]
-        xt = x.reshape(b, n // b, nw, length, c)
-
-        def heads(t: torch.Tensor) -> torch.Tensor:  # (N*nW, heads, L, d): 4-D keeps SDPA on its fast kernel
-            return t.reshape(n * nw, length, self.heads, -1).transpose(1, 2)
-
-        q, k = heads(self._guided(self.q, xt, guidance)), heads(self._guided(self.k, xt, guidance))
-        v = heads(self.v(x))
-        if mask is None:
-            out = F.scaled_dot_product_attention(q, k, v)
-            out = out.transpose(1, 2).reshape(n, nw, length, c)
-        elif prefers_matmul(q, k):  # bf16 CPU: one batched call, the (nW, 1, L, L) mask broadcast over N
-            q, k, v = (t.unflatten(0, (n, nw)) for t in (q, k, v))
-            out = matmul_attention(q, k, v, mask.to(q.dtype).unsqueeze(1))  # (N, nW, heads, L, d)
-            out = out.transpose(2, 3).reshape(n, nw, length, c)
-        else:  # one call per window: the (L, L) mask broadcasts over the N slices without a copy
-            mask = mask.to(q.dtype).unsqueeze(1)  # (nW, 1, L, L): SDPA's fast CPU kernel wants 4-D masks
-            q, k, v = (t.unflatten(0, (n, nw)) for t in (q, k, v))
-            out = torch.stack(
-                [
-                    F.scaled_dot_product_attention(q[:, i], k[:, i], v[:, i], attn_mask=mask[i : i + 1])
-                    .transpose(1, 2)
-                    .reshape(n, length, c)
-                    for i in range(nw)
-                ],
-                dim=1,
-            )
-        return self.proj(out)
-
-
-class _MLP(nn.Module):
-    """fc1 -> activation -> fc2."""
-
-    def __init__(self, dim: int, hidden: int, act: type[nn.Module]) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = act()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., dim) -> (..., dim)."""
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class SwinBlock(nn.Module):
-    """Pre-LN Swin block with appearance guidance: window attention (optionally shifted) + GELU MLP.
-
-    Args:
-        dim: feature width C; guidance_dim: G; heads: attention heads.
-        resolution: (H, W) token grid; window: window side; shift: cyclic shift (0 = none).
-            As in Swin, a grid no larger than the window uses one unshifted window.
-    """
-
-    def __init__(
-        self, dim: int, guidance_dim: int, heads: int, resolution: tuple[int, int], window: int, shift: int
-    ) -> None:
-        super().__init__()
-        if min(resolution) <= window:
-            window, shift = min(resolution), 0
-        self.window = window
-        self.shift = shift
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = GuidedWindowAttention(dim, guidance_dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = _MLP(dim, 4 * dim, nn.GELU)
-
-    def forward(self, x: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        """(N, H, W, C) features of N = B*T class slices, (B, H, W, G) guidance -> (N, H, W, C).
-
-        Officially the normalised features and the guidance are concatenated before the shift and
-        the window partition; both are pure data movement, so they are applied to each part alone
-        and the guidance is processed once per image instead of once per class.
-        """
-        _, h, w, _ = x.shape
-        y, g = self.norm1(x), guidance
-        mask = None
-        if self.shift:
-            y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
-            g = torch.roll(g, shifts=(-self.shift, -self.shift), dims=(1, 2))
-            mask = shift_window_mask(h, w, self.window, self.shift, x.dtype, x.device)
-        y = self.attn(window_partition(y, self.window), window_partition(g, self.window), mask)
-        y = window_merge(y, self.window, h, w)
-        if self.shift:
-            y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
-        x = x + y
-        return x + self.mlp(self.norm2(x))
-
-
-class SpatialAggregation(nn.Module):
-    """Two Swin blocks (unshifted, then shifted by window // 2) on each class slice of the cost."""
-
-    def __init__(
-        self, dim: int, guidance_dim: int, heads: int, resolution: tuple[int, int], window: int
-    ) -> None:
-        super().__init__()
-        self.blocks = nn.ModuleList(
-            SwinBlock(dim, guidance_dim, heads, resolution, window, shift) for shift in (0, window // 2)
-        )
-        self.guidance_norm = nn.LayerNorm(guidance_dim)
-
-    def forward(self, cost: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        """Aggregate over space.
-
-        Args:
-            cost: (B, T, H, W, C).
-            guidance: (B, G, H, W) projected appearance guidance.
-
-        Returns:
-            (B, T, H, W, C), stored class-innermost ((B, H, W, T, C) in memory, a permuted view) so
-            that the class aggregation reads its per-pixel class sequences without a copy.
-
-        Every op is per class slice, so the classes run in chunks of about ``SPATIAL_CHUNK`` slices:
-        the activations of a chunk stay a few MB (cache-resident, no page faults of fresh
-        allocations) instead of (B*T, H, W, 4C) tensors of hundreds of MB. Exact (the same
-        per-slice arithmetic; only the batch of the matrix products changes).
-        """
-        b, t, h, w, c = cost.shape
-        g = self.guidance_norm(guidance.permute(0, 2, 3, 1))  # (B, H, W, G), same for every class
-        if torch.jit.is_tracing():  # export: one pass over all classes (one graph for every T)
-            x = cost.reshape(b * t, h, w, c)
-            for block in self.blocks:
-                x = block(x, g)
-            return x.reshape(b, t, h, w, c)
-        out = cost.new_empty(b, h, w, t, c).permute(0, 3, 1, 2, 4)  # (B, T, H, W, C) view
-        step = max(1, SPATIAL_CHUNK // b)
-        for start in range(0, t, step):
-            x = cost[:, start : start + step]
-            n = x.shape[1]
-            x = x.reshape(b * n, h, w, c)
-            for block in self.blocks:
-                x = block(x, g)
-            out[:, start : start + n] = x.reshape(b, n, h, w, c)
-        return out
 
 
 class ClassAttention(nn.Module):
@@ -413,22 +239,13 @@ class ClassAggregation(nn.Module):
 
 
 class AggregatorLayer(nn.Module):
-    """Spatial aggregation then class aggregation."""
+    """Spatial aggregation then class aggregation (``classes`` builds the version's class block)."""
 
-    def __init__(
-        self,
-        dim: int,
-        appearance_dim: int,
-        text_dim: int,
-        heads: int,
-        resolution: tuple[int, int],
-        window: int,
-        kind: str,
-        pad_len: int,
-    ) -> None:
+    def __init__(self, dims: AggregatorDims, appearance_dim: int, classes: Callable[[], nn.Module]) -> None:
         super().__init__()
-        self.spatial = SpatialAggregation(dim, appearance_dim, heads, resolution, window)
-        self.classes = ClassAggregation(dim, text_dim, heads, kind, pad_len)
+        d = dims
+        self.spatial = SpatialAggregation(d.hidden_dim, appearance_dim, d.heads, d.resolution, d.window)
+        self.classes = classes()
 
     def forward(
         self, cost: torch.Tensor, appearance: torch.Tensor, text: torch.Tensor, pool: tuple[int, int]
@@ -437,95 +254,111 @@ class AggregatorLayer(nn.Module):
         return self.classes(self.spatial(cost, appearance), text, pool)
 
 
-def build_aggregator_modules(
-    module: nn.Module,
-    *,
-    embed_dim: int,
-    prompt_channels: int,
-    appearance_dim: int,
-    guidance_dims: tuple[int, int],
-    hidden_dim: int,
-    appearance_proj_dim: int,
-    text_proj_dim: int,
-    guidance_proj_dims: tuple[int, int],
-    decoder_dims: tuple[int, int],
-    layer: Callable[[], nn.Module],
-    num_layers: int,
-) -> None:
-    """Register an aggregator's submodules on ``module`` (CVPR :class:`Aggregator` and CAT-Seg v1).
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AggregatorDims:
+    """The widths and the grid of an aggregator (CVPR :class:`Aggregator` and CAT-Seg v1)."""
 
-    In this order (it fixes the state-dict order and the random initialisation): ``cost_embed``,
-    ``appearance_proj`` (from ``appearance_dim`` channels), ``text_proj``, ``decoder_guidance_proj``,
-    ``layers`` (``num_layers`` calls of ``layer``), ``decoder`` (two :class:`UpBlock`) and ``head``.
+    embed_dim: int  # CLIP joint embedding width E (image and text features)
+    prompt_channels: int  # P, templates per class
+    hidden_dim: int  # cost embedding width C
+    appearance_proj_dim: int  # projected appearance guidance width
+    text_proj_dim: int  # projected text guidance width
+    guidance_dims: tuple[int, int]  # channels of the two decoder guidance maps (stride 8 and stride 4)
+    guidance_proj_dims: tuple[int, int]  # their projected widths
+    decoder_dims: tuple[int, int]  # output channels of the two decoder blocks
+    num_layers: int  # aggregator depth
+    heads: int  # heads of the Swin and class attentions
+    resolution: tuple[int, int]  # cost grid (h, w)
+    window: int  # Swin window side
+    attention: str  # class attention kind, "linear" or "full"
+
+
+class AggregatorBase(nn.Module):
+    """What both aggregators share: their submodules, the cost embedding and the per-class decoder.
+
+    Submodules, in this order (it fixes the state-dict order and the random initialisation):
+    ``cost_embed``, ``appearance_proj`` (from ``appearance_dim`` channels), ``text_proj``,
+    ``decoder_guidance_proj``, ``layers`` (``num_layers`` :class:`AggregatorLayer` with the class
+    block ``classes`` builds), ``decoder`` (two :class:`UpBlock`) and ``head``.
     """
-    module.cost_embed = nn.Conv2d(prompt_channels, hidden_dim, kernel_size=7, padding=3)
-    module.appearance_proj = _conv_relu(appearance_dim, appearance_proj_dim)
-    module.text_proj = nn.Sequential(nn.Linear(embed_dim, text_proj_dim), nn.ReLU())
-    module.decoder_guidance_proj = nn.ModuleList(
-        _conv_relu(d, p) for d, p in zip(guidance_dims, guidance_proj_dims)
-    )
-    module.layers = nn.ModuleList(layer() for _ in range(num_layers))
-    module.decoder = nn.ModuleList(
-        [
-            UpBlock(hidden_dim, decoder_dims[0], guidance_proj_dims[0]),
-            UpBlock(decoder_dims[0], decoder_dims[1], guidance_proj_dims[1]),
-        ]
-    )
-    module.head = nn.Conv2d(decoder_dims[1], 1, kernel_size=3, padding=1)
+
+    def __init__(self, dims: AggregatorDims, appearance_dim: int, classes: Callable[[], nn.Module]) -> None:
+        super().__init__()
+        d = dims
+        self.cost_embed = nn.Conv2d(d.prompt_channels, d.hidden_dim, kernel_size=7, padding=3)
+        self.appearance_proj = _conv_relu(appearance_dim, d.appearance_proj_dim)
+        self.text_proj = nn.Sequential(nn.Linear(d.embed_dim, d.text_proj_dim), nn.ReLU())
+        self.decoder_guidance_proj = nn.ModuleList(
+            _conv_relu(g, p) for g, p in zip(d.guidance_dims, d.guidance_proj_dims)
+        )
+        self.layers = nn.ModuleList(
+            AggregatorLayer(d, d.appearance_proj_dim, classes) for _ in range(d.num_layers)
+        )
+        self.decoder = nn.ModuleList(
+            [
+                UpBlock(d.hidden_dim, d.decoder_dims[0], d.guidance_proj_dims[0]),
+                UpBlock(d.decoder_dims[0], d.decoder_dims[1], d.guidance_proj_dims[1]),
+            ]
+        )
+        self.head = nn.Conv2d(d.decoder_dims[1], 1, kernel_size=3, padding=1)
+
+    def embed_cost(self, corr: torch.Tensor) -> torch.Tensor:
+        """(B, P, T, h, w) cost volume -> (B, T, h, w, C) embedded cost."""
+        b, _, t, h, w = corr.shape
+        cost = self.cost_embed(corr.transpose(1, 2).reshape(b * t, -1, h, w))  # (B*T, C, h, w)
+        return cost.reshape(b, t, -1, h, w).permute(0, 1, 3, 4, 2)
+
+    def aggregate(
+        self, cost: torch.Tensor, appearance: torch.Tensor, text: torch.Tensor, pool: tuple[int, int]
+    ) -> torch.Tensor:
+        """The aggregator layers: (B, T, h, w, C) cost, (B, Ga, h, w) projected appearance guidance,
+        (B, T, P, E) text embeddings -> (B, T, h, w, C)."""
+        text_guidance = self.text_proj(F.normalize(text.mean(dim=2), dim=-1))  # (B, T, Gt)
+        for layer in self.layers:
+            cost = layer(cost, appearance, text_guidance, pool)
+        return cost
+
+    def decode(
+        self,
+        cost: torch.Tensor,
+        decoder_guidance: list[torch.Tensor],
+        terms: list[torch.Tensor] | list[None],
+        step: int,
+    ) -> torch.Tensor:
+        """The upsampling decoder and the head, ``step`` classes at a time: (B, T, h, w, C) -> (B, T, 4h, 4w).
+
+        The decoder is per class (convolutions and GroupNorm see one class slice at a time): run on
+        chunks of classes its (B*t, C, 4h, 4w) activations stay small, channels-last (the cost is
+        already channels-last: no permute copy, and the convolutions' native layout). ``terms``: each
+        block's :meth:`UpBlock.guidance_term` (None: computed per chunk).
+        """
+        b, t = cost.shape[:2]
+        chunks = []
+        for start in range(0, t, step):
+            y = cost[:, start : start + step]
+            y = y.reshape(-1, *y.shape[2:]).permute(0, 3, 1, 2)  # (B*t, C, h, w) channels-last, image outer
+            for block, g, term in zip(self.decoder, decoder_guidance, terms):
+                y = block(y, g, term)
+            chunks.append(self.head(y).reshape(b, -1, *y.shape[-2:]))
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
 
 
-class Aggregator(nn.Module):
+class Aggregator(AggregatorBase):
     """Cost volume -> embedding -> N x (spatial, class) aggregation -> upsampling decoder -> logits.
 
     Args:
-        embed_dim: CLIP joint embedding width E (image and text features).
-        prompt_channels: P, templates per class (1 for the released models).
-        hidden_dim: cost embedding width C.
-        appearance_proj_dim / text_proj_dim: projected guidance widths.
-        guidance_dims: channels of the two decoder guidance maps (stride 8 and stride 4).
-        guidance_proj_dims: their projected widths.
-        decoder_dims: output channels of the two decoder blocks.
-        num_layers, heads, resolution, window: aggregator depth, heads, cost grid, Swin window.
-        attention: class attention kind, "linear" or "full".
+        dims: widths and grid (the appearance guidance is the CLIP embedding: ``embed_dim`` channels).
         pad_len: class budget (see :meth:`forward`).
     """
 
-    def __init__(
-        self,
-        *,
-        embed_dim: int,
-        prompt_channels: int,
-        hidden_dim: int,
-        appearance_proj_dim: int,
-        text_proj_dim: int,
-        guidance_dims: tuple[int, int],
-        guidance_proj_dims: tuple[int, int],
-        decoder_dims: tuple[int, int],
-        num_layers: int,
-        heads: int,
-        resolution: tuple[int, int],
-        window: int,
-        attention: str,
-        pad_len: int,
-    ) -> None:
-        super().__init__()
+    def __init__(self, dims: AggregatorDims, pad_len: int) -> None:
+        d = dims
+
+        def classes() -> ClassAggregation:
+            return ClassAggregation(d.hidden_dim, d.text_proj_dim, d.heads, d.attention, pad_len)
+
+        super().__init__(d, d.embed_dim, classes)
         self.pad_len = pad_len
-        build_aggregator_modules(
-            self,
-            embed_dim=embed_dim,
-            prompt_channels=prompt_channels,
-            appearance_dim=embed_dim,
-            guidance_dims=guidance_dims,
-            hidden_dim=hidden_dim,
-            appearance_proj_dim=appearance_proj_dim,
-            text_proj_dim=text_proj_dim,
-            guidance_proj_dims=guidance_proj_dims,
-            decoder_dims=decoder_dims,
-            layer=lambda: AggregatorLayer(
-                hidden_dim, appearance_proj_dim, text_proj_dim, heads, resolution, window, attention, pad_len
-            ),
-            num_layers=num_layers,
-        )
 
     def image_guidance(
         self, image: torch.Tensor, guidance: tuple[torch.Tensor, torch.Tensor]
@@ -580,31 +413,12 @@ class Aggregator(nn.Module):
             text = torch.gather(F.normalize(text, dim=-1), 1, index)
             index = keep[:, None, :, None, None].expand(-1, corr.shape[1], -1, *corr.shape[3:])
             corr = torch.gather(corr, 2, index)
-        tk, (h, w) = corr.shape[2], corr.shape[-2:]
-        cost = self.cost_embed(corr.transpose(1, 2).reshape(b * tk, -1, h, w))  # (B*T, C, h, w)
-        cost = cost.reshape(b, tk, -1, h, w).permute(0, 1, 3, 4, 2)  # (B, T, h, w, C)
-
+        tk = corr.shape[2]
         prepared = prepared if prepared is not None else self.image_guidance(image, guidance)
-        appearance, decoder_guidance = prepared["appearance"], prepared["decoder"]
-        text_guidance = self.text_proj(F.normalize(text.mean(dim=2), dim=-1))  # (B, T, Gt)
-
-        for layer in self.layers:
-            cost = layer(cost, appearance, text_guidance, pool)
-
-        # The decoder is per class (convolutions and GroupNorm see one class slice at a time): run it
-        # on fixed chunks of classes so its (B*T, C, 4h, 4w) activations stay small, channels-last
-        # (the cost is already channels-last: no permute copy, and the convolutions' native layout).
-        # The guidance's part of each block's first conv is computed once per image.
-        terms = prepared["terms"]
-        chunks = []
+        cost = self.aggregate(self.embed_cost(corr), prepared["appearance"], text, pool)
+        # the guidance's part of each block's first conv is computed once per image (``terms``)
         step = tk if tracing else max(1, DECODER_CHUNK // b)  # export: all classes in one pass (any T)
-        for start in [0] if tracing else range(0, tk, step):
-            y = cost[:, start : start + step]
-            y = y.reshape(-1, *y.shape[2:]).permute(0, 3, 1, 2)  # (B*t, C, h, w) channels-last, image outer
-            for block, g, term in zip(self.decoder, decoder_guidance, terms):
-                y = block(y, g, term)
-            chunks.append(self.head(y).reshape(b, -1, *y.shape[-2:]))
-        logits = chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
+        logits = self.decode(cost, prepared["decoder"], prepared["terms"], step)
         if keep is None:
             return logits
         full = logits.new_full((b, t, *logits.shape[-2:]), -100.0)

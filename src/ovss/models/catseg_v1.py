@@ -208,25 +208,9 @@ class CATSegV1(CostAggregationModel):
         self.backbone: nn.Module = (
             ResNet(config.resnet) if config.resnet is not None else SwinTransformer(config.swin)
         )
-        grid = config.feature_resolution
         c2, c3, c4 = config.backbone_channels
-        self.aggregator = AggregatorV1(
-            embed_dim=config.clip.embed_dim,
-            prompt_channels=config.prompt_channels,
-            appearance_dim=c4,
-            guidance_dims=(c3, c2),
-            hidden_dim=config.hidden_dim,
-            appearance_proj_dim=config.appearance_proj_dim,
-            text_proj_dim=config.text_proj_dim,
-            guidance_proj_dims=config.guidance_proj_dims,
-            decoder_dims=config.decoder_dims,
-            num_layers=config.num_layers,
-            heads=config.num_heads,
-            resolution=(grid, grid),
-            window=config.window_size,
-            attention=config.attention,
-            class_mlp_identity=config.class_mlp_identity,
-        )
+        dims = self.aggregator_dims(guidance_dims=(c3, c2))
+        self.aggregator = AggregatorV1(dims, appearance_dim=c4, class_mlp_identity=config.class_mlp_identity)
         self.freeze()
 
     # ------------------------------------------------------------------ training rule
