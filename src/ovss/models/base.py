@@ -69,8 +69,9 @@ _Model = TypeVar("_Model", bound="SegmentationModel")
 
 
 class SegmentationModel(nn.Module):
-    """Base class: subclasses set ``self.config`` and implement ``encode_text`` and ``predict_blocks``
-    (bounded memory; ``predict`` assembles it) or, for simple models, ``predict`` (one block)."""
+    """Base class: subclasses set ``self.config`` and implement ``encode_text`` and ``image_stage`` +
+    ``text_stage`` (bounded memory; ``predict_blocks`` chains them, ``predict`` assembles the blocks)
+    or, for simple models, ``predict`` (one block)."""
 
     config: ModelConfig
 
@@ -142,6 +143,7 @@ class SegmentationModel(nn.Module):
         shape = (images.shape[0], text.shape[0], *output_size)
         return assemble_blocks(blocks, shape, images.dtype, images.device)
 
+    @torch.no_grad()
     def predict_blocks(
         self,
         images: torch.Tensor,
@@ -151,23 +153,23 @@ class SegmentationModel(nn.Module):
         max_elements: int = BLOCK_ELEMENTS,
         **options: Any,
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """The score map of :meth:`predict` in blocks of at most about ``max_elements`` elements.
+        """The score map of :meth:`predict` in blocks of at most about ``max_elements`` elements:
+        :meth:`image_stage` then :meth:`text_stage` (each model's ``text_stage`` says how it blocks).
 
         Yields:
             (class_start, row_start, scores (B, k, r, W0)) blocks that tile the (B, K, H0, W0) map;
             the numbers equal :meth:`predict`'s. The predictor reduces them as they come (argmax,
             maxima), so peak memory stays bounded for large vocabularies.
         """
-        if type(self).predict is SegmentationModel.predict:
-            raise NotImplementedError(f"{type(self).__name__} must implement predict_blocks or predict")
-        yield 0, 0, self.predict(images, text, image_size, output_size, **options)
+        features = self.image_stage(images, image_size, **options)
+        yield from self.text_stage(features, text, image_size, output_size, max_elements, **options)
 
     def image_stage(self, images: torch.Tensor, image_size: tuple[int, int], **options: Any) -> Features:
         """The image-only stage: everything of :meth:`predict_blocks` that does not see the text.
 
         Models that split their forward (SAN, CAT-Seg, CAT-Seg v1, SED) return their image features
         (CLIP tokens, side-adapter outputs, encoder maps); :meth:`text_stage` finishes from
-        them with the numbers of ``predict_blocks``. The default does no work and keeps the inputs.
+        them. The default does no work and keeps the inputs.
 
         Args:
             images, image_size, options: as for :meth:`predict_blocks`.
@@ -188,9 +190,11 @@ class SegmentationModel(nn.Module):
         **options: Any,
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
         """The text stage: :meth:`predict_blocks`'s blocks from :meth:`image_stage` of the same
-        images, ``image_size`` and ``options`` (bit for bit the same numbers)."""
-        images = features["images"]
-        yield from self.predict_blocks(images, text, image_size, output_size, max_elements, **options)
+        images, ``image_size`` and ``options`` (bit for bit the same numbers). The default, for a
+        model that implements only :meth:`predict`: its whole map as one block."""
+        if type(self).predict is SegmentationModel.predict:
+            raise NotImplementedError(f"{type(self).__name__} must implement text_stage or predict")
+        yield 0, 0, self.predict(features["images"], text, image_size, output_size, **options)
 
 
 def check_stage_mode(model: str, features: Features, mode: str) -> None:

@@ -353,41 +353,6 @@ class CATSeg(CostAggregationModel):
             return self.config.slide_size, self.config.slide_size
         return self.config.test_resize.output_size(height, width)
 
-    @torch.no_grad()
-    def predict_blocks(
-        self,
-        images: torch.Tensor,
-        text: torch.Tensor,
-        image_size: tuple[int, int],
-        output_size: tuple[int, int],
-        max_elements: int = BLOCK_ELEMENTS,
-        **options: Any,
-    ) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """The score map of :meth:`predict` in blocks, never holding (B, K, H0, W0).
-
-        The network runs once on all classes; what follows runs in float32 whatever the model dtype.
-        Whole: the sigmoid and crop on the small (96 x 96) map, then the bilinear resize to
-        ``output_size`` (``F.interpolate``'s weights, :class:`~ovss.layers.resize.BandedResize`) one
-        band of rows at a time. Slide: the per-view resizes, sigmoid, fold and final resize are per
-        class and run one chunk of classes at a time (bit-identical to all classes at once).
-
-        Args:
-            images: (B, 3, H, W) CLIP-normalised, padded bottom/right (to 32).
-            text: (K, P, E) from :meth:`encode_text`.
-            image_size: (h, w) valid region inside ``images``.
-            output_size: (H0, W0) of the score map.
-            options: ``inference="whole"|"slide"`` (default ``config.inference``).
-            max_elements: bound on the float32 elements of one block (at least 8 rows / one class).
-
-        Yields:
-            whole: ``(0, row_start, scores)`` with scores (B, K, r, W0) (a channels-last view) for
-            output rows ``[row_start, row_start + r)``, top to bottom; slide: ``(class_start, 0,
-            scores)`` with scores (B, k, H0, W0) for classes ``[class_start, class_start + k)``. Scores
-            are sigmoid probabilities in [0, 1].
-        """
-        features = self.image_stage(images, image_size, **options)
-        yield from self.text_stage(features, text, image_size, output_size, max_elements, **options)
-
     def image_stage(
         self, images: torch.Tensor, image_size: tuple[int, int], **options: Any
     ) -> dict[str, Any]:
@@ -415,7 +380,30 @@ class CATSeg(CostAggregationModel):
         max_elements: int = BLOCK_ELEMENTS,
         **options: Any,
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """The text stage of :meth:`predict_blocks` from :meth:`image_stage` (same numbers)."""
+        """The text stage of :meth:`predict_blocks` from :meth:`image_stage` (same numbers): the score
+        map of :meth:`predict` in blocks, never holding (B, K, H0, W0).
+
+        The network runs once on all classes; what follows runs in float32 whatever the model dtype.
+        Whole: the sigmoid and crop on the small (96 x 96) map, then the bilinear resize to
+        ``output_size`` (``F.interpolate``'s weights, :class:`~ovss.layers.resize.BandedResize`) one
+        band of rows at a time. Slide: the per-view resizes, sigmoid, fold and final resize are per
+        class and run one chunk of classes at a time (bit-identical to all classes at once).
+
+        Args:
+            features: :meth:`image_stage` of (B, 3, H, W) CLIP-normalised images, padded bottom/right
+                (to 32).
+            text: (K, P, E) from :meth:`encode_text`.
+            image_size: (h, w) valid region inside the images.
+            output_size: (H0, W0) of the score map.
+            options: ``inference="whole"|"slide"`` (default ``config.inference``).
+            max_elements: bound on the float32 elements of one block (at least 8 rows / one class).
+
+        Yields:
+            whole: ``(0, row_start, scores)`` with scores (B, K, r, W0) (a channels-last view) for
+            output rows ``[row_start, row_start + r)``, top to bottom; slide: ``(class_start, 0,
+            scores)`` with scores (B, k, H0, W0) for classes ``[class_start, class_start + k)``. Scores
+            are sigmoid probabilities in [0, 1].
+        """
         check_stage_mode(self.label, features, self._mode(dict(options)))
         if features["mode"] == "slide":
             yield from self._slide_blocks(features, text, output_size, max_elements)

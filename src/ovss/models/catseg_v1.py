@@ -299,31 +299,6 @@ class CATSegV1(CostAggregationModel):
             return height, width
         return self.config.test_resize.output_size(height, width)
 
-    @torch.no_grad()
-    def predict_blocks(
-        self,
-        images: torch.Tensor,
-        text: torch.Tensor,
-        image_size: tuple[int, int],
-        output_size: tuple[int, int],
-        max_elements: int = BLOCK_ELEMENTS,
-        **options: Any,
-    ) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """Score map in blocks of classes ``(class_start, 0, (B, k, H0, W0))``.
-
-        Args:
-            images: (B, 3, H, W) RGB 0..255, padded bottom/right (whole: to 32).
-            text: (K, P, E) from :meth:`encode_text`.
-            image_size: (h, w) valid region inside ``images``.
-            output_size: (H0, W0) of the score map.
-            options: ``inference="whole"|"slide"|"mmseg"`` (default ``config.inference``).
-
-        Yields:
-            whole / slide: sigmoid probabilities in [0, 1]; mmseg: averaged logits (argmax = label).
-        """
-        features = self.image_stage(images, image_size, **options)
-        yield from self.text_stage(features, text, image_size, output_size, max_elements, **options)
-
     def image_stage(
         self, images: torch.Tensor, image_size: tuple[int, int], **options: Any
     ) -> dict[str, Any]:
@@ -369,7 +344,20 @@ class CATSegV1(CostAggregationModel):
         max_elements: int = BLOCK_ELEMENTS,
         **options: Any,
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """The text stage of :meth:`predict_blocks` from :meth:`image_stage` (same numbers)."""
+        """The text stage of :meth:`predict_blocks` from :meth:`image_stage` (same numbers): the score
+        map in blocks of classes ``(class_start, 0, (B, k, H0, W0))``.
+
+        Args:
+            features: :meth:`image_stage` of (B, 3, H, W) RGB 0..255 images, padded bottom/right (whole:
+                to 32).
+            text: (K, P, E) from :meth:`encode_text`.
+            image_size: (h, w) valid region inside the images.
+            output_size: (H0, W0) of the score map.
+            options: ``inference="whole"|"slide"|"mmseg"`` (default ``config.inference``).
+
+        Yields:
+            whole / slide: sigmoid probabilities in [0, 1]; mmseg: averaged logits (argmax = label).
+        """
         mode = self._mode(dict(options))
         check_stage_mode(self.label, features, mode)
         per_class = features["batch"] * output_size[0] * output_size[1]

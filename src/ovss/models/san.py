@@ -470,16 +470,17 @@ class SAN(SegmentationModel):
         masks, regions = self.side_outputs(images)[-1]
         return {"masks": masks, "regions": regions, "padded": tuple(images.shape[-2:]), "mode": mode}
 
-    def predict_blocks(
+    def text_stage(
         self,
-        images: torch.Tensor,
+        features: dict[str, Any],
         text: torch.Tensor,
         image_size: tuple[int, int],
         output_size: tuple[int, int],
         max_elements: int = BLOCK_ELEMENTS,
         **options: Any,
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """The score map of :meth:`predict` in bands of output rows, all classes per band.
+        """The text stage of :meth:`predict_blocks` from :meth:`image_stage` (same numbers): the score
+        map of :meth:`predict` in bands of output rows, all classes per band.
 
         Officially the (B, Q, h_s, w_s) mask logits are resized (bilinear) to the padded input, cropped
         to ``image_size``, resized to ``output_size``, passed through a sigmoid and summed over the
@@ -489,7 +490,7 @@ class SAN(SegmentationModel):
         class combination are float32 whatever the model dtype.
 
         Args:
-            images: (B, 3, H, W) normalised, padded bottom/right.
+            features: :meth:`image_stage` of (B, 3, H, W) images, normalised, padded bottom/right.
             text: (K, E) from :meth:`encode_text`.
             image_size: (h, w) valid region inside ``images``.
             output_size: (H0, W0) of the score map.
@@ -503,19 +504,6 @@ class SAN(SegmentationModel):
             class scores formed at the padded size and then resized
             (:func:`~ovss.models.san_protocols.mmseg_score_blocks`).
         """
-        features = self.image_stage(images, image_size, **options)
-        yield from self.text_stage(features, text, image_size, output_size, max_elements, **options)
-
-    def text_stage(
-        self,
-        features: dict[str, Any],
-        text: torch.Tensor,
-        image_size: tuple[int, int],
-        output_size: tuple[int, int],
-        max_elements: int = BLOCK_ELEMENTS,
-        **options: Any,
-    ) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """The text stage of :meth:`predict_blocks` from :meth:`image_stage` (same numbers)."""
         mode = self._mode(dict(options))
         check_stage_mode("SAN", features, mode)
         masks, logits = features["masks"], self.class_logits(features["regions"], text)

@@ -225,44 +225,6 @@ class SED(SegmentationModel):
         return SEDOutput(logits, aux)
 
     # -- inference -------------------------------------------------------------------------------
-    @torch.no_grad()
-    def predict_blocks(
-        self,
-        images: torch.Tensor,
-        text: torch.Tensor,
-        image_size: tuple[int, int],
-        output_size: tuple[int, int],
-        max_elements: int = BLOCK_ELEMENTS,
-        fast: bool | None = None,
-        topk: int | None = None,
-        **options: Any,
-    ) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """The score map of :meth:`predict` in bands of output rows.
-
-        The network runs once; the crop and sigmoid run on the small (S/4) map and the bilinear
-        resize to ``output_size`` (``F.interpolate``'s weights, :class:`~ovss.layers.resize.BandedResize`)
-        one band of rows at a time, all in float32 whatever the model dtype, so (B, K, H0, W0) is never
-        held.
-
-        Args:
-            images: (B, 3, H, W) CLIP-normalised; padded bottom/right if ``image_size`` is smaller.
-            text: (K, P, E) from :meth:`encode_text`.
-            image_size: (h, w) valid region of ``images``.
-            output_size: (H0, W0) size of the score map.
-            fast: category early rejection (default ``config.fast_inference``): rejected classes are
-                dropped from the decoder and score exactly 0.
-            topk: classes kept per pixel by CER (default ``config.topk``).
-            max_elements: bound on the float32 elements of one band, B x K x rows x W0 (at least 8 rows).
-
-        Yields:
-            ``(0, row_start, scores)``: scores (B, K, r, W0) float32 (a channels-last view) for output
-            rows ``[row_start, row_start + r)``, top to bottom: sigmoid of the final logits (normal), or
-            the official CER output (sigmoid at surviving classes, 0 elsewhere).
-        """
-        features = self.image_stage(images, image_size, fast=fast, topk=topk, **options)
-        kw = {"fast": fast, "topk": topk}
-        yield from self.text_stage(features, text, image_size, output_size, max_elements, **kw)
-
     def _options(self, fast: bool | None, topk: int | None, options: dict[str, Any]) -> tuple[bool, int]:
         """``fast``, ``topk`` with the config's defaults; one-line errors for anything else."""
         if options:
@@ -304,7 +266,30 @@ class SED(SegmentationModel):
         topk: int | None = None,
         **options: Any,
     ) -> Iterator[tuple[int, int, torch.Tensor]]:
-        """The text stage of :meth:`predict_blocks` (the decoder and the resize) from :meth:`image_stage`."""
+        """The text stage of :meth:`predict_blocks` (the decoder and the resize) from :meth:`image_stage`:
+        the score map of :meth:`predict` in bands of output rows.
+
+        The network runs once; the crop and sigmoid run on the small (S/4) map and the bilinear
+        resize to ``output_size`` (``F.interpolate``'s weights, :class:`~ovss.layers.resize.BandedResize`)
+        one band of rows at a time, all in float32 whatever the model dtype, so (B, K, H0, W0) is never
+        held.
+
+        Args:
+            features: :meth:`image_stage` of (B, 3, H, W) CLIP-normalised images, padded bottom/right if
+                ``image_size`` is smaller.
+            text: (K, P, E) from :meth:`encode_text`.
+            image_size: (h, w) valid region of the images.
+            output_size: (H0, W0) size of the score map.
+            fast: category early rejection (default ``config.fast_inference``): rejected classes are
+                dropped from the decoder and score exactly 0.
+            topk: classes kept per pixel by CER (default ``config.topk``).
+            max_elements: bound on the float32 elements of one band, B x K x rows x W0 (at least 8 rows).
+
+        Yields:
+            ``(0, row_start, scores)``: scores (B, K, r, W0) float32 (a channels-last view) for output
+            rows ``[row_start, row_start + r)``, top to bottom: sigmoid of the final logits (normal), or
+            the official CER output (sigmoid at surviving classes, 0 elsewhere).
+        """
         fast, topk = self._options(fast, topk, options)
         dense, skips = features["dense"], features["skips"]
         if fast:  # probabilities already (0 at rejected classes)
