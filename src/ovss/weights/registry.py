@@ -13,7 +13,7 @@ import dataclasses
 import difflib
 import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ovss.errors import UnknownModelError
 
@@ -136,225 +136,147 @@ _CATSEG_V1_FIX = "official README (A-847 after the 2023-03-29 fix of classes 640
 _SED_SRC = "official README (xb534/SED)"
 _SED_FAST = "with category early rejection: --fast --topk 8 (the paper's headline rows)"
 
+_CATSEG_B16_RESULTS = published(
+    _CATSEG_SRC, ade847=12.0, pc459=19.0, ade150=31.8, pc59=57.5, voc20=94.6, voc20b=77.3
+)
+_CATSEG_L14_RESULTS = published(
+    _CATSEG_SRC, ade847=16.0, pc459=23.8, ade150=37.9, pc59=63.3, voc20=97.0, voc20b=82.5
+)
+_CATSEG_V1_B16_RESULTS = published(
+    _CATSEG_V1_SRC, ade847=8.4, pc459=16.6, ade150=27.2, pc59=57.5, voc20=93.7, voc20b=78.3
+) + published(_CATSEG_V1_FIX, ade847=8.9)
+_CATSEG_V1_L14_RESULTS = published(
+    _CATSEG_V1_SRC, ade847=10.8, pc459=20.4, ade150=31.5, pc59=62.0, voc20=96.6, voc20b=81.8
+) + published(_CATSEG_V1_FIX, ade847=11.4)
+_SED_B_RESULTS = published(
+    _SED_SRC, ade847=11.2, pc459=18.6, ade150=31.8, pc59=57.7, voc20=94.4
+) + published(_SED_SRC, note=_SED_FAST, ade847=11.4, pc459=18.6, ade150=31.6, pc59=57.3, voc20=94.4)
+_SED_L_RESULTS = published(
+    _SED_SRC, ade847=13.7, pc459=22.1, ade150=35.3, pc59=60.9, voc20=96.1
+) + published(_SED_SRC, note=_SED_FAST, ade847=13.9, pc459=22.6, ade150=35.2, pc59=60.6, voc20=96.1)
+
+
+def _release(family: str, **shared: Any) -> Callable[..., WeightSpec]:
+    """The maker of one release's specs: ``family`` and the fields all its weights share (source
+    format, licence, origin, citation, where to get them); each spec adds its name, config builder
+    (a function of ``ovss.models.<family>``), description and own fields."""
+
+    def spec(name: str, builder: str, description: str, **fields: Any) -> WeightSpec:
+        config = _config(family, builder)
+        fields = {**shared, **fields}
+        return WeightSpec(name=name, family=family, config=config, description=description, **fields)
+
+    return spec
+
+
+def _san_mm(file: str, miou: float, miou_tta: float) -> dict[str, Any]:
+    """An mmsegmentation SAN checkpoint: where it is (a page and the direct URL, the sha256 prefix in
+    the file name, see urlfetch) and its published COCO-Stuff mIoU, single scale and ms+flip."""
+    return {
+        "manual_url": _SAN_MM_URL + file,
+        "url": _SAN_MM_URL + file,
+        "published": published(_SAN_MM_README, note=_SAN_MM_NOTE, coco171=miou)
+        + published(_SAN_MM_README, "ms+flip", _SAN_MM_TTA, coco171=miou_tta),
+    }
+
+
+_san = _release("san", source_format="san_d2", license="MIT", origin=_SAN_ORIGIN, citation=_SAN_BIB)
+_san_mmseg = _release(
+    "san", source_format="san_mmseg", license="Apache-2.0", citation=_SAN_BIB,
+    origin=_SAN_ORIGIN + "; open-mmlab/mmsegmentation configs/san",
+)
+_catseg = _release(
+    "catseg", source_format="catseg_d2", license="MIT", origin=_CATSEG_ORIGIN, citation=_CATSEG_BIB,
+    hub_repo="hamacojr/CAT-Seg-weights", hub_repo_type="space",
+)
+_catseg_v1 = _release(
+    "catseg_v1", source_format="catseg_v1_d2", license="MIT", origin=_CATSEG_V1_ORIGIN,
+    citation=_CATSEG_V1_BIB, manual_url=_CATSEG_V1_PAGE,
+)
+_catseg_mm = _release(
+    "catseg_v1", source_format="catseg_mm", license="Apache-2.0", citation=_CATSEG_V1_BIB,
+    origin=_CATSEG_V1_ORIGIN + "; open-mmlab/mmsegmentation projects/CAT-Seg", manual_url=_CATSEG_MM_PAGE,
+)
+_sed = _release(
+    "sed", source_format="sed_d2", license="Apache-2.0", origin=_SED_ORIGIN, citation=_SED_BIB,
+    manual_url=_SED_PAGE,
+)
+_COCO = "trained on COCO-Stuff-171"
+_BY_HAND = "COCO-Stuff-171 (download by hand)"
+_COCO_BY_HAND = f"{_COCO} (download by hand)"
+_OWN = "(own keys; mmseg test protocol)"
+_RENAMED = "(renamed keys; mmseg test protocol)"
+_TINY = "for tests and offline demos"
+
+
+def _tiny(family: str, name: str, builder: str, description: str) -> WeightSpec:
+    """A tiny random model of ``family`` for tests and offline demos (built through the same code path)."""
+    make = _release(family, source_format="random", license="Apache-2.0", origin="ovss")
+    return make(name, builder, description)
+
+
 WEIGHTS: tuple[WeightSpec, ...] = (
-    WeightSpec(
-        name="san-vit-b16",
-        family="san",
-        config=_config("san", "san_vit_b16"),
-        source_format="san_d2",
-        description="SAN, CLIP ViT-B/16, trained on COCO-Stuff-171 (official release)",
-        license="MIT",
-        origin=_SAN_ORIGIN,
-        hub_repo="Mendel192/san",
-        hub_file="san_vit_b_16.pth",
-        published=_SAN_B16_RESULTS,
-        citation=_SAN_BIB,
+    _san(
+        "san-vit-b16", "san_vit_b16", f"SAN, CLIP ViT-B/16, {_COCO} (official release)",
+        hub_repo="Mendel192/san", hub_file="san_vit_b_16.pth", published=_SAN_B16_RESULTS,
     ),
-    WeightSpec(
-        name="san-vit-l14",
-        family="san",
-        config=_config("san", "san_vit_l14"),
-        source_format="san_d2",
-        description="SAN, CLIP ViT-L/14@336, trained on COCO-Stuff-171 (official release)",
-        license="MIT",
-        origin=_SAN_ORIGIN,
-        hub_repo="Mendel192/san",
-        hub_file="san_vit_large_14.pth",
-        published=_SAN_L14_RESULTS,
-        citation=_SAN_BIB,
+    _san(
+        "san-vit-l14", "san_vit_l14", f"SAN, CLIP ViT-L/14@336, {_COCO} (official release)",
+        hub_repo="Mendel192/san", hub_file="san_vit_large_14.pth", published=_SAN_L14_RESULTS,
     ),
-    WeightSpec(
-        name="san-vit-b16.mmseg",
-        family="san",
-        config=_config("san", "san_vit_b16_mmseg"),
-        source_format="san_mmseg",
-        description="SAN ViT-B/16 as released by mmsegmentation (renamed keys; mmseg test protocol)",
-        license="Apache-2.0",
-        origin=_SAN_ORIGIN + "; open-mmlab/mmsegmentation configs/san",
-        manual_url=_SAN_MM_URL + "san-vit-b16_20230906-fd0a7684.pth",
-        url=_SAN_MM_URL + "san-vit-b16_20230906-fd0a7684.pth",  # sha256 prefix in the name (urlfetch)
-        published=published(_SAN_MM_README, note=_SAN_MM_NOTE, coco171=41.93)
-        + published(_SAN_MM_README, "ms+flip", _SAN_MM_TTA, coco171=41.77),
-        citation=_SAN_BIB,
+    _san_mmseg(
+        "san-vit-b16.mmseg", "san_vit_b16_mmseg", f"SAN ViT-B/16 as released by mmsegmentation {_RENAMED}",
+        **_san_mm("san-vit-b16_20230906-fd0a7684.pth", 41.93, 41.77),
     ),
-    WeightSpec(
-        name="san-vit-l14.mmseg",
-        family="san",
-        config=_config("san", "san_vit_l14_mmseg"),
-        source_format="san_mmseg",
-        description="SAN ViT-L/14 as released by mmsegmentation (renamed keys; mmseg test protocol)",
-        license="Apache-2.0",
-        origin=_SAN_ORIGIN + "; open-mmlab/mmsegmentation configs/san",
-        manual_url=_SAN_MM_URL + "san-vit-l14_20230907-a11e098f.pth",
-        url=_SAN_MM_URL + "san-vit-l14_20230907-a11e098f.pth",  # sha256 prefix in the name (urlfetch)
-        published=published(_SAN_MM_README, note=_SAN_MM_NOTE, coco171=45.78)
-        + published(_SAN_MM_README, "ms+flip", _SAN_MM_TTA, coco171=43.99),
-        citation=_SAN_BIB,
+    _san_mmseg(
+        "san-vit-l14.mmseg", "san_vit_l14_mmseg", f"SAN ViT-L/14 as released by mmsegmentation {_RENAMED}",
+        **_san_mm("san-vit-l14_20230907-a11e098f.pth", 45.78, 43.99),
     ),
-    WeightSpec(
-        name="catseg-vit-b16",
-        family="catseg",
-        config=_config("catseg", "catseg_vit_b16"),
-        source_format="catseg_d2",
-        description="CAT-Seg (CVPR 2024), CLIP ViT-B/16, trained on COCO-Stuff-171",
-        license="MIT",
-        origin=_CATSEG_ORIGIN,
-        hub_repo="hamacojr/CAT-Seg-weights",
-        hub_file="model_base.pth",
-        hub_repo_type="space",
-        published=published(
-            _CATSEG_SRC, ade847=12.0, pc459=19.0, ade150=31.8, pc59=57.5, voc20=94.6, voc20b=77.3
-        ),
-        citation=_CATSEG_BIB,
+    _catseg(
+        "catseg-vit-b16", "catseg_vit_b16", f"CAT-Seg (CVPR 2024), CLIP ViT-B/16, {_COCO}",
+        hub_file="model_base.pth", published=_CATSEG_B16_RESULTS,
     ),
-    WeightSpec(
-        name="catseg-vit-l14",
-        family="catseg",
-        config=_config("catseg", "catseg_vit_l14"),
-        source_format="catseg_d2",
-        description="CAT-Seg (CVPR 2024), CLIP ViT-L/14@336, trained on COCO-Stuff-171",
-        license="MIT",
-        origin=_CATSEG_ORIGIN,
-        hub_repo="hamacojr/CAT-Seg-weights",
-        hub_file="model_large.pth",
-        hub_repo_type="space",
-        published=published(
-            _CATSEG_SRC, ade847=16.0, pc459=23.8, ade150=37.9, pc59=63.3, voc20=97.0, voc20b=82.5
-        ),
-        citation=_CATSEG_BIB,
+    _catseg(
+        "catseg-vit-l14", "catseg_vit_l14", f"CAT-Seg (CVPR 2024), CLIP ViT-L/14@336, {_COCO}",
+        hub_file="model_large.pth", published=_CATSEG_L14_RESULTS,
     ),
-    WeightSpec(
-        name="catseg-v1-r101-vit-b16",
-        family="catseg_v1",
-        config=_config("catseg_v1", "catseg_v1_r101_vit_b16"),
-        source_format="catseg_v1_d2",
-        description="CAT-Seg arXiv-v1: CLIP ViT-B/16 + ResNet-101, COCO-Stuff-171 (download by hand)",
-        license="MIT",
-        origin=_CATSEG_V1_ORIGIN,
-        manual_url=_CATSEG_V1_PAGE,
-        published=published(
-            _CATSEG_V1_SRC, ade847=8.4, pc459=16.6, ade150=27.2, pc59=57.5, voc20=93.7, voc20b=78.3
-        )
-        + published(_CATSEG_V1_FIX, ade847=8.9),
-        citation=_CATSEG_V1_BIB,
+    _catseg_v1(
+        "catseg-v1-r101-vit-b16", "catseg_v1_r101_vit_b16",
+        f"CAT-Seg arXiv-v1: CLIP ViT-B/16 + ResNet-101, {_BY_HAND}", published=_CATSEG_V1_B16_RESULTS,
     ),
-    WeightSpec(
-        name="catseg-v1-r101-vit-b16.mmseg",
-        family="catseg_v1",
-        config=_config("catseg_v1", "catseg_v1_r101_vit_b16_mmseg"),
-        source_format="catseg_mm",
-        description="CAT-Seg v1 R-101 & ViT-B as ported by mmsegmentation (own keys; mmseg test protocol)",
-        license="Apache-2.0",
-        origin=_CATSEG_V1_ORIGIN + "; open-mmlab/mmsegmentation projects/CAT-Seg",
-        manual_url=_CATSEG_MM_PAGE,
-        citation=_CATSEG_V1_BIB,
+    _catseg_mm(
+        "catseg-v1-r101-vit-b16.mmseg", "catseg_v1_r101_vit_b16_mmseg",
+        f"CAT-Seg v1 R-101 & ViT-B as ported by mmsegmentation {_OWN}",
     ),
-    WeightSpec(
-        name="catseg-v1-swinb-vit-l14",
-        family="catseg_v1",
-        config=_config("catseg_v1", "catseg_v1_swinb_vit_l14"),
-        source_format="catseg_v1_d2",
-        description="CAT-Seg arXiv-v1: CLIP ViT-L/14@336 + Swin-B, COCO-Stuff-171 (download by hand)",
-        license="MIT",
-        origin=_CATSEG_V1_ORIGIN,
-        manual_url=_CATSEG_V1_PAGE,
-        published=published(
-            _CATSEG_V1_SRC, ade847=10.8, pc459=20.4, ade150=31.5, pc59=62.0, voc20=96.6, voc20b=81.8
-        )
-        + published(_CATSEG_V1_FIX, ade847=11.4),
-        citation=_CATSEG_V1_BIB,
+    _catseg_v1(
+        "catseg-v1-swinb-vit-l14", "catseg_v1_swinb_vit_l14",
+        f"CAT-Seg arXiv-v1: CLIP ViT-L/14@336 + Swin-B, {_BY_HAND}", published=_CATSEG_V1_L14_RESULTS,
     ),
-    WeightSpec(
-        name="catseg-v1-swinb-vit-l14.mmseg",
-        family="catseg_v1",
-        config=_config("catseg_v1", "catseg_v1_swinb_vit_l14_mmseg"),
-        source_format="catseg_mm",
-        description="CAT-Seg v1 Swin-B & ViT-L as ported by mmsegmentation (own keys; mmseg test protocol)",
-        license="Apache-2.0",
-        origin=_CATSEG_V1_ORIGIN + "; open-mmlab/mmsegmentation projects/CAT-Seg",
-        manual_url=_CATSEG_MM_PAGE,
-        citation=_CATSEG_V1_BIB,
+    _catseg_mm(
+        "catseg-v1-swinb-vit-l14.mmseg", "catseg_v1_swinb_vit_l14_mmseg",
+        f"CAT-Seg v1 Swin-B & ViT-L as ported by mmsegmentation {_OWN}",
     ),
-    WeightSpec(
-        name="sed-convnext-b",
-        family="sed",
-        config=_config("sed", "sed_convnext_b"),
-        source_format="sed_d2",
-        description="SED, ConvNeXt-B CLIP, trained on COCO-Stuff-171 (download by hand)",
-        license="Apache-2.0",
-        origin=_SED_ORIGIN,
-        manual_url=_SED_PAGE,
-        published=published(_SED_SRC, ade847=11.2, pc459=18.6, ade150=31.8, pc59=57.7, voc20=94.4)
-        + published(_SED_SRC, note=_SED_FAST, ade847=11.4, pc459=18.6, ade150=31.6, pc59=57.3, voc20=94.4),
-        citation=_SED_BIB,
+    _sed(
+        "sed-convnext-b", "sed_convnext_b", f"SED, ConvNeXt-B CLIP, {_COCO_BY_HAND}", published=_SED_B_RESULTS
     ),
-    WeightSpec(
-        name="sed-convnext-l",
-        family="sed",
-        config=_config("sed", "sed_convnext_l"),
-        source_format="sed_d2",
-        description="SED, ConvNeXt-L CLIP, trained on COCO-Stuff-171 (download by hand)",
-        license="Apache-2.0",
-        origin=_SED_ORIGIN,
-        manual_url=_SED_PAGE,
-        published=published(_SED_SRC, ade847=13.7, pc459=22.1, ade150=35.3, pc59=60.9, voc20=96.1)
-        + published(_SED_SRC, note=_SED_FAST, ade847=13.9, pc459=22.6, ade150=35.2, pc59=60.6, voc20=96.1),
-        citation=_SED_BIB,
+    _sed(
+        "sed-convnext-l", "sed_convnext_l", f"SED, ConvNeXt-L CLIP, {_COCO_BY_HAND}", published=_SED_L_RESULTS
     ),
-    WeightSpec(
-        name="test-san-tiny",
-        family="san",
-        config=_config("san", "san_tiny"),
-        source_format="random",
-        description="tiny random SAN for tests and offline demos (segments nothing meaningful)",
-        license="Apache-2.0",
-        origin="ovss",
+    _tiny("san", "test-san-tiny", "san_tiny", f"tiny random SAN {_TINY} (segments nothing meaningful)"),
+    _tiny(
+        "san", "test-san-tiny.mmseg", "san_tiny_mmseg",
+        "tiny random SAN with mmsegmentation's test protocol (as the .mmseg weights)",
     ),
-    WeightSpec(
-        name="test-san-tiny.mmseg",
-        family="san",
-        config=_config("san", "san_tiny_mmseg"),
-        source_format="random",
-        description="tiny random SAN with mmsegmentation's test protocol (as the .mmseg weights)",
-        license="Apache-2.0",
-        origin="ovss",
+    _tiny("catseg", "test-catseg-tiny", "catseg_tiny", f"tiny random CAT-Seg {_TINY}"),
+    _tiny(
+        "catseg_v1", "test-catseg-v1-tiny", "catseg_v1_tiny",
+        f"tiny random CAT-Seg v1 (R-101 depth, small widths) {_TINY}",
     ),
-    WeightSpec(
-        name="test-catseg-tiny",
-        family="catseg",
-        config=_config("catseg", "catseg_tiny"),
-        source_format="random",
-        description="tiny random CAT-Seg for tests and offline demos",
-        license="Apache-2.0",
-        origin="ovss",
+    _tiny(
+        "catseg_v1", "test-catseg-v1-tiny.mmseg", "catseg_v1_tiny_mmseg",
+        "tiny random CAT-Seg v1 with the mmseg port's structure and test protocol",
     ),
-    WeightSpec(
-        name="test-catseg-v1-tiny",
-        family="catseg_v1",
-        config=_config("catseg_v1", "catseg_v1_tiny"),
-        source_format="random",
-        description="tiny random CAT-Seg v1 (R-101 depth, small widths) for tests and offline demos",
-        license="Apache-2.0",
-        origin="ovss",
-    ),
-    WeightSpec(
-        name="test-catseg-v1-tiny.mmseg",
-        family="catseg_v1",
-        config=_config("catseg_v1", "catseg_v1_tiny_mmseg"),
-        source_format="random",
-        description="tiny random CAT-Seg v1 with the mmseg port's structure and test protocol",
-        license="Apache-2.0",
-        origin="ovss",
-    ),
-    WeightSpec(
-        name="test-sed-tiny",
-        family="sed",
-        config=_config("sed", "sed_tiny"),
-        source_format="random",
-        description="tiny random SED for tests and offline demos",
-        license="Apache-2.0",
-        origin="ovss",
-    ),
+    _tiny("sed", "test-sed-tiny", "sed_tiny", f"tiny random SED {_TINY}"),
 )
 
 _BY_NAME = {spec.name: spec for spec in WEIGHTS}
