@@ -165,7 +165,19 @@ def pooled_class_update(
     return cost + x
 
 
-class ClassAggregation(nn.Module):
+class ClassBlock(nn.Module):
+    """The parameters of a class aggregation (both versions): the guided class attention, a ReLU
+    MLP and the norms before each (``norm1``, ``norm2``)."""
+
+    def __init__(self, dim: int, guidance_dim: int, heads: int, kind: str) -> None:
+        super().__init__()
+        self.attn = ClassAttention(dim, guidance_dim, heads, kind)
+        self.mlp = _MLP(dim, 4 * dim, nn.ReLU)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+
+
+class ClassAggregation(ClassBlock):
     """Class aggregation on an average-pooled cost, padded to a fixed class budget.
 
     The sequence of classes at each pooled pixel is padded to ``pad_len`` with one learned token
@@ -182,12 +194,8 @@ class ClassAggregation(nn.Module):
     """
 
     def __init__(self, dim: int, guidance_dim: int, heads: int, kind: str, pad_len: int) -> None:
-        super().__init__()
+        super().__init__(dim, guidance_dim, heads, kind)
         self.pad_len = pad_len
-        self.attn = ClassAttention(dim, guidance_dim, heads, kind)
-        self.mlp = _MLP(dim, 4 * dim, nn.ReLU)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
         self.pad_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pad_guidance = nn.Parameter(torch.zeros(1, 1, guidance_dim))
 

@@ -16,20 +16,18 @@ The class-aggregation residual quirk ``x + Up(pool(x) + delta)`` of both version
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ovss.models.catseg_aggregator import (
     DECODER_CHUNK,
     AggregatorBase,
     AggregatorDims,
-    ClassAttention,
+    ClassBlock,
     cost_volume,
     pooled_class_update,
 )
-from ovss.models.catseg_spatial import _MLP
 
 
-class ClassAggregationV1(nn.Module):
+class ClassAggregationV1(ClassBlock):
     """Class aggregation on an average-pooled cost, over all classes (no padding to a budget).
 
     Returns ``x + Up(pool(x) + delta)`` (official v1 ``ClassTransformerLayer``); with
@@ -37,12 +35,8 @@ class ClassAggregationV1(nn.Module):
     """
 
     def __init__(self, dim: int, guidance_dim: int, heads: int, kind: str, mlp_identity: bool) -> None:
-        super().__init__()
+        super().__init__(dim, guidance_dim, heads, kind)
         self.mlp_identity = mlp_identity
-        self.attn = ClassAttention(dim, guidance_dim, heads, kind)
-        self.mlp = _MLP(dim, 4 * dim, nn.ReLU)
-        self.norm1 = nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
 
     def forward(self, cost: torch.Tensor, guidance: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
         """(B, T, H, W, C) cost, (B, T, G) text guidance, (kh, kw) pooling -> (B, T, H, W, C)."""
