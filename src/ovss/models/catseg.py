@@ -44,6 +44,33 @@ def _split_qkv(cfg: ClipConfig) -> ClipConfig:
     return cfg.override("vision.split_qkv=true", "text.split_qkv=true")
 
 
+def check_aggregator_fields(config: Any, grid: int, positive: tuple[str, ...] = ()) -> None:
+    """The checks CAT-Seg's and CAT-Seg v1's configs share (:class:`ConfigError` naming the field):
+    the aggregator widths, depth, heads, ``prompt_channels`` and the ``positive`` fields are positive
+    integers, the heads divide ``hidden_dim``, the decoder widths suit GroupNorm and both poolings
+    divide the cost ``grid``."""
+    cls = type(config).__name__
+    widths = ("hidden_dim", "appearance_proj_dim", "text_proj_dim", "num_layers", "num_heads")
+    for name in (*widths, "prompt_channels", *positive):
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{cls}.{name} must be a positive integer, got {value!r}")
+    if config.hidden_dim % config.num_heads:
+        raise ConfigError(
+            f"{cls}.hidden_dim={config.hidden_dim} is not divisible by num_heads={config.num_heads}"
+        )
+    for d in config.decoder_dims:
+        if d < 16 or d % (d // 16):
+            raise ConfigError(
+                f"{cls}.decoder_dims={config.decoder_dims}: each must be >= 16 and divisible by its "
+                "GroupNorm group count (dim // 16), e.g. 64, 32"
+            )
+    for name in ("pooling_train", "pooling_test"):
+        pool = getattr(config, name)
+        if any(p <= 0 or grid % p for p in pool):
+            raise ConfigError(f"{cls}.{name}={pool} must divide the cost grid {grid}")
+
+
 @dataclasses.dataclass(kw_only=True)
 class CATSegConfig(ModelConfig):
     """Architecture and inference protocol of CAT-Seg (CVPR 2024). Defaults are the ViT-B/16 model.
@@ -101,31 +128,13 @@ class CATSegConfig(ModelConfig):
                 f"CATSegConfig.window_size={self.window_size} must divide the cost grid {grid} "
                 f"(clip_resolution / patch_size)"
             )
-        for name in ("hidden_dim", "appearance_proj_dim", "text_proj_dim", "num_layers", "num_heads",
-                     "prompt_channels", "slide_size", "slide_crop"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"CATSegConfig.{name} must be a positive integer, got {value!r}")
-        if self.hidden_dim % self.num_heads:
-            raise ConfigError(
-                f"CATSegConfig.hidden_dim={self.hidden_dim} is not divisible by num_heads={self.num_heads}"
-            )
-        for d in self.decoder_dims:
-            if d < 16 or d % (d // 16):
-                raise ConfigError(
-                    f"CATSegConfig.decoder_dims={self.decoder_dims}: each must be >= 16 and divisible by "
-                    "its GroupNorm group count (dim // 16), e.g. 64, 32"
-                )
+        check_aggregator_fields(self, grid, ("slide_size", "slide_crop"))
         ins = (self.hidden_dim, self.decoder_dims[0])
         if any(not 0 < p < c for p, c in zip(self.guidance_proj_dims, ins)):
             raise ConfigError(
                 f"CATSegConfig.guidance_proj_dims={self.guidance_proj_dims} must be positive and smaller "
                 f"than the decoder inputs {ins}"
             )
-        for name in ("pooling_train", "pooling_test"):
-            pool = getattr(self, name)
-            if any(p <= 0 or grid % p for p in pool):
-                raise ConfigError(f"CATSegConfig.{name}={pool} must divide the cost grid {grid}")
         if self.pad_len < 0:
             raise ConfigError(f"CATSegConfig.pad_len must be >= 0 (0 = no class budget), got {self.pad_len}")
         if not 0.0 <= self.slide_overlap < 1.0:

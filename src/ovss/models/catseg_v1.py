@@ -42,7 +42,7 @@ from ovss.models.base import (
     ResizeConfig,
     check_stage_mode,
 )
-from ovss.models.catseg import INFERENCE_LABELS, CostAggregationModel
+from ovss.models.catseg import INFERENCE_LABELS, CostAggregationModel, check_aggregator_fields
 from ovss.models.catseg_v1_aggregator import AggregatorV1
 from ovss.models.family import Family, InferenceOption, register_family
 from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
@@ -120,31 +120,7 @@ class CATSegV1Config(ModelConfig):
                 f"CATSegV1Config.backbone_resolution={self.backbone_resolution} must be 16 x the cost grid "
                 f"{grid} (res4 has stride 16 and must match the CLIP grid)"
             )
-        for name in (
-            "hidden_dim",
-            "appearance_proj_dim",
-            "text_proj_dim",
-            "num_layers",
-            "num_heads",
-            "prompt_channels",
-            "slide_size",
-            "slide_crop",
-            "slide_stride",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"CATSegV1Config.{name} must be a positive integer, got {value!r}")
-        if self.hidden_dim % self.num_heads:
-            raise ConfigError(
-                f"CATSegV1Config.hidden_dim={self.hidden_dim} is not divisible by num_heads={self.num_heads}"
-            )
-        for d in self.decoder_dims:
-            if d < 16 or d % (d // 16):
-                raise ConfigError(f"CATSegV1Config.decoder_dims={self.decoder_dims}: each must be >= 16")
-        for name in ("pooling_train", "pooling_test"):
-            pool = getattr(self, name)
-            if any(p <= 0 or grid % p for p in pool):
-                raise ConfigError(f"CATSegV1Config.{name}={pool} must divide the cost grid {grid}")
+        check_aggregator_fields(self, grid, ("slide_size", "slide_crop", "slide_stride"))
         if self.backbone_lr_mult < 0:
             raise ConfigError(f"CATSegV1Config.backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
         if self.inference not in INFERENCE_MODES:
