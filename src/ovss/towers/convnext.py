@@ -394,17 +394,24 @@ class ConvNeXt(nn.Module):
 # builders
 
 
-def convnext_base_w_320() -> ConvNeXtConfig:
-    """Image tower of open_clip ``convnext_base_w_320`` (timm ``convnext_base``, linear head, E=640)."""
+def _clip_convnext_320(
+    dims: tuple[int, ...], output_dim: int, proj: Literal["linear", "mlp"], head_drop: float
+) -> ConvNeXtConfig:
+    """An open_clip ``convnext_*_320`` image tower: depths (3, 3, 27, 3), 320 px, drop path 0.1."""
     return ConvNeXtConfig(
         depths=(3, 3, 27, 3),
-        dims=(128, 256, 512, 1024),
+        dims=dims,
         image_size=320,
-        output_dim=640,
-        proj="linear",
+        output_dim=output_dim,
+        proj=proj,
         drop_path=0.1,
-        head_drop=0.0,
+        head_drop=head_drop,
     )
+
+
+def convnext_base_w_320() -> ConvNeXtConfig:
+    """Image tower of open_clip ``convnext_base_w_320`` (timm ``convnext_base``, linear head, E=640)."""
+    return _clip_convnext_320((128, 256, 512, 1024), output_dim=640, proj="linear", head_drop=0.0)
 
 
 def convnext_large_d_320() -> ConvNeXtConfig:
@@ -413,12 +420,4 @@ def convnext_large_d_320() -> ConvNeXtConfig:
     ``head_drop`` is 0.1 as in SED's vendored open_clip 2.10.1 config (upstream open_clip has 0.0);
     it only matters in training.
     """
-    return ConvNeXtConfig(
-        depths=(3, 3, 27, 3),
-        dims=(192, 384, 768, 1536),
-        image_size=320,
-        output_dim=768,
-        proj="mlp",
-        drop_path=0.1,
-        head_drop=0.1,
-    )
+    return _clip_convnext_320((192, 384, 768, 1536), output_dim=768, proj="mlp", head_drop=0.1)
