@@ -377,20 +377,17 @@ def render_settings(args: argparse.Namespace) -> dict[str, Any]:
     from ovss.errors import ConfigError, OvssError
 
     settings: dict[str, Any] = {}
-    if getattr(args, "min_score", None) is not None:
-        try:
-            settings["min_score"] = check_min_score(args.min_score)
-        except OvssError:
-            raise ConfigError(
-                f"--min-score must be a finite number (e.g. 0.3), got {args.min_score}"
-            ) from None
-    if getattr(args, "opacity", None) is not None:
-        try:
-            settings["opacity"] = check_opacity(args.opacity)
-        except ConfigError:
-            raise ConfigError(
-                f"--opacity must be from 0 (image only) to 1 (colours only), got {args.opacity}"
-            ) from None
+    numbers = {  # each number option: the library's check and what the flag must be
+        "min_score": (check_min_score, "--min-score must be a finite number (e.g. 0.3)"),
+        "opacity": (check_opacity, "--opacity must be from 0 (image only) to 1 (colours only)"),
+    }
+    for name, (check, rule) in numbers.items():
+        value = getattr(args, name, None)
+        if value is not None:
+            try:
+                settings[name] = check(value)
+            except OvssError:
+                raise ConfigError(f"{rule}, got {value}") from None
     if getattr(args, "palette", None) is not None:
         from ovss.api.palettes import PALETTE_NAMES
         from ovss.utils import sha256_file
