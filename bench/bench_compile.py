@@ -66,14 +66,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--backend", default="inductor", help="torch.compile backend")
     args = parser.parse_args()
+    from bench.common import random_model
     from ovss.api.device import parse_device, parse_dtype
-    from ovss.models.build import build_model
-    from ovss.weights.registry import get_weight_spec
 
     device = parse_device(args.device)
     dtype = parse_dtype(args.dtype, device)
-    torch.manual_seed(0)
-    model = build_model(get_weight_spec(args.model).config()).eval().requires_grad_(False).to(device, dtype)
+    model = random_model(args.model).eval().to(device, dtype)
     images = torch.randn(1, 3, *args.size, device=device, dtype=dtype)
     text = torch.nn.functional.normalize(
         torch.randn(args.classes, model.config.clip.embed_dim, device=device), dim=-1

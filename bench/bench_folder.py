@@ -83,17 +83,14 @@ def child(spec: str, classes: int, dtype: str, args: argparse.Namespace) -> dict
 
     import ovss.cli.pipeline as pipeline
     import ovss.cli.segment as segment_cli
+    from bench.common import random_model
     from ovss.api.requery import ImageCache
     from ovss.api.segmenter import Segmenter
     from ovss.cli.main import main
-    from ovss.models.build import build_model
-    from ovss.weights.registry import get_weight_spec
 
     torch.set_num_threads(args.threads)
     name, options = parse_run(spec)
-    torch.manual_seed(0)
-    model = build_model(get_weight_spec(name).config()).requires_grad_(False)
-    seg = Segmenter(model, name=name, dtype=dtype)
+    seg = Segmenter(random_model(name), name=name, dtype=dtype)
     segment_cli.load_segmenter = lambda _args: seg  # the CLI runs this model (random weights)
     timed: dict[str, list[float]] = {"predict": [], "folder": [], "serial": []}
     real_segment = segment_cli._segment

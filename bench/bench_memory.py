@@ -54,14 +54,11 @@ def _reset_peak() -> bool:
 def child(spec: str, mode: str, classes: int, size: tuple[int, int], dtype: str, block_mb: float) -> dict:
     """Run one case in this process and return its measurements (MiB, seconds)."""
     import numpy as np
-    import torch
 
-    from bench.bench_segment import parse_run, text_for
+    from bench.bench_segment import parse_run
+    from bench.common import random_model, random_photo, set_random_vocabulary, text_for
     from ovss.api.segmenter import Segmenter
     from ovss.models.base import SegmentationModel
-    from ovss.models.build import build_model
-    from ovss.vocab.vocabulary import Vocabulary
-    from ovss.weights.registry import get_weight_spec
 
     class WholeMap(SegmentationModel):
         """The same model seen through ``predict`` only (no ``predict_blocks``)."""
@@ -77,15 +74,14 @@ def child(spec: str, mode: str, classes: int, size: tuple[int, int], dtype: str,
             return self.inner.predict(images, text, image_size, output_size, **options)
 
     name, options = parse_run(spec)
-    torch.manual_seed(0)
-    model = build_model(get_weight_spec(name).config())
+    model = random_model(name)
     text = text_for(model, classes)
     extra = {"block_mb": block_mb} if "block_mb" in inspect.signature(Segmenter).parameters else {}
     seg = Segmenter(WholeMap(model) if mode == "whole" else model, dtype=dtype, **extra)
     if hasattr(seg, "image_cache"):  # the image stage's features are not kept between runs
         seg.image_cache = type(seg.image_cache)(0)
-    seg.set_vocabulary(Vocabulary.from_names([f"class {i}" for i in range(classes)]), embeddings=text)
-    image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+    set_random_vocabulary(seg, text)
+    image = random_photo(size)
     keep = mode.endswith(("+scores", "+disk"))
     if mode.endswith("+disk"):
         import tempfile

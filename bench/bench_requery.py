@@ -27,29 +27,23 @@ import sys
 import time
 from pathlib import Path
 
-from bench.bench_segment import DEFAULT_RUNS, REPO, parse_run, text_for
+from bench.bench_segment import DEFAULT_RUNS, REPO, parse_run
 
 
 def child(spec: str, classes: int, dtype: str, args: argparse.Namespace) -> dict[str, object]:
     """Time one case in this process; returns its row."""
-    import numpy as np
     import torch
 
-    from bench.common import count_flops
+    from bench.common import count_flops, random_model, random_photo, set_random_vocabulary, text_for
     from ovss.api.requery import ImageCache
     from ovss.api.segmenter import Segmenter
-    from ovss.models.build import build_model
-    from ovss.vocab.vocabulary import Vocabulary
-    from ovss.weights.registry import get_weight_spec
 
     torch.set_num_threads(args.threads)
     name, options = parse_run(spec)
-    torch.manual_seed(0)
-    model = build_model(get_weight_spec(name).config()).requires_grad_(False)
+    model = random_model(name)
     seg = Segmenter(model, name=name, dtype=dtype)
-    vocab = Vocabulary.from_names([f"class {i}" for i in range(classes)])
-    seg.set_vocabulary(vocab, embeddings=text_for(model, classes))
-    image = np.random.default_rng(0).integers(0, 256, (*args.size, 3), dtype=np.uint8)
+    set_random_vocabulary(seg, text_for(model, classes))
+    image = random_photo(args.size)
     off, on = ImageCache(0), ImageCache(4096)
 
     def full() -> None:

@@ -58,23 +58,6 @@ def parse_run(spec: str) -> tuple[str, dict[str, object]]:
     return name, options
 
 
-def text_for(model, k: int):
-    """Random unit text embeddings in the layout ``encode_text`` returns (probed on one class)."""
-    import torch
-    import torch.nn.functional as F
-
-    from ovss.towers.tokenizer import get_tokenizer
-    from ovss.vocab.templates import get_templates
-
-    templates = get_templates(model.config.templates)
-    tokens = get_tokenizer()([t.format("thing") for t in templates[:1]]).view(1, 1, -1)
-    with torch.inference_mode():
-        probe = model.encode_text(tokens)
-    if probe.ndim == 3:  # (K, P, E): one row per template
-        return F.normalize(torch.randn(k, len(templates), probe.shape[-1]), dim=-1)
-    return F.normalize(torch.randn(k, *probe.shape[1:]), dim=-1)
-
-
 def matmul_peak(dtype, n: int = 2048, repeat: int = 3, device: str = "cpu") -> float:
     """Best n^3 matmul throughput in GFLOP/s for ``dtype`` with the current threads (or on the GPU)."""
     import torch
@@ -120,32 +103,33 @@ def _peak_rss_mib() -> float:
 
 def child(spec: str, classes: int, dtype: str, args: argparse.Namespace) -> dict[str, object]:
     """Time one case in this process; returns its row."""
-    import numpy as np
     import torch
 
     import ovss
-    from bench.common import count_flops, cpu_info
+    from bench.common import (
+        count_flops,
+        cpu_info,
+        random_model,
+        random_photo,
+        set_random_vocabulary,
+        text_for,
+    )
     from ovss.api.segmenter import Segmenter
     from ovss.cpu import tune_cpu_allocator
-    from ovss.models.build import build_model
-    from ovss.vocab.vocabulary import Vocabulary
-    from ovss.weights.registry import get_weight_spec
 
     if args.threads:
         torch.set_num_threads(args.threads)
     tuned = tune_cpu_allocator() if args.tune_malloc else False
     name, options = parse_run(spec)
-    torch.manual_seed(0)
     start = time.perf_counter()
-    model = build_model(get_weight_spec(name).config()).requires_grad_(False)  # (FlopCounterMode's
-    # module tracker trips over parameters passed as module inputs when they require grad)
+    model = random_model(name)
     build_s = time.perf_counter() - start
     text = text_for(model, classes)
     seg = Segmenter(model, name=name, dtype=dtype, device=args.device)
     if hasattr(seg, "image_cache"):  # every timed run computes the image stage (no re-query reuse)
         seg.image_cache = type(seg.image_cache)(0)
-    seg.set_vocabulary(Vocabulary.from_names([f"class {i}" for i in range(classes)]), embeddings=text)
-    image = np.random.default_rng(0).integers(0, 256, (*args.size, 3), dtype=np.uint8)
+    set_random_vocabulary(seg, text)
+    image = random_photo(args.size)
     gpu = args.device.startswith("cuda")
     half = torch.float16 if gpu else torch.bfloat16  # (fp16 on the CPU: compared with the bf16 peak)
     tdtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": half}[dtype]

@@ -33,15 +33,12 @@ SCHEDULES = {  # name -> (TEXT_BATCH, MIN_SHARED) of ovss.towers.text; None: the
 
 
 def main() -> None:
-    import torch
 
     import ovss.towers.text as text_module
-    from bench.common import count_flops, print_table, setup_threads
+    from bench.common import count_flops, print_table, random_model, setup_threads
     from ovss.api.segmenter import Segmenter
     from ovss.cpu import native_bf16_cpu
-    from ovss.models.build import build_model
     from ovss.vocab.templates import get_templates
-    from ovss.weights.registry import get_weight_spec
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
@@ -59,8 +56,7 @@ def main() -> None:
         name, file = CASES[case]
         names = [ln.strip() for ln in (classes_dir / file).read_text().splitlines() if ln.strip()]
         sample = names[:: args.sample]
-        torch.manual_seed(0)
-        model = build_model(get_weight_spec(name).config()).requires_grad_(False)
+        model = random_model(name)
         templates = len(get_templates(model.config.templates))
         for dtype in dtypes:
             for schedule in args.schedules:

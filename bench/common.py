@@ -46,6 +46,50 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+def random_model(name: str):
+    """The real-size architecture of registry entry ``name`` with random weights (torch seed 0).
+
+    Gradients are off: FlopCounterMode's module tracker trips over parameters passed as module
+    inputs when they require grad, and no bench trains.
+    """
+    from ovss.models.build import build_model
+    from ovss.weights.registry import get_weight_spec
+
+    torch.manual_seed(0)
+    return build_model(get_weight_spec(name).config()).requires_grad_(False)
+
+
+def text_for(model, k: int) -> torch.Tensor:
+    """Random unit text embeddings in the layout ``encode_text`` returns (probed on one class)."""
+    import torch.nn.functional as F
+
+    from ovss.towers.tokenizer import get_tokenizer
+    from ovss.vocab.templates import get_templates
+
+    templates = get_templates(model.config.templates)
+    tokens = get_tokenizer()([t.format("thing") for t in templates[:1]]).view(1, 1, -1)
+    with torch.inference_mode():
+        probe = model.encode_text(tokens)
+    if probe.ndim == 3:  # (K, P, E): one row per template
+        return F.normalize(torch.randn(k, len(templates), probe.shape[-1]), dim=-1)
+    return F.normalize(torch.randn(k, *probe.shape[1:]), dim=-1)
+
+
+def set_random_vocabulary(seg, text: torch.Tensor) -> None:
+    """Give the Segmenter ``seg`` the vocabulary "class 0" ... "class K-1" embedded as ``text`` (K rows,
+    from :func:`text_for`), so no text tower runs."""
+    from ovss.vocab.vocabulary import Vocabulary
+
+    seg.set_vocabulary(Vocabulary.from_names([f"class {i}" for i in range(len(text))]), embeddings=text)
+
+
+def random_photo(size: tuple[int, int]):
+    """A (H, W, 3) uint8 photo of uniform noise (numpy seed 0)."""
+    import numpy as np
+
+    return np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+
+
 def print_table(rows: list[dict[str, object]]) -> None:
     """Print rows (dicts with the same keys) as an aligned text table."""
     if not rows:
