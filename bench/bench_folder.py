@@ -21,7 +21,6 @@ hidden, measured under the same load (on a shared machine the load moves between
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -171,7 +170,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="append the rows (JSON lines) to this file")
     parser.add_argument("--child", nargs=1, metavar="RUN", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from bench.common import emit_result, print_table, run_child
+    from bench.common import append_json, emit_result, print_table, run_case
 
     if args.child:
         emit_result(child(args.child[0], args.classes, args.dtype, args))
@@ -181,19 +180,14 @@ def main() -> None:
         cmd = [sys.executable, "-m", "bench.bench_folder", "--child", spec, "--classes", str(args.classes),
                "--dtype", args.dtype, "--photos", str(args.photos), "--rounds", str(args.rounds),
                "--threads", str(args.threads)]
-        env = dict(os.environ)
-        paths = [str(REPO / "src"), str(REPO), env.get("PYTHONPATH")]
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
-        row = run_child(cmd, spec, env=env, cwd=REPO)
+        row = run_case(cmd, spec, str(REPO / "src"))
         if row is None:
             continue
         rows.append(row)
         print(f"{spec}: folder {row['folder s/img']:.3f} s/img = {row['folder / predict']:.3f} x predict "
               f"({row['predict s']:.3f} s), {row['folder / model']:.3f} x its model time; serial "
               f"{row['serial / predict']:.3f} x predict, {row['serial / model']:.3f} x", flush=True)
-        if args.json:
-            with args.json.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+        append_json(args.json, row)
     print(f"\n{args.threads} threads; K = {args.classes}; {args.dtype}; medians of {args.rounds} "
           "interleaved rounds\n")
     print_table(rows)

@@ -20,7 +20,6 @@ machine: no time spent descheduled or spin-waiting).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -105,7 +104,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="append the rows (JSON lines) to this file")
     parser.add_argument("--child", nargs=3, metavar=("RUN", "K", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from bench.common import emit_result, print_table, run_child
+    from bench.common import append_json, emit_result, print_table, run_case
 
     if args.child:
         emit_result(child(args.child[0], int(args.child[1]), args.child[2], args))
@@ -117,18 +116,13 @@ def main() -> None:
                 cmd = [sys.executable, "-m", "bench.bench_requery", "--child", spec, str(classes), dtype,
                        "--size", *map(str, args.size), "--repeat", str(args.repeat),
                        "--threads", str(args.threads)]
-                env = dict(os.environ)
-                env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), str(REPO),
-                                                                  env.get("PYTHONPATH")]))
-                row = run_child(cmd, f"{spec} K={classes} {dtype}", env=env, cwd=REPO)
+                row = run_case(cmd, f"{spec} K={classes} {dtype}", str(REPO / "src"))
                 if row is None:
                     continue
                 rows.append(row)
                 print(f"{spec} K={classes} {dtype}: full {row['full s']:.3f} s, re-query "
                       f"{row['requery s']:.3f} s ({row['fraction']:.3f})", flush=True)
-                if args.json:
-                    with args.json.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
+                append_json(args.json, row)
     print(f"\n{args.threads} threads; image {args.size[0]}x{args.size[1]}; medians of {args.repeat} "
           "interleaved rounds\n")
     print_table(rows)

@@ -33,7 +33,6 @@ source tree (e.g. ``git worktree add /tmp/ovss_before <commit>`` then ``--before
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -195,11 +194,9 @@ def spawn(
             cmd += [flag, str(value)]
     cmd += ["--profile"] if args.profile else []
     cmd += ["--tune-malloc"] if args.tune_malloc else []
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, str(REPO), env.get("PYTHONPATH")]))
-    from bench.common import run_child
+    from bench.common import run_case
 
-    return run_child(cmd, f"{label} {spec} K={classes} {dtype}", env=env, cwd=REPO)
+    return run_case(cmd, f"{label} {spec} K={classes} {dtype}", src)
 
 
 TABLE_KEYS = ["version", "run", "K", "dtype", "batch", "net input", "GFLOP", "s/img", "CPU s", "GFLOP/s",
@@ -232,7 +229,7 @@ def main() -> None:
 
         emit_result(child(args.child[0], int(args.child[1]), args.child[2], args))
         return
-    from bench.common import device_header, print_table
+    from bench.common import append_json, device_header, print_table
     from ovss.cpu import native_bf16_cpu
 
     print(device_header(args.device), flush=True)
@@ -255,9 +252,7 @@ def main() -> None:
                           f"GFLOP/s, load {row['load']:.1f})", flush=True)
                     if row.get("profile"):
                         print(row["profile"], flush=True)
-                    if args.json:
-                        with args.json.open("a") as f:
-                            f.write(json.dumps({k: v for k, v in row.items() if k != "profile"}) + "\n")
+                    append_json(args.json, {k: v for k, v in row.items() if k != "profile"})
     print(f"\n{device_header(args.device)}\n{args.threads} threads; device {args.device}; image "
           f"{args.size[0]}x{args.size[1]}; native bf16: {native_bf16_cpu()}; "
           f"peak = 2048^3 matmul GFLOP/s of the dtype measured in the case's process\n")

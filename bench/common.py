@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def timeit(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> float:
@@ -159,6 +163,21 @@ RESULT = "RESULT "  # prefix of the one stdout line a bench child process report
 def emit_result(row: dict[str, object]) -> None:
     """Report a child process's row on stdout (read back by :func:`run_child`)."""
     print(RESULT + json.dumps(row), flush=True)
+
+
+def run_case(cmd: list[str], label: str, src: str | None) -> dict | None:
+    """:func:`run_child` from the repository root with ``src`` (a package tree; None: as installed) and
+    the repository (for ``bench``) first on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, str(REPO), env.get("PYTHONPATH")]))
+    return run_child(cmd, label, env=env, cwd=REPO)
+
+
+def append_json(path: Path | None, row: dict[str, object]) -> None:
+    """Append ``row`` to ``path`` as one JSON line (nothing without a path)."""
+    if path is not None:
+        with path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 def run_child(
