@@ -157,6 +157,32 @@ class CATSegConfig(ModelConfig):
         return int(self.slide_crop * (1 - self.slide_overlap))
 
 
+def bilinear_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(..., H, W) -> (..., size): ``F.interpolate`` bilinear (align_corners=False); ``x`` itself when
+    it has that size already."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def slide_views(valid: torch.Tensor, size: int, crop: int, corners: list[tuple[int, int]]) -> torch.Tensor:
+    """The views of the official slide protocol (both CAT-Seg versions), image-major.
+
+    Args:
+        valid: (B, 3, h, w) the valid region of the images.
+        size: side of the square canvas the valid region is stretched to; crop: side of each crop.
+        corners: top-left (y, x) of the crops on the canvas.
+
+    Returns:
+        (B * V, 3, crop, crop): per image the canvas crops at ``corners``, then the valid region
+        stretched to crop x crop (the global view); V = len(corners) + 1.
+    """
+    canvas = bilinear_resize(valid, (size, size))
+    views = [canvas[..., y : y + crop, x : x + crop] for y, x in corners]
+    views.append(bilinear_resize(valid, (crop, crop)))
+    return torch.stack(views, dim=1).flatten(0, 1)
+
+
 def dense_last_block(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
     """CAT-Seg's last CLIP block: value path plus the class token's residual stream, no token mixing.
 
@@ -236,6 +262,12 @@ class CostAggregationModel(SegmentationModel):
             window=c.window_size,
             attention=c.attention,
         )
+
+    def _batched_text(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(K, P, E) text, checked (:meth:`_check_text`), in the dtype of the (B, ...) ``image`` and
+        expanded to (B, K, P, E) (the aggregator's layout)."""
+        self._check_text(text)
+        return text.to(image.dtype).unsqueeze(0).expand(image.shape[0], *text.shape)
 
     def _mode(self, options: dict[str, Any]) -> str:
         mode = options.pop("inference", None) or self.config.inference
@@ -325,9 +357,8 @@ class CATSeg(CostAggregationModel):
 
     def aggregate(self, maps: dict[str, Any], text: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
         """The text part: :meth:`image_maps` and (K, P, E) text -> (B, K, 4h, 4w) logits."""
-        self._check_text(text)
         image = maps["image"]
-        text = text.to(image.dtype).unsqueeze(0).expand(image.shape[0], *text.shape)
+        text = self._batched_text(image, text)
         return self.aggregator(image, text, maps["guidance"], pool, maps.get("prepared"))
 
     def _logits(self, images: torch.Tensor, text: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
@@ -336,9 +367,7 @@ class CATSeg(CostAggregationModel):
         return self.aggregate(self.image_maps(images), text, pool)
 
     def _resize(self, images: torch.Tensor, size: int) -> torch.Tensor:
-        if images.shape[-2:] == (size, size):
-            return images
-        return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+        return bilinear_resize(images, (size, size))
 
     def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Training / raw logits.
@@ -369,15 +398,11 @@ class CATSeg(CostAggregationModel):
         (whole) or of the slide views, image-major (slide); ``mode`` records the protocol."""
         mode = self._mode(dict(options))
         if mode == "slide":
-            c = self.config
+            c, corners = self.config, self.slide_windows()
             valid = images[..., : image_size[0], : image_size[1]]
-            canvas_img = self._resize(valid, c.slide_size)
-            crop = c.slide_crop
-            views = [canvas_img[..., y : y + crop, x : x + crop] for y, x in self.slide_windows()]
-            views.append(self._resize(valid, c.slide_crop))
-            batch = torch.stack(views, dim=1).flatten(0, 1)  # (B * V, 3, crop, crop), image-major
+            batch = slide_views(valid, c.slide_size, c.slide_crop, corners)  # (B * V, 3, crop, crop)
             maps = self.image_maps(self._resize(batch, c.clip_resolution))
-            return {"mode": mode, "views": len(views), **maps}
+            return {"mode": mode, "views": len(corners) + 1, **maps}
         return {"mode": mode, **self.image_maps(self._resize(images, self.config.clip_resolution))}
 
     def text_stage(

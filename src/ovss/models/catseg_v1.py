@@ -42,7 +42,13 @@ from ovss.models.base import (
     ResizeConfig,
     check_stage_mode,
 )
-from ovss.models.catseg import INFERENCE_LABELS, CostAggregationModel, check_aggregator_fields
+from ovss.models.catseg import (
+    INFERENCE_LABELS,
+    CostAggregationModel,
+    bilinear_resize,
+    check_aggregator_fields,
+    slide_views,
+)
 from ovss.models.catseg_v1_aggregator import AggregatorV1
 from ovss.models.family import Family, InferenceOption, register_family
 from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
@@ -165,12 +171,6 @@ def _normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...])
     return (x - m) / s
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
 class CATSegV1(CostAggregationModel):
     """CAT-Seg v1: dense CLIP (v1 block), a ResNet / Swin guidance backbone and the v1 aggregator.
 
@@ -230,7 +230,7 @@ class CATSegV1(CostAggregationModel):
             mask[..., : valid[0], : valid[1]] = 1
             clip_x, bb_x = clip_x * mask, bb_x * mask
         r, s = c.clip_resolution, c.backbone_resolution
-        return _resize(clip_x, (r, r)), _resize(bb_x, (s, s))
+        return bilinear_resize(clip_x, (r, r)), bilinear_resize(bb_x, (s, s))
 
     def encode_pair(self, clip_x: torch.Tensor, bb_x: torch.Tensor) -> dict[str, Any]:
         """The image-only part of the network: (B, 3, R, R) CLIP input, (B, 3, S, S) backbone input ->
@@ -242,9 +242,8 @@ class CATSegV1(CostAggregationModel):
 
     def aggregate(self, maps: dict[str, Any], text: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
         """The text part: :meth:`encode_pair` maps and (K, P, E) text -> (B, K, 4h, 4w) logits."""
-        self._check_text(text)
         image = maps["image"]
-        text = text.to(image.dtype).unsqueeze(0).expand(image.shape[0], *text.shape)
+        text = self._batched_text(image, text)
         return self.aggregator(image, text, maps["res4"], (maps["res3"], maps["res2"]), pool)
 
     def logits(
@@ -287,11 +286,8 @@ class CATSegV1(CostAggregationModel):
             return {"mode": mode, "batch": b, "nets": [self.encode_pair(*self.inputs(images, image_size))]}
         if mode == "slide":
             size, crop = c.slide_size, c.slide_crop
-            canvas = _resize(valid, (size, size))
             corners = self.slide_corners(size, size, crop, c.slide_stride)
-            views = [canvas[..., y : y + crop, x : x + crop] for y, x in corners]
-            views.append(_resize(valid, (crop, crop)))
-            batch = torch.stack(views, dim=1).flatten(0, 1)  # (B * V, 3, crop, crop), image-major
+            batch = slide_views(valid, size, crop, corners)  # (B * V, 3, crop, crop), image-major
             return {"mode": mode, "batch": b, "nets": [self.encode_pair(*self.inputs(batch))]}
         hr, wr = mmcv_rescale_size(image_size[0], image_size[1], c.mmseg_scale)
         canvas = cv2_resize_linear(valid, (hr, wr)).to(images.dtype)
@@ -352,7 +348,7 @@ class CATSegV1(CostAggregationModel):
         logits = logits[..., : image_size[0], : image_size[1]]
 
         def finish(classes: slice, size: tuple[int, int]) -> torch.Tensor:
-            return _resize(logits[:, classes].float().sigmoid(), size)
+            return bilinear_resize(logits[:, classes].float().sigmoid(), size)
 
         return logits.shape[1], finish
 
@@ -383,11 +379,12 @@ class CATSegV1(CostAggregationModel):
             count[..., y : y + crop, x : x + crop] += 1
 
         def finish(classes: slice, out: tuple[int, int]) -> torch.Tensor:
-            probs = _resize(logits[:, classes].float(), (crop, crop)).sigmoid().unflatten(0, (b, n_views))
+            probs = bilinear_resize(logits[:, classes].float(), (crop, crop)).sigmoid()
+            probs = probs.unflatten(0, (b, n_views))
             total = probs.new_zeros(b, probs.shape[2], size, size)
             for i, (y, x) in enumerate(corners):
                 total[..., y : y + crop, x : x + crop] += probs[:, i]
-            return _resize((total / count + _resize(probs[:, -1], (size, size))) / 2.0, out)
+            return bilinear_resize((total / count + bilinear_resize(probs[:, -1], (size, size))) / 2.0, out)
 
         return logits.shape[1], finish
 
@@ -409,10 +406,10 @@ class CATSegV1(CostAggregationModel):
         def finish(classes: slice, out: tuple[int, int]) -> torch.Tensor:
             total = None
             for i, (y1, x1, y2, x2) in enumerate(boxes):
-                logit = _resize(views[i][:, classes].float(), (y2 - y1, x2 - x1))
+                logit = bilinear_resize(views[i][:, classes].float(), (y2 - y1, x2 - x1))
                 total = logit.new_zeros(b, logit.shape[1], hr, wr) if total is None else total
                 total[..., y1:y2, x1:x2] += logit
-            return _resize(total / count, out)
+            return bilinear_resize(total / count, out)
 
         return views[0].shape[1], finish
 
