@@ -43,6 +43,37 @@ def make_task(spec: BenchmarkSpec, split: str, out: Path, stem: str, image_in: P
     )
 
 
+def listed_tasks(
+    spec: BenchmarkSpec,
+    split: str,
+    out: Path,
+    ids: Iterable[str],
+    image_dir: Path,
+    label_dir: Path,
+    label_ext: str,
+) -> tuple[list[Task], list[str]]:
+    """The tasks of the listed ``ids`` that have both ``<image_dir>/<id>.jpg`` and
+    ``<label_dir>/<id><label_ext>``, and the ids that miss either (both in list order)."""
+    tasks, missing = [], []
+    for image_id in ids:
+        image, label = image_dir / f"{image_id}.jpg", label_dir / f"{image_id}{label_ext}"
+        if image.is_file() and label.is_file():
+            tasks.append(make_task(spec, split, out, image_id, image, label))
+        else:
+            missing.append(image_id)
+    return tasks, missing
+
+
+def missing_error(
+    missing: list[str], what: str, image_dir: Path, label_pattern: str, fix: str
+) -> DatasetError:
+    """The one-line error for listed ``what`` ids without their raw files (``missing`` not empty)."""
+    return DatasetError(
+        f"{len(missing)} {what} ids have no {image_dir}/<id>.jpg or {label_pattern} "
+        f"(first: {missing[0]}); {fix}"
+    )
+
+
 @dataclass
 class PrepareReport:
     """What one `prepare(name, ...)` call did."""

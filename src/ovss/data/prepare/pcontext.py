@@ -26,8 +26,9 @@ from ovss.data.prepare._common import (
     Task,
     check_found,
     find_root,
+    listed_tasks,
     lookup_table,
-    make_task,
+    missing_error,
     read_id_list,
     require_dir,
     run_tasks,
@@ -97,18 +98,10 @@ def prepare_pcontext(
     root = find_root(raw, ("VOCdevkit/VOC2010", "VOC2010"), "JPEGImages", "VOC2010", VOC2010_DOWNLOAD)
     image_dir = require_dir(root / "JPEGImages", "VOC2010 JPEGImages", VOC2010_DOWNLOAD)
     mat_dir = require_dir(root / "trainval", "PASCAL Context annotations (trainval/*.mat)", CONTEXT_DOWNLOAD)
-    tasks, skipped = [], []
-    for image_id in val_ids(root):
-        image, mat = image_dir / f"{image_id}.jpg", mat_dir / f"{image_id}.mat"
-        if image.is_file() and mat.is_file():
-            tasks.append(make_task(spec, split, out, image_id, image, mat))
-        else:
-            skipped.append(image_id)
+    tasks, skipped = listed_tasks(spec, split, out, val_ids(root), image_dir, mat_dir, ".mat")
     if skipped and check_counts:
-        raise DatasetError(
-            f"{len(skipped)} PASCAL Context val ids have no {image_dir}/<id>.jpg or {mat_dir}/<id>.mat "
-            f"(first: {skipped[0]}); extract {VOC2010_DOWNLOAD} and {CONTEXT_DOWNLOAD} completely"
-        )
+        fix = f"extract {VOC2010_DOWNLOAD} and {CONTEXT_DOWNLOAD} completely"
+        raise missing_error(skipped, "PASCAL Context val", image_dir, f"{mat_dir}/<id>.mat", fix)
     check_found(spec, split, len(tasks), mat_dir, check_counts)
     convert = _convert_59 if spec.name == "pc59" else _convert_459
     return run_tasks(spec, split, tasks, convert, out, workers, progress, skipped_inputs=skipped)

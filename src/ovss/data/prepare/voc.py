@@ -27,8 +27,9 @@ from ovss.data.prepare._common import (
     Task,
     check_found,
     find_root,
+    listed_tasks,
     lookup_table,
-    make_task,
+    missing_error,
     read_id_list,
     require_dir,
     run_tasks,
@@ -72,18 +73,10 @@ def prepare_voc(
     split_file = root / "ImageSets" / "Segmentation" / "val.txt"
     if not split_file.is_file():
         raise DatasetError(f"VOC2012 split list missing: expected {split_file} from {VOC2012_DOWNLOAD}")
-    tasks, missing = [], []
-    for image_id in read_id_list(split_file):
-        image, label = image_dir / f"{image_id}.jpg", label_dir / f"{image_id}.png"
-        if image.is_file() and label.is_file():
-            tasks.append(make_task(spec, split, out, image_id, image, label))
-        else:
-            missing.append(image_id)
+    tasks, missing = listed_tasks(spec, split, out, read_id_list(split_file), image_dir, label_dir, ".png")
     if missing:
-        raise DatasetError(
-            f"{len(missing)} VOC2012 val ids have no {image_dir}/<id>.jpg or {label_dir}/<id>.png "
-            f"(first: {missing[0]}); extract {VOC2012_DOWNLOAD} completely"
-        )
+        fix = f"extract {VOC2012_DOWNLOAD} completely"
+        raise missing_error(missing, "VOC2012 val", image_dir, f"{label_dir}/<id>.png", fix)
     check_found(spec, split, len(tasks), label_dir, check_counts)
     convert = partial(_convert, name=spec.name)  # picklable for the worker processes
     return run_tasks(spec, split, tasks, convert, out, workers, progress)
