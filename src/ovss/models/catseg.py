@@ -71,6 +71,27 @@ def check_aggregator_fields(config: Any, grid: int, positive: tuple[str, ...] = 
             raise ConfigError(f"{cls}.{name}={pool} must divide the cost grid {grid}")
 
 
+def aggregator_dims(config: Any, guidance_dims: tuple[int, int]) -> AggregatorDims:
+    """The aggregator's widths and grid from a CAT-Seg or CAT-Seg v1 config; ``guidance_dims``: the
+    channels of the two decoder guidance maps (stride 8, stride 4)."""
+    grid = config.feature_resolution
+    return AggregatorDims(
+        embed_dim=config.clip.embed_dim,
+        prompt_channels=config.prompt_channels,
+        hidden_dim=config.hidden_dim,
+        appearance_proj_dim=config.appearance_proj_dim,
+        text_proj_dim=config.text_proj_dim,
+        guidance_dims=guidance_dims,
+        guidance_proj_dims=config.guidance_proj_dims,
+        decoder_dims=config.decoder_dims,
+        num_layers=config.num_layers,
+        heads=config.num_heads,
+        resolution=(grid, grid),
+        window=config.window_size,
+        attention=config.attention,
+    )
+
+
 @dataclasses.dataclass(kw_only=True)
 class CATSegConfig(ModelConfig):
     """Architecture and inference protocol of CAT-Seg (CVPR 2024). Defaults are the ViT-B/16 model.
@@ -243,26 +264,6 @@ class CostAggregationModel(SegmentationModel):
                 f"{tuple(text.shape)}; embed the vocabulary with templates={self.config.templates!r}"
             )
 
-    def aggregator_dims(self, guidance_dims: tuple[int, int]) -> AggregatorDims:
-        """The aggregator's widths and grid from the config; ``guidance_dims``: the channels of the
-        two decoder guidance maps (stride 8, stride 4)."""
-        c, grid = self.config, self.config.feature_resolution
-        return AggregatorDims(
-            embed_dim=c.clip.embed_dim,
-            prompt_channels=c.prompt_channels,
-            hidden_dim=c.hidden_dim,
-            appearance_proj_dim=c.appearance_proj_dim,
-            text_proj_dim=c.text_proj_dim,
-            guidance_dims=guidance_dims,
-            guidance_proj_dims=c.guidance_proj_dims,
-            decoder_dims=c.decoder_dims,
-            num_layers=c.num_layers,
-            heads=c.num_heads,
-            resolution=(grid, grid),
-            window=c.window_size,
-            attention=c.attention,
-        )
-
     def _batched_text(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """(K, P, E) text, checked (:meth:`_check_text`), in the dtype of the (B, ...) ``image`` and
         expanded to (B, K, P, E) (the aggregator's layout)."""
@@ -295,7 +296,7 @@ class CATSeg(CostAggregationModel):
                 nn.ConvTranspose2d(width, config.guidance_dims[1], kernel_size=4, stride=4),
             ]
         )
-        self.aggregator = Aggregator(self.aggregator_dims(config.guidance_dims), config.pad_len)
+        self.aggregator = Aggregator(aggregator_dims(config, config.guidance_dims), config.pad_len)
         self.freeze()
 
     # ------------------------------------------------------------------ training rule

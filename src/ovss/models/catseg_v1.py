@@ -45,6 +45,7 @@ from ovss.models.base import (
 from ovss.models.catseg import (
     INFERENCE_LABELS,
     CostAggregationModel,
+    aggregator_dims,
     bilinear_resize,
     check_aggregator_fields,
     slide_views,
@@ -185,7 +186,7 @@ class CATSegV1(CostAggregationModel):
             ResNet(config.resnet) if config.resnet is not None else SwinTransformer(config.swin)
         )
         c2, c3, c4 = config.backbone_channels
-        dims = self.aggregator_dims(guidance_dims=(c3, c2))
+        dims = aggregator_dims(config, guidance_dims=(c3, c2))
         self.aggregator = AggregatorV1(dims, appearance_dim=c4, class_mlp_identity=config.class_mlp_identity)
         self.freeze()
 
