@@ -29,9 +29,16 @@ from torch import nn
 from ovss.errors import ConfigError
 from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
 from ovss.layers.transformer import ResidualAttentionBlock
-from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, SegmentationModel, check_stage_mode
-from ovss.models.catseg_aggregator import Aggregator, AggregatorDims
-from ovss.models.family import Family, InferenceOption, family_for_config, register_family
+from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, check_stage_mode
+from ovss.models.catseg_aggregator import Aggregator
+from ovss.models.catseg_base import (
+    CostAggregationModel,
+    aggregator_dims,
+    bilinear_resize,
+    check_aggregator_fields,
+    slide_views,
+)
+from ovss.models.family import Family, InferenceOption, register_family
 from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
 from ovss.towers.text import TextConfig
 from ovss.towers.vit import VisionConfig
@@ -42,54 +49,6 @@ INFERENCE_MODES = ("whole", "slide")
 def _split_qkv(cfg: ClipConfig) -> ClipConfig:
     """``cfg`` with the q/k/v projection weights of both towers stored separately (CAT-Seg layout)."""
     return cfg.override("vision.split_qkv=true", "text.split_qkv=true")
-
-
-def check_aggregator_fields(config: Any, grid: int, positive: tuple[str, ...] = ()) -> None:
-    """The checks CAT-Seg's and CAT-Seg v1's configs share (:class:`ConfigError` naming the field):
-    the aggregator widths, depth, heads, ``prompt_channels`` and the ``positive`` fields are positive
-    integers, the heads divide ``hidden_dim``, the decoder widths suit GroupNorm and both poolings
-    divide the cost ``grid``."""
-    cls = type(config).__name__
-    widths = ("hidden_dim", "appearance_proj_dim", "text_proj_dim", "num_layers", "num_heads")
-    for name in (*widths, "prompt_channels", *positive):
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"{cls}.{name} must be a positive integer, got {value!r}")
-    if config.hidden_dim % config.num_heads:
-        raise ConfigError(
-            f"{cls}.hidden_dim={config.hidden_dim} is not divisible by num_heads={config.num_heads}"
-        )
-    for d in config.decoder_dims:
-        if d < 16 or d % (d // 16):
-            raise ConfigError(
-                f"{cls}.decoder_dims={config.decoder_dims}: each must be >= 16 and divisible by its "
-                "GroupNorm group count (dim // 16), e.g. 64, 32"
-            )
-    for name in ("pooling_train", "pooling_test"):
-        pool = getattr(config, name)
-        if any(p <= 0 or grid % p for p in pool):
-            raise ConfigError(f"{cls}.{name}={pool} must divide the cost grid {grid}")
-
-
-def aggregator_dims(config: Any, guidance_dims: tuple[int, int]) -> AggregatorDims:
-    """The aggregator's widths and grid from a CAT-Seg or CAT-Seg v1 config; ``guidance_dims``: the
-    channels of the two decoder guidance maps (stride 8, stride 4)."""
-    grid = config.feature_resolution
-    return AggregatorDims(
-        embed_dim=config.clip.embed_dim,
-        prompt_channels=config.prompt_channels,
-        hidden_dim=config.hidden_dim,
-        appearance_proj_dim=config.appearance_proj_dim,
-        text_proj_dim=config.text_proj_dim,
-        guidance_dims=guidance_dims,
-        guidance_proj_dims=config.guidance_proj_dims,
-        decoder_dims=config.decoder_dims,
-        num_layers=config.num_layers,
-        heads=config.num_heads,
-        resolution=(grid, grid),
-        window=config.window_size,
-        attention=config.attention,
-    )
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -178,32 +137,6 @@ class CATSegConfig(ModelConfig):
         return int(self.slide_crop * (1 - self.slide_overlap))
 
 
-def bilinear_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(..., H, W) -> (..., size): ``F.interpolate`` bilinear (align_corners=False); ``x`` itself when
-    it has that size already."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-def slide_views(valid: torch.Tensor, size: int, crop: int, corners: list[tuple[int, int]]) -> torch.Tensor:
-    """The views of the official slide protocol (both CAT-Seg versions), image-major.
-
-    Args:
-        valid: (B, 3, h, w) the valid region of the images.
-        size: side of the square canvas the valid region is stretched to; crop: side of each crop.
-        corners: top-left (y, x) of the crops on the canvas.
-
-    Returns:
-        (B * V, 3, crop, crop): per image the canvas crops at ``corners``, then the valid region
-        stretched to crop x crop (the global view); V = len(corners) + 1.
-    """
-    canvas = bilinear_resize(valid, (size, size))
-    views = [canvas[..., y : y + crop, x : x + crop] for y, x in corners]
-    views.append(bilinear_resize(valid, (crop, crop)))
-    return torch.stack(views, dim=1).flatten(0, 1)
-
-
 def dense_last_block(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
     """CAT-Seg's last CLIP block: value path plus the class token's residual stream, no token mixing.
 
@@ -223,60 +156,6 @@ def dense_last_block(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Te
     v = F.linear(block.ln_1(x), weight, attn.in_proj_bias[2 * d :])
     v = attn.out_proj(v) + x[:, :1]
     return v + block.mlp(block.ln_2(v))
-
-
-class CostAggregationModel(SegmentationModel):
-    """What CAT-Seg and CAT-Seg v1 share: (P, K, L) tokens -> (K, P, E) text embeddings L2-normalised
-    per template, the (K, P, E) text check and the ``inference=`` option parser (both by ``label``
-    and ``inference_modes``, read from the model's family descriptor)."""
-
-    clip: CLIP
-
-    @property
-    def label(self) -> str:
-        """The family's title, in error messages."""
-        return family_for_config(self.config).title
-
-    @property
-    def inference_modes(self) -> tuple[str, ...]:
-        """The ``inference=`` modes of the family."""
-        option = family_for_config(self.config).inference
-        return option.modes if option is not None else ()
-
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Normalised text embeddings.
-
-        Args:
-            tokens: (P, K, L) int64 token ids (P templates, K classes; P = 1 for the released models).
-
-        Returns:
-            (K, P, E) float, L2-normalised along E.
-        """
-        p, k, length = tokens.shape
-        emb = self.clip.encode_text(tokens.reshape(p * k, length))
-        return F.normalize(emb.reshape(p, k, -1).transpose(0, 1), dim=-1)
-
-    def _check_text(self, text: torch.Tensor) -> None:
-        """Raise :class:`ConfigError` unless ``text`` is (K, P, E) with P = ``config.prompt_channels``."""
-        if text.ndim != 3 or text.shape[1] != self.config.prompt_channels:
-            raise ConfigError(
-                f"{self.label} text must be (K, P={self.config.prompt_channels}, E) from encode_text, got "
-                f"{tuple(text.shape)}; embed the vocabulary with templates={self.config.templates!r}"
-            )
-
-    def _batched_text(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """(K, P, E) text, checked (:meth:`_check_text`), in the dtype of the (B, ...) ``image`` and
-        expanded to (B, K, P, E) (the aggregator's layout)."""
-        self._check_text(text)
-        return text.to(image.dtype).unsqueeze(0).expand(image.shape[0], *text.shape)
-
-    def _mode(self, options: dict[str, Any]) -> str:
-        mode = options.pop("inference", None) or self.config.inference
-        if options:
-            raise ConfigError(f"unknown {self.label} option(s) {sorted(options)}; the only one is inference=")
-        if mode not in self.inference_modes:
-            raise ConfigError(f"{self.label} inference={mode!r} is not one of {list(self.inference_modes)}")
-        return mode
 
 
 class CATSeg(CostAggregationModel):

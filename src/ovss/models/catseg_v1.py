@@ -42,8 +42,8 @@ from ovss.models.base import (
     ResizeConfig,
     check_stage_mode,
 )
-from ovss.models.catseg import (
-    INFERENCE_LABELS,
+from ovss.models.catseg import INFERENCE_LABELS
+from ovss.models.catseg_base import (
     CostAggregationModel,
     aggregator_dims,
     bilinear_resize,
