@@ -14,6 +14,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -110,6 +111,20 @@ class Config:
                 else:
                     node = node[part]
         return type(self).from_dict(data)
+
+
+def is_positive_int(value: Any) -> bool:
+    """Whether ``value`` is an int above 0 (a bool is not)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_positive_ints(config: Any, names: Iterable[str]) -> None:
+    """Raise ConfigError naming the first of the fields ``names`` of ``config`` that is not a positive
+    integer (:func:`is_positive_int`)."""
+    for name in names:
+        value = getattr(config, name)
+        if not is_positive_int(value):
+            raise ConfigError(f"{type(config).__name__}.{name} must be a positive integer, got {value!r}")
 
 
 def check_finite(config: Config) -> None:

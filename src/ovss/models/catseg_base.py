@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ovss.config import check_positive_ints
 from ovss.errors import ConfigError
 from ovss.models.base import SegmentationModel
 from ovss.models.catseg_aggregator import AggregatorDims
@@ -25,10 +26,7 @@ def check_aggregator_fields(config: Any, grid: int, positive: tuple[str, ...] = 
     divide the cost ``grid``."""
     cls = type(config).__name__
     widths = ("hidden_dim", "appearance_proj_dim", "text_proj_dim", "num_layers", "num_heads")
-    for name in (*widths, "prompt_channels", *positive):
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"{cls}.{name} must be a positive integer, got {value!r}")
+    check_positive_ints(config, (*widths, "prompt_channels", *positive))
     if config.hidden_dim % config.num_heads:
         raise ConfigError(
             f"{cls}.hidden_dim={config.hidden_dim} is not divisible by num_heads={config.num_heads}"

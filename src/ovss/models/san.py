@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ovss.config import check_positive_ints
 from ovss.errors import ConfigError
 from ovss.layers.cv2_resize import mmcv_shortest_edge_size
 from ovss.layers.pos_embed import resize_pos_embed
@@ -76,10 +77,7 @@ class SANConfig(ModelConfig):
         positive = ("side_width", "side_depth", "side_heads", "side_patch_size", "side_image_size",
                     "num_queries", "attn_bias_heads", "attn_bias_layers", "embed_channels",
                     "mlp_channels", "mlp_layers")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"SANConfig.{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, positive)
         if self.inference not in SAN_PROTOCOLS:
             raise ConfigError(f"SANConfig.inference={self.inference!r} is not one of {list(SAN_PROTOCOLS)}")
         if not 0 < self.clip_resolution <= 4:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ovss.config import Config
+from ovss.config import Config, check_positive_ints, is_positive_int
 from ovss.errors import ConfigError
 from ovss.utils import is_tracing
 
@@ -70,17 +70,14 @@ class ConvNeXtConfig(Config):
     def __post_init__(self) -> None:
         self.depths = tuple(self.depths)
         self.dims = tuple(self.dims)
-        if not self.depths or any(not _is_pos_int(d) for d in self.depths):
+        if not self.depths or any(not is_positive_int(d) for d in self.depths):
             raise ConfigError(f"ConvNeXtConfig.depths must be positive integers, got {self.depths}")
-        if len(self.dims) != len(self.depths) or any(not _is_pos_int(d) for d in self.dims):
+        if len(self.dims) != len(self.depths) or any(not is_positive_int(d) for d in self.dims):
             raise ConfigError(
                 f"ConvNeXtConfig.dims must be {len(self.depths)} positive integers (one per stage "
                 f"in depths), got {self.dims}"
             )
-        for name in ("in_chans", "patch_size", "image_size", "output_dim"):
-            value = getattr(self, name)
-            if not _is_pos_int(value):
-                raise ConfigError(f"ConvNeXtConfig.{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, ("in_chans", "patch_size", "image_size", "output_dim"))
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ConfigError(
                 f"ConvNeXtConfig.kernel_size must be a positive odd integer, got {self.kernel_size}"
@@ -111,10 +108,6 @@ class ConvNeXtConfig(Config):
     def reductions(self) -> tuple[int, ...]:
         """Output stride of every stage: patch_size * 2**i."""
         return tuple(self.patch_size * 2**i for i in range(len(self.depths)))
-
-
-def _is_pos_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 # ----------------------------------------------------------------------------------------------

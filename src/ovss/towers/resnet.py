@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ovss.config import Config
+from ovss.config import Config, check_positive_ints
 from ovss.errors import ConfigError
 
 STAGES = ("res2", "res3", "res4", "res5")
@@ -42,10 +42,7 @@ class ResNetConfig(Config):
         self.depths = tuple(int(d) for d in self.depths)
         if not 1 <= len(self.depths) <= 4 or min(self.depths) <= 0:
             raise ConfigError(f"ResNetConfig.depths={self.depths} must be 1 to 4 positive block counts")
-        for name in ("stem_channels", "res2_channels", "num_groups", "width_per_group"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"ResNetConfig.{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, ("stem_channels", "res2_channels", "num_groups", "width_per_group"))
         if self.norm not in ("frozen_bn", "bn"):
             raise ConfigError(f"ResNetConfig.norm must be 'frozen_bn' or 'bn', got {self.norm!r}")
 

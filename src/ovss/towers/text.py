@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ovss.config import Config
+from ovss.config import Config, check_positive_ints
 from ovss.errors import ConfigError
 from ovss.layers.attention import short_attention
 from ovss.layers.mlp import ACTIVATIONS
@@ -35,10 +35,7 @@ class TextConfig(Config):
     split_qkv: bool = False  # store q/k/v attention weights separately (CAT-Seg)
 
     def __post_init__(self) -> None:
-        for name in ("context_length", "vocab_size", "width", "heads", "layers", "output_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"TextConfig.{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, ("context_length", "vocab_size", "width", "heads", "layers", "output_dim"))
         if self.width % self.heads:
             raise ConfigError(f"TextConfig.width={self.width} is not divisible by heads={self.heads}")
         if self.mlp_ratio <= 0:

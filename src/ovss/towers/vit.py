@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ovss.config import Config
+from ovss.config import Config, check_positive_ints
 from ovss.errors import ConfigError
 from ovss.layers.mlp import ACTIVATIONS
 from ovss.layers.pos_embed import resize_pos_embed
@@ -34,10 +34,7 @@ class VisionConfig(Config):
     split_qkv: bool = False  # store q/k/v attention weights separately (CAT-Seg)
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "patch_size", "width", "layers", "heads", "output_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"VisionConfig.{name} must be a positive integer, got {value!r}")
+        check_positive_ints(self, ("image_size", "patch_size", "width", "layers", "heads", "output_dim"))
         if self.image_size % self.patch_size:
             raise ConfigError(
                 f"VisionConfig.image_size={self.image_size} is not a multiple of patch_size={self.patch_size}"
