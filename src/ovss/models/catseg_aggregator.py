@@ -332,19 +332,23 @@ class AggregatorBase(nn.Module):
         decoder_guidance: list[torch.Tensor],
         terms: list[torch.Tensor] | list[None],
         step: int,
+        channels_last: bool = True,
     ) -> torch.Tensor:
         """The upsampling decoder and the head, ``step`` classes at a time: (B, T, h, w, C) -> (B, T, 4h, 4w).
 
         The decoder is per class (convolutions and GroupNorm see one class slice at a time): run on
         chunks of classes its (B*t, C, 4h, 4w) activations stay small, channels-last (the cost is
         already channels-last: no permute copy, and the convolutions' native layout). ``terms``: each
-        block's :meth:`UpBlock.guidance_term` (None: computed per chunk).
+        block's :meth:`UpBlock.guidance_term` (None: computed per chunk). ``channels_last=False``:
+        each chunk is copied to the contiguous layout first (CAT-Seg v1: its numbers, bit for bit,
+        stay those of its own decoder loop; the layouts differ by float rounding only).
         """
         b, t = cost.shape[:2]
         chunks = []
         for start in range(0, t, step):
             y = cost[:, start : start + step]
             y = y.reshape(-1, *y.shape[2:]).permute(0, 3, 1, 2)  # (B*t, C, h, w) channels-last, image outer
+            y = y if channels_last else y.contiguous()
             for block, g, term in zip(self.decoder, decoder_guidance, terms):
                 y = block(y, g, term)
             chunks.append(self.head(y).reshape(b, -1, *y.shape[-2:]))

@@ -90,4 +90,5 @@ class AggregatorV1(AggregatorBase):
         cost = self.embed_cost(cost_volume(image, text))  # (B, T, h, w, C)
         cost = self.aggregate(cost, self.appearance_proj(appearance), text, pool)
         decoder_guidance = [proj(g) for proj, g in zip(self.decoder_guidance_proj, guidance)]
-        return self.decode(cost, decoder_guidance, [None] * len(decoder_guidance), DECODER_CHUNK)
+        terms = [None] * len(decoder_guidance)
+        return self.decode(cost, decoder_guidance, terms, DECODER_CHUNK, channels_last=False)
