@@ -5,7 +5,6 @@ import json
 import pytest
 
 from ovss.errors import VocabularyError
-from ovss.vocab.templates import IMAGENET, TEMPLATE_SETS, VILD, get_templates
 from ovss.vocab.vocabulary import Vocabulary, parse_vocabulary
 
 
@@ -48,12 +47,3 @@ def test_malformed_inputs(tmp_path):
         Vocabulary.from_names(["a", " , "])
     with pytest.raises(VocabularyError, match="unknown synonym policy"):
         parse_vocabulary("a").prompts_for("avg")
-
-
-def test_template_sets():
-    assert len(VILD) == 14 and len(IMAGENET) == 80 and len(set(IMAGENET)) == 80
-    assert VILD[0] == "a photo of a {}." and VILD[1] == "This is a photo of a {}"
-    assert get_templates("catseg") == ("A photo of a {} in the scene",)
-    assert all(t.count("{}") == 1 for ts in TEMPLATE_SETS.values() for t in ts)
-    with pytest.raises(VocabularyError, match="unknown template set 'foo'"):
-        get_templates("foo")
