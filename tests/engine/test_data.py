@@ -1,4 +1,4 @@
-"""Training data folders, the augmented dataset, the task adapters' inputs."""
+"""Training data folders and the augmented dataset."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from PIL import Image
 from ovss.engine.config import DataSection
 from ovss.engine.data import TrainDataset, collate, image_label_pairs, vocabulary
 from ovss.engine.recipes import load_config
-from ovss.errors import ConfigError, DatasetError
+from ovss.errors import DatasetError
 
 from ._synthetic import CLASSES, make_shapes
 
@@ -59,44 +59,3 @@ def test_dataset_samples_depend_only_on_seed_and_position(tmp_path):
     assert not torch.equal(ds[(1, 13)][0], a[0])
     images, labels = collate([a, ds[(0, 3)]])
     assert images.shape == (2, 3, 32, 32) and labels.shape == (2, 32, 32)
-
-
-def test_task_normalises_and_pads_like_detectron2(tmp_path):
-    from ovss.engine.build import build_training_model
-    from ovss.engine.tasks import build_task
-    from ovss.vocab.vocabulary import parse_vocabulary
-
-    cfg = load_config("tiny-san")
-    model, family = build_training_model(cfg.model)
-    task = build_task(family, model, parse_vocabulary("a; b"), cfg.loss)
-    x = torch.full((1, 3, 40, 50), 128, dtype=torch.uint8)
-    out = task.normalise(x)
-    assert out.shape == (1, 3, 64, 64)  # SAN pads to a multiple of 32 with 0
-    mean, std = torch.tensor(model.config.pixel_mean), torch.tensor(model.config.pixel_std)
-    torch.testing.assert_close(out[0, :, 0, 0], (128 - mean) / std)
-    assert out[..., 40:, :].abs().max() == 0 and out[..., :, 50:].abs().max() == 0
-    labels = task.pad_labels(torch.zeros(1, 40, 50, dtype=torch.int64))
-    assert labels.shape == (1, 64, 64) and (labels[:, 40:] == 255).all() and (labels[:, :40, :50] == 0).all()
-    assert task.text.shape == (2, model.config.clip.embed_dim)
-    assert task.loss_weights() == {"loss_ce": 2.0, "loss_mask": 5.0, "loss_dice": 5.0}
-
-
-def test_catseg_text_is_reencoded_with_gradients_and_unused_q_is_reported():
-    from ovss.engine.build import build_training_model
-    from ovss.engine.tasks import build_task
-    from ovss.engine.trainer import _check_all_used
-    from ovss.models.losses import weighted_sum
-    from ovss.vocab.vocabulary import parse_vocabulary
-
-    cfg = load_config("tiny-catseg")
-    model, family = build_training_model(cfg.model)
-    task = build_task(family, model, parse_vocabulary("cat; sofa, couch"), cfg.loss)
-    assert task.tokens.shape[:2] == (1, 2)  # one template, two classes
-    x, y = torch.randint(0, 255, (1, 3, 64, 64), dtype=torch.uint8), torch.randint(0, 2, (1, 64, 64))
-    weighted_sum(task.losses(task(x), y), task.loss_weights()).backward()
-    assert model.clip.text.transformer.resblocks[0].attn.q_proj_weight.grad is not None
-    # the dense last block never uses its trainable q weight: DDP must be told (find_unused_parameters)
-    with pytest.raises(ConfigError, match=r"resblocks\.\d+\.attn\.q_proj_weight"):
-        _check_all_used(model)
-    assert load_config("catseg-vit-b16").find_unused_parameters
-
