@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -20,32 +19,11 @@ from ovss.api.visualize import overlay as render
 from ovss.cli.main import main
 from ovss.errors import OutputPathError
 from ovss.models.base import ResizeConfig
+from tests._video import _decoded_frames, _write_clip
 
 av = pytest.importorskip("av")
+
 CLASSES = "sky; grass, lawn; red car"
-
-
-def _write_clip(path, frames: int = 8, width: int = 64, height: int = 48, fps: int = 12):
-    """A short H.264 (else MPEG-4) clip of moving coloured bars over a gradient."""
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for i in range(frames):
-            rgb = np.zeros((height, width, 3), np.uint8)
-            rgb[..., 1] = np.linspace(0, 255, width, dtype=np.uint8)[None, :]
-            rgb[:, 8 * i : 8 * i + 12, 0] = 255
-            rgb[height // 2 :, :, 2] = 30 * i
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def _decoded_frames(path):
-    with av.open(str(path)) as container:
-        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
 
 
 def _blocks(image):
@@ -101,44 +79,6 @@ def test_sixteen_bit_labels_round_trip_losslessly(tmp_path):
     assert len(back) == 3 and all(b.dtype == np.uint16 for b in back)
     for a, b in zip(maps, back):
         np.testing.assert_array_equal(a, b)
-
-
-def test_cli_segments_a_clip_and_refuses_to_overwrite(tmp_path, capsys):
-    clip = _write_clip(tmp_path / "clip.mp4", frames=6, width=40, height=30)
-    args = ["segment", str(clip), "--classes", CLASSES, "--model", "test-san-tiny", "--out",
-            str(tmp_path / "out"), "--every", "2"]
-    assert main(args) == 0
-    out = capsys.readouterr().out
-    assert "3 of 6 frame(s) segmented" in out
-    paths = output_paths(tmp_path / "out", "clip")
-    assert len(list(read_label_video(paths["label"]))) == 3
-    assert len(_decoded_frames(paths["overlay"])) == 3
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
-    assert main(args) == 1  # the outputs exist: one line, nothing replaced
-    err = capsys.readouterr().err.strip()
-    assert "already exist" in err and "--overwrite" in err and "\n" not in err
-    assert main([*args, "--overwrite"]) == 0
-
-
-def test_cli_video_errors_are_one_line(tmp_path, capsys, monkeypatch):
-    clip = _write_clip(tmp_path / "clip.mp4", frames=2)
-    photo = tmp_path / "photo.png"
-    photo.write_bytes(b"")
-    base = ["segment", "--classes", "a; b", "--model", "test-san-tiny", "--out", str(tmp_path / "o")]
-    assert main([*base, str(clip), str(photo)]) == 1
-    assert "separate runs" in capsys.readouterr().err
-    assert main([*base, str(clip), "--every", "0"]) == 1
-    assert "--every must be >= 1" in capsys.readouterr().err
-    assert main([*base, str(photo), "--every", "2"]) == 1
-    assert "applies to videos only" in capsys.readouterr().err
-    broken = tmp_path / "broken.mp4"
-    broken.write_bytes(b"not a video at all")
-    assert main([*base, str(broken)]) == 1
-    assert "cannot read video" in capsys.readouterr().err
-    monkeypatch.setitem(sys.modules, "av", None)  # PyAV not installed
-    assert main([*base, str(clip)]) == 1
-    err = capsys.readouterr().err.strip()
-    assert "pip install 'ovss[video]'" in err and "\n" not in err
 
 
 def test_existing_outputs_are_refused_by_the_api(tmp_path, seg):
@@ -209,24 +149,6 @@ def test_a_frame_size_change_is_refused_and_leaves_no_file(tmp_path, seg, monkey
     with pytest.raises(video.ImageReadError, match="frame 2 is 48x40, the first one 48x32"):
         segment_video(seg, clip, tmp_path / "out", classes="a; b", progress=False)
     assert not list((tmp_path / "out").iterdir())  # no output and no temporary file left
-
-
-def test_video_runs_take_the_out_lock_and_leave_no_state_behind(tmp_path, capsys):
-    from ovss.cli.segment_inputs import STATE_DIR
-    from ovss.cli.segment_runs import OutputLock
-
-    clip = _write_clip(tmp_path / "clip.mp4", frames=2)
-    out = tmp_path / "out"
-    args = ["segment", str(clip), "--classes", "a; b", "--model", "test-san-tiny", "--out", str(out)]
-    lock = OutputLock(out / STATE_DIR).acquire(out)  # another run holds --out
-    try:
-        assert main(args) == 1
-        assert "is in use by another ovss segment run" in capsys.readouterr().err
-        assert not list(out.glob("clip*"))
-    finally:
-        lock.release()
-    assert main(args) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["clip.json", "clip_label.mkv", "clip_overlay.mp4"]
 
 
 def test_render_options_reach_every_frame(tmp_path, seg, capsys):

@@ -115,15 +115,6 @@ def test_export_size_must_fit_the_model(tmp_path):
         export_onnx(seg.model, seg.text_embeddings, tmp_path / "m.onnx", size=(50, 64))
 
 
-def test_export_cli(tmp_path, capsys):
-    out = tmp_path / "san.onnx"
-    argv = ["export", "--model", "test-san-tiny", "--classes", "a; b", "--size", "64", "64"]
-    argv += ["--out", str(out)]
-    assert main(argv) == 0
-    assert out.is_file()
-    assert "onnxruntime vs eager at K = 1, 2, 7: max abs err" in capsys.readouterr().out
-
-
 def test_san_mmseg_protocol_exports(tmp_path):
     """A SAN with the mmseg protocol (the .mmseg weights) traces its own post-processing."""
     import dataclasses
@@ -142,39 +133,6 @@ def test_export_cli_size_error_suggests_a_pair(tmp_path, capsys):
     assert not (tmp_path / "m.onnx").exists()
 
 
-def test_export_cli_inference_is_catseg_only(tmp_path, capsys):
-    argv = ["export", "--model", "test-san-tiny", "--inference", "slide", "--out", str(tmp_path / "m.onnx")]
-    assert main(argv) == 1
-    assert "--inference is a CAT-Seg option" in capsys.readouterr().err
-
-
-def test_export_help_is_complete(capsys):
-    with pytest.raises(SystemExit):
-        main(["export", "--help"])
-    text = " ".join(capsys.readouterr().out.split())
-    assert "The vocabulary size K is dynamic" in text
-    for expected in (
-        "ONNX opset version (default: 18)",
-        "(default: the model's test size, 640 640)",
-        '(default: "object; background")',
-        "CAT-Seg: the inference protocol baked into the graph (default: whole)",
-    ):
-        assert expected in text
-
-
-def test_export_cli_traces_fp32_where_auto_is_bf16(tmp_path, capsys, monkeypatch):
-    """On a CPU with bf16 units ``ovss.load``'s auto is bf16; export still traces (and writes) float32."""
-    import ovss.cpu
-
-    monkeypatch.setattr(ovss.cpu, "native_bf16_cpu", lambda: True)
-    assert ovss.load("test-san-tiny").dtype == torch.bfloat16  # the resolution a user's CPU makes
-    out = tmp_path / "san.onnx"
-    argv = ["export", "--model", "test-san-tiny", "--classes", "a; b", "--size", "64", "64"]
-    assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    assert [i.type for i in session.get_inputs()] == ["tensor(float)", "tensor(float)"]
-
-
 @pytest.mark.parametrize("model", ["test-san-tiny", "test-sed-tiny"])
 def test_export_cli_fp16_runs_in_onnxruntime(model, tmp_path, capsys):
     out = tmp_path / "half.onnx"
@@ -186,14 +144,6 @@ def test_export_cli_fp16_runs_in_onnxruntime(model, tmp_path, capsys):
     scores = _run(out, images.half(), seg.text_embeddings.half())
     assert scores.dtype == np.float16 and scores.shape == (1, 2, 64, 64)
     assert _rel(scores.astype(np.float32), _eager(seg.model, images, seg.text_embeddings, (64, 64))) < 2e-2
-
-
-def test_bf16_export_is_refused_before_loading(tmp_path, capsys, no_model_load):
-    argv = ["export", "--model", "test-san-tiny", "--dtype", "bf16", "--out", str(tmp_path / "m.onnx")]
-    assert main(argv) == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "onnxruntime refuses the graph; export fp32" in err
-    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_bf16_model_is_refused_with_one_line(tmp_path):
