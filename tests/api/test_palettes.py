@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -96,7 +97,7 @@ def test_hues_are_64_distinct_saturated_colours():
     assert [round(v, 2) for _, _, v in hsv[:4]] == [0.95, 0.75, 0.95, 0.75]  # two brightness levels
     # consecutive hues a golden-angle step apart: 1 - 1/phi of the circle
     step = 1 - 2 / (1 + 5**0.5)
-    for (h0, _, _), (h1, _, _) in zip(hsv, hsv[1:]):
+    for (h0, _, _), (h1, _, _) in itertools.pairwise(hsv):
         assert abs((h1 - h0 - step + 0.5) % 1.0 - 0.5) < 0.01
 
 
