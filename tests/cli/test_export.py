@@ -60,3 +60,23 @@ def test_bf16_export_is_refused_before_loading(tmp_path, capsys, no_model_load):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "onnxruntime refuses the graph; export fp32" in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_an_out_folder_is_refused_before_loading(tmp_path, capsys, no_model_load):
+    assert main(["export", "--model", "test-san-tiny", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    example = tmp_path / "model.onnx"
+    assert err == f"ovss: error: --out {tmp_path} is a folder; pass a file path (e.g. {example})\n"
+
+
+def test_another_familys_inference_mode_is_refused(tmp_path, capsys):
+    """CAT-Seg v1's ``mmseg`` mode is an exported mode, but not one of CAT-Seg's."""
+    out = tmp_path / "m.onnx"
+    argv = ["export", "--model", "test-catseg-tiny", "--inference", "mmseg", "--out", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "ovss: error: --inference mmseg does not apply to test-catseg-tiny (a CAT-Seg model); "
+        "use whole or slide"
+    )
+    assert not out.exists()

@@ -65,3 +65,18 @@ def test_video_runs_take_the_out_lock_and_leave_no_state_behind(tmp_path, capsys
         lock.release()
     assert main(args) == 0
     assert sorted(p.name for p in out.iterdir()) == ["clip.json", "clip_label.mkv", "clip_overlay.mp4"]
+
+
+def test_video_outputs_and_options_are_checked_before_the_model_loads(tmp_path, capsys, no_model_load):
+    clip = _write_clip(tmp_path / "clip.mp4", frames=1)
+    out = str(tmp_path / "o")
+    base = ["segment", str(clip), "--classes", "a; b", "--model", "test-san-tiny", "--out", out]
+    assert main([*base, "--outputs", "label,scores"]) == 1
+    err = capsys.readouterr().err
+    assert err == "ovss: error: --outputs 'label,scores': for videos choose among label, overlay, json\n"
+    assert main([*base, "--opacity", "3"]) == 1
+    assert capsys.readouterr().err.startswith("ovss: error: --opacity must be")
+    missing = tmp_path / "gone.mp4"
+    assert main([*base[:1], str(missing), *base[2:]]) == 1
+    assert capsys.readouterr().err == f"ovss: error: video {missing} does not exist; check the path\n"
+    assert not (tmp_path / "o").exists()
