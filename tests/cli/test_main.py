@@ -1,4 +1,4 @@
-"""``ovss`` itself (cli/main.py): --version and a closed output pipe."""
+"""``ovss`` itself (cli/main.py): --version, a closed output pipe, errors on one line."""
 
 from __future__ import annotations
 
@@ -27,3 +27,12 @@ def test_a_closed_output_pipe_is_a_quiet_exit(monkeypatch, capsys):
     monkeypatch.setattr("os.dup2", lambda *a: None)  # keep pytest's stdout
     assert main(["models"]) == 141
     assert capsys.readouterr().err == ""
+
+
+def test_an_error_naming_a_path_with_a_line_break_is_still_one_line(tmp_path, capsys):
+    """A file name may hold a newline; the message shows it as ``\\n`` instead of breaking the line."""
+    raw = tmp_path / "raw\ndata"
+    assert main(["prepare", "ade150", "--raw", str(raw), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ovss: error: raw data folder ")
+    assert f"{tmp_path}/raw\\ndata does not exist" in err

@@ -155,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OvssError as e:
         if args.debug:
             raise
-        _line(f"ovss: error: {e}")
+        # one line even when the message quotes a name holding a line break (shown as \n)
+        _line("ovss: error: " + str(e).replace("\r", "\\r").replace("\n", "\\n"))
         return 1
     except KeyboardInterrupt:
         print("ovss: interrupted", file=sys.stderr)
