@@ -69,49 +69,52 @@ class _Ramp(SegmentationModel):
 
 
 class _Banded(SegmentationModel):
-    """The same map as :class:`_Ramp`, handed over in bands of two rows (``predict_blocks`` only)."""
+    """The same map as :class:`_Ramp`, handed over by its text stage in bands of two rows."""
 
     def __init__(self) -> None:
         super().__init__()
         self.config = ModelConfig()
 
-    def predict_blocks(self, images, text, image_size, output_size, max_elements=0, **options):
-        b, k, (h, w) = images.shape[0], text.shape[0], output_size
+    def image_stage(self, images, image_size, **options):
+        return {"batch": images.shape[0]}
+
+    def text_stage(self, features, text, image_size, output_size, max_elements=0, **options):
+        b, k, (h, w) = features["batch"], text.shape[0], output_size
         for r0 in range(0, h, 2):
             r1 = min(h, r0 + 2)
             rows = torch.arange(r0, r1, dtype=torch.float32).view(1, 1, -1, 1) / 100
             yield 0, r0, (torch.arange(k, dtype=torch.float32).view(1, k, 1, 1) + rows).expand(b, k, -1, w)
 
 
-def test_a_predict_only_model_is_one_block_and_a_blocks_model_reassembles():
+def test_a_predict_only_model_is_one_block_and_a_staged_model_reassembles():
     images, text = torch.zeros(2, 3, 8, 8), torch.zeros(3, 4)
     ((k0, r0, block),) = list(_Ramp().predict_blocks(images, text, (8, 8), (5, 6)))
     assert (k0, r0) == (0, 0) and block.shape == (2, 3, 5, 6)
     assert block[1, 2, 4, 0] == pytest.approx(2.04)
     banded = _Banded()
-    assert len(list(banded.predict_blocks(images, text, (8, 8), (5, 6)))) == 3  # rows 0-1, 2-3, 4
+    blocks = list(banded.predict_blocks(images, text, (8, 8), (5, 6)))
+    assert [(k, r, b.shape[2]) for k, r, b in blocks] == [(0, 0, 2), (0, 2, 2), (0, 4, 1)]
     assembled = banded.predict(images.double(), text, (8, 8), (5, 6))
     assert assembled.dtype == torch.float64  # the dtype of the images
     torch.testing.assert_close(assembled.float(), _Ramp().predict(images, text, (8, 8), (5, 6)))
 
 
-def test_a_model_with_neither_predict_nor_blocks_names_itself():
+def test_a_model_with_neither_predict_nor_a_text_stage_names_itself():
     class Empty(SegmentationModel):
         pass
 
-    with pytest.raises(NotImplementedError, match="^Empty must implement predict_blocks or predict$"):
+    with pytest.raises(NotImplementedError, match="^Empty must implement text_stage or predict$"):
         list(Empty().predict_blocks(torch.zeros(1, 3, 4, 4), torch.zeros(1, 2), (4, 4), (4, 4)))
 
 
-def test_the_default_stages_compose_to_predict_blocks():
-    model, images, text = _Banded(), torch.zeros(1, 3, 4, 4), torch.zeros(2, 3)
+def test_the_default_stages_serve_a_predict_only_model():
+    model, images, text = _Ramp(), torch.zeros(1, 3, 4, 4), torch.zeros(2, 3)
     features = model.image_stage(images, (4, 4))
-    assert features["images"] is images
-    staged = list(model.text_stage(features, text, (4, 4), (3, 5)))
-    direct = list(model.predict_blocks(images, text, (4, 4), (3, 5)))
-    assert [(k, r) for k, r, _ in staged] == [(k, r) for k, r, _ in direct] == [(0, 0), (0, 2)]
-    assert all(torch.equal(a, b) for (_, _, a), (_, _, b) in zip(staged, direct))
-    assert model.input_protocol() == "detectron2" and model.preprocess_size(480, 640) == (640, 853)
+    assert features == {"images": images} and features["images"] is images  # no work, the inputs kept
+    ((k0, r0, block),) = list(model.text_stage(features, text, (4, 4), (3, 5)))
+    assert (k0, r0) == (0, 0) and torch.equal(block, model.predict(images, text, (4, 4), (3, 5)))
+    assert model.input_protocol() == "detectron2" and model.preprocess_size(480, 640) == (480, 640)
+    assert _Banded().preprocess_size(480, 640) == (640, 853)  # the default short-side 640 resize
 
 
 def test_freeze_follows_the_one_rule():
