@@ -39,8 +39,8 @@ class Config:
                 check_finite(self)
                 own(self)
 
-            post_init._checks_finite = True  # type: ignore[attr-defined]
-            cls.__post_init__ = post_init  # type: ignore[attr-defined]
+            post_init._checks_finite = True  # type: ignore[attr-defined]  # a marker on the function
+            cls.__post_init__ = post_init  # type: ignore[method-assign]  # replaces the own one
 
     def __post_init__(self) -> None:
         check_finite(self)

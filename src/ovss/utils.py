@@ -21,7 +21,7 @@ _LEGACY_TMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # mkstemp names of ov
 _LEGACY_TMP_AGE_S = 3600.0
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then rename it into place.
 
     A crash leaves either the old file or the new one, never a half-written file (a killed process
@@ -86,7 +86,7 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     Only files named like ovss's own temporary files whose writer process is gone are removed
     (see :func:`is_stale_temp_file`); anything else is left alone. Returns the removed paths.
     """
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(Path(folder).iterdir())
     except (FileNotFoundError, NotADirectoryError):

@@ -74,8 +74,7 @@ def resize(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> tuple
         return image, label
     out = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
     lab = torch.from_numpy(np.ascontiguousarray(label)).double()[None, None]
-    lab = F.interpolate(lab, size=(h, w), mode="nearest")[0, 0].to(torch.int64).numpy()
-    return out, lab
+    return out, F.interpolate(lab, size=(h, w), mode="nearest")[0, 0].to(torch.int64).numpy()
 
 
 def resize_shortest_edge(

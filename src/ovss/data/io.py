@@ -42,7 +42,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ovss.data.png import row_bands, save_png
+from ovss.data.png import PngMode, row_bands, save_png
 from ovss.data.remote import fetch, url_scheme
 from ovss.errors import ConfigError, ImageReadError, ImageTooLargeError
 from ovss.utils import path_kind
@@ -195,6 +195,7 @@ def write_label_png(
         raise ValueError(f"label values must be in [0, 65535] for PNG, got [{lo}, {hi}]")
     if bit_depth is None:
         bit_depth = 8 if hi <= 255 else 16
+    mode: PngMode
     if bit_depth == 8:
         if hi > 255:
             raise ValueError(f"label max {hi} does not fit an 8-bit PNG; use bit_depth=16")

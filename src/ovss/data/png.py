@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from ovss.utils import atomic_write
 
@@ -22,7 +23,9 @@ PngMode = Literal["RGB", "P", "L16"]
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # mode -> (bit depth, colour type, channels, dtype)
-_LAYOUT = {"RGB": (8, 2, 3, np.uint8), "P": (8, 3, 1, np.uint8), "L16": (16, 0, 1, np.dtype(">u2"))}
+_LAYOUT: dict[str, tuple[int, int, int, DTypeLike]] = {
+    "RGB": (8, 2, 3, np.uint8), "P": (8, 3, 1, np.uint8), "L16": (16, 0, 1, np.dtype(">u2"))
+}
 _CHUNK = 1 << 20  # bytes of compressed data per IDAT chunk
 
 

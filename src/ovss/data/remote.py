@@ -22,6 +22,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import IO
 
 from ovss.errors import ConfigError, ImageReadError
 
@@ -133,7 +134,15 @@ def fetch(url: str) -> bytes:
 class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
     """Follows redirects to http(s) URLs only (urllib alone would also follow ftp://)."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: http.client.HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
         if url_scheme(newurl) not in ("http", "https"):
             raise ImageReadError(f"{req.full_url} redirects to {newurl}: not an http(s) URL, refused")
         return super().redirect_request(req, fp, code, msg, headers, newurl)

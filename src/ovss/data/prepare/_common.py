@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import DTypeLike
 from PIL import Image
 from tqdm import tqdm
 
@@ -198,7 +199,7 @@ def read_label_u8(path: str | Path, what: str) -> np.ndarray:
     return raw
 
 
-def lookup_table(size: int, fill: int, pairs: dict[int, int], dtype: type) -> np.ndarray:
+def lookup_table(size: int, fill: int, pairs: dict[int, int], dtype: DTypeLike) -> np.ndarray:
     """(size,) array: ``fill`` everywhere, ``table[src] = dst`` for the given pairs."""
     table = np.full(size, fill, dtype=dtype)
     for src, dst in pairs.items():

@@ -138,9 +138,10 @@ def resize_bilinear_u8(image: np.ndarray, h: int, w: int) -> np.ndarray:
     y0, y1, b0, b1 = _linear_taps(image.shape[0], h)
     src = image.astype(np.int64)
     extra = (None,) * (image.ndim - 2)
-    rows = src[:, x0] * a0[(slice(None), *extra)] + src[:, x1] * a1[(slice(None), *extra)]
+    columns, lines = (slice(None), *extra), (slice(None), None, *extra)
+    rows = src[:, x0] * a0[columns] + src[:, x1] * a1[columns]
     top, bottom = rows[y0] >> 4, rows[y1] >> 4  # the SIMD path's pre-shift
-    b0, b1 = b0[(slice(None), None, *extra)], b1[(slice(None), None, *extra)]
+    b0, b1 = b0[lines], b1[lines]
     out = (((top * b0) >> 16) + ((bottom * b1) >> 16) + 2) >> 2
     return np.clip(out, 0, 255).astype(np.uint8)
 
