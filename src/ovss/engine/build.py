@@ -46,14 +46,17 @@ def resolve_file(source: str) -> Path:
 
 def load_clip_weights(model: SegmentationModel, source: str) -> None:
     """Load a pretrained CLIP checkpoint into ``model.clip`` (strict: every key, every shape)."""
+    from ovss.towers.clip import CLIP
     from ovss.weights.build import load_strict
     from ovss.weights.formats import convert_clip
     from ovss.weights.read import read_state_dict
 
-    vision = model.config.clip.vision
+    clip = model.clip
+    assert isinstance(clip, CLIP), type(clip)  # the families build their towers as CLIP(config.clip)
+    vision = clip.config.vision
     split = vision.split_qkv if vision is not None else None
     state = convert_clip(read_state_dict(resolve_file(source)), split_qkv=split)
-    load_strict(model.clip, state, source, model="CLIP")
+    load_strict(clip, state, source, model="CLIP")
 
 
 def build_training_model(section: ModelSection) -> tuple[SegmentationModel, str]:

@@ -30,7 +30,9 @@ _NAME = re.compile(r"^iter_(\d+)\.pt$")
 def rng_state() -> dict[str, Any]:
     """RNG states of this process (python, numpy, torch CPU, every CUDA device) as safe types."""
     version, inner, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    legacy = np.random.get_state()
+    assert isinstance(legacy, tuple)  # the default legacy form, not the dict
+    name, keys, pos, has_gauss, cached = legacy
     state: dict[str, Any] = {
         "python": [version, list(inner), gauss],
         "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),

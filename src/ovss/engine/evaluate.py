@@ -10,13 +10,16 @@ never changes the course of training (exact resume does not depend on when evalu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ovss.engine.checkpoint import rng_state, set_rng_state
 from ovss.models.base import SegmentationModel
 from ovss.vocab.vocabulary import Vocabulary
+
+if TYPE_CHECKING:
+    from ovss.evaluation.metrics import Convention
 
 
 def evaluate(
@@ -28,7 +31,7 @@ def evaluate(
     rank: int = 0,
     world_size: int = 1,
     precision: str = "fp32",
-    convention: str = "detectron2",
+    convention: Convention = "detectron2",
     options: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Collective: mIoU, fwIoU, mACC and pACC (percent) of ``model`` on ``pairs``.

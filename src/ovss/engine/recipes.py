@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ovss.data.augment import AugmentConfig
 from ovss.engine.config import (
@@ -138,8 +139,8 @@ def san_vit_b16_finetune() -> TrainConfig:
 def _tiny(
     family: str, crop: int, overrides: tuple[str, ...], eval_options: dict | None = None, **solver: object
 ) -> TrainConfig:
-    base = {"iterations": 100, "batch_size": 4, "lr": 1e-3, "weight_decay": 1e-4, "schedule": "constant",
-            "clip_grad_norm": 1.0}
+    base: dict[str, Any] = {"iterations": 100, "batch_size": 4, "lr": 1e-3, "weight_decay": 1e-4,
+                            "schedule": "constant", "clip_grad_norm": 1.0}
     base.update(solver)
     data = DataSection(benchmark=None, classes=None)
     return TrainConfig(

@@ -40,6 +40,9 @@ class Task(nn.Module):
         ignore_index: label value without a class.
     """
 
+    pixel_mean: torch.Tensor  # buffers (register_buffer)
+    pixel_std: torch.Tensor
+
     def __init__(self, model: SegmentationModel, loss: LossConfig, ignore_index: int = 255) -> None:
         super().__init__()
         self.model = model
@@ -121,6 +124,8 @@ def prompt_tokens(model: SegmentationModel, vocabulary: Vocabulary) -> torch.Ten
 class SANTask(Task):
     """SAN: frozen text, Hungarian-matched set losses with deep supervision."""
 
+    text: torch.Tensor  # buffer
+
     def __init__(
         self, model: SegmentationModel, vocabulary: Vocabulary, loss: LossConfig, ignore_index: int = 255
     ) -> None:
@@ -150,6 +155,8 @@ class SANTask(Task):
 class CATSegTask(Task):
     """CAT-Seg: text re-encoded with gradients every step; per-class BCE."""
 
+    tokens: torch.Tensor  # buffer
+
     def __init__(
         self, model: SegmentationModel, vocabulary: Vocabulary, loss: LossConfig, ignore_index: int = 255
     ) -> None:
@@ -169,6 +176,8 @@ class CATSegTask(Task):
 
 class SEDTask(Task):
     """SED: frozen text; BCE on the final logits and on the three early-rejection heads."""
+
+    text: torch.Tensor  # buffer
 
     def __init__(
         self, model: SegmentationModel, vocabulary: Vocabulary, loss: LossConfig, ignore_index: int = 255
@@ -196,6 +205,8 @@ class CATSegV1Task(Task):
     """CAT-Seg v1 (and its mmseg port): frozen text (80 templates, computed once); per-class BCE
     (official) or, with ``loss.semantic_loss="ce"``, the mmseg port's softmax cross-entropy averaged
     over non-ignored pixels."""
+
+    text: torch.Tensor  # buffer
 
     def __init__(
         self, model: SegmentationModel, vocabulary: Vocabulary, loss: LossConfig, ignore_index: int = 255

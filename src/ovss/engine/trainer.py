@@ -116,7 +116,8 @@ def forward_backward(
     Returns:
         detached float32 loss terms and their weighted sum ``"loss"``.
     """
-    context = contextlib.nullcontext() if sync or not hasattr(net, "no_sync") else net.no_sync()
+    no_sync = getattr(net, "no_sync", None)  # DDP's
+    context = contextlib.nullcontext() if sync or no_sync is None else no_sync()
     with context:
         with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             outputs = net(images)

@@ -22,7 +22,7 @@ an out-of-range value silently lands in the wrong cell of the matrix, or crashes
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -65,8 +65,10 @@ class ConfusionMatrix:
             )
         self.boundary_iou = bool(boundary_iou) and self.num_classes < 255
         size = self.num_classes + 1
-        self.matrix = np.zeros((size, size), dtype=np.int64)
-        self.boundary_matrix = np.zeros((size, size), dtype=np.int64) if self.boundary_iou else None
+        self.matrix: np.ndarray = np.zeros((size, size), dtype=np.int64)
+        self.boundary_matrix: np.ndarray | None = (
+            np.zeros((size, size), dtype=np.int64) if self.boundary_iou else None
+        )
         self.num_images = 0
 
     # ------------------------------------------------------------------------------ accumulate
@@ -98,7 +100,7 @@ class ConfusionMatrix:
                     "scores.argmax(dim=0) first"
                 )
         if isinstance(pred, torch.Tensor) or isinstance(gt, torch.Tensor):
-            device = pred.device if isinstance(pred, torch.Tensor) else gt.device
+            device = pred.device if isinstance(pred, torch.Tensor) else cast(torch.Tensor, gt).device
             pred_t, gt_t = torch.as_tensor(pred, device=device), torch.as_tensor(gt, device=device)
             if device.type == "cpu":  # numpy is faster than torch for bincount on CPU
                 self._update_numpy(pred_t.numpy(), gt_t.numpy())
@@ -157,6 +159,8 @@ class ConfusionMatrix:
 
     def _update_boundary(self, pred: np.ndarray, gt: np.ndarray) -> None:
         k = self.num_classes
+        boundary = self.boundary_matrix
+        assert boundary is not None  # only called with boundary_iou on
         if pred.ndim < 2:
             raise ValueError(f"boundary_iou needs (..., H, W) label maps, got shape {pred.shape}")
         flat_pred = pred.reshape(-1, *pred.shape[-2:])
@@ -166,7 +170,7 @@ class ConfusionMatrix:
             b_pred = _mask_to_boundary(p.astype(np.uint8)).astype(np.int64)
             b_gt = _mask_to_boundary(g.astype(np.uint8)).astype(np.int64)
             counts = np.bincount(((k + 1) * b_pred + b_gt).reshape(-1), minlength=self.matrix.size)
-            self.boundary_matrix += counts.reshape(self.matrix.shape)
+            boundary += counts.reshape(self.matrix.shape)
 
     # ------------------------------------------------------------------------------ combine
 
@@ -175,6 +179,7 @@ class ConfusionMatrix:
         self._check_compatible(other.num_classes, other.ignore_index, other.boundary_matrix is not None)
         self.matrix += other.matrix
         if self.boundary_matrix is not None:
+            assert other.boundary_matrix is not None  # _check_compatible: both or neither
             self.boundary_matrix += other.boundary_matrix
         self.num_images += other.num_images
         return self
@@ -312,6 +317,7 @@ class ConfusionMatrix:
 
     def _boundary_iou(self) -> np.ndarray:
         b = self.boundary_matrix
+        assert b is not None
         b_tp = b.diagonal()[:-1].astype(float)
         b_pos_gt = np.sum(b[:-1, :-1], axis=0).astype(float)
         b_pos_pred = np.sum(b[:-1, :-1], axis=1).astype(float)

@@ -23,10 +23,10 @@ from ovss.api.progress import ImageProgress
 from ovss.data.catalog import get_benchmark
 from ovss.distributed import rank_and_world
 from ovss.errors import DatasetError
-from ovss.evaluation.metrics import ConfusionMatrix
+from ovss.evaluation.metrics import ConfusionMatrix, Convention
 from ovss.utils import atomic_write, atomic_write_text
 
-CONVENTIONS = ("detectron2", "mmseg")
+CONVENTIONS: tuple[Convention, ...] = ("detectron2", "mmseg")
 
 
 def benchmark(name: str, data_root: str | Path, family: str) -> tuple[Any, list[str], int | None]:
