@@ -267,7 +267,7 @@ class Segmenter:
         if cv2:
             pixels = rgb if rgb.flags.writeable else rgb.copy()  # torch warns on read-only arrays
             return cv2_resize_linear(torch.from_numpy(pixels).permute(2, 0, 1), size)
-        small = np.array(Image.fromarray(rgb).resize((size[1], size[0]), Image.BILINEAR))
+        small = np.array(Image.fromarray(rgb).resize((size[1], size[0]), Image.Resampling.BILINEAR))
         return torch.from_numpy(small).permute(2, 0, 1).float()
 
     @torch.inference_mode()

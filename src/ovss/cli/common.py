@@ -127,8 +127,8 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
     """
     from ovss.errors import ConfigError
 
-    options = {k: getattr(args, k, None) for k in ("inference", "fast", "topk")}
-    options = {k: v for k, v in options.items() if v is not None}
+    given = {k: getattr(args, k, None) for k in ("inference", "fast", "topk")}
+    options = {k: v for k, v in given.items() if v is not None}
     if "topk" in options and not options.get("fast"):
         raise ConfigError("--topk only applies with --fast (SED's category early rejection); add --fast")
     if "topk" in options and options["topk"] < 1:

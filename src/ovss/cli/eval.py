@@ -6,6 +6,7 @@ import argparse
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 from ovss.api.tta import add_tta_arguments
 from ovss.cli.common import add_model_args, ensure_writable_dir, load_segmenter, model_options, warn
@@ -135,7 +136,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     options = model_options(args)
     out = ensure_writable_dir(args.out if args.out is not None else default_out(args))
     seg = load_segmenter(args)
-    jobs, skipped = [], []
+    jobs: list[tuple[Any, list[str] | None, int | None]] = []
+    skipped = []
     if args.folder is not None:
         from ovss.data.datasets import FolderDataset
 

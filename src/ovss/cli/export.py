@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from ovss.cli.common import family_lines, inference_choices
 
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     # Traced in float32 (not ovss.load's "auto", which is bf16 on CPUs with bf16 units), then cast.
     seg = load(args.model, weights=args.weights, dtype="fp32")
     cfg = seg.model.config
-    options = {}
+    options: dict[str, Any] = {}
     option = family_for_config(cfg).inference
     if option is not None and option.exported:
         if args.inference and args.inference not in option.modes:  # another family's mode
@@ -99,9 +100,11 @@ def run(args: argparse.Namespace) -> int:
             "export, remove it"
         )
     seg.set_vocabulary(args.classes)
+    text = seg.text_embeddings
+    assert text is not None  # set_vocabulary computed them
     size = tuple(args.size) if args.size else (cfg.test_resize.size, cfg.test_resize.size)
     report = export_onnx(
-        seg.model.to(dtype), seg.text_embeddings.cpu().to(dtype), args.out, size=size, opset=args.opset,
+        seg.model.to(dtype), text.cpu().to(dtype), args.out, size=size, opset=args.opset,
         check=not args.no_check, **options,
     )
     check = ""

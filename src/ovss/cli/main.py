@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_parser(sub)
     helps = {a.dest: a.help for a in sub._choices_actions}
     for name, command in sub.choices.items():
-        if not command.description and helps.get(name):  # every command describes itself
-            command.description = helps[name][0].upper() + helps[name][1:] + "."
+        text = helps.get(name)
+        if not command.description and text:  # every command describes itself
+            command.description = text[0].upper() + text[1:] + "."
         # --debug is accepted after the subcommand too (``ovss segment ... --debug``)
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show full tracebacks on errors")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -40,7 +40,7 @@ def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
 
 def read_ahead(
     keys: Iterable[T], read: Callable[[T], Any], depth: int = 2
-) -> Iterator[tuple[T, Any, Exception | None]]:
+) -> Generator[tuple[T, Any, Exception | None], None, None]:
     """``read(key)`` for every key on a reader thread, at most ``depth`` results ahead of the consumer.
 
     Args:
@@ -58,6 +58,7 @@ def read_ahead(
     def reader() -> None:
         try:
             for key in keys:
+                item: tuple[T, Any, Exception | None]
                 try:
                     item = (key, read(key), None)
                 except Exception as e:  # handed to the consumer, which reports it per image

@@ -25,7 +25,7 @@ def _display_size(image: np.ndarray, plane: np.ndarray) -> tuple[np.ndarray, np.
     scale = min(1.0, DISPLAY_SIDE / max(h, w))
     if scale < 1.0:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+        image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
         rows = (np.arange(size[1]) * h // size[1])[:, None]
         cols = (np.arange(size[0]) * w // size[0])[None, :]
         plane = plane[rows, cols]
