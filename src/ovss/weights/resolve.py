@@ -79,12 +79,15 @@ def fetch_source(spec: WeightSpec, alternative: str = "") -> Path:
     import huggingface_hub
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+    repo, file = spec.hub_repo, spec.hub_file
+    assert repo is not None and file is not None  # downloadable without a url
+
     hub = cache_folder("hub", create=True)
     where = converted_path(spec.name)
     manual = f"{spec.hub_file} from {hub_page(spec)}"
     # already downloaded: a lookup in the cache folder only, no request of any kind
     cached = try_to_load_from_cache(
-        spec.hub_repo, spec.hub_file, cache_dir=str(hub), repo_type=spec.hub_repo_type
+        repo, file, cache_dir=str(hub), repo_type=spec.hub_repo_type
     )
     path = Path(cached) if isinstance(cached, str) and Path(cached).is_file() else None
     if path is None:
@@ -100,7 +103,7 @@ def fetch_source(spec: WeightSpec, alternative: str = "") -> Path:
         try:
             path = Path(
                 hf_hub_download(
-                    spec.hub_repo, spec.hub_file, repo_type=spec.hub_repo_type, cache_dir=str(hub),
+                    repo, file, repo_type=spec.hub_repo_type, cache_dir=str(hub),
                     endpoint=_endpoint(), etag_timeout=_PROBE_TIMEOUT, library_name="ovss",
                     library_version=__version__,
                 )
@@ -148,6 +151,7 @@ def _probe(spec: WeightSpec, manual: str, alternative: str) -> None:
     """One HEAD request without retries: fail in seconds, with one line, when the hub is unreachable."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
+    assert spec.hub_repo is not None and spec.hub_file is not None  # called for hub downloads only
     url = hf_hub_url(spec.hub_repo, spec.hub_file, repo_type=spec.hub_repo_type, endpoint=_endpoint())
     try:
         get_hf_file_metadata(url, timeout=_PROBE_TIMEOUT, endpoint=_endpoint())

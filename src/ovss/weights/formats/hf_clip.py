@@ -65,7 +65,9 @@ def _rename(key: str) -> str:
         new, n = pattern.subn(repl, key)
         if n:
             if ".resblocks." in new:
-                stem, rest = re.match(r"^(.*\.resblocks\.\d+\.)(.*)$", new).groups()
+                match = re.match(r"^(.*\.resblocks\.\d+\.)(.*)$", new)
+                assert match is not None, new
+                stem, rest = match.groups()
                 for old, nu in _BLOCK_RULES.items():
                     if rest.startswith(old):
                         return stem + nu + rest[len(old) :]
