@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -64,6 +66,10 @@ class Transformer(nn.Module):
         self.resblocks = nn.ModuleList(
             ResidualAttentionBlock(width, heads, mlp_ratio, act, ln_eps, split_qkv) for _ in range(layers)
         )
+
+    def blocks(self) -> list[ResidualAttentionBlock]:
+        """``resblocks`` as a list of their type (for code that reaches into the blocks)."""
+        return cast("list[ResidualAttentionBlock]", list(self.resblocks))
 
     def forward(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +43,9 @@ class ClipConfig(Config):
     interpolation: str = "bicubic"  # resize filter of the pre-training preprocessing
 
     def __post_init__(self) -> None:
-        self.mean = tuple(float(v) for v in self.mean)
-        self.std = tuple(float(v) for v in self.std)
+        # three values each: checked below
+        self.mean = cast("tuple[float, float, float]", tuple(float(v) for v in self.mean))
+        self.std = cast("tuple[float, float, float]", tuple(float(v) for v in self.std))
         if (self.vision is None) == (self.convnext is None):
             raise ConfigError(
                 "ClipConfig needs exactly one image tower: set `vision` (ViT) or `convnext`, not "
@@ -52,6 +54,7 @@ class ClipConfig(Config):
         if not isinstance(self.embed_dim, int) or self.embed_dim <= 0:
             raise ConfigError(f"ClipConfig.embed_dim must be a positive integer, got {self.embed_dim!r}")
         image = self.vision if self.vision is not None else self.convnext
+        assert image is not None
         name = "vision" if self.vision is not None else "convnext"
         dims = {f"{name}.output_dim": image.output_dim, "text.output_dim": self.text.output_dim}
         for where, dim in dims.items():
@@ -69,17 +72,22 @@ class ClipConfig(Config):
     @property
     def image_size(self) -> int:
         """Native (pre-training) square image size of the image tower, in pixels."""
-        return self.vision.image_size if self.vision is not None else self.convnext.image_size
+        if self.vision is not None:
+            return self.vision.image_size
+        assert self.convnext is not None  # exactly one tower (__post_init__)
+        return self.convnext.image_size
 
     @property
     def mean_255(self) -> tuple[float, float, float]:
         """``mean`` for images on a 0..255 scale."""
-        return tuple(255.0 * v for v in self.mean)
+        r, g, b = self.mean
+        return 255.0 * r, 255.0 * g, 255.0 * b
 
     @property
     def std_255(self) -> tuple[float, float, float]:
         """``std`` for images on a 0..255 scale."""
-        return tuple(255.0 * v for v in self.std)
+        r, g, b = self.std
+        return 255.0 * r, 255.0 * g, 255.0 * b
 
 
 class CLIP(nn.Module):
@@ -88,9 +96,12 @@ class CLIP(nn.Module):
     def __init__(self, cfg: ClipConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.visual: VisionTransformer | ConvNeXt = (
-            VisionTransformer(cfg.vision) if cfg.vision is not None else ConvNeXt(cfg.convnext)
-        )
+        self.visual: VisionTransformer | ConvNeXt
+        if cfg.vision is not None:
+            self.visual = VisionTransformer(cfg.vision)
+        else:
+            assert cfg.convnext is not None  # exactly one tower (ClipConfig.__post_init__)
+            self.visual = ConvNeXt(cfg.convnext)
         self.text = TextTransformer(cfg.text)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 

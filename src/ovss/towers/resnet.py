@@ -64,6 +64,11 @@ class FrozenBatchNorm2d(nn.Module):
     scale and shift (detectron2's formula). Buffers: weight, bias, running_mean, running_var (C,).
     """
 
+    weight: torch.Tensor
+    bias: torch.Tensor
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+
     def __init__(self, channels: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps

@@ -69,6 +69,8 @@ def relative_position_index(window: int) -> torch.Tensor:
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative position bias."""
 
+    relative_position_index: torch.Tensor  # buffer
+
     def __init__(self, dim: int, heads: int, window: int) -> None:
         super().__init__()
         self.heads = heads
@@ -192,6 +194,7 @@ class SwinTransformer(nn.Module):
         x = self.patch_embed(x)
         out = {}
         for i, stage in enumerate(self.layers):
+            assert isinstance(stage, _Stage)
             for block in stage.blocks:
                 x = block(x)
             out[STAGE_NAMES[i]] = getattr(self, f"norm{i}")(x).permute(0, 3, 1, 2)

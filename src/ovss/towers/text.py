@@ -166,7 +166,7 @@ class TextTransformer(nn.Module):
         x = self.token_embedding(prefixes[:, :length].clamp(min=0))
         x = x + self.positional_embedding[:length].to(x.dtype)
         keys, values = [], []
-        blocks = self.transformer.resblocks
+        blocks = self.transformer.blocks()
         for i, block in enumerate(blocks):
             q, k, v = block.attn.project_qkv(block.ln_1(x))
             keys.append(k)
@@ -201,7 +201,7 @@ class TextTransformer(nn.Module):
         mask = torch.zeros(allowed.shape, dtype=x.dtype, device=device).masked_fill_(~allowed, float("-inf"))
         mask = mask[:, None]
         rows, last = torch.arange(b, device=device), tail - 1
-        blocks = self.transformer.resblocks
+        blocks = self.transformer.blocks()
         for i, block in enumerate(blocks):
             q, k, v = block.attn.project_qkv(block.ln_1(x))
             k = torch.cat([keys[i][prefix_id, :, :prefix_len], k], dim=2)
@@ -222,13 +222,14 @@ def _in_batches(order: torch.Tensor, embed: Callable[[torch.Tensor], torch.Tenso
     Returns:
         (N, E), rows in input order.
     """
-    out = None
+    out: torch.Tensor | None = None
     for start in range(0, len(order), TEXT_BATCH):
         rows = order[start : start + TEXT_BATCH]
         emb = embed(rows)
         if out is None:
             out = emb.new_empty(len(order), emb.shape[1])
         out[rows] = emb
+    assert out is not None  # callers pass at least one row
     return out
 
 

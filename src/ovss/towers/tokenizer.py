@@ -150,7 +150,7 @@ class Tokenizer:
                 f"{self.bpe_path} gives {len(self.encoder)} distinct tokens, not {self.vocab_size}; "
                 "use the CLIP bpe_simple_vocab_16e6.txt.gz file"
             )
-        self.merge_ranks: dict[tuple[str, str], int] = {m: r for r, m in enumerate(merges)}
+        self.merge_ranks: dict[tuple[str, str], int] = {(m[0], m[1]): r for r, m in enumerate(merges)}
         self.byte_encoder = _byte_map()
         self.byte_decoder = {ch: b for b, ch in self.byte_encoder.items()}
         self._fix_text = ftfy.fix_text
