@@ -16,12 +16,16 @@ logits' device, as the official code does (so a seeded run is reproducible).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ovss.errors import DatasetError
+
+Pairs = list[tuple[torch.Tensor, torch.Tensor]]
+# (pred_logits, pred_masks, targets) -> per-image (prediction, target) indices (HungarianMatcher)
+Matcher = Callable[[torch.Tensor, torch.Tensor, Pairs], Pairs]
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -193,7 +197,7 @@ class SetCriterion:
 
     def __init__(
         self,
-        matcher,
+        matcher: Matcher,
         void_weight: float = 0.1,
         num_points: int = 12544,
         oversample_ratio: float = 3.0,

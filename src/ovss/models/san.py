@@ -33,7 +33,7 @@ from ovss.models.family import Family, InferenceOption, register_family
 from ovss.models.san_protocols import MMSEG_MEAN_255, MMSEG_STD_255, SAN_PROTOCOLS, mmseg_score_blocks
 from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
 from ovss.towers.text import TextConfig
-from ovss.towers.vit import VisionConfig
+from ovss.towers.vit import VisionConfig, VisionTransformer
 
 SOS_BLOCKED = -100.0  # the official additive value for "blocked" (not -inf), see spec 1.7
 
@@ -205,6 +205,7 @@ class SideAdapter(nn.Module):
 
     def __init__(self, cfg: SANConfig) -> None:
         super().__init__()
+        assert cfg.clip.vision is not None  # SAN's CLIP image tower is a ViT
         c, clip_width = cfg.side_width, cfg.clip.vision.width
         grid = cfg.side_image_size // cfg.side_patch_size
         self.deep_supervision = tuple(cfg.deep_supervision)
@@ -227,6 +228,7 @@ class SideAdapter(nn.Module):
         nn.init.normal_(self.query_pos_embed, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for block in self.blocks:
+            assert isinstance(block, ResidualAttentionBlock)
             attn, mlp = block.attn, block.mlp
             for w in (attn.in_proj_weight, attn.out_proj.weight, mlp.c_fc.weight, mlp.c_proj.weight):
                 nn.init.trunc_normal_(w, std=0.02)
@@ -281,6 +283,9 @@ class SAN(SegmentationModel):
     features, blocks ``[split, depth)`` plus ``ln_post``/``proj`` recognise the masks.
     """
 
+    config: SANConfig
+    clip: CLIP
+
     def __init__(self, config: SANConfig) -> None:
         super().__init__()
         self.config = config
@@ -330,6 +335,7 @@ class SAN(SegmentationModel):
         # scale_factor (not size) so that the sampling grid matches the official call exactly.
         x = F.interpolate(images, scale_factor=cfg.clip_resolution, mode="bilinear", align_corners=False)
         visual = self.clip.visual
+        assert isinstance(visual, VisionTransformer)
         x, grid = visual.embed(x)
         wanted = {c for c, _ in cfg.fusion_map} | {cfg.split}
         records = {0: x} if 0 in wanted else {}
@@ -353,7 +359,9 @@ class SAN(SegmentationModel):
         """
         b, h, q = bias.shape[:3]
         pooled = _downsample(bias.flatten(1, 2), grid, self.config.rec_downsample).reshape(b, h, q, -1)
-        heads = self.config.clip.vision.heads
+        vision = self.config.clip.vision
+        assert vision is not None
+        heads = vision.heads
         n = pooled.shape[-1]
         t = q + 1 + n
         mask = torch.zeros(b, heads, t, t, dtype=dtype, device=bias.device)
@@ -378,6 +386,7 @@ class SAN(SegmentationModel):
             (B, Q, E) L2-normalised embeddings of the SOS tokens after ``ln_post`` and ``proj``.
         """
         visual, split = self.clip.visual, self.config.split
+        assert isinstance(visual, VisionTransformer)
         q = biases[0].shape[2]
         x = torch.cat([tokens[:, :1].expand(-1, q, -1), tokens], dim=1)
         masks = [self.rec_attn_mask(b, grid, x.dtype) for b in biases]

@@ -271,17 +271,19 @@ class FusionStage(nn.Module):
         """
         if torch.jit.is_tracing():  # ONNX export: fold them into constants (the exporter needs kernels
             state = torch._C._get_tracing_state()  # of static shape; traced computed kernels have none)
-            torch._C._set_tracing_state(None)
+            torch._C._set_tracing_state(None)  # type: ignore[attr-defined]  # private, not in the stubs
             try:
-                return tuple(w.detach().clone() for w in self.split_weights())  # type: ignore[return-value]
+                up, image, cost, bias = (w.detach().clone() for w in self.split_weights())
+                return up, image, cost, bias
             finally:
-                torch._C._set_tracing_state(state)
+                torch._C._set_tracing_state(state)  # type: ignore[attr-defined]  # as above
         w1, cu = self.fuse.conv1.weight, self.up.out_channels
         g, dtype = (w1.shape[1] - cu) // 2, w1.dtype
         wide = torch.promote_types(dtype, torch.float32)  # bf16/fp16 weights are composed in float32
         w_up = w1[:, :cu].to(wide)
         # full 2-D convolution of the 2x2 up kernel with the 3x3 kernel, summed over the C-g channels
         up = F.conv2d(F.pad(self.up.weight.to(wide), (2, 2, 2, 2)), w_up)
+        assert self.up.bias is not None
         bias = (w_up * self.up.bias.to(wide).view(1, -1, 1, 1)).sum(1, keepdim=True)
         return up.to(dtype), w1[:, cu : cu + g], w1[:, cu + g :], bias.to(dtype)
 

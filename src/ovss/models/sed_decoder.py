@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from typing import cast, overload
 
 import torch
 import torch.nn.functional as F
@@ -159,6 +160,14 @@ class SEDDecoder(nn.Module):
         finally:
             self._record = None
 
+    def fusion_stages(self) -> list[FusionStage]:
+        """``stages`` as a list of their type."""
+        return cast("list[FusionStage]", list(self.stages))
+
+    @overload
+    def _keep(self, name: str, value: torch.Tensor) -> torch.Tensor: ...
+    @overload
+    def _keep(self, name: str, value: Callable[[], torch.Tensor]) -> torch.Tensor | None: ...
     def _keep(self, name: str, value: Callable[[], torch.Tensor] | torch.Tensor) -> torch.Tensor | None:
         """Record ``value`` (a tensor, or a function computing it) while :meth:`recording`; returns it."""
         if self._record is not None:
@@ -225,8 +234,9 @@ class SEDDecoder(nn.Module):
         )
         cost = self.cost_volume(dense, text).contiguous(memory_format=CL)  # (B*K, P, h, w)
         guides = self.image_guides(skips)
-        weights = [stage.split_weights() for stage in self.stages]
-        terms = [stage.image_term(g, wt) for stage, g, wt in zip(self.stages, guides, weights)]
+        stages = self.fusion_stages()
+        weights = [stage.split_weights() for stage in stages]
+        terms = [stage.image_term(g, wt) for stage, g, wt in zip(stages, guides, weights)]
         for i, g in enumerate(guides):
             self._keep(f"image_guide{i}", g)
         keep = torch.arange(text.shape[0], device=dense.device)
@@ -238,7 +248,7 @@ class SEDDecoder(nn.Module):
             """Input of stage i (its ConvNeXt block's; i = 3: the head's) for the given rows of images b."""
             if i == 0:
                 return self._keep("embed", self.cost_embed(cost[rows]))
-            stage, prev = self.stages[i - 1], x[rows]
+            stage, prev = stages[i - 1], x[rows]
             cost_guide = self._keep(f"cost_guide{i - 1}", self.cost_guides(cost[rows], i - 1))
             self._keep(f"stage{i - 1}.up", lambda: stage.up(prev))
             out = stage.fuse_split(prev, terms[i - 1][b], cost_guide, weights[i - 1])
@@ -261,13 +271,13 @@ class SEDDecoder(nn.Module):
                 if topk is not None:
                     heads[-1] = cer_survivors(heads[-1], topk)
                     pre = pre[heads[-1]]
-                x = self._keep(f"stage{i}.spatial", self.stages[i].spatial(pre))
+                x = self._keep(f"stage{i}.spatial", stages[i].spatial(pre))
             if topk is not None:  # fast mode (batch 1): the step left the local survivors in heads
                 local = heads.pop()
                 keep, cost = keep[local], cost[local]
                 survivors.append(keep)
             x = self._keep(
-                f"stage{i}.class_attn", self.stages[i].class_attn(x, batch, self.chunk_elements * chunked)
+                f"stage{i}.class_attn", stages[i].class_attn(x, batch, self.chunk_elements * chunked)
             )
         raise AssertionError("unreachable")
 
@@ -300,10 +310,11 @@ class SEDDecoder(nn.Module):
 
         scores = buffer(batch * n, 1) if i == 3 or aux or topk is not None else None
         if i == 3:
+            assert scores is not None
             for b, rows in chunks:
                 scores[rows] = head(produce(i, rows, slice(b, b + 1)))
             return scores.view(batch, n, *size)
-        spatial = self.stages[i].spatial
+        spatial = self.fusion_stages()[i].spatial
         if topk is None:  # produce, score and refine each chunk while it is in cache
             out = buffer(batch * n, width)
             for b, rows in chunks:
@@ -315,6 +326,7 @@ class SEDDecoder(nn.Module):
                 heads.append(scores.view(batch, n, *size))
             return out
         pre_all = buffer(n, width)  # fast mode (batch 1): every class is scored before any is refined
+        assert scores is not None
         for _, rows in chunks:
             pre = produce(i, rows, slice(0, 1))
             pre_all[rows], scores[rows] = pre, head(pre)
