@@ -76,8 +76,9 @@ def named_palette(name: str) -> Palette:
 
         colours = _voc_map(256)
         names = get_benchmark("voc21").class_names()
-        fixed = {n.lower(): tuple(int(c) for c in colours[i]) for i, n in enumerate(names)}
-        return Palette("voc", colours[1:], fixed)  # type: ignore[arg-type]
+        rgb = [(int(r), int(g), int(b)) for r, g, b in colours]
+        fixed = {n.lower(): rgb[i] for i, n in enumerate(names)}
+        return Palette("voc", colours[1:], fixed)
     if name == "hues":
         return Palette("hues", _golden_hues())
     raise ConfigError(_unknown(name))

@@ -7,7 +7,10 @@ import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ovss.api.segmenter import Segmenter
 
 _LITERAL = re.compile(r"``(.+?)``")  # reST inline literals in module docstrings used as descriptions
 
@@ -195,7 +198,7 @@ def _family_before_loading(model: str) -> str | None:
         return None
 
 
-def load_segmenter(args: argparse.Namespace):
+def load_segmenter(args: argparse.Namespace) -> Segmenter:
     """Load the model named by the common arguments (inference options checked before and after).
 
     fp16 on the CPU warns in :class:`~ovss.api.segmenter.Segmenter` (one place for the CLI and the API).

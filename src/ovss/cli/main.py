@@ -16,7 +16,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 from ovss import __version__
 from ovss.errors import OvssError
@@ -74,7 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
     """Print a warning as ``ovss: warning: MESSAGE`` (no file, line or category for CLI users)."""
     text = " ".join(str(message).split())
     _line(f"ovss: warning: {text}", file or sys.stderr)

@@ -163,7 +163,8 @@ def _run_key(
     settings = {
         "model": seg.name,
         "digest": getattr(seg, "digest", ""),
-        "dtype": DTYPE_NAMES.get(getattr(seg, "dtype", None), args.dtype),  # "auto" resolved
+        # "auto" resolved
+        "dtype": DTYPE_NAMES.get(seg.dtype, args.dtype) if hasattr(seg, "dtype") else args.dtype,
         "options": model_options(args),
         "tta": str(getattr(args, "tta", None)),  # test-time augmentation changes the results
         "classes": [c.text for c in vocab.classes],

@@ -119,7 +119,9 @@ def crop_window(
     return y0, x0, ch, cw
 
 
-def pad_to(image: np.ndarray, label: np.ndarray, size: int, pad_value: int, ignore_index: int):
+def pad_to(
+    image: np.ndarray, label: np.ndarray, size: int, pad_value: int, ignore_index: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Pad bottom/right to ``size`` x ``size`` (image ``pad_value``, label ``ignore_index``)."""
     h, w = label.shape
     if h > size or w > size:

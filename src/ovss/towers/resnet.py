@@ -165,6 +165,8 @@ class ResNet(nn.Module):
         return out
 
 
-def resnet101_d2(stride_in_1x1: bool = False, norm: str = "frozen_bn") -> ResNetConfig:
+def resnet101_d2(
+    stride_in_1x1: bool = False, norm: Literal["frozen_bn", "bn"] = "frozen_bn"
+) -> ResNetConfig:
     """ResNet-101 stages res2..res4 (CAT-Seg v1's ``R-101.pkl`` guidance backbone: 1024/512/256 ch)."""
-    return ResNetConfig(depths=(3, 4, 23), stride_in_1x1=stride_in_1x1, norm=norm)  # type: ignore[arg-type]
+    return ResNetConfig(depths=(3, 4, 23), stride_in_1x1=stride_in_1x1, norm=norm)

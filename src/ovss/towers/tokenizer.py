@@ -25,12 +25,16 @@ import gzip
 import html
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ovss.errors import ConfigError, VocabularyError, WeightsNotFoundError
+
+if TYPE_CHECKING:
+    import regex
 
 __all__ = ["DEFAULT_BPE_PATH", "Tokenizer", "bytes_to_unicode", "get_tokenizer", "tokenize"]
 
@@ -83,7 +87,7 @@ def _byte_map() -> dict[int, str]:
     return bytes_to_unicode()  # shared by every Tokenizer; never mutated
 
 
-def _clean(text: str, fix_text, whitespace) -> str:
+def _clean(text: str, fix_text: Callable[[str], str], whitespace: regex.Pattern[str]) -> str:
     """The official text normalisation: ftfy, html unescape twice, strip, collapse, lower."""
     text = fix_text(text)
     text = html.unescape(html.unescape(text)).strip()

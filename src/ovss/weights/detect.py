@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import torch
@@ -51,7 +52,7 @@ def model_formats() -> dict[str, str]:
     return formats
 
 
-def _module(name: str):
+def _module(name: str) -> ModuleType:
     for family in families():  # a family's converter module (lazily named by its descriptor)
         if name in family.formats:
             return importlib.import_module(family.formats[name])

@@ -112,7 +112,8 @@ def _is_torchscript(path: Path) -> bool:
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     """Bare state dict out of ``{"model": sd}``, ``{"state_dict": sd}`` or ``sd``."""
     for _ in range(2):  # e.g. {"state_dict": {"model": sd}} is unwrapped too
-        obj = unwrap_checkpoint(obj, _WRAPPER_KEYS)  # type: ignore[arg-type]
+        if isinstance(obj, Mapping):
+            obj = unwrap_checkpoint(obj, _WRAPPER_KEYS)
     if not isinstance(obj, Mapping):
         raise CheckpointMismatchError(
             f"{path} holds a {type(obj).__name__}, not a state dict; save model.state_dict() instead"

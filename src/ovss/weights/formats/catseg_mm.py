@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -83,7 +83,7 @@ _CLASS = {
     "norm1": "norm1",
     "norm2": "norm2",
 }
-_RULES: tuple[tuple[re.Pattern[str], object], ...] = (
+_RULES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str | None]], ...] = (
     (re.compile(rf"{re.escape(_FE)}conv1\.weight"), lambda m: "backbone.stem.conv1.weight"),
     (re.compile(rf"{re.escape(_FE)}bn1\.{_BN}"), lambda m: f"backbone.stem.conv1.norm.{m[1]}"),
     (
@@ -181,7 +181,7 @@ def _rename(key: str, value: torch.Tensor) -> tuple[str, torch.Tensor] | None:
     for pattern, build in _RULES:
         m = pattern.fullmatch(key)
         if m:
-            new = build(m)  # type: ignore[operator]
+            new = build(m)
             if new is None:
                 return None
             if ".downsample." in new and new.startswith("backbone.layers."):
@@ -190,8 +190,11 @@ def _rename(key: str, value: torch.Tensor) -> tuple[str, torch.Tensor] | None:
     return None
 
 
-def _standard_index(value: torch.Tensor) -> bool:
+def _standard_index(value: object) -> bool:
     from ovss.towers.swin import relative_position_index
+
+    if not isinstance(value, torch.Tensor):
+        return False
 
     window = math.isqrt(value.shape[0]) if value.ndim == 2 else 0
     if window * window != value.shape[0] or value.shape[0] != value.shape[-1]:
@@ -211,7 +214,7 @@ def convert(state_dict: Mapping[str, object]) -> dict[str, torch.Tensor]:
     """
     sd = unwrap_checkpoint(state_dict, _CONTAINERS)
     unused = {k for k in sd if _AGG_INDEX.fullmatch(k)}
-    bad = [k for k in unused if not _standard_index(sd[k])]  # type: ignore[arg-type]
+    bad = [k for k in unused if not _standard_index(sd[k])]
     if bad:
         raise CheckpointMismatchError(f"relative_position_index buffer(s) {bad} are not the standard ones")
     split: dict[str, torch.Tensor] = {}
