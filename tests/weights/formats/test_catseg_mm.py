@@ -25,6 +25,9 @@ def test_mmseg_tampered_index_buffer_is_refused() -> None:
     sd[key] = sd[key].flip(0)
     with pytest.raises(CheckpointMismatchError, match="relative_position_index"):
         catseg_mm.convert(sd)
+    sd[key] = [0, 1, 2]  # not a tensor at all: the same one-line refusal, not an AttributeError
+    with pytest.raises(CheckpointMismatchError, match="relative_position_index"):
+        catseg_mm.convert(sd)
 
 
 def test_unfold_permutation_matches_the_unfold_layout() -> None:
