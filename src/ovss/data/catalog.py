@@ -26,6 +26,7 @@ import json
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from ovss.errors import DatasetError
 
@@ -107,7 +108,7 @@ def _spec(
     aliases: tuple[str, ...],
     uint16: bool = False,
     variants: tuple[str, ...] = VARIANTS,
-    **kw: object,
+    **kw: Any,
 ) -> BenchmarkSpec:
     """One benchmark's spec: the prepared layout (``<name>/images/val``, ``<name>/labels/val``),
     label format (uint8 PNG with ignore 255, or uint16 TIFF with ignore 65535) and class file
@@ -128,7 +129,7 @@ def _spec(
         variants=variants,
         notes=notes,
         aliases=aliases,
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 

@@ -41,7 +41,7 @@ from ovss.models.catseg_base import (
 from ovss.models.family import Family, InferenceOption, register_family
 from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
 from ovss.towers.text import TextConfig
-from ovss.towers.vit import VisionConfig
+from ovss.towers.vit import VisionConfig, VisionTransformer
 
 INFERENCE_MODES = ("whole", "slide")
 
@@ -129,6 +129,7 @@ class CATSegConfig(ModelConfig):
     @property
     def feature_resolution(self) -> int:
         """Side of the cost grid (24 for both released models)."""
+        assert self.clip.vision is not None  # a ViT (__post_init__)
         return self.clip_resolution // self.clip.vision.patch_size
 
     @property
@@ -164,10 +165,13 @@ class CATSeg(CostAggregationModel):
     All parameters CAT-Seg does not train are frozen at construction (see :meth:`freeze`).
     """
 
+    config: CATSegConfig
+
     def __init__(self, config: CATSegConfig) -> None:
         super().__init__()
         self.config = config
         self.clip = CLIP(config.clip)
+        assert config.clip.vision is not None
         width = config.clip.vision.width
         self.guidance_up = nn.ModuleList(
             [
@@ -205,8 +209,9 @@ class CATSeg(CostAggregationModel):
             the grid (h, w).
         """
         visual = self.clip.visual
+        assert isinstance(visual, VisionTransformer)
         x, grid = visual.embed(images)
-        blocks = visual.transformer.resblocks
+        blocks = visual.transformer.blocks()
         kept: dict[int, torch.Tensor] = {}
         for i, block in enumerate(blocks[:-1]):
             x = block(x)
@@ -393,7 +398,7 @@ class CATSeg(CostAggregationModel):
                 for i, (y, x) in enumerate(corners):
                     total[:, y : y + crop, x : x + crop] += probs[:, i]
             glob = resize(probs[:, -1:], (size, size))[:, 0]
-            return resize(((total / count + glob) / 2.0)[:, None], tuple(output_size))[:, 0]
+            return resize(((total / count + glob) / 2.0)[:, None], (output_size[0], output_size[1]))[:, 0]
 
         if torch.jit.is_tracing():  # ONNX export: all classes in one pass, one graph for every K
             yield 0, 0, one_class(logits.transpose(1, 2).flatten(0, 1)).unflatten(0, (b, -1))

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -310,6 +310,10 @@ class AggregatorBase(nn.Module):
         )
         self.head = nn.Conv2d(d.decoder_dims[1], 1, kernel_size=3, padding=1)
 
+    def up_blocks(self) -> list[UpBlock]:
+        """The two :class:`UpBlock` of ``decoder``."""
+        return cast("list[UpBlock]", list(self.decoder))
+
     def embed_cost(self, corr: torch.Tensor) -> torch.Tensor:
         """(B, P, T, h, w) cost volume -> (B, T, h, w, C) embedded cost."""
         b, _, t, h, w = corr.shape
@@ -373,7 +377,7 @@ class Aggregator(AggregatorBase):
         self.pad_len = pad_len
 
     def image_guidance(
-        self, image: torch.Tensor, guidance: tuple[torch.Tensor, torch.Tensor]
+        self, image: torch.Tensor, guidance: Sequence[torch.Tensor]
     ) -> dict[str, Any]:
         """The image-only inputs of :meth:`forward` (a re-query computes them once per image).
 
@@ -385,7 +389,7 @@ class Aggregator(AggregatorBase):
         return {
             "appearance": self.appearance_proj(image),
             "decoder": decoder_guidance,
-            "terms": [block.guidance_term(g) for block, g in zip(self.decoder, decoder_guidance)],
+            "terms": [block.guidance_term(g) for block, g in zip(self.up_blocks(), decoder_guidance)],
         }
 
     def forward(
@@ -420,7 +424,8 @@ class Aggregator(AggregatorBase):
         if self.pad_len > 0 and (tracing or self.pad_len < t):
             score = corr.amax(dim=(1, 3, 4))  # (B, T)
             kept = torch.clamp(torch.as_tensor(t), max=self.pad_len) if tracing else self.pad_len
-            keep = score.topk(kept, dim=1).indices  # (B, min(T, pad_len))
+            # a 0-d tensor k under tracing (the graph's class budget follows T); the stubs want an int
+            keep = score.topk(kept, dim=1).indices  # type: ignore[arg-type]  # (B, min(T, pad_len))
             index = keep[:, :, None, None].expand(-1, -1, *text.shape[2:])
             text = torch.gather(F.normalize(text, dim=-1), 1, index)
             index = keep[:, None, :, None, None].expand(-1, corr.shape[1], -1, *corr.shape[3:])

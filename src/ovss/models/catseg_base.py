@@ -95,6 +95,7 @@ class CostAggregationModel(SegmentationModel):
     per template, the (K, P, E) text check and the ``inference=`` option parser (both by ``label``
     and ``inference_modes``, read from the model's family descriptor)."""
 
+    config: Any  # CATSegConfig or CATSegV1Config (each subclass narrows it)
     clip: CLIP
 
     @property

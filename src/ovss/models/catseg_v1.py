@@ -56,7 +56,7 @@ from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
 from ovss.towers.resnet import ResNet, ResNetConfig, resnet101_d2
 from ovss.towers.swin import SwinConfig, SwinTransformer, swin_b_384
 from ovss.towers.text import TextConfig
-from ovss.towers.vit import VisionConfig
+from ovss.towers.vit import VisionConfig, VisionTransformer
 
 IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
 IMAGENET_STD_255 = (58.395, 57.12, 57.375)
@@ -138,12 +138,16 @@ class CATSegV1Config(ModelConfig):
     @property
     def feature_resolution(self) -> int:
         """Side of the cost grid (24)."""
+        assert self.clip.vision is not None  # a ViT (__post_init__)
         return self.clip_resolution // self.clip.vision.patch_size
 
     @property
     def backbone_channels(self) -> tuple[int, ...]:
         """Channels of res2, res3, res4 of the guidance backbone."""
-        return self.resnet.channels if self.resnet is not None else self.swin.channels
+        if self.resnet is not None:
+            return self.resnet.channels
+        assert self.swin is not None  # exactly one backbone (__post_init__)
+        return self.swin.channels
 
 
 def dense_last_block_v1(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
@@ -178,13 +182,18 @@ class CATSegV1(CostAggregationModel):
     Parameters CAT-Seg v1 does not train are frozen at construction (see :meth:`is_trainable`).
     """
 
+    config: CATSegV1Config
+
     def __init__(self, config: CATSegV1Config) -> None:
         super().__init__()
         self.config = config
         self.clip = CLIP(config.clip)
-        self.backbone: nn.Module = (
-            ResNet(config.resnet) if config.resnet is not None else SwinTransformer(config.swin)
-        )
+        self.backbone: nn.Module
+        if config.resnet is not None:
+            self.backbone = ResNet(config.resnet)
+        else:
+            assert config.swin is not None  # exactly one backbone (CATSegV1Config.__post_init__)
+            self.backbone = SwinTransformer(config.swin)
         c2, c3, c4 = config.backbone_channels
         dims = aggregator_dims(config, guidance_dims=(c3, c2))
         self.aggregator = AggregatorV1(dims, appearance_dim=c4, class_mlp_identity=config.class_mlp_identity)
@@ -203,8 +212,9 @@ class CATSegV1(CostAggregationModel):
     def encode_image_dense(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, 3, R, R) CLIP-normalised -> tokens (B, 1 + h*w, E) after the v1 dense block, and (h, w)."""
         visual = self.clip.visual
+        assert isinstance(visual, VisionTransformer)
         x, grid = visual.embed(images)
-        blocks = visual.transformer.resblocks
+        blocks = visual.transformer.blocks()
         x = visual.run_blocks(x, 0, len(blocks) - 1)
         x = dense_last_block_v1(blocks[-1], x)
         return visual.head(x), grid
@@ -338,7 +348,7 @@ class CATSegV1(CostAggregationModel):
         run = {"whole": self._whole, "slide": self._slide, "mmseg": self._mmseg}[mode]
         k, finish = run(features, text, image_size)
         for start in range(0, k, step):  # post-processing per chunk of classes: bounded memory, exact
-            yield start, 0, finish(slice(start, min(start + step, k)), tuple(output_size))
+            yield start, 0, finish(slice(start, min(start + step, k)), (output_size[0], output_size[1]))
 
     def _whole(
         self, features: dict[str, Any], text: torch.Tensor, image_size: tuple[int, int]
@@ -405,11 +415,12 @@ class CATSegV1(CostAggregationModel):
             count[..., y1:y2, x1:x2] += 1
 
         def finish(classes: slice, out: tuple[int, int]) -> torch.Tensor:
-            total = None
+            total: torch.Tensor | None = None
             for i, (y1, x1, y2, x2) in enumerate(boxes):
                 logit = bilinear_resize(views[i][:, classes].float(), (y2 - y1, x2 - x1))
                 total = logit.new_zeros(b, logit.shape[1], hr, wr) if total is None else total
                 total[..., y1:y2, x1:x2] += logit
+            assert total is not None  # at least one box
             return bilinear_resize(total / count, out)
 
         return views[0].shape[1], finish
@@ -447,6 +458,7 @@ def _mmseg(cfg: CATSegV1Config, **changes: Any) -> CATSegV1Config:
 def catseg_v1_r101_vit_b16_mmseg() -> CATSegV1Config:
     """mmseg ``catseg_vitb-r101_4xb2-warmcoslr2e-4-adamw-80k_coco-stuff164k-384x384.py``."""
     cfg = catseg_v1_r101_vit_b16()
+    assert cfg.resnet is not None
     return _mmseg(cfg, resnet=dataclasses.replace(cfg.resnet, norm="bn"))
 
 
@@ -486,6 +498,7 @@ def catseg_v1_tiny_mmseg() -> CATSegV1Config:
     """Tiny mmseg-port CAT-Seg v1 (BN ResNet, 6x6 test pooling, MLP identity, mmseg slide); R-50 depths
     and a short side of 384 instead of 512 (one row of crops) keep tests fast."""
     cfg = catseg_v1_tiny()
+    assert cfg.resnet is not None
     resnet = dataclasses.replace(cfg.resnet, norm="bn", depths=(3, 4, 6))
     return _mmseg(cfg, resnet=resnet, mmseg_scale=(1536, 384))
 

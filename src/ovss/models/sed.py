@@ -26,7 +26,7 @@ from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, SegmentationModel
 from ovss.models.family import Family, register_family
 from ovss.models.sed_decoder import SEDDecoder
 from ovss.towers.clip import CLIP, ClipConfig, convnext_b_w_320, convnext_l_d_320
-from ovss.towers.convnext import ConvNeXtConfig
+from ovss.towers.convnext import ConvNeXt, ConvNeXtConfig
 from ovss.towers.text import TextConfig
 
 # ----------------------------------------------------------------------------------------------
@@ -115,6 +115,7 @@ class SEDConfig(ModelConfig):
     @property
     def guidance_dims(self) -> tuple[int, int, int]:
         """Channels of the image skips in stage order: res4, res3, res2 (DECODER_GUIDANCE_DIMS)."""
+        assert self.clip.convnext is not None  # a ConvNeXt (__post_init__)
         dims = self.clip.convnext.dims
         return (dims[2], dims[1], dims[0])
 
@@ -136,6 +137,9 @@ class SED(SegmentationModel):
     Args:
         config: architecture and inference defaults.
     """
+
+    config: SEDConfig
+    clip: CLIP
 
     def __init__(self, config: SEDConfig) -> None:
         super().__init__()
@@ -185,8 +189,10 @@ class SED(SegmentationModel):
             dense (B, E, S/32, S/32) (``clip_vis_dense``, not normalised) and
             [res2 (B, C0, S/4, S/4), res3 (S/8), res4 (S/16), res5 (S/32)].
         """
-        feats = self.clip.visual.forward_features(images)
-        return self.clip.visual.dense_embedding(feats[-1]), feats
+        visual = self.clip.visual
+        assert isinstance(visual, ConvNeXt)  # SED's image tower
+        feats = visual.forward_features(images)
+        return visual.dense_embedding(feats[-1]), feats
 
     def _resize(self, images: torch.Tensor) -> torch.Tensor:
         size = (self.config.image_size, self.config.image_size)
