@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ovss.api.reduction import class_maxima, pixel_maxima
 from ovss.errors import OvssError
 
 
@@ -105,12 +106,15 @@ def reduce_scores(
     for k0, r0, block in blocks:
         block = block.float()
         k1, r1 = k0 + block.shape[1], r0 + block.shape[2]
-        value, label = block.max(dim=1)  # (B, r, W0), first class among ties
-        best = confidence[:, r0:r1]
-        better = value > best  # strictly: an earlier class chunk keeps its ties
-        confidence[:, r0:r1] = torch.where(better, value, best)
-        labels[:, r0:r1] = torch.where(better, label + k0, labels[:, r0:r1])
-        class_scores[:, k0:k1] = torch.maximum(class_scores[:, k0:k1], block.amax(dim=(2, 3)))
+        value, label = pixel_maxima(block)  # (B, r, W0), first class among ties
+        if k0 == 0:  # the first class chunk of these rows (classes ascend within a band of rows)
+            confidence[:, r0:r1], labels[:, r0:r1] = value, label
+        else:
+            best = confidence[:, r0:r1]
+            better = value > best  # strictly: an earlier class chunk keeps its ties
+            confidence[:, r0:r1] = torch.where(better, value, best)
+            labels[:, r0:r1] = torch.where(better, label + k0, labels[:, r0:r1])
+        class_scores[:, k0:k1] = torch.maximum(class_scores[:, k0:k1], class_maxima(block))
         if out is not None:
             # cast and lay out in torch (fast), then one contiguous copy per class into out
             cast = block.to(torch.float16 if out.dtype == np.float16 else torch.float32)

@@ -28,6 +28,8 @@ def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
         (out_size, in_size) float64 array; row i holds the weights of output position i (an
         identity matrix when the sizes are equal).
     """
+    if in_size == out_size:  # what the kernel gives for equal sizes, without its O(n^2) pass
+        return np.eye(in_size, dtype=np.float64)
     with torch.no_grad():  # one-hot columns through the real kernel: its float32 weights, no re-derivation
         eye = torch.eye(in_size, dtype=torch.float32).reshape(1, in_size, in_size, 1)
         cols = F.interpolate(eye, size=(out_size, 1), mode="bilinear", align_corners=False)
@@ -77,6 +79,7 @@ class BandedResize:
         start: int,
         stop: int,
         rowwise: Callable[[torch.Tensor], object] | None = None,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Output rows ``[start, stop)`` from :meth:`columns`' result: (h, B, W, C) -> (r, B, W, C).
 
@@ -86,6 +89,8 @@ class BandedResize:
             rowwise: optional in-place elementwise op (e.g. ``torch.Tensor.sigmoid_``) applied to each
                 group of rows on its own: vectorised kernels round their tail elements differently, so
                 applying it to a whole band would make the result depend on the band size.
+            out: optional contiguous float32 buffer of at least ``(stop - start) * B * W * C``
+                elements to write the band into (a reused buffer saves an allocation per band).
         """
         if start % self.group or (stop % self.group and stop != self.size[0]):
             raise ValueError(
@@ -99,7 +104,10 @@ class BandedResize:
             if rowwise is not None:
                 rowwise(out)
             return out.reshape(stop - start, *cols.shape[1:])
-        out = flat.new_empty(stop - start, flat.shape[1])
+        if out is None:
+            out = flat.new_empty(stop - start, flat.shape[1])
+        else:
+            out = out.view(-1)[: (stop - start) * flat.shape[1]].view(stop - start, flat.shape[1])
         for g0 in range(start, stop, self.group):
             g1 = min(g0 + self.group, stop)
             lo, hi = int(self._first[g0:g1].min()), int(self._last[g0:g1].max()) + 1

@@ -26,11 +26,16 @@ from ovss.config import check_positive_ints
 from ovss.errors import ConfigError
 from ovss.layers.cv2_resize import mmcv_shortest_edge_size
 from ovss.layers.pos_embed import resize_pos_embed
-from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
 from ovss.layers.transformer import ResidualAttentionBlock
 from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, SegmentationModel, check_stage_mode
 from ovss.models.family import Family, InferenceOption, register_family
-from ovss.models.san_protocols import MMSEG_MEAN_255, MMSEG_STD_255, SAN_PROTOCOLS, mmseg_score_blocks
+from ovss.models.san_protocols import (
+    MMSEG_MEAN_255,
+    MMSEG_STD_255,
+    SAN_PROTOCOLS,
+    d2_score_blocks,
+    mmseg_score_blocks,
+)
 from ovss.towers.clip import CLIP, ClipConfig, vit_b_16, vit_l_14_336
 from ovss.towers.text import TextConfig
 from ovss.towers.vit import VisionConfig, VisionTransformer
@@ -493,8 +498,9 @@ class SAN(SegmentationModel):
         to ``image_size``, resized to ``output_size``, passed through a sigmoid and summed over the
         queries weighted by the class probabilities. Here both resizes and the crop are one separable
         linear map (:class:`~ovss.layers.resize.BandedResize`, same weights to float32 rounding) applied
-        band by band, so neither (B, Q, H0, W0) nor (B, K, H0, W0) is ever held; the mask maps and the
-        class combination are float32 whatever the model dtype.
+        8 rows at a time (:func:`~ovss.models.san_protocols.d2_score_blocks`), so neither
+        (B, Q, H0, W0) nor (B, K, H0, W0) is ever held; the mask maps and the class combination are
+        float32 whatever the model dtype.
 
         Args:
             features: :meth:`image_stage` of (B, 3, H, W) images, normalised, padded bottom/right.
@@ -504,7 +510,7 @@ class SAN(SegmentationModel):
             max_elements: bound on the band working set B x (Q + K) x rows x W0 (at least 8 rows).
 
         Yields:
-            ``(0, row_start, scores)``: scores (B, K, r, W0) float32 (a channels-last view) for output
+            ``(0, row_start, scores)``: scores (B, K, r, W0) float32 (contiguous) for output
             rows ``[row_start, row_start + r)``, top to bottom. A score is the sum over queries of
             softmax(class logits)[:K] x sigmoid(mask logits) (official semantic inference).
             ``inference="mmseg"`` (options; default ``config.inference``): mmseg's order instead, the
@@ -514,27 +520,10 @@ class SAN(SegmentationModel):
         mode = self._mode(dict(options))
         check_stage_mode("SAN", features, mode)
         masks, logits = features["masks"], self.class_logits(features["regions"], text)
-        if mode == "mmseg":  # class scores at the padded size, then resized (san_protocols)
-            hw = (int(features["padded"][0]), int(features["padded"][1]))
-            yield from mmseg_score_blocks(masks, logits, hw, image_size, output_size, max_elements)
-            return
-        (hs, ws), (hp, wp) = masks.shape[-2:], features["padded"]
-        (h, w), (h0, w0) = image_size, output_size
-        resize = BandedResize(
-            bilinear_matrix(h, h0) @ bilinear_matrix(hs, hp)[:h],
-            bilinear_matrix(w, w0) @ bilinear_matrix(ws, wp)[:w],
-        )
-        probs = logits.float().softmax(-1)[..., :-1]  # (B, Q, K)
-        cols = resize.columns(masks)  # (h_s, B, W0, Q)
-        b, q, k = probs.shape
-        rows = resize.band_rows(int(max_elements) // (b * (q + k) * w0))
-        for start in range(0, h0, rows):
-            stop = min(start + rows, h0)
-            sig = resize.band(cols, start, stop, rowwise=torch.Tensor.sigmoid_)  # (r, B, W0, Q)
-            # broadcast bmm over the band's rows; as fast as one (r*W0, Q) @ (Q, K) GEMM at K = 20 and
-            # 16-18 % faster at K = 150-847 (measured, 2 threads, W0 = 853)
-            scores = torch.matmul(sig, probs)
-            yield 0, start, bands_to_blocks(scores)  # (r, B, W0, K) as (B, K, r, W0)
+        hw = (int(features["padded"][0]), int(features["padded"][1]))
+        # mmseg: class scores at the padded size, then resized (san_protocols)
+        blocks = mmseg_score_blocks if mode == "mmseg" else d2_score_blocks
+        yield from blocks(masks, logits, hw, image_size, output_size, max_elements)
 
 
 def _downsample(x: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:

@@ -20,8 +20,8 @@ TTA (``--tta``)             ratios of the test size, PIL, mean  ratios of the OR
                                                                 softmax over classes (``SegTTAModel``)
 ==========================  ==================================  =========================================
 
-This module holds the mmseg side (sizes and the banded post-processing); the d2 post-processing is
-``SAN.predict_blocks``' own.
+This module holds both post-processings in bands of output rows (:func:`d2_score_blocks`,
+:func:`mmseg_score_blocks`) and the mmseg sizes.
 """
 
 from __future__ import annotations
@@ -65,6 +65,69 @@ class _Taps:
         shape[dim] = -1
         a = x.index_select(dim, self.i0[sl] - offset) * self.w0[sl].view(shape)
         return a.add_(x.index_select(dim, self.i1[sl] - offset) * self.w1[sl].view(shape))
+
+
+def _resized(small: int, padded: int, valid: int, out: int) -> np.ndarray:
+    """(out, small) weights of one axis: resize to ``padded``, keep the first ``valid``, resize to
+    ``out`` (the second product is skipped when it is the identity: the same float64 numbers)."""
+    first = bilinear_matrix(small, padded)[:valid]
+    return first if valid == out else bilinear_matrix(valid, out) @ first
+
+
+def d2_score_blocks(
+    masks: torch.Tensor,
+    logits: torch.Tensor,
+    padded_size: tuple[int, int],
+    image_size: tuple[int, int],
+    output_size: tuple[int, int],
+    max_elements: int,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """The official (detectron2) SAN post-processing in bands of output rows.
+
+    Officially the (B, Q, h_s, w_s) mask logits are resized (bilinear) to the padded input, cropped to
+    ``image_size``, resized to ``output_size``, passed through a sigmoid and summed over the queries
+    weighted by the class probabilities. Here both resizes and the crop are one separable linear map
+    (:class:`~ovss.layers.resize.BandedResize`, same weights to float32 rounding). Each fixed group of
+    8 output rows is resized, passed through the sigmoid and combined with the classes while it is in
+    the cache: ``(K, Q) @ (Q, 8 W0)`` per image, written straight into the band's channels-first
+    block (the layout whose per-pixel reduction over the classes is vectorised across pixels). Neither
+    (B, Q, H0, W0) nor (B, K, H0, W0) is ever held; everything is float32 whatever the model dtype,
+    and a value never depends on the band size (fixed groups, fixed product shapes).
+
+    Args:
+        masks: (B, Q, h_s, w_s) mask logits.
+        logits: (B, Q, K+1) class logits (void last).
+        padded_size: (H, W) of the network input; image_size: (h, w) valid region in it.
+        output_size: (H0, W0) of the score map.
+        max_elements: bound on the band working set B x (Q + K) x rows x W0 (at least 8 rows).
+
+    Yields:
+        ``(0, row_start, scores (B, K, r, W0) float32)`` contiguous, top to bottom: the sum over
+        queries of softmax(class logits)[:K] x sigmoid(mask logits).
+    """
+    (hs, ws), (hp, wp) = masks.shape[-2:], padded_size
+    (h, w), (h0, w0) = image_size, output_size
+    resize = BandedResize(_resized(hs, hp, h, h0), _resized(ws, wp, w, w0))
+    probs = logits.float().softmax(-1)[..., :-1]  # (B, Q, K)
+    b, q, k = probs.shape
+    if is_tracing():  # ONNX export: the whole map in one product (a fixed-size graph, K dynamic)
+        sig = resize.band(resize.columns(masks), 0, h0, rowwise=torch.Tensor.sigmoid_)  # (H0, B, W0, Q)
+        yield 0, 0, bands_to_blocks(torch.matmul(sig, probs))
+        return
+    classes = probs.transpose(1, 2).contiguous()  # (B, K, Q)
+    cols = [resize.columns(masks[i : i + 1]) for i in range(b)]  # (h_s, 1, W0, Q) per image
+    group = resize.group
+    sig = torch.empty(group * w0 * q, device=masks.device)  # one group's mask probabilities, reused
+    rows = resize.band_rows(int(max_elements) // (b * (q + k) * w0))
+    for start in range(0, h0, rows):
+        stop = min(start + rows, h0)
+        block = torch.empty((b, k, stop - start, w0), device=masks.device)
+        for g0 in range(start, stop, group):
+            g1 = min(g0 + group, stop)
+            for i in range(b):
+                part = resize.band(cols[i], g0, g1, rowwise=torch.Tensor.sigmoid_, out=sig)
+                torch.mm(classes[i], part.view(-1, q).T, out=block[i, :, g0 - start : g1 - start].view(k, -1))
+        yield 0, start, block
 
 
 def mmseg_score_blocks(
