@@ -26,6 +26,7 @@ This module holds both post-processings in bands of output rows (:func:`d2_score
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -63,8 +64,27 @@ class _Taps:
         sl = slice(start, stop)
         shape = [1] * x.ndim
         shape[dim] = -1
-        a = x.index_select(dim, self.i0[sl] - offset) * self.w0[sl].view(shape)
-        return a.add_(x.index_select(dim, self.i1[sl] - offset) * self.w1[sl].view(shape))
+        a = x.index_select(dim, self.i0[sl] - offset).mul_(self.w0[sl].view(shape))  # in place: no
+        return a.add_(x.index_select(dim, self.i1[sl] - offset).mul_(self.w1[sl].view(shape)))  # copies
+
+    def into(self, x: torch.Tensor, dim: int, out: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+        """:meth:`apply` (all positions, no offset) written into ``out``; ``tmp`` is scratch of the
+        same shape (the same products and sums, without allocating)."""
+        shape = [1] * x.ndim
+        shape[dim] = -1
+        torch.index_select(x, dim, self.i0, out=out).mul_(self.w0.view(shape))
+        return out.add_(torch.index_select(x, dim, self.i1, out=tmp).mul_(self.w1.view(shape)))
+
+    def rows(self, x: torch.Tensor, start: int, stop: int, offset: int = 0) -> torch.Tensor:
+        """:meth:`apply` along dim 0, one output row at a time (the same products and sums; each row's
+        operands stay in the cache instead of two gathered copies of the whole band)."""
+        out = x.new_empty((stop - start, *x.shape[1:]))
+        tmp = x.new_empty(x.shape[1:])
+        i0, i1 = (self.i0[start:stop] - offset).tolist(), (self.i1[start:stop] - offset).tolist()
+        for j, (a, b) in enumerate(zip(i0, i1, strict=True)):
+            torch.mul(x[a], self.w0[start + j], out=out[j])
+            out[j].add_(torch.mul(x[b], self.w1[start + j], out=tmp))
+        return out
 
 
 def _resized(small: int, padded: int, valid: int, out: int) -> np.ndarray:
@@ -167,16 +187,35 @@ def mmseg_score_blocks(
     b, q, k = probs.shape
     cols = first.columns(masks)  # (h_s, B, w, Q)
 
+    group = first.group
+    # one group of rows at a time, in reused buffers that stay in the cache: sigmoids, class product,
+    # column-resize scratch
+    buf = torch.empty(group * b * w * q, device=masks.device)
+    prod = torch.empty(group * b * w * k, device=masks.device)
+    scratch = torch.empty(group * b * w0 * k, device=masks.device)
+
+    def view(t: torch.Tensor, *shape: int) -> torch.Tensor:
+        return t[: math.prod(shape)].view(shape)
+
     def scores(lo: int, hi: int) -> torch.Tensor:  # rows [lo, hi) of S, columns resized: (n, B, W0, K)
-        sig = first.band(cols, lo, hi, rowwise=torch.Tensor.sigmoid_)  # (n, B, w, Q)
-        s = torch.matmul(sig, probs)
-        return s if w == w0 else cols_t.apply(s, 2)
+        if is_tracing():
+            s = torch.matmul(first.band(cols, lo, hi, rowwise=torch.Tensor.sigmoid_), probs)
+            return s if w == w0 else cols_t.apply(s, 2)
+        out = torch.empty((hi - lo, b, w0, k), device=masks.device)
+        for g0 in range(lo, hi, group):
+            g1 = min(g0 + group, hi)
+            sig = first.band(cols, g0, g1, rowwise=torch.Tensor.sigmoid_, out=buf)  # (r, B, w, Q)
+            if w == w0:
+                torch.matmul(sig, probs, out=out[g0 - lo : g1 - lo])
+                continue
+            s = torch.matmul(sig, probs, out=view(prod, g1 - g0, b, w, k))
+            cols_t.into(s, 2, out[g0 - lo : g1 - lo], view(scratch, g1 - g0, b, w0, k))
+        return out
 
     if is_tracing():  # ONNX export: the whole map at once (a fixed-size graph, K dynamic)
         s = scores(0, h)
         yield 0, 0, bands_to_blocks(s if h == h0 else rows_t.apply(s, 0))
         return
-    group = first.group
     per_row = b * max(w, w0) * (q + k) * max(1.0, h / h0)  # an output row needs h / h0 rows of S
     rows = first.band_rows(int(int(max_elements) // max(per_row, 1.0)))
     for start in range(0, h0, rows):
@@ -186,4 +225,4 @@ def mmseg_score_blocks(
             continue
         lo = int(rows_t.i0[start:stop].min()) // group * group
         hi = min(-(-(int(rows_t.i1[start:stop].max()) + 1) // group) * group, h)
-        yield 0, start, bands_to_blocks(rows_t.apply(scores(lo, hi), 0, start, stop, offset=lo))
+        yield 0, start, bands_to_blocks(rows_t.rows(scores(lo, hi), start, stop, offset=lo))
