@@ -252,14 +252,21 @@ class SED(SegmentationModel):
         topk: int | None = None,
         **options: Any,
     ) -> dict[str, Any]:
-        """The image-only stage of :meth:`predict_blocks`: the ConvNeXt encoder (:meth:`image_features`).
+        """The image-only stage of :meth:`predict_blocks`: the ConvNeXt encoder (:meth:`image_features`)
+        and the decoder's image-guidance terms (:meth:`SEDDecoder.image_terms`; the skips themselves are
+        then not needed, which keeps the features small).
 
         Returns:
-            ``{"dense": (B, E, S/32, S/32), "skips": [res4, res3, res2], "padded": (H, W)}``.
+            ``{"dense": (B, E, S/32, S/32), "terms": [(B, d_i, ...) per stage], "padded": (H, W)}``.
         """
-        self._options(fast, topk, options)
+        fast, _ = self._options(fast, topk, options)
         dense, skips = self.image_features(images)
-        return {"dense": dense, "skips": skips, "padded": tuple(images.shape[-2:])}
+        if fast:  # the CER decoder runs image by image: so do its terms (the same convolutions)
+            per_image = [self.decoder.image_terms([s[b : b + 1] for s in skips]) for b in range(len(dense))]
+            terms = [torch.cat(parts) for parts in zip(*per_image, strict=True)]
+        else:
+            terms = self.decoder.image_terms(skips)
+        return {"dense": dense, "terms": terms, "padded": tuple(images.shape[-2:])}
 
     def text_stage(
         self,
@@ -297,16 +304,17 @@ class SED(SegmentationModel):
             the official CER output (sigmoid at surviving classes, 0 elsewhere).
         """
         fast, topk = self._options(fast, topk, options)
-        dense, skips = features["dense"], features["skips"]
+        dense, terms = features["dense"], features["terms"]
         if fast:  # probabilities already (0 at rejected classes)
+            fast_one = self.decoder.forward_fast
             scores = torch.cat(
                 [
-                    self.decoder.forward_fast(dense[b : b + 1], text, [s[b : b + 1] for s in skips], topk)[0]
+                    fast_one(dense[b : b + 1], text, (), topk, [t[b : b + 1] for t in terms])[0]
                     for b in range(dense.shape[0])
                 ]
             )
         else:  # logits; the sigmoid follows on the small map, in float32
-            scores = self.decoder(dense, text, skips, aux=False)[0]
+            scores = self.decoder(dense, text, (), aux=False, terms=terms)[0]
         probs = valid_region(scores, features["padded"], image_size).float()
         if not fast:
             probs = probs.sigmoid()

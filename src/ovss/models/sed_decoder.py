@@ -140,6 +140,19 @@ class SEDDecoder(nn.Module):
         """Conv3x3 + ReLU projections of the skips (res4, res3, res2): [(B, g_i, ...)] per stage."""
         return [F.relu(proj(s)) for proj, s in zip(self.image_guidance, skips)]
 
+    def image_terms(
+        self, skips: Sequence[torch.Tensor], weights: Sequence[Sequence[torch.Tensor]] | None = None
+    ) -> list[torch.Tensor]:
+        """Everything the decoder takes from the image skips: each stage's class-independent part of
+        its first fusion conv (:meth:`FusionStage.image_term` of :meth:`image_guides`), (B, d_i, ...).
+        A re-query computes them once per image (``SED.image_stage``)."""
+        guides = self.image_guides(skips)
+        for i, g in enumerate(guides):
+            self._keep(f"image_guide{i}", g)
+        stages = self.fusion_stages()
+        weights = weights if weights is not None else [stage.split_weights() for stage in stages]
+        return [stage.image_term(g, wt) for stage, g, wt in zip(stages, guides, weights)]
+
     def cost_guides(self, cost: torch.Tensor, level: int) -> torch.Tensor:
         """Cost guidance of stage ``level``: the chained ConvT 2x2 s2 + ReLU on the cost, level + 1 times."""
         for proj in self.cost_guidance[: level + 1]:
@@ -176,7 +189,12 @@ class SEDDecoder(nn.Module):
         return None if callable(value) else value
 
     def forward(
-        self, dense: torch.Tensor, text: torch.Tensor, skips: Sequence[torch.Tensor], aux: bool = True
+        self,
+        dense: torch.Tensor,
+        text: torch.Tensor,
+        skips: Sequence[torch.Tensor],
+        aux: bool = True,
+        terms: Sequence[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Full decoder on all classes (training and normal inference).
 
@@ -185,17 +203,23 @@ class SEDDecoder(nn.Module):
             text: (K, P, E) text embeddings.
             skips: image features in stage order: res4 (B, ., 2h, 2w), res3 (4h), res2 (8h).
             aux: also compute the CER heads (training targets); inference passes False.
+            terms: :meth:`image_terms` of ``skips``, when already computed (``skips`` is then unused).
 
         Returns:
             logits (B, K, 8h, 8w) before sigmoid, and the three CER head logits
             [(B, K, h, w), (B, K, 2h, 2w), (B, K, 4h, 4w)] computed on detached features ([] if not aux).
         """
-        logits, heads, _ = self._decode(dense, text, skips, aux, None)
+        logits, heads, _ = self._decode(dense, text, skips, aux, None, terms)
         return logits, heads
 
     @torch.no_grad()
     def forward_fast(
-        self, dense: torch.Tensor, text: torch.Tensor, skips: Sequence[torch.Tensor], topk: int
+        self,
+        dense: torch.Tensor,
+        text: torch.Tensor,
+        skips: Sequence[torch.Tensor],
+        topk: int,
+        terms: Sequence[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """CER inference for one image: rejected classes are dropped from all further computation.
 
@@ -209,12 +233,13 @@ class SEDDecoder(nn.Module):
             text: (K, P, E).
             skips: as in :meth:`forward`, batch 1.
             topk: classes kept per pixel at each stage.
+            terms: :meth:`image_terms` of ``skips``, when already computed.
 
         Returns:
             probabilities (1, K, 8h, 8w) and the surviving class indices entering each stage,
             [(K1,), (K2,), (K3,)] int64, absolute (into the K classes), ascending.
         """
-        logits, _, survivors = self._decode(dense, text, skips, False, topk)
+        logits, _, survivors = self._decode(dense, text, skips, False, topk, terms)
         probs = dense.new_zeros(1, text.shape[0], *logits.shape[-2:])
         probs[0, survivors[-1]] = logits[0].sigmoid()
         return probs, survivors
@@ -226,6 +251,7 @@ class SEDDecoder(nn.Module):
         skips: Sequence[torch.Tensor],
         aux: bool,
         topk: int | None,
+        terms: Sequence[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Logits (B, K', 8h, 8w) of the K' final classes, CER head logits (if ``aux``), survivors (fast)."""
         batch, size = dense.shape[0], tuple(dense.shape[-2:])
@@ -233,12 +259,9 @@ class SEDDecoder(nn.Module):
             torch.is_grad_enabled() or is_tracing() or self._record is not None
         )
         cost = self.cost_volume(dense, text).contiguous(memory_format=CL)  # (B*K, P, h, w)
-        guides = self.image_guides(skips)
         stages = self.fusion_stages()
         weights = [stage.split_weights() for stage in stages]
-        terms = [stage.image_term(g, wt) for stage, g, wt in zip(stages, guides, weights)]
-        for i, g in enumerate(guides):
-            self._keep(f"image_guide{i}", g)
+        terms = terms if terms is not None else self.image_terms(skips, weights)
         keep = torch.arange(text.shape[0], device=dense.device)
         survivors: list[torch.Tensor] = []
         heads: list[torch.Tensor] = []
