@@ -20,6 +20,8 @@ import torch.nn.functional as F
 
 from ovss.utils import is_tracing
 
+COLUMN_GROUP = 64  # output columns per product of BandedResize.columns
+
 
 def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
     """Weights of a 1-D bilinear resize (align_corners=False), exactly as ``F.interpolate`` uses them.
@@ -63,15 +65,35 @@ class BandedResize:
         # first / last input row with a non-zero weight (row 0 with weight 0 for an all-zero row)
         self._first = np.where(has, nonzero.argmax(axis=1), 0)
         self._last = np.where(has, rows.shape[1] - 1 - nonzero[:, ::-1].argmax(axis=1), 0)
+        # the input columns each fixed group of COLUMN_GROUP output columns touches
+        nonzero = cols != 0
+        has = nonzero.any(axis=1)
+        first = np.where(has, nonzero.argmax(axis=1), 0)
+        last = np.where(has, cols.shape[1] - 1 - nonzero[:, ::-1].argmax(axis=1), 0)
+        self._col_groups = [
+            (j, min(j + COLUMN_GROUP, len(cols)), int(first[j : j + COLUMN_GROUP].min()),
+             int(last[j : j + COLUMN_GROUP].max()) + 1)
+            for j in range(0, len(cols), COLUMN_GROUP)
+        ]
 
     def band_rows(self, max_rows: int) -> int:
         """The largest band height (a multiple of ``group``, at least one group) within ``max_rows``."""
         return max(self.group, int(max_rows) // self.group * self.group)
 
     def columns(self, x: torch.Tensor) -> torch.Tensor:
-        """Resize the column axis: (B, C, h, w) -> (h, B, W, C) float32."""
+        """Resize the column axis: (B, C, h, w) -> (h, B, W, C) float32.
+
+        Fixed groups of output columns, each a product with only the input columns it touches (the
+        weight matrix is banded: the skipped terms are exact zeros), instead of one dense product.
+        """
         x = x.float().permute(2, 0, 3, 1)  # (h, B, w, C)
-        return torch.matmul(self.cols.to(x.device), x)
+        weights = self.cols.to(x.device)
+        if is_tracing():  # export: one dense product (a fixed-size graph)
+            return torch.matmul(weights, x)
+        out = x.new_empty(x.shape[0], x.shape[1], self.size[1], x.shape[3])
+        for j0, j1, lo, hi in self._col_groups:
+            torch.matmul(weights[j0:j1, lo:hi], x[:, :, lo:hi], out=out[:, :, j0:j1])
+        return out
 
     def band(
         self,
