@@ -15,11 +15,17 @@ machine: no time spent descheduled or spin-waiting).
 
     python -m bench.bench_requery                                    # K = 20, fp32, the four runs
     python -m bench.bench_requery --runs san-vit-b16 --classes 20 150 --repeat 7
+
+``--before SRC`` also runs every case with the package in another source tree (e.g. ``git archive
+<commit> src | tar -x -C /tmp/ovss_before``, then ``--before /tmp/ovss_before/src``), interleaved
+with this tree's case; ``--rounds N`` repeats the whole interleaved sequence N times and ends with the
+medians over the rounds per case and version.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -102,6 +108,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="interleaved timed rounds (medians kept)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="append the rows (JSON lines) to this file")
+    parser.add_argument("--before", metavar="SRC", help="also run every case with the package in SRC")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat all cases (interleaved) N times")
     parser.add_argument("--child", nargs=3, metavar=("RUN", "K", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     from bench.common import append_json, emit_result, print_table, run_case
@@ -109,23 +117,39 @@ def main() -> None:
     if args.child:
         emit_result(child(args.child[0], int(args.child[1]), args.child[2], args))
         return
+    versions = [("this", str(REPO / "src"))] + ([("before", args.before)] if args.before else [])
+    cases = [(spec, k, dtype) for spec in args.runs for k in args.classes for dtype in args.dtypes]
     rows = []
-    for spec in args.runs:
-        for classes in args.classes:
-            for dtype in args.dtypes:
-                cmd = [sys.executable, "-m", "bench.bench_requery", "--child", spec, str(classes), dtype,
-                       "--size", *map(str, args.size), "--repeat", str(args.repeat),
-                       "--threads", str(args.threads)]
-                row = run_case(cmd, f"{spec} K={classes} {dtype}", str(REPO / "src"))
-                if row is None:
-                    continue
-                rows.append(row)
-                print(f"{spec} K={classes} {dtype}: full {row['full s']:.3f} s, re-query "
-                      f"{row['requery s']:.3f} s ({row['fraction']:.3f})", flush=True)
-                append_json(args.json, row)
+    for _ in range(args.rounds):
+        for (spec, classes, dtype), (version, src) in itertools.product(cases, versions):
+            cmd = [sys.executable, "-m", "bench.bench_requery", "--child", spec, str(classes), dtype,
+                   "--size", *map(str, args.size), "--repeat", str(args.repeat),
+                   "--threads", str(args.threads)]
+            row = run_case(cmd, f"{spec} K={classes} {dtype} ({version})", src)
+            if row is None:
+                continue
+            row["version"] = version
+            rows.append(row)
+            print(f"{spec} K={classes} {dtype} ({version}): full {row['full s']:.3f} s, re-query "
+                  f"{row['requery s']:.3f} s ({row['fraction']:.3f}; CPU {row['CPU fraction']:.3f})",
+                  flush=True)
+            append_json(args.json, row)
     print(f"\n{args.threads} threads; image {args.size[0]}x{args.size[1]}; medians of {args.repeat} "
-          "interleaved rounds\n")
-    print_table(rows)
+          f"interleaved runs per case; {args.rounds} round(s)\n")
+    print_table(rows if args.rounds == 1 else summary(rows))
+
+
+def summary(rows: list[dict]) -> list[dict[str, object]]:
+    """Medians over the rounds, per case and version."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["run"], row["K"], row["dtype"], row["version"]), []).append(row)
+    keys = ("full s", "requery s", "fraction", "full CPU s", "requery CPU s", "CPU fraction", "handle MiB")
+    return [
+        {"run": run, "K": k, "dtype": dtype, "version": version, "rounds": len(group)}
+        | {key: statistics.median(float(r[key]) for r in group) for key in keys}
+        for (run, k, dtype, version), group in groups.items()
+    ]
 
 
 if __name__ == "__main__":
