@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
-from ovss.models.san_protocols import _Taps, d2_score_blocks, mmseg_score_blocks
+from ovss.models.san_protocols import _Taps, d2_resize, d2_score_blocks, mmseg_score_blocks
 from tests.models._blocks import assemble
 
 
@@ -34,7 +34,8 @@ def test_d2_blocks_are_channels_first_and_the_official_sum(image_size, output_si
     shape = (2, 4, *output_size)
     maps = []
     for budget in (1, 500, 10**9):
-        blocks = list(d2_score_blocks(masks, logits, (64, 96), image_size, output_size, budget))
+        resize = d2_resize((7, 9), (64, 96), image_size, output_size)
+        blocks = list(d2_score_blocks(masks, logits, resize, budget))
         assert all(block.is_contiguous() for _, _, block in blocks)  # channels-first: fast reductions
         maps.append(assemble(blocks, shape))
     assert all(torch.equal(m, maps[0]) for m in maps)  # a value never depends on the band size
@@ -45,7 +46,7 @@ def test_d2_blocks_are_channels_first_and_the_official_sum(image_size, output_si
     expected = torch.einsum("bqk,bqhw->bkhw", logits.softmax(-1)[..., :-1], sig)
     torch.testing.assert_close(maps[0], expected, rtol=1e-5, atol=1e-6)
     for i in range(2):  # an image alone gets the numbers it gets inside the batch
-        single = d2_score_blocks(masks[i : i + 1], logits[i : i + 1], (64, 96), image_size, output_size, 500)
+        single = d2_score_blocks(masks[i : i + 1], logits[i : i + 1], resize, 500)
         assert torch.equal(assemble(single, (1, *shape[1:]))[0], maps[0][i])
 
 

@@ -33,6 +33,7 @@ from ovss.models.san_protocols import (
     MMSEG_MEAN_255,
     MMSEG_STD_255,
     SAN_PROTOCOLS,
+    d2_resize,
     d2_score_blocks,
     mmseg_score_blocks,
 )
@@ -521,9 +522,11 @@ class SAN(SegmentationModel):
         check_stage_mode("SAN", features, mode)
         masks, logits = features["masks"], self.class_logits(features["regions"], text)
         hw = (int(features["padded"][0]), int(features["padded"][1]))
-        # mmseg: class scores at the padded size, then resized (san_protocols)
-        blocks = mmseg_score_blocks if mode == "mmseg" else d2_score_blocks
-        yield from blocks(masks, logits, hw, image_size, output_size, max_elements)
+        if mode == "mmseg":  # class scores at the padded size, then resized (san_protocols)
+            yield from mmseg_score_blocks(masks, logits, hw, image_size, output_size, max_elements)
+        else:
+            resize = d2_resize((int(masks.shape[-2]), int(masks.shape[-1])), hw, image_size, output_size)
+            yield from d2_score_blocks(masks, logits, resize, max_elements)
 
 
 def _downsample(x: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:

@@ -94,20 +94,25 @@ def _resized(small: int, padded: int, valid: int, out: int) -> np.ndarray:
     return first if valid == out else bilinear_matrix(valid, out) @ first
 
 
-def d2_score_blocks(
-    masks: torch.Tensor,
-    logits: torch.Tensor,
-    padded_size: tuple[int, int],
-    image_size: tuple[int, int],
+def d2_resize(
+    mask_size: tuple[int, int], padded_size: tuple[int, int], image_size: tuple[int, int],
     output_size: tuple[int, int],
-    max_elements: int,
+) -> BandedResize:
+    """The official mask resize as one separable map: (h_s, w_s) mask logits resized (bilinear) to the
+    padded input ``padded_size``, cropped to ``image_size``, resized to ``output_size``."""
+    (hs, ws), (hp, wp), (h, w), (h0, w0) = mask_size, padded_size, image_size, output_size
+    return BandedResize(_resized(hs, hp, h, h0), _resized(ws, wp, w, w0))
+
+
+def d2_score_blocks(
+    masks: torch.Tensor, logits: torch.Tensor, resize: BandedResize, max_elements: int
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """The official (detectron2) SAN post-processing in bands of output rows.
 
     Officially the (B, Q, h_s, w_s) mask logits are resized (bilinear) to the padded input, cropped to
-    ``image_size``, resized to ``output_size``, passed through a sigmoid and summed over the queries
+    the valid size, resized to the output size, passed through a sigmoid and summed over the queries
     weighted by the class probabilities. Here both resizes and the crop are one separable linear map
-    (:class:`~ovss.layers.resize.BandedResize`, same weights to float32 rounding). Each fixed group of
+    (``resize``: :func:`d2_resize`, same weights to float32 rounding). Each fixed group of
     8 output rows is resized, passed through the sigmoid and combined with the classes while it is in
     the cache: ``(K, Q) @ (Q, 8 W0)`` per image, written straight into the band's channels-first
     block (the layout whose per-pixel reduction over the classes is vectorised across pixels). Neither
@@ -117,17 +122,14 @@ def d2_score_blocks(
     Args:
         masks: (B, Q, h_s, w_s) mask logits.
         logits: (B, Q, K+1) class logits (void last).
-        padded_size: (H, W) of the network input; image_size: (h, w) valid region in it.
-        output_size: (H0, W0) of the score map.
+        resize: :func:`d2_resize` of the mask, padded, valid and output (H0, W0) sizes.
         max_elements: bound on the band working set B x (Q + K) x rows x W0 (at least 8 rows).
 
     Yields:
         ``(0, row_start, scores (B, K, r, W0) float32)`` contiguous, top to bottom: the sum over
         queries of softmax(class logits)[:K] x sigmoid(mask logits).
     """
-    (hs, ws), (hp, wp) = masks.shape[-2:], padded_size
-    (h, w), (h0, w0) = image_size, output_size
-    resize = BandedResize(_resized(hs, hp, h, h0), _resized(ws, wp, w, w0))
+    h0, w0 = resize.size
     probs = logits.float().softmax(-1)[..., :-1]  # (B, Q, K)
     b, q, k = probs.shape
     if is_tracing():  # ONNX export: the whole map in one product (a fixed-size graph, K dynamic)
