@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ovss.api.reduction import class_maxima, pixel_maxima
+from ovss.api.reduction import class_maxima
 from ovss.errors import OvssError
 
 
@@ -106,7 +106,7 @@ def reduce_scores(
     for k0, r0, block in blocks:
         block = block.float()
         k1, r1 = k0 + block.shape[1], r0 + block.shape[2]
-        value, label = pixel_maxima(block)  # (B, r, W0), first class among ties
+        value, label = block.max(dim=1)  # (B, r, W0), first class among ties
         if k0 == 0:  # the first class chunk of these rows (classes ascend within a band of rows)
             confidence[:, r0:r1], labels[:, r0:r1] = value, label
         else:

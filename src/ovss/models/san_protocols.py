@@ -115,7 +115,7 @@ def d2_score_blocks(
     (``resize``: :func:`d2_resize`, same weights to float32 rounding). Each fixed group of
     8 output rows is resized, passed through the sigmoid and combined with the classes while it is in
     the cache: ``(K, Q) @ (Q, 8 W0)`` per image, written straight into the band's channels-first
-    block (the layout whose per-pixel reduction over the classes is vectorised across pixels). Neither
+    block (its per-class maxima then read contiguous memory). Neither
     (B, Q, H0, W0) nor (B, K, H0, W0) is ever held; everything is float32 whatever the model dtype,
     and a value never depends on the band size (fixed groups, fixed product shapes).
 
