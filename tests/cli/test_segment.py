@@ -163,3 +163,20 @@ def test_scores_heatmaps_min_score_and_rendering_options(tmp_path, capsys):
     assert _segment(photo, out, *args[:-1], "0.8", "--outputs", "label,json", "--overwrite") == 0
     assert "unlabelled" not in json.loads((out / "photo.json").read_text())
     assert not list(out.glob("photo_heatmap*")) and not (out / "photo_scores.npz").exists()
+
+
+def test_tta_scales_reach_predict_with_or_without_the_tta_flag(tmp_path):
+    """``--tta --tta-scales 0.5,1`` passes the scales (the plain --tta flag used to replace them with
+    the default ratios); ``--tta`` alone the defaults; images and video frames share the options."""
+    from ovss.cli.main import build_parser
+    from ovss.cli.segment import _predict_options
+    from ovss.cli.segment_runs import frame_options
+
+    parser = build_parser()
+    scaled = {"tta": {"scales": [0.5, 1.0], "flip": True}}
+    for flags in (["--tta", "--tta-scales", "0.5,1"], ["--tta-scales", "0.5,1"]):
+        args = parser.parse_args(["segment", "x.jpg", "--classes", "a", *flags])
+        assert _predict_options(None, args, ("label",), tmp_path) == scaled
+        assert frame_options(args, {}) == scaled
+    args = parser.parse_args(["segment", "x.jpg", "--classes", "a", "--tta", "--min-score", "0.3"])
+    assert _predict_options(None, args, ("label",), tmp_path) == {"tta": True, "min_score": 0.3}

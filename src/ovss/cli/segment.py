@@ -43,6 +43,7 @@ from ovss.cli.segment_inputs import IMAGE_EXTS, STATE_DIR, InputImage, collect_i
 from ovss.cli.segment_runs import (
     OutputLock,
     file_entries,
+    frame_options,
     on_rank0,
     outputs_intact,
     prepare_out,
@@ -297,12 +298,7 @@ def _predict_options(
 ) -> dict[str, Any]:
     """The ``predict`` arguments of the command line: model options, --tta, --min-score and, for the
     scores / heatmaps outputs, ``return_scores`` (the maps kept on disk in ``out``, not in RAM)."""
-    options = model_options(args)
-    if getattr(args, "tta", None):  # ovss segment --tta (Segmenter.predict's tta=)
-        options["tta"] = args.tta
-    render = render_settings(args)
-    if "min_score" in render:
-        options["min_score"] = render["min_score"]
+    options = frame_options(args, render_settings(args))
     if "scores" in outputs or "heatmaps" in outputs:
         options["return_scores"] = True  # the (K, H, W) map of return_scores=True, written class by class
         seg.scores_dir = out  # kept in a nameless float16 temporary file there, not in RAM

@@ -399,3 +399,15 @@ def render_settings(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "labels", True) is False:
         settings["labels"] = False
     return settings
+
+
+def frame_options(args: argparse.Namespace, render: dict[str, Any]) -> dict[str, Any]:
+    """The ``predict`` arguments shared by images and video frames: the model options with the --tta
+    flags (:func:`~ovss.cli.common.model_options`) and the --min-score of ``render``
+    (:func:`render_settings`)."""
+    from ovss.cli.common import model_options
+
+    options = model_options(args)
+    if "min_score" in render:
+        options["min_score"] = render["min_score"]
+    return options

@@ -89,18 +89,16 @@ def _run_videos(args: argparse.Namespace, videos: list[Path], out: Path, vocab: 
                 outputs: tuple[str, ...], rank: int, world: int) -> int:
     """Load the model, embed the vocabulary once, segment this rank's share of the videos."""
     from ovss.api.video import segment_video
-    from ovss.cli.common import apply_inference_default, load_segmenter, model_options
+    from ovss.cli.common import apply_inference_default, load_segmenter
     from ovss.cli.segment_inputs import plan_names
-    from ovss.cli.segment_runs import render_settings
+    from ovss.cli.segment_runs import frame_options, render_settings
 
     seg = load_segmenter(args)
     apply_inference_default(args, seg.model.config, "segment")  # as for images
     seg.max_pixels = args.max_pixels
     seg.set_vocabulary(vocab)  # embedded once for every frame of every video
-    options = model_options(args)
     render = render_settings(args)  # --min-score, --opacity, --palette, --no-labels, as for images
-    if "min_score" in render:
-        options["min_score"] = render["min_score"]
+    options = frame_options(args, render)  # model options, --tta and --min-score, as for images
     draw = {k: render[k] for k in ("opacity", "palette", "labels") if k in render}
     stems = plan_names([str(v.resolve()) for v in videos], {})  # unique output names
     for i in range(rank, len(videos), world):
