@@ -287,7 +287,7 @@ class Segmenter:
         aug = parse_tta(tta)
         rgb = read_image(image, self.max_pixels)
         tensor, size = self._preprocess(rgb, **options)
-        handle = self._encode([(rgb, tensor, size)], aug, options, None)
+        handle = self._encode([(rgb, tensor, size)], aug, options, None, pixel_digest(rgb))
         self.image_cache.put(handle)
         return handle
 
@@ -297,9 +297,11 @@ class Segmenter:
         tta: TTAConfig | None,
         options: dict[str, Any],
         progress: Progress | None,
+        digest: str = "",
     ) -> ImageHandle:
         """The image stage of a batch (one view, or one per TTA augmentation, reported to ``progress``
-        as passes) as a handle."""
+        as passes) as a handle; ``digest``: :func:`pixel_digest` of a single image (a handle without
+        one is never cached)."""
         if tta is None:
             size = items[0][2]
             batch = self._normalise([t for _, t, _ in items], size)
@@ -314,7 +316,6 @@ class Segmenter:
                 batch, size = self._augmented_batch(items, scale, flip, options)
                 views += (View(flip, size, self.model.image_stage(batch, size, **options)),)
                 report(len(views), len(tta.augmentations), "pass")
-        digest = pixel_digest(items[0][0]) if len(items) == 1 else ""
         return ImageHandle(items[0][0], views, self.identity, self.dtype, dict(options), tta, digest)
 
     @torch.inference_mode()
@@ -330,9 +331,10 @@ class Segmenter:
         if len(items) > 1 or self.image_cache.max_bytes <= 0:
             views = self._encode(items, tta, options, progress).views
         else:  # one image: the implicit cache (the same image with other classes skips the image stage)
-            handle = self.image_cache.get(cache_key(items[0][0], self.identity, self.dtype, options, tta))
+            key = cache_key(items[0][0], self.identity, self.dtype, options, tta)
+            handle = self.image_cache.get(key)
             if handle is None:
-                handle = self._encode(items, tta, options, progress)
+                handle = self._encode(items, tta, options, progress, digest=key[0])
                 self.image_cache.put(handle)
             elif progress is not None and tta is not None:
                 for done in range(len(handle.views) + 1):
