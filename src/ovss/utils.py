@@ -115,6 +115,12 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def short_list(items: list[str], show: int = 8) -> str:
+    """First ``show`` items joined, then ``... (+N more)`` (keys in one-line error messages)."""
+    head = ", ".join(items[:show])
+    return head if len(items) <= show else f"{head}, ... (+{len(items) - show} more)"
+
+
 def is_tracing() -> bool:
     """True under tracing / ONNX export / torch.compile, where shapes must not depend on data."""
     import torch

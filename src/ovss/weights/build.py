@@ -20,17 +20,10 @@ from torch import nn
 
 from ovss.errors import CheckpointMismatchError
 from ovss.models.build import build_model
+from ovss.utils import short_list
 
 if TYPE_CHECKING:
     from ovss.models.base import ModelConfig
-
-_SHOW = 8  # keys shown per category in mismatch messages
-
-
-def _short(items: list[str], show: int = _SHOW) -> str:
-    """First ``show`` items joined, then ``... (+N more)``."""
-    head = ", ".join(items[:show])
-    return head if len(items) <= show else f"{head}, ... (+{len(items) - show} more)"
 
 
 def mismatches(
@@ -82,11 +75,11 @@ def load_strict(
         name = model or type(module).__name__
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing [{_short(missing)}]")
+            parts.append(f"{len(missing)} missing [{short_list(missing)}]")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected [{_short(unexpected)}]")
+            parts.append(f"{len(unexpected)} unexpected [{short_list(unexpected)}]")
         if wrong:
-            parts.append(f"{len(wrong)} wrong shape [{_short(wrong)}]")
+            parts.append(f"{len(wrong)} wrong shape [{short_list(wrong)}]")
         raise CheckpointMismatchError(
             f"checkpoint {what} does not fit {name}: {'; '.join(parts)}; check that the weights match "
             f"this architecture and were converted with the right source format"

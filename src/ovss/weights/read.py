@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ovss.errors import CheckpointMismatchError
-from ovss.utils import sha256_file
+from ovss.utils import sha256_file, short_list
 from ovss.weights.formats import unwrap_checkpoint
 from ovss.weights.modelfile import (
     DEFAULT_FIX,
@@ -36,9 +36,6 @@ if TYPE_CHECKING:
     from ovss.models.base import ModelConfig
 
 _WRAPPER_KEYS = ("model", "state_dict")
-_SHOW = 8  # non-tensor keys shown in messages
-
-
 @dataclasses.dataclass
 class CheckedModelFile:
     """An ovss model file whose header and metadata (family, config) were checked; ``tensors()`` checks
@@ -121,7 +118,7 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointMismatchError(
-            f"{path} is not a state dict: {len(bad)} non-tensor entries ({_short(bad)}); "
+            f"{path} is not a state dict: {len(bad)} non-tensor entries ({short_list(bad)}); "
             f"pass a file holding a state dict, {{'model': sd}} or {{'state_dict': sd}}"
         )
     return {str(k): v for k, v in obj.items()}
@@ -180,9 +177,4 @@ def _unpickler_reason(error: Exception) -> str:
         text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
     return " ".join(text.split())[:200] or type(error).__name__
 
-
-def _short(items: list[str], show: int = _SHOW) -> str:
-    """First ``show`` items joined, then ``... (+N more)``."""
-    head = ", ".join(items[:show])
-    return head if len(items) <= show else f"{head}, ... (+{len(items) - show} more)"
 
