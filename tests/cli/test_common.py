@@ -153,3 +153,17 @@ def test_writable_file_checks(tmp_path):
     message = r"^--out .*m\.onnx: the folder .*blocker is an existing file, not a folder; pass a folder path$"
     with pytest.raises(OutputPathError, match=message):
         ensure_writable_file(blocker / "m.onnx")
+
+
+@pytest.mark.parametrize("command", ["segment", "eval"])
+def test_commands_load_a_segmenter_without_the_image_cache(home, command):
+    """segment, video and eval see each image once: no handle kept, no digest per image; the library
+    default (the API's ``ovss.load``) keeps its cache."""
+    import ovss
+    from ovss.cli.common import load_segmenter
+    from ovss.cli.main import build_parser
+
+    argv = [command, "x.jpg", "--classes", "a"] if command == "segment" else [command, "--dataset", "voc20"]
+    args = build_parser().parse_args([*argv, "--model", "test-san-tiny"])
+    assert load_segmenter(args).image_cache.max_bytes == 0
+    assert ovss.load("test-san-tiny").image_cache.max_bytes > 0

@@ -202,7 +202,9 @@ def load_segmenter(args: argparse.Namespace) -> Segmenter:
     """Load the model named by the common arguments (inference options checked before and after).
 
     fp16 on the CPU warns in :class:`~ovss.api.segmenter.Segmenter` (one place for the CLI and the API).
+    The image cache is off (:mod:`ovss.api.requery`): the commands never see an image twice.
     """
+    from ovss.api.requery import ImageCache
     from ovss.api.segmenter import load
     from ovss.models.build import family_of
 
@@ -212,6 +214,8 @@ def load_segmenter(args: argparse.Namespace) -> Segmenter:
         check_model_options(args, family, args.model)
     segmenter = load(args.model, device=args.device, dtype=args.dtype, weights=args.weights)
     check_model_options(args, family_of(segmenter.model.config), args.model)
+    # segment, video and eval see every image once: no re-query cache, no digest per image
+    segmenter.image_cache = ImageCache(0)
     return segmenter
 
 

@@ -335,7 +335,6 @@ class _SegmentJob:
         from tqdm import tqdm
 
         from ovss.api.progress import ImageProgress
-        from ovss.api.requery import ImageCache
         from ovss.cli.pipeline import WriteBehind, read_ahead
         from ovss.data.io import read_image
 
@@ -353,7 +352,6 @@ class _SegmentJob:
         max_pixels = self.args.max_pixels
         remaining = read_ahead(todo, lambda i: read_image(self.files[i], max_pixels), depth=READ_AHEAD)
         writer = WriteBehind(depth=WRITE_BEHIND)  # saves results on a writer thread, in order
-        self.seg.image_cache = ImageCache(0)  # every image is new: no re-query cache, no digest per image
         try:
             self._predict_all(remaining, writer)
             writer.close()

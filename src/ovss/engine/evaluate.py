@@ -47,6 +47,7 @@ def evaluate(
         convention: "detectron2" or "mmseg" mIoU averaging.
         options: ``model.predict`` options (e.g. ``{"inference": "whole"}``).
     """
+    from ovss.api.requery import ImageCache
     from ovss.api.segmenter import Segmenter
     from ovss.data.io import read_label
     from ovss.evaluation.metrics import ConfusionMatrix
@@ -55,6 +56,7 @@ def evaluate(
     was_training = model.training
     try:
         segmenter = Segmenter(model, device=device, dtype=precision)
+        segmenter.image_cache = ImageCache(0)  # every image once: no re-query cache, no digest per image
         segmenter.set_vocabulary(vocabulary)
         matrix = ConfusionMatrix(len(vocabulary), ignore_index)
         mine = pairs[rank::world_size]
