@@ -227,9 +227,9 @@ class CATSeg(CostAggregationModel):
             images: (B, 3, R, R) CLIP-normalised, R = ``clip_resolution``.
 
         Returns:
-            ``{"image": (B, E, h, w) dense embedding, "guidance": [(B, guidance_dims[0], 2h, 2w),
-            (B, guidance_dims[1], 4h, 4w)] upsampled guidance maps, "prepared": the aggregator's
-            image-only inputs (``Aggregator.image_guidance``)}``.
+            ``{"image": (B, E, h, w) dense embedding, "prepared": the aggregator's image-only inputs
+            (``Aggregator.image_guidance`` of the upsampled guidance maps)}``; the raw maps are not
+            kept (a re-query handle holds only what the text stage reads).
         """
         tokens, guidance, (h, w) = self.encode_image_dense(images)
         b = images.shape[0]
@@ -238,13 +238,13 @@ class CATSeg(CostAggregationModel):
             return t[:, 1:].transpose(1, 2).reshape(b, -1, h, w)
 
         image, maps = to_map(tokens), [up(to_map(g)) for up, g in zip(self.guidance_up, guidance)]
-        return {"image": image, "guidance": maps, "prepared": self.aggregator.image_guidance(image, maps)}
+        return {"image": image, "prepared": self.aggregator.image_guidance(image, maps)}
 
     def aggregate(self, maps: dict[str, Any], text: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
         """The text part: :meth:`image_maps` and (K, P, E) text -> (B, K, 4h, 4w) logits."""
         image = maps["image"]
         text = self._batched_text(image, text)
-        return self.aggregator(image, text, maps["guidance"], pool, maps.get("prepared"))
+        return self.aggregator(image, text, None, pool, maps["prepared"])
 
     def _logits(self, images: torch.Tensor, text: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
         """(B, 3, R, R) images and (K, P, E) text -> (B, K, 4h, 4w) logits."""

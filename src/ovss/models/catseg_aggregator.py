@@ -396,7 +396,7 @@ class Aggregator(AggregatorBase):
         self,
         image: torch.Tensor,
         text: torch.Tensor,
-        guidance: tuple[torch.Tensor, torch.Tensor],
+        guidance: Sequence[torch.Tensor] | None,
         pool: tuple[int, int] = (1, 1),
         prepared: dict[str, Any] | None = None,
     ) -> torch.Tensor:
@@ -409,7 +409,8 @@ class Aggregator(AggregatorBase):
         Args:
             image: (B, E, h, w) dense CLIP image embedding (also the appearance guidance).
             text: (B, T, P, E) text embeddings.
-            guidance: decoder guidance maps (B, guidance_dims[0], 2h, 2w), (B, guidance_dims[1], 4h, 4w).
+            guidance: decoder guidance maps (B, guidance_dims[0], 2h, 2w), (B, guidance_dims[1], 4h, 4w)
+                (None when ``prepared`` is given).
             pool: class-aggregation pooling window ((2, 2) in training, (1, 1) at test).
             prepared: :meth:`image_guidance` of ``image`` and ``guidance`` (computed when None).
 
@@ -431,7 +432,9 @@ class Aggregator(AggregatorBase):
             index = keep[:, None, :, None, None].expand(-1, corr.shape[1], -1, *corr.shape[3:])
             corr = torch.gather(corr, 2, index)
         tk = corr.shape[2]
-        prepared = prepared if prepared is not None else self.image_guidance(image, guidance)
+        if prepared is None:
+            assert guidance is not None, "Aggregator needs the guidance maps or their image_guidance"
+            prepared = self.image_guidance(image, guidance)
         cost = self.aggregate(self.embed_cost(corr), prepared["appearance"], text, pool)
         # the guidance's part of each block's first conv is computed once per image (``terms``)
         step = tk if tracing else max(1, DECODER_CHUNK // b)  # export: all classes in one pass (any T)
