@@ -15,6 +15,7 @@ from typing import Any
 
 from ovss.models.family import get_family
 from ovss.weights.registry import Published, WeightSpec, get_weight_spec
+from ovss.weights.resolve import hub_page
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,12 +86,10 @@ def weights_origin(spec: WeightSpec) -> str:
     """Where the weights come from: ``hf:repo/file``, the official URL or page, or random."""
     if spec.source_format == "random":
         return f"random (seed {spec.seed}), built by ovss: segments nothing meaningful"
-    url = getattr(spec, "url", None)  # a direct official download (the mmseg SAN releases)
-    if url:
-        return url
+    if spec.url:  # a direct official download (the mmseg SAN releases)
+        return spec.url
     if spec.hub_repo and spec.hub_file:
-        space = "spaces/" if spec.hub_repo_type == "space" else ""
-        return f"https://huggingface.co/{space}{spec.hub_repo}/blob/main/{spec.hub_file}"
+        return f"{hub_page(spec)}/blob/main/{spec.hub_file}"
     return spec.manual_url or "-"
 
 
