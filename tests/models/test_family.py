@@ -319,3 +319,20 @@ def test_image_features_finish_only_with_their_own_inference_mode(name, computed
     with pytest.raises(ConfigError, match=rf"image features of inference='{computed}' cannot finish "
                        rf"inference='{other}'; compute them with the same options$"):
         next(model.text_stage(features, text, (64, 64), (64, 64), inference=other))
+
+
+def test_sed_image_features_finish_only_with_their_own_fast_setting():
+    """SED's image terms are batched per image under category early rejection: the stage check
+    covers its ``fast=`` as it covers the other families' ``inference=``."""
+    import ovss
+    from ovss.errors import ConfigError
+
+    model = ovss.load("test-sed-tiny", dtype="fp32").model
+    images = torch.zeros(2, 3, 64, 64)
+    features = model.image_stage(images, (64, 64), fast=True)
+    from ovss.vocab.templates import get_templates
+
+    text = torch.zeros(2, len(get_templates(model.config.templates)), model.config.clip.embed_dim)
+    with pytest.raises(ConfigError, match=r"^SED image features of fast=True cannot finish fast=False; "):
+        next(model.text_stage(features, text, (64, 64), (64, 64), fast=False))
+    next(model.text_stage(features, text, (64, 64), (64, 64), fast=True))  # its own setting finishes

@@ -197,12 +197,12 @@ class SegmentationModel(nn.Module):
         yield 0, 0, self.predict(features["images"], text, image_size, output_size, **options)
 
 
-def check_stage_mode(model: str, features: Features, mode: str) -> None:
+def check_stage_mode(model: str, features: Features, mode: Any, option: str = "inference") -> None:
     """Refuse to finish ``features`` (an :meth:`SegmentationModel.image_stage` output recording its
-    ``"mode"``) with another inference ``mode`` than the one they were computed with."""
+    ``"mode"``, the value of ``option``) with another ``mode`` than the one they were computed with."""
     if features["mode"] != mode:
         raise ConfigError(
-            f"{model} image features of inference={features['mode']!r} cannot finish inference={mode!r}; "
+            f"{model} image features of {option}={features['mode']!r} cannot finish {option}={mode!r}; "
             "compute them with the same options"
         )
 

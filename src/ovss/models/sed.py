@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ovss.errors import ConfigError
 from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
-from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, SegmentationModel
+from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, SegmentationModel, check_stage_mode
 from ovss.models.family import Family, register_family
 from ovss.models.sed_decoder import SEDDecoder
 from ovss.towers.clip import CLIP, ClipConfig, convnext_b_w_320, convnext_l_d_320
@@ -257,7 +257,8 @@ class SED(SegmentationModel):
         then not needed, which keeps the features small).
 
         Returns:
-            ``{"dense": (B, E, S/32, S/32), "terms": [(B, d_i, ...) per stage], "padded": (H, W)}``.
+            ``{"mode": fast (bool), "dense": (B, E, S/32, S/32), "terms": [(B, d_i, ...) per
+            stage], "padded": (H, W)}``.
         """
         fast, _ = self._options(fast, topk, options)
         dense, skips = self.image_features(images)
@@ -266,7 +267,7 @@ class SED(SegmentationModel):
             terms = [torch.cat(parts) for parts in zip(*per_image, strict=True)]
         else:
             terms = self.decoder.image_terms(skips)
-        return {"dense": dense, "terms": terms, "padded": tuple(images.shape[-2:])}
+        return {"mode": fast, "dense": dense, "terms": terms, "padded": tuple(images.shape[-2:])}
 
     def text_stage(
         self,
@@ -304,6 +305,7 @@ class SED(SegmentationModel):
             the official CER output (sigmoid at surviving classes, 0 elsewhere).
         """
         fast, topk = self._options(fast, topk, options)
+        check_stage_mode("SED", features, fast, "fast")  # the terms are batched differently
         dense, terms = features["dense"], features["terms"]
         if fast:  # probabilities already (0 at rejected classes)
             fast_one = self.decoder.forward_fast
