@@ -148,11 +148,12 @@ def test_class_attention_matches_formula() -> None:
 
 
 @pytest.mark.parametrize("heads", [1, 4])
-def test_doubled_layer_equals_seq_plus_layer_in_float64(heads: int) -> None:
-    """The fused inference form (one block-diagonal [k^T v | ksum] product per pixel) is the layer."""
+@pytest.mark.parametrize("classes", [3, 7, 8, 150])  # head width 32 or 8: both orders of the products
+def test_doubled_layer_equals_seq_plus_layer_in_float64(heads: int, classes: int) -> None:
+    """The inference form (scores first when L < D, key-value products first otherwise) is the layer."""
     torch.manual_seed(heads)
     attn = ClassAttention(32, heads).double().eval()
-    seq = torch.randn(7, 150, 32, dtype=torch.float64)
+    seq = torch.randn(7, classes, 32, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(attn.doubled_layer(seq), seq + attn.layer(seq), rtol=1e-12, atol=1e-12)
 

@@ -156,11 +156,12 @@ class ClassAttention(nn.Module):
     def doubled_layer(self, seq: torch.Tensor) -> torch.Tensor:
         """``seq + layer(seq)`` (the unpooled update, ``x + (x + delta)``) for inference, in fewer passes.
 
-        The same function as :meth:`layer`, organised for memory traffic: q/k feature maps in place
-        on the qkv GEMM output, and all heads' key-value products and key sums in one batched product
-        per pixel: ``[k^T v | ksum]`` is a (C, C + heads) block-diagonal matrix (the off-head blocks
-        zeroed), so ``q @ [k^T v | ksum]`` yields numerators and denominators at once without
-        splitting heads. Both are scaled by 1/L (the official fp16 range guard), which cancels.
+        The same function as :meth:`layer`, organised for memory traffic and FLOPs: q/k feature maps in
+        place on the qkv GEMM output, and each head's attention in whichever order of the products is
+        cheaper for L classes of head width D (both are exact rewritings of ``q (k^T v) / (q ksum)``):
+
+        * L < D: ``a = q k^T`` (L x L per head, non-negative), ``a v / (rowsum(a) + eps)``;
+        * otherwise: ``kv = k^T v`` (D x D per head), ``q kv / (q ksum + eps)``.
 
         Args:
             seq: (N, L, C) contiguous, N pixels of L classes; not modified.
@@ -171,17 +172,15 @@ class ClassAttention(nn.Module):
         n, length, c = seq.shape
         heads, d = self.heads, c // self.heads
         qkv = self.qkv(self.norm1(seq))  # (N, L, 3C)
-        qk = qkv[..., : 2 * c]
-        F.elu(qk, inplace=True).add_(1.0)  # feature map elu + 1 of q and k
-        q, k, v = qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :]
-        head = torch.arange(c, device=seq.device) // d
-        same_head = (head[:, None] == head[None, :]).to(seq.dtype)  # (C, C) block-diagonal mask
-        kv = torch.bmm(k.transpose(1, 2), v).mul_(same_head / length)  # (N, C, C)
-        one_head = (head[:, None] == torch.arange(heads, device=seq.device)).to(seq.dtype)  # (C, heads)
-        ksum = k.sum(dim=1).div_(length).unsqueeze(-1) * one_head  # (N, C, heads)
-        res = torch.bmm(q, torch.cat([kv, ksum], dim=2))  # (N, L, C + heads): numerators | denominators
-        den = res[..., c:].add_(self.eps / length).unsqueeze(-1)  # (N, L, heads, 1)
-        t = (res[..., :c].view(n, length, heads, d) / den).view(n, length, c)
+        F.elu(qkv[..., : 2 * c], inplace=True).add_(1.0)  # feature map elu + 1 of q and k
+        q, k, v = (qkv[..., i * c : (i + 1) * c].view(n, length, heads, d).transpose(1, 2) for i in range(3))
+        if length < d:  # (N, h, L, L) scores: the official denominator q . sum(k) is their row sum
+            scores = torch.matmul(q, k.transpose(-1, -2))
+            num, den = torch.matmul(scores, v), scores.sum(-1, keepdim=True)
+        else:  # (N, h, D, D) key-value products
+            num = torch.matmul(q, torch.matmul(k.transpose(-1, -2), v))
+            den = (q * k.sum(2, keepdim=True)).sum(-1, keepdim=True)
+        t = num.div_(den.add_(self.eps)).transpose(1, 2).reshape(n, length, c)
         t.add_(seq)  # seq + attention
         out = self.fc2(F.relu(self.fc1(self.norm2(t)), inplace=True))
         return out.add_(t).add_(seq)
