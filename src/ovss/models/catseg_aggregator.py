@@ -314,6 +314,26 @@ class AggregatorBase(nn.Module):
         """The two :class:`UpBlock` of ``decoder``."""
         return cast("list[UpBlock]", list(self.decoder))
 
+    def image_guidance(
+        self, appearance: torch.Tensor, guidance: Sequence[torch.Tensor]
+    ) -> dict[str, Any]:
+        """The image-only inputs of ``forward`` (a re-query computes them once per image).
+
+        Args:
+            appearance: (B, appearance_dim, h, w) appearance guidance input (CAT-Seg: the dense CLIP
+                embedding; v1: the backbone's res4); guidance: the two decoder guidance maps.
+
+        Returns:
+            ``{"appearance": (B, Ga, h, w), "decoder": [projected decoder guidance maps], "terms":
+            [each decoder block's guidance part of its first conv]}``.
+        """
+        decoder_guidance = [proj(g) for proj, g in zip(self.decoder_guidance_proj, guidance)]
+        return {
+            "appearance": self.appearance_proj(appearance),
+            "decoder": decoder_guidance,
+            "terms": [block.guidance_term(g) for block, g in zip(self.up_blocks(), decoder_guidance)],
+        }
+
     def embed_cost(self, corr: torch.Tensor) -> torch.Tensor:
         """(B, P, T, h, w) cost volume -> (B, T, h, w, C) embedded cost."""
         b, _, t, h, w = corr.shape
@@ -375,22 +395,6 @@ class Aggregator(AggregatorBase):
 
         super().__init__(d, d.embed_dim, classes)
         self.pad_len = pad_len
-
-    def image_guidance(
-        self, image: torch.Tensor, guidance: Sequence[torch.Tensor]
-    ) -> dict[str, Any]:
-        """The image-only inputs of :meth:`forward` (a re-query computes them once per image).
-
-        Returns:
-            ``{"appearance": (B, Ga, h, w), "decoder": [projected decoder guidance maps], "terms":
-            [each decoder block's guidance part of its first conv]}``.
-        """
-        decoder_guidance = [proj(g) for proj, g in zip(self.decoder_guidance_proj, guidance)]
-        return {
-            "appearance": self.appearance_proj(image),
-            "decoder": decoder_guidance,
-            "terms": [block.guidance_term(g) for block, g in zip(self.up_blocks(), decoder_guidance)],
-        }
 
     def forward(
         self,

@@ -245,17 +245,20 @@ class CATSegV1(CostAggregationModel):
 
     def encode_pair(self, clip_x: torch.Tensor, bb_x: torch.Tensor) -> dict[str, Any]:
         """The image-only part of the network: (B, 3, R, R) CLIP input, (B, 3, S, S) backbone input ->
-        ``{"image": (B, E, h, w) dense CLIP embedding, "res4", "res3", "res2": backbone maps}``."""
+        ``{"image": (B, E, h, w) dense CLIP embedding, "prepared": the aggregator's image-only inputs
+        (``image_guidance`` of res4, res3, res2)}``; the raw backbone maps are not kept (a re-query
+        handle holds only what the text stage reads)."""
         tokens, (h, w) = self.encode_image_dense(clip_x)
         image = tokens[:, 1:].transpose(1, 2).reshape(clip_x.shape[0], -1, h, w)
         feats = self.backbone(bb_x)
-        return {"image": image, **{k: feats[k] for k in ("res4", "res3", "res2")}}
+        prepared = self.aggregator.image_guidance(feats["res4"], (feats["res3"], feats["res2"]))
+        return {"image": image, "prepared": prepared}
 
     def aggregate(self, maps: dict[str, Any], text: torch.Tensor, pool: tuple[int, int]) -> torch.Tensor:
         """The text part: :meth:`encode_pair` maps and (K, P, E) text -> (B, K, 4h, 4w) logits."""
         image = maps["image"]
         text = self._batched_text(image, text)
-        return self.aggregator(image, text, maps["res4"], (maps["res3"], maps["res2"]), pool)
+        return self.aggregator(image, text, None, None, pool, maps["prepared"])
 
     def logits(
         self, clip_x: torch.Tensor, bb_x: torch.Tensor, text: torch.Tensor, pool: tuple[int, int]

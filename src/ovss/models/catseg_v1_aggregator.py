@@ -15,6 +15,9 @@ The class-aggregation residual quirk ``x + Up(pool(x) + delta)`` of both version
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 
 from ovss.models.catseg_aggregator import (
@@ -71,24 +74,28 @@ class AggregatorV1(AggregatorBase):
         self,
         image: torch.Tensor,
         text: torch.Tensor,
-        appearance: torch.Tensor,
-        guidance: tuple[torch.Tensor, torch.Tensor],
+        appearance: torch.Tensor | None,
+        guidance: Sequence[torch.Tensor] | None,
         pool: tuple[int, int] = (1, 1),
+        prepared: dict[str, Any] | None = None,
     ) -> torch.Tensor:
         """Per-class logits.
 
         Args:
             image: (B, E, h, w) dense CLIP image embedding.
             text: (B, T, P, E) text embeddings.
-            appearance: (B, appearance_dim, h, w) backbone res4.
-            guidance: (B, guidance_dims[0], 2h, 2w) res3 and (B, guidance_dims[1], 4h, 4w) res2.
+            appearance: (B, appearance_dim, h, w) backbone res4 (None when ``prepared`` is given).
+            guidance: (B, guidance_dims[0], 2h, 2w) res3 and (B, guidance_dims[1], 4h, 4w) res2 (None
+                when ``prepared`` is given).
             pool: class-aggregation pooling window.
+            prepared: :meth:`image_guidance` of ``appearance`` and ``guidance`` (computed when None).
 
         Returns:
             (B, T, 4h, 4w) logits.
         """
+        if prepared is None:
+            assert appearance is not None and guidance is not None, "AggregatorV1 needs res4, res3, res2"
+            prepared = self.image_guidance(appearance, guidance)
         cost = self.embed_cost(cost_volume(image, text))  # (B, T, h, w, C)
-        cost = self.aggregate(cost, self.appearance_proj(appearance), text, pool)
-        decoder_guidance = [proj(g) for proj, g in zip(self.decoder_guidance_proj, guidance)]
-        terms = [None] * len(decoder_guidance)
-        return self.decode(cost, decoder_guidance, terms, DECODER_CHUNK, channels_last=False)
+        cost = self.aggregate(cost, prepared["appearance"], text, pool)
+        return self.decode(cost, prepared["decoder"], prepared["terms"], DECODER_CHUNK, channels_last=False)
