@@ -217,14 +217,20 @@ def test_segment_refuses_server_files_without_telling_whether_they_exist(data_di
     assert str(tmp_path) not in caplog.text and "passwd" not in caplog.text
 
 
+def _count_image_stage(backend: DemoBackend, monkeypatch: pytest.MonkeyPatch) -> tuple[object, list[int]]:
+    """(the backend's loaded segmenter, the list that grows by one per run of its model's image stage)."""
+    seg = backend.segmenter()
+    calls: list[int] = []
+    real_stage = seg.model.image_stage
+    monkeypatch.setattr(seg.model, "image_stage", lambda *a, **k: (calls.append(1), real_stage(*a, **k))[1])
+    return seg, calls
+
+
 def test_changing_only_the_classes_reuses_the_image_features(data_dir, monkeypatch):
     """Within one browser session a request that changes only the classes (or display controls) runs
     only the text stage; another session never gets them (no timing hint about others' images)."""
     backend = DemoBackend("test-san-tiny", limits=DemoLimits(max_classes=10), gate=photos_gate(data_dir))
-    seg = backend.segmenter()
-    calls = []
-    real_stage = seg.model.image_stage
-    monkeypatch.setattr(seg.model, "image_stage", lambda *a, **k: (calls.append(1), real_stage(*a, **k))[1])
+    seg, calls = _count_image_stage(backend, monkeypatch)
     photo = {"path": str(data_dir / "quokka.jpg")}
     backend.segment(photo, "quokka; grass", session="alice")
     out = backend.segment(photo, "quokka; grass; rock, stone; sky", session="alice", min_score=0.01)
@@ -258,10 +264,7 @@ def test_session_features_live_in_the_shared_image_cache_under_the_shared_key(da
     monkeypatch.setattr(requery, "cache_key", lambda *a: (keys.append(real_key(*a)), keys[-1])[1])
     backend = DemoBackend("test-san-tiny", gate=photos_gate(data_dir))
     assert isinstance(backend._features, requery.ImageCache)
-    seg = backend.segmenter()
-    calls = []
-    real_stage = seg.model.image_stage
-    monkeypatch.setattr(seg.model, "image_stage", lambda *a, **k: (calls.append(1), real_stage(*a, **k))[1])
+    _, calls = _count_image_stage(backend, monkeypatch)
     photo = {"path": str(data_dir / "quokka.jpg")}
     backend.segment(photo, "quokka; grass", session="alice")
     backend.segment(photo, "quokka", session="alice")
