@@ -119,6 +119,28 @@ def segment_max_scores(args: list[str], out: Path, name: str = "photo") -> list[
     return [c["max_score"] for c in json.loads((out / f"{name}.json").read_text())["classes"]]
 
 
+def count_file_hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Record the file of every ``ovss.utils.sha256_file`` call from now on (in every loaded ``ovss``
+    module that imported it, the weights stages included); returns the growing list."""
+    import sys
+
+    import ovss.utils
+    import ovss.weights.cache
+    import ovss.weights.read
+    import ovss.weights.urlfetch  # loaded, so their bindings are counted too
+
+    real, seen = ovss.utils.sha256_file, []
+
+    def counted(path: Path, *args: object, **kwargs: object) -> str:
+        seen.append(Path(path).resolve())
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] == "ovss" and getattr(module, "sha256_file", None) is real:
+            monkeypatch.setattr(module, "sha256_file", counted)
+    return seen
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_ovss_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never read or write the user's cache (~/.cache/ovss): each session gets its own."""

@@ -163,6 +163,34 @@ def test_cache_is_an_lru_bounded_in_bytes() -> None:
     assert len(empty) == 0
 
 
+def _kib_handle(digest: str, kib: int) -> ImageHandle:
+    features = {"x": torch.zeros(kib * 256)}  # kib KiB of float32
+    return ImageHandle(np.zeros((1, 1, 3), np.uint8), (View(False, (1, 1), features),), "m",
+                       torch.float32, {}, None, digest)
+
+
+def test_cache_under_given_keys_with_a_count_bound_and_the_latest_kept() -> None:
+    """What the demo's per-session store uses: a handle under the caller's key (one per key, the new
+    one replacing the old), at most ``max_items`` handles, and ``keep_latest``: the last one put stays
+    even beyond the byte bound, the older ones go."""
+    cache = ImageCache(max_mb=10 / 1024, max_items=2, keep_latest=True)
+    cache.put(_kib_handle("a", 1), key=("alice",))
+    cache.put(_kib_handle("b", 1), key=("alice",))  # replaces alice's
+    assert list(cache) == [("alice",)] and cache.get(("alice",)).digest == "b" and cache.nbytes == 1027
+    cache.put(_kib_handle("c", 1), key=("bob",))
+    cache.put(_kib_handle("d", 1), key=("carol",))  # a third key: the least recently used goes
+    assert list(cache) == [("bob",), ("carol",)]
+    assert cache.pop(("bob",)).digest == "c" and cache.pop(("bob",)) is None
+    cache.put(_kib_handle("e", 12), key=("dave",))  # alone beyond 10 KiB: kept, the others dropped
+    assert list(cache) == [("dave",)] and cache.nbytes == 12 * 1024 + 3
+    nothing = ImageCache(0, keep_latest=True)
+    for key in "xy":
+        nothing.put(_kib_handle(key, 1), key=(key,))
+    assert list(nothing) == [("y",)]
+    with pytest.raises(CacheError, match="max_items=0"):
+        ImageCache(1, max_items=0)
+
+
 @pytest.mark.parametrize("raw", ["nan", "inf", "-1", "lots", "1e9"])
 def test_bad_cache_size_is_one_line(monkeypatch, raw) -> None:
     monkeypatch.setenv("OVSS_IMAGE_CACHE_MB", raw)

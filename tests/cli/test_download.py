@@ -18,9 +18,10 @@ def calls(monkeypatch):
 
     def fetch(spec):
         seen.append(("fetch", spec.name))
-        return "SRC"
+        return ovss.weights.resolve.Fetched("SRC", "0" * 64)
 
-    def convert(spec, source, target):
+    def convert(spec, source, target, sha256=None):
+        assert sha256 == "0" * 64  # the digest taken while fetching: the file is not hashed again
         seen.append(("convert", source, target))
 
     monkeypatch.setattr(ovss.weights.resolve, "fetch_source", fetch)

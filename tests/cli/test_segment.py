@@ -176,7 +176,38 @@ def test_tta_scales_reach_predict_with_or_without_the_tta_flag(tmp_path):
     scaled = {"tta": {"scales": [0.5, 1.0], "flip": True}}
     for flags in (["--tta", "--tta-scales", "0.5,1"], ["--tta-scales", "0.5,1"]):
         args = parser.parse_args(["segment", "x.jpg", "--classes", "a", *flags])
-        assert _predict_options(None, args, ("label",), tmp_path) == scaled
+        assert _predict_options(None, args, ("label",), tmp_path, {}) == scaled
         assert frame_options(args, {}) == scaled
     args = parser.parse_args(["segment", "x.jpg", "--classes", "a", "--tta", "--min-score", "0.3"])
-    assert _predict_options(None, args, ("label",), tmp_path) == {"tta": True, "min_score": 0.3}
+    assert _predict_options(None, args, ("label",), tmp_path, {"min_score": 0.3}) == {
+        "tta": True, "min_score": 0.3
+    }
+
+
+def test_render_settings_are_taken_once_per_job(tmp_path, monkeypatch):
+    """--opacity / --palette / --min-score are checked once (a palette file hashed once) and handed on:
+    to the run key, the predict options and the drawing."""
+    import hashlib
+    import json
+
+    from tests.conftest import count_file_hashes, noise_photo
+
+    real, calls = segment_cli.render_settings, []
+
+    def counted(args):
+        calls.append(args)
+        return real(args)
+
+    monkeypatch.setattr(segment_cli, "render_settings", counted)
+    palette = tmp_path / "colours.json"
+    palette.write_text('["#0a0b0c", "#102030"]')
+    hashed = count_file_hashes(monkeypatch)
+    photo = noise_photo(tmp_path / "photo.png", 32, 40)
+    out = tmp_path / "out"
+    args = ["--palette", str(palette), "--opacity", "1", "--min-score", "0.01"]
+    assert _segment(photo, out, *args) == 0
+    assert len(calls) == 1 and hashed.count(palette.resolve()) == 1
+    recorded = json.loads((out / segment_cli.STATE_DIR / "settings.json").read_text())["settings"]
+    assert recorded["render"] == {"min_score": 0.01, "opacity": 1.0, "palette": str(palette),
+                                  "palette_sha256": hashlib.sha256(palette.read_bytes()).hexdigest()}
+    assert json.loads((out / "photo.json").read_text())["unlabelled"]["min_score"] == 0.01

@@ -80,3 +80,26 @@ def test_video_outputs_and_options_are_checked_before_the_model_loads(tmp_path, 
     assert main([*base[:1], str(missing), *base[2:]]) == 1
     assert capsys.readouterr().err == f"ovss: error: video {missing} does not exist; check the path\n"
     assert not (tmp_path / "o").exists()
+
+
+def test_video_render_settings_are_taken_once(tmp_path, monkeypatch):
+    """A video job checks --opacity / --palette / --min-score once, before the model loads, and draws
+    every frame with those settings (a palette file is hashed once)."""
+    import ovss.cli.segment_runs
+    from tests.conftest import count_file_hashes
+
+    real, calls = ovss.cli.segment_runs.render_settings, []
+
+    def counted(args):
+        calls.append(args)
+        return real(args)
+
+    monkeypatch.setattr(ovss.cli.segment_runs, "render_settings", counted)
+    palette = tmp_path / "colours.json"
+    palette.write_text('["#0a0b0c", "#102030"]')
+    hashed = count_file_hashes(monkeypatch)
+    clip = _write_clip(tmp_path / "clip.mp4", frames=2, width=40, height=30)
+    args = ["segment", str(clip), "--classes", "a; b", "--model", "test-san-tiny", "--out",
+            str(tmp_path / "out"), "--palette", str(palette), "--opacity", "0.5"]
+    assert main(args) == 0
+    assert len(calls) == 1 and hashed.count(palette.resolve()) == 1

@@ -120,7 +120,7 @@ def test_the_page_passes_each_browser_session_to_the_backend(data_dir):
         first.predict(image=photo, classes="quokka; grass; sky", api_name="/segment")
         assert len(backend._features) == 1
         second.predict(image=photo, classes="quokka", api_name="/segment")
-        assert len(backend._features) == 2 and all(backend._features)
+        assert len(backend._features) == 2 and all(session for session, in backend._features)
     finally:
         app.close()
         backend.close()

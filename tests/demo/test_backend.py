@@ -217,14 +217,20 @@ def test_segment_refuses_server_files_without_telling_whether_they_exist(data_di
     assert str(tmp_path) not in caplog.text and "passwd" not in caplog.text
 
 
+def _count_image_stage(backend: DemoBackend, monkeypatch: pytest.MonkeyPatch) -> tuple[object, list[int]]:
+    """(the backend's loaded segmenter, the list that grows by one per run of its model's image stage)."""
+    seg = backend.segmenter()
+    calls: list[int] = []
+    real_stage = seg.model.image_stage
+    monkeypatch.setattr(seg.model, "image_stage", lambda *a, **k: (calls.append(1), real_stage(*a, **k))[1])
+    return seg, calls
+
+
 def test_changing_only_the_classes_reuses_the_image_features(data_dir, monkeypatch):
     """Within one browser session a request that changes only the classes (or display controls) runs
     only the text stage; another session never gets them (no timing hint about others' images)."""
     backend = DemoBackend("test-san-tiny", limits=DemoLimits(max_classes=10), gate=photos_gate(data_dir))
-    seg = backend.segmenter()
-    calls = []
-    real_stage = seg.model.image_stage
-    monkeypatch.setattr(seg.model, "image_stage", lambda *a, **k: (calls.append(1), real_stage(*a, **k))[1])
+    seg, calls = _count_image_stage(backend, monkeypatch)
     photo = {"path": str(data_dir / "quokka.jpg")}
     backend.segment(photo, "quokka; grass", session="alice")
     out = backend.segment(photo, "quokka; grass; rock, stone; sky", session="alice", min_score=0.01)
@@ -243,4 +249,29 @@ def test_changing_only_the_classes_reuses_the_image_features(data_dir, monkeypat
     for session in range(6):  # at most MAX_FEATURE_SESSIONS sessions keep features
         backend.segment(photo, "quokka", session=f"s{session}")
     assert len(backend._features) == demo.MAX_FEATURE_SESSIONS
+    backend.close()
+
+
+def test_session_features_live_in_the_shared_image_cache_under_the_shared_key(data_dir, monkeypatch):
+    """The per-session store is the byte-bounded ``ImageCache`` (the segmenter's class) and a session's
+    features are reused when ``cache_key`` (the segmenter's key function) of the request is theirs;
+    with $OVSS_IMAGE_CACHE_MB=0 only the latest session keeps its image's features."""
+    import ovss.api.requery as requery
+
+    monkeypatch.setenv("OVSS_IMAGE_CACHE_MB", "0")
+    keys = []
+    real_key = requery.cache_key
+    monkeypatch.setattr(requery, "cache_key", lambda *a: (keys.append(real_key(*a)), keys[-1])[1])
+    backend = DemoBackend("test-san-tiny", gate=photos_gate(data_dir))
+    assert isinstance(backend._features, requery.ImageCache)
+    _, calls = _count_image_stage(backend, monkeypatch)
+    photo = {"path": str(data_dir / "quokka.jpg")}
+    backend.segment(photo, "quokka; grass", session="alice")
+    backend.segment(photo, "quokka", session="alice")
+    assert len(calls) == 1 and len(keys) == 2 and keys[0] == keys[1]
+    assert backend._features.get(("alice",)).key == keys[0]  # the handle's own key is cache_key's
+    backend.segment(photo, "quokka", session="bob")
+    assert len(calls) == 2 and list(backend._features) == [("bob",)]  # 0 MiB: the latest session only
+    backend.segment(photo, "quokka", session="alice")
+    assert len(calls) == 3  # alice's were dropped, never bob's handed over
     backend.close()

@@ -52,3 +52,16 @@ def test_an_empty_model_name_is_not_taken_for_the_current_folder():
     with pytest.raises(UnknownModelError) as info:
         ovss.load("  ")
     assert str(info.value) == "no model given (an empty name); pass a name 'ovss models' lists or a file"
+
+
+def test_stored_parameter_counts_are_those_of_the_architectures():
+    """``WeightSpec.parameters`` (what ``ovss models`` shows without building anything) equals the count
+    of the model its config builds on the meta device, for every registered entry."""
+    import torch
+
+    from ovss.models.build import build_model
+
+    for spec in WEIGHTS:
+        with torch.device("meta"):
+            model = build_model(spec.config())
+        assert spec.parameters == sum(p.numel() for p in model.parameters()), spec.name

@@ -28,7 +28,7 @@ import ovss.home
 from ovss.cli.main import main
 from ovss.errors import DigestMismatchError, WeightsNotFoundError
 from ovss.weights import cache, modelfile, registry, resolve
-from tests.conftest import noise_photo, parity_dir
+from tests.conftest import count_file_hashes, noise_photo, parity_dir
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -189,6 +189,25 @@ def test_download_convert_segment(hub, official_bytes, monkeypatch, tmp_path, ca
     assert "already at" in capsys.readouterr().out and len(hub.requests) == before
 
 
+def test_a_download_is_hashed_once_per_load(hub, official_bytes, monkeypatch):
+    """The digest checked while fetching is the one the conversion records: the file is read for its
+    sha256 once (``ovss.load`` of a name not yet converted: fetch, check, convert, load)."""
+    spec = tiny_spec(monkeypatch)
+    hub.add(spec, official_bytes)
+    hashed = count_file_hashes(monkeypatch)
+    seg = ovss.load(spec.name)
+    digest = hashlib.sha256(official_bytes).hexdigest()
+    assert len(hashed) == 1 and hashed[0].read_bytes() == official_bytes
+    assert modelfile.open_model_file(resolve.converted_path(spec.name)).metadata["source_sha256"] == digest
+    assert seg.digest == digest
+    # a pinned digest that the download does not have is still refused
+    pinned = tiny_spec(monkeypatch, name="san-tiny-pinned", sha256="0" * 64)
+    hub.add(pinned, official_bytes)
+    with pytest.raises(DigestMismatchError, match="expected 0000000000000000"):
+        ovss.load(pinned.name)
+    assert not resolve.converted_path(pinned.name).exists()
+
+
 def _saved(tmp_path: Path, data: bytes) -> Path:
     path = tmp_path / "official.pth"
     path.write_bytes(data)
@@ -206,7 +225,7 @@ def test_interrupted_download_restarts_cleanly(hub, official_bytes, monkeypatch,
     assert not resolve.converted_path(spec.name).exists()
     hub.broken = False
     assert main(["download", spec.name]) == 0
-    assert resolve.fetch_source(spec).read_bytes() == official_bytes
+    assert resolve.fetch_source(spec).path.read_bytes() == official_bytes
     assert not list((ovss.home.ovss_home() / "hub").rglob("*.incomplete"))  # no partial file left
 
 
@@ -225,7 +244,7 @@ def test_partial_files_of_killed_downloads_are_removed(hub, official_bytes, monk
     old = time.time() - 3600
     os.utime(stale, (old, old))
     source = resolve.fetch_source(spec)
-    assert source.read_bytes() == official_bytes
+    assert source.path.read_bytes() == official_bytes and source.sha256 == sha
     assert not stale.exists() and live.exists()
 
 

@@ -22,7 +22,7 @@ from ovss.cli.main import main
 from ovss.errors import DigestMismatchError, WeightsNotFoundError
 from ovss.weights import cache, modelfile, registry, resolve
 from ovss.weights.urlfetch import fetch_url, name_hash_prefix
-from tests.conftest import parity_dir
+from tests.conftest import count_file_hashes, parity_dir
 
 
 class Server:
@@ -105,8 +105,9 @@ def test_download_checks_the_name_hash_and_converts(server, zoo_bytes, monkeypat
     digest = hashlib.sha256(zoo_bytes).hexdigest()
     server.files[f"/san/san-tiny_20230906-{digest[:8]}.pth"] = zoo_bytes
     spec = _spec(monkeypatch, f"{server.base}/san/san-tiny_20230906-{digest[:8]}.pth")
+    hashed = count_file_hashes(monkeypatch)
     assert main(["download", spec.name]) == 0
-    assert len(server.requests) == 1
+    assert len(server.requests) == 1 and len(hashed) == 1  # the digest taken at the download is recorded
     target = resolve.converted_path(spec.name)
     assert f"{spec.name}: {target}" in capsys.readouterr().out
     meta = modelfile.open_model_file(target).metadata
@@ -116,7 +117,7 @@ def test_download_checks_the_name_hash_and_converts(server, zoo_bytes, monkeypat
     record = ovss.home.cache_folder("hub") / "url" / f"san-tiny_20230906-{digest[:8]}.pth.sha256"
     assert record.read_text().strip() == digest  # the full digest, recorded on first download
     # later: from the cache, no request, the recorded digest checked
-    assert fetch_url(spec.name, spec.url) and len(server.requests) == 1
+    assert fetch_url(spec.name, spec.url) == (record.with_suffix(""), digest) and len(server.requests) == 1
     source = record.with_suffix("")
     damaged = bytearray(zoo_bytes)
     damaged[len(damaged) // 2] ^= 0xFF

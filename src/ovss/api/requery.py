@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -132,33 +133,60 @@ def cache_key(
 
 class ImageCache:
     """LRU of :class:`ImageHandle` bounded in bytes (``max_mb``, default ``$OVSS_IMAGE_CACHE_MB``;
-    0 keeps nothing)."""
+    0 keeps nothing).
 
-    def __init__(self, max_mb: float | None = None) -> None:
+    Handles are stored under their :attr:`ImageHandle.key` (:func:`cache_key`), or under a key the
+    caller gives (the demo: one handle per browser session, see ``ovss.demo.backend``).
+
+    Args:
+        max_mb: the byte bound in MiB (None: ``$OVSS_IMAGE_CACHE_MB``).
+        max_items: at most this many handles (None: no count limit).
+        keep_latest: the handle put last stays even when it alone exceeds the byte bound (0 MiB
+            included); only the older ones are dropped.
+    """
+
+    def __init__(
+        self, max_mb: float | None = None, max_items: int | None = None, keep_latest: bool = False
+    ) -> None:
         what = f"image cache max_mb={max_mb!r}"
         mb = default_image_cache_mb() if max_mb is None else check_cache_mb(max_mb, what)
+        whole = isinstance(max_items, int) and not isinstance(max_items, bool)
+        if max_items is not None and (not whole or max_items < 1):
+            raise CacheError(f"image cache max_items={max_items!r}: pass a whole number >= 1, or None")
         self.max_bytes = int(mb * 2**20)
-        self._items: OrderedDict[tuple[str, str, str, str], ImageHandle] = OrderedDict()  # oldest first
+        self.max_items = max_items
+        self.keep_latest = keep_latest
+        self._items: OrderedDict[tuple[str, ...], ImageHandle] = OrderedDict()  # oldest first
         self._bytes = 0
 
-    def get(self, key: tuple[str, str, str, str]) -> ImageHandle | None:
+    def get(self, key: tuple[str, ...]) -> ImageHandle | None:
         """The handle stored under ``key`` (now the most recent) or None."""
         handle = self._items.get(key)
         if handle is not None:
             self._items.move_to_end(key)
         return handle
 
-    def put(self, handle: ImageHandle) -> None:
-        """Keep ``handle``, dropping the least recently used ones beyond the byte bound."""
-        key, size = handle.key, handle.nbytes
-        if key in self._items:
-            self._bytes -= self._items.pop(key).nbytes
-        if size > self.max_bytes:
+    def pop(self, key: tuple[str, ...]) -> ImageHandle | None:
+        """Remove and return the handle stored under ``key`` (None when there is none)."""
+        handle = self._items.pop(key, None)
+        if handle is not None:
+            self._bytes -= handle.nbytes
+        return handle
+
+    def put(self, handle: ImageHandle, key: tuple[str, ...] | None = None) -> None:
+        """Keep ``handle`` under ``key`` (default: ``handle.key``), replacing what was stored there and
+        dropping the least recently used handles beyond the bounds."""
+        key = handle.key if key is None else key
+        size = handle.nbytes
+        self.pop(key)
+        if size > self.max_bytes and not self.keep_latest:
             return
         self._items[key] = handle
         self._bytes += size
-        while self._bytes > self.max_bytes:
+        limit = len(self._items) if self.max_items is None else self.max_items
+        while len(self._items) > 1 and (self._bytes > self.max_bytes or len(self._items) > limit):
             self._bytes -= self._items.popitem(last=False)[1].nbytes
+
 
     def clear(self) -> None:
         """Drop every handle."""
@@ -172,3 +200,7 @@ class ImageCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def __iter__(self) -> Iterator[tuple[str, ...]]:
+        """The keys held, least recently used first."""
+        return iter(list(self._items))

@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print(f"{spec.name}: already at {target}")
                 continue
-        convert_checkpoint(spec, fetch_source(spec), target)
+        fetched = fetch_source(spec)
+        convert_checkpoint(spec, fetched.path, target, sha256=fetched.sha256)
         print(f"{spec.name}: {target}")
     return 0

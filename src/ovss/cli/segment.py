@@ -152,9 +152,10 @@ def add_render_args(p: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------------------- state
 def _run_key(
-    seg: Any, vocab: Any, args: argparse.Namespace, outputs: tuple[str, ...]
+    seg: Any, vocab: Any, args: argparse.Namespace, outputs: tuple[str, ...], render: dict[str, Any]
 ) -> tuple[str, dict[str, Any]]:
-    """(short hash, settings) of what determines the outputs: model, weights, dtype, options, classes.
+    """(short hash, settings) of what determines the outputs: model, weights, dtype, options, classes
+    and ``render`` (:func:`render_settings` of ``args``).
 
     The settings are recorded in --out (``segment_runs``); an option that changes the outputs adds
     a key here, and a re-run with another value stops and names it.
@@ -172,8 +173,7 @@ def _run_key(
         "recursive": bool(args.recursive),  # the layout of the output tree
         "outputs": list(outputs),  # which files: may change between runs (FILE_CHOICE_KEYS)
     }
-    render = render_settings(args)  # --min-score, --opacity, --palette, --no-labels change the outputs
-    if render:
+    if render:  # --min-score, --opacity, --palette, --no-labels change the outputs
         settings["render"] = render
     return settings_key(settings), settings
 
@@ -211,7 +211,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.every is not None:
         raise ConfigError("--every N applies to videos only (every N-th frame); remove it for images")
     outputs = _parse_outputs(args.outputs)
-    render_settings(args)  # bad --opacity / --palette / --min-score: one line before the model loads
+    # taken once per job (a --palette file is hashed once): a bad --opacity / --palette / --min-score
+    # is one line before the model loads
+    render = render_settings(args)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = ensure_writable_dir(args.out)  # before the model loads: a bad --out costs nothing
@@ -225,7 +227,7 @@ def _run(args: argparse.Namespace) -> int:
     # --out belongs to one run at a time; rank 0 holds the lock for all ranks of this run
     lock = on_rank0(lambda: OutputLock(state).acquire(out, wait=args.wait), rank, world)
     try:
-        return _run_locked(args, inputs, skipped, vocab, outputs, out, rank, world)
+        return _run_locked(args, inputs, skipped, vocab, outputs, render, out, rank, world)
     finally:
         if lock is not None:
             lock.release()
@@ -237,6 +239,7 @@ def _run_locked(
     skipped: list[Path],
     vocab: Any,
     outputs: tuple[str, ...],
+    render: dict[str, Any],
     out: Path,
     rank: int,
     world: int,
@@ -249,7 +252,7 @@ def _run_locked(
     apply_inference_default(args, seg.model.config, "segment")  # CAT-Seg: whole (see models/catseg.py)
     seg.max_pixels = args.max_pixels
     seg.set_vocabulary(vocab)
-    key, settings = _run_key(seg, vocab, args, outputs)
+    key, settings = _run_key(seg, vocab, args, outputs, render)
     status = on_rank0(lambda: prepare_out(out, state, settings, args.overwrite), rank, world)
     if status == "replaced":
         print(f"--overwrite: deleted the results of other settings in {out}")
@@ -272,7 +275,7 @@ def _run_locked(
             logged = record.get("files")  # not a dict: an older ovss, no digests to check
             damaged += isinstance(logged, dict) and set(outputs) <= set(logged)  # not just new kinds
     _tell_skipped(rank, skipped, len(mine), len(todo), damaged, out)
-    failures = _SegmentJob(seg, args, out, outputs, key, rank).run(inputs, names, vocab, todo)
+    failures = _SegmentJob(seg, args, out, outputs, render, key, rank).run(inputs, names, vocab, todo)
     return _report(failures, len(todo), len(mine) - len(todo), out, rank, world)
 
 
@@ -294,11 +297,12 @@ def _tell_skipped(rank: int, skipped: list[Path], mine: int, todo: int, damaged:
 
 
 def _predict_options(
-    seg: Any, args: argparse.Namespace, outputs: tuple[str, ...], out: Path
+    seg: Any, args: argparse.Namespace, outputs: tuple[str, ...], out: Path, render: dict[str, Any]
 ) -> dict[str, Any]:
-    """The ``predict`` arguments of the command line: model options, --tta, --min-score and, for the
-    scores / heatmaps outputs, ``return_scores`` (the maps kept on disk in ``out``, not in RAM)."""
-    options = frame_options(args, render_settings(args))
+    """The ``predict`` arguments of the command line: model options, --tta, the --min-score of
+    ``render`` (:func:`render_settings`) and, for the scores / heatmaps outputs, ``return_scores`` (the
+    maps kept on disk in ``out``, not in RAM)."""
+    options = frame_options(args, render)
     if "scores" in outputs or "heatmaps" in outputs:
         options["return_scores"] = True  # the (K, H, W) map of return_scores=True, written class by class
         seg.scores_dir = out  # kept in a nameless float16 temporary file there, not in RAM
@@ -314,16 +318,23 @@ class _SegmentJob:
         seg: the loaded segmenter (its vocabulary set).
         args: the command line (``--batch-size``, ``--max-pixels`` and the render options).
         out: the output folder; ``outputs``: the kinds of files written per image.
+        render: the job's render settings (:func:`render_settings`, taken once).
         key: the settings key recorded with each image (``_run_key``).
         rank: this process's rank (rank 0 shows the progress bars).
     """
 
     def __init__(
-        self, seg: Any, args: argparse.Namespace, out: Path, outputs: tuple[str, ...], key: str, rank: int
+        self,
+        seg: Any,
+        args: argparse.Namespace,
+        out: Path,
+        outputs: tuple[str, ...],
+        render: dict[str, Any],
+        key: str,
+        rank: int,
     ) -> None:
         self.seg, self.args, self.out, self.outputs, self.key, self.rank = seg, args, out, outputs, key, rank
-        self.options = _predict_options(seg, args, outputs, out)
-        render = render_settings(args)
+        self.options = _predict_options(seg, args, outputs, out, render)
         self.draw = {k: render[k] for k in ("opacity", "palette", "labels") if k in render}
         self.failures: list[tuple[Path | str, str]] = []
         self.queue: deque[int] = deque()  # indices handed to predict_batch whose results are still due

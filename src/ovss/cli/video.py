@@ -67,7 +67,8 @@ def run_video(args: argparse.Namespace, videos: list[Path]) -> int:
         raise ConfigError(f"--outputs {args.outputs!r}: for videos choose among {', '.join(VIDEO_OUTPUTS)}")
     from ovss.cli.segment_runs import render_settings
 
-    render_settings(args)  # a bad --opacity / --palette / --min-score: one line before the model loads
+    # taken once per job: a bad --opacity / --palette / --min-score is one line before the model loads
+    render = render_settings(args)
     import_av()  # a missing extra fails before the model loads
     for video in videos:
         if not video.is_file():
@@ -79,25 +80,26 @@ def run_video(args: argparse.Namespace, videos: list[Path]) -> int:
     lock = on_rank0(lambda: OutputLock(out / STATE_DIR).acquire(out, wait=getattr(args, "wait", False)),
                     rank, world)
     try:
-        return _run_videos(args, videos, out, vocab, every, outputs, rank, world)
+        return _run_videos(args, videos, out, vocab, every, outputs, render, rank, world)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _run_videos(args: argparse.Namespace, videos: list[Path], out: Path, vocab: Any, every: int,
-                outputs: tuple[str, ...], rank: int, world: int) -> int:
-    """Load the model, embed the vocabulary once, segment this rank's share of the videos."""
+                outputs: tuple[str, ...], render: dict[str, Any], rank: int, world: int) -> int:
+    """Load the model, embed the vocabulary once, segment this rank's share of the videos.
+
+    ``render``: --min-score, --opacity, --palette, --no-labels (:func:`render_settings`, taken once)."""
     from ovss.api.video import segment_video
     from ovss.cli.common import apply_inference_default, load_segmenter
     from ovss.cli.segment_inputs import plan_names
-    from ovss.cli.segment_runs import frame_options, render_settings
+    from ovss.cli.segment_runs import frame_options
 
     seg = load_segmenter(args)
     apply_inference_default(args, seg.model.config, "segment")  # as for images
     seg.max_pixels = args.max_pixels
     seg.set_vocabulary(vocab)  # embedded once for every frame of every video
-    render = render_settings(args)  # --min-score, --opacity, --palette, --no-labels, as for images
     options = frame_options(args, render)  # model options, --tta and --min-score, as for images
     draw = {k: render[k] for k in ("opacity", "palette", "labels") if k in render}
     stems = plan_names([str(v.resolve()) for v in videos], {})  # unique output names

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import json
 import logging
 import re
 import shutil
 import tempfile
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -155,13 +154,16 @@ class DemoBackend:
         limits: DemoLimits | None = None,
         gate: UploadGate | None = None,
     ) -> None:
+        from ovss.api.requery import ImageCache
+
         self.device, self.dtype, self.weights = device, dtype, weights
         self.limits = limits or DemoLimits()
         self.gate = gate or UploadGate()
         # The image features of each browser session's latest image (re-query: a request that only
-        # changes the classes skips the image stage). Kept per session, never shared between users, so
-        # a faster answer cannot tell a user that someone else sent the same image.
-        self._features: OrderedDict[str, tuple[str, Any]] = OrderedDict()
+        # changes the classes skips the image stage), stored under the session alone: never shared
+        # between users, so a faster answer cannot tell a user that someone else sent the same image.
+        # Bounded as the segmenter's cache ($OVSS_IMAGE_CACHE_MB), the latest session's kept in any case.
+        self._features = ImageCache(max_items=MAX_FEATURE_SESSIONS, keep_latest=True)
         self.startup_model = self.model_name = model
         self._segmenter: Any = None
         self._family = ""
@@ -301,20 +303,16 @@ class DemoBackend:
         )
 
     def _image_features(self, segmenter: Any, rgb: np.ndarray, options: dict[str, Any], session: str) -> Any:
-        """The image-stage features of ``rgb`` for this request: the session's own last ones when the
-        image, model and options are the same, else computed now (and kept for the session)."""
-        from ovss.api.requery import default_image_cache_mb, pixel_digest
+        """The image-stage features of ``rgb`` for this request: the session's own last ones when their
+        key (:func:`~ovss.api.requery.cache_key`: pixels, model, dtype, options) is this request's, else
+        computed now (the session's old ones freed first) and kept for the session."""
+        from ovss.api.requery import cache_key
 
-        key = json.dumps([self.model_name, pixel_digest(rgb), options], sort_keys=True, default=str)
-        kept = self._features.pop(session, None) if session else None
-        handle = kept[1] if kept is not None and kept[0] == key else segmenter.encode_image(rgb, **options)
+        key = cache_key(rgb, segmenter.identity, segmenter.dtype, options, None)
+        kept = self._features.pop((session,)) if session else None
+        handle = kept if kept is not None and kept.key == key else segmenter.encode_image(rgb, **options)
         if session:
-            self._features[session] = (key, handle)
-            budget = default_image_cache_mb() * 2**20
-            while len(self._features) > MAX_FEATURE_SESSIONS or (
-                len(self._features) > 1 and sum(h.nbytes for _, h in self._features.values()) > budget
-            ):
-                self._features.popitem(last=False)  # the least recently used session's features go
+            self._features.put(handle, key=(session,))  # least recently used sessions beyond the bounds go
         return handle
 
     def close(self) -> None:

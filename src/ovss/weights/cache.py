@@ -67,7 +67,7 @@ def load_model(name_or_path: str | Path, weights: str | Path | None = None) -> t
         return model, info
     if source.install:  # first use of a registry name: convert the downloaded file into the cache
         assert spec is not None and source.cache is not None
-        path = convert_checkpoint(spec, path, source.cache)
+        path = convert_checkpoint(spec, path, source.cache, sha256=source.sha256)
     cache = source.cache is not None
     fix = DEFAULT_FIX
     if cache and spec is not None:
@@ -91,10 +91,15 @@ def load_model(name_or_path: str | Path, weights: str | Path | None = None) -> t
 
 
 # ----------------------------------------------------------------------------------------- conversion
-def convert_checkpoint(spec: WeightSpec, source: Path, out: str | Path | None = None) -> Path:
+def convert_checkpoint(
+    spec: WeightSpec, source: Path, out: str | Path | None = None, sha256: str | None = None
+) -> Path:
     """Convert a checkpoint file for ``spec`` into ovss's format (once; atomic; digest recorded).
 
     ``out``: a file, or a folder (an existing one, or a path ending in "/", created) for NAME.safetensors.
+    ``sha256``: the sha256 of ``source`` when the caller has just taken it (a download:
+    ``resolve.Fetched``), recorded (and checked against ``spec.sha256``) without hashing the file again;
+    None (a file the user names): hashed here.
 
     ``source`` may be in any model format of ``spec``'s family (detected), an ovss ``.safetensors``
     (copied with a fresh name and digest) or a bare state dict already in the ovss layout.
@@ -112,7 +117,7 @@ def convert_checkpoint(spec: WeightSpec, source: Path, out: str | Path | None = 
     if out == converted_path(spec.name):
         cache_folder("weights", create=True)
         check_file_slot(out)
-    digest = verify_digest(source, spec.sha256, spec.name)
+    digest = verify_digest(source, spec.sha256, spec.name, sha256)
     config = spec.config()
     started = time.monotonic()
     source_format, source_digest = spec.source_format, digest

@@ -68,6 +68,10 @@ class WeightSpec:
     seed: int = 0  # for "random" weights
     published: tuple[Published, ...] = ()  # published mIoU per benchmark and protocol (model card)
     citation: str = ""  # BibTeX of the paper to cite for these weights
+    # parameters of the architecture (buffers excluded; ``ovss models``), as the model built from
+    # ``config`` on the meta device has them (tests/weights/test_registry.py checks every entry); None:
+    # counted when asked (``ovss.api.card.count_parameters``). A copy with another config resets it.
+    parameters: int | None = None
 
     @property
     def downloadable(self) -> bool:
@@ -209,74 +213,89 @@ _RENAMED = "(renamed keys; mmseg test protocol)"
 _TINY = "for tests and offline demos"
 
 
-def _tiny(family: str, name: str, builder: str, description: str) -> WeightSpec:
+def _tiny(family: str, name: str, builder: str, description: str, parameters: int) -> WeightSpec:
     """A tiny random model of ``family`` for tests and offline demos (built through the same code path)."""
     make = _release(family, source_format="random", license="Apache-2.0", origin="ovss")
-    return make(name, builder, description)
+    return make(name, builder, description, parameters=parameters)
 
 
 WEIGHTS: tuple[WeightSpec, ...] = (
     _san(
         "san-vit-b16", "san_vit_b16", f"SAN, CLIP ViT-B/16, {_COCO} (official release)",
         hub_repo="Mendel192/san", hub_file="san_vit_b_16.pth", published=_SAN_B16_RESULTS,
+        parameters=157_840_307,
     ),
     _san(
         "san-vit-l14", "san_vit_l14", f"SAN, CLIP ViT-L/14@336, {_COCO} (official release)",
         hub_repo="Mendel192/san", hub_file="san_vit_large_14.pth", published=_SAN_L14_RESULTS,
+        parameters=436_674_995,
     ),
     _san_mmseg(
         "san-vit-b16.mmseg", "san_vit_b16_mmseg", f"SAN ViT-B/16 as released by mmsegmentation {_RENAMED}",
         **_san_mm("san-vit-b16_20230906-fd0a7684.pth", 41.93, 41.77),
+        parameters=157_840_307,
     ),
     _san_mmseg(
         "san-vit-l14.mmseg", "san_vit_l14_mmseg", f"SAN ViT-L/14 as released by mmsegmentation {_RENAMED}",
         **_san_mm("san-vit-l14_20230907-a11e098f.pth", 45.78, 43.99),
+        parameters=436_674_995,
     ),
     _catseg(
         "catseg-vit-b16", "catseg_vit_b16", f"CAT-Seg (CVPR 2024), CLIP ViT-B/16, {_COCO}",
         hub_file="model_base.pth", published=_CATSEG_B16_RESULTS,
+        parameters=154_289_378,
     ),
     _catseg(
         "catseg-vit-l14", "catseg_vit_l14", f"CAT-Seg (CVPR 2024), CLIP ViT-L/14@336, {_COCO}",
         hub_file="model_large.pth", published=_CATSEG_L14_RESULTS,
+        parameters=433_726_946,
     ),
     _catseg_v1(
         "catseg-v1-r101-vit-b16", "catseg_v1_r101_vit_b16",
         f"CAT-Seg arXiv-v1: CLIP ViT-B/16 + ResNet-101, {_BY_HAND}", published=_CATSEG_V1_B16_RESULTS,
+        parameters=180_559_266,
     ),
     _catseg_mm(
         "catseg-v1-r101-vit-b16.mmseg", "catseg_v1_r101_vit_b16_mmseg",
         f"CAT-Seg v1 R-101 & ViT-B as ported by mmsegmentation {_OWN}",
+        parameters=180_642_082,
     ),
     _catseg_v1(
         "catseg-v1-swinb-vit-l14", "catseg_v1_swinb_vit_l14",
         f"CAT-Seg arXiv-v1: CLIP ViT-L/14@336 + Swin-B, {_BY_HAND}", published=_CATSEG_V1_L14_RESULTS,
+        parameters=490_331_674,
     ),
     _catseg_mm(
         "catseg-v1-swinb-vit-l14.mmseg", "catseg_v1_swinb_vit_l14_mmseg",
         f"CAT-Seg v1 Swin-B & ViT-L as ported by mmsegmentation {_OWN}",
+        parameters=490_331_674,
     ),
     _sed(
-        "sed-convnext-b", "sed_convnext_b", f"SED, ConvNeXt-B CLIP, {_COCO_BY_HAND}", published=_SED_B_RESULTS
+        "sed-convnext-b", "sed_convnext_b", f"SED, ConvNeXt-B CLIP, {_COCO_BY_HAND}",
+        published=_SED_B_RESULTS, parameters=180_761_741,
     ),
     _sed(
-        "sed-convnext-l", "sed_convnext_l", f"SED, ConvNeXt-L CLIP, {_COCO_BY_HAND}", published=_SED_L_RESULTS
+        "sed-convnext-l", "sed_convnext_l", f"SED, ConvNeXt-L CLIP, {_COCO_BY_HAND}",
+        published=_SED_L_RESULTS, parameters=353_245_773,
     ),
-    _tiny("san", "test-san-tiny", "san_tiny", f"tiny random SAN {_TINY} (segments nothing meaningful)"),
+    _tiny(
+        "san", "test-san-tiny", "san_tiny", f"tiny random SAN {_TINY} (segments nothing meaningful)",
+        2_092_019,
+    ),
     _tiny(
         "san", "test-san-tiny.mmseg", "san_tiny_mmseg",
-        "tiny random SAN with mmsegmentation's test protocol (as the .mmseg weights)",
+        "tiny random SAN with mmsegmentation's test protocol (as the .mmseg weights)", 2_092_019,
     ),
-    _tiny("catseg", "test-catseg-tiny", "catseg_tiny", f"tiny random CAT-Seg {_TINY}"),
+    _tiny("catseg", "test-catseg-tiny", "catseg_tiny", f"tiny random CAT-Seg {_TINY}", 2_467_698),
     _tiny(
         "catseg_v1", "test-catseg-v1-tiny", "catseg_v1_tiny",
-        f"tiny random CAT-Seg v1 (R-101 depth, small widths) {_TINY}",
+        f"tiny random CAT-Seg v1 (R-101 depth, small widths) {_TINY}", 3_028_130,
     ),
     _tiny(
         "catseg_v1", "test-catseg-v1-tiny.mmseg", "catseg_v1_tiny_mmseg",
-        "tiny random CAT-Seg v1 with the mmseg port's structure and test protocol",
+        "tiny random CAT-Seg v1 with the mmseg port's structure and test protocol", 2_736_034,
     ),
-    _tiny("sed", "test-sed-tiny", "sed_tiny", f"tiny random SED {_TINY}"),
+    _tiny("sed", "test-sed-tiny", "sed_tiny", f"tiny random SED {_TINY}", 1_256_245),
 )
 
 _BY_NAME = {spec.name: spec for spec in WEIGHTS}

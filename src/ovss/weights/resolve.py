@@ -6,7 +6,8 @@
 - ``fetch_source``: the official checkpoint of a registry entry, from the Hugging Face cache under
   ``$OVSS_HOME/hub`` or downloaded (``HF_ENDPOINT`` honoured; an unreachable endpoint fails at once
   with one line; offline mode, ``OVSS_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``, never touches the network),
-  or from a plain URL (:mod:`ovss.weights.urlfetch`); its sha256 is checked.
+  or from a plain URL (:mod:`ovss.weights.urlfetch`); its sha256 is checked, and handed on with the
+  path (:class:`Fetched`) so the conversion records it without reading the file again.
 
 Progress lines ("downloading ...") go to the ``ovss.weights`` logger; the CLI shows them.
 """
@@ -53,12 +54,29 @@ def _endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
 
-def fetch_source(spec: WeightSpec, alternative: str = "") -> Path:
-    """Path of the source checkpoint of ``spec``, from the hub cache or downloaded (unless offline).
+@dataclasses.dataclass(frozen=True)
+class Fetched:
+    """The official checkpoint of a registry entry, fetched and checked by :func:`fetch_source`.
+
+    Attributes:
+        path: the local file (hub cache or ``$OVSS_HOME/hub/url``).
+        sha256: its sha256, taken (and checked) while fetching: ``convert_checkpoint(..., sha256=)``
+            records it without hashing the file a second time.
+    """
+
+    path: Path
+    sha256: str
+
+
+def fetch_source(spec: WeightSpec, alternative: str = "") -> Fetched:
+    """The source checkpoint of ``spec`` and its sha256, from the hub cache or downloaded (unless offline).
 
     Args:
         spec: the registry entry.
         alternative: appended to "not available" messages (e.g. how to pass the file directly).
+
+    Returns:
+        the local file and its sha256 (hashed once, here).
 
     Raises:
         WeightsNotFoundError: no hub copy, offline and not cached, endpoint unreachable, download failed.
@@ -70,7 +88,7 @@ def fetch_source(spec: WeightSpec, alternative: str = "") -> Path:
 
         if not is_offline():
             log.info("fetching %s for %s (once; cached)", spec.url, spec.name)
-        return fetch_url(spec.name, spec.url, spec.sha256)
+        return Fetched(*fetch_url(spec.name, spec.url, spec.sha256))
     if not spec.downloadable:
         raise WeightsNotFoundError(
             f"{spec.name} has no hub copy: download it from {spec.manual_url} and run "
@@ -113,8 +131,7 @@ def fetch_source(spec: WeightSpec, alternative: str = "") -> Path:
                 f"downloading {manual} failed ({_reason(e)}); run 'ovss download {spec.name}' again, or "
                 f"fetch the file by hand and run 'ovss convert {spec.name} FILE'"
             ) from None
-    _verify_download(path, spec)
-    return path
+    return Fetched(path, _verify_download(path, spec))
 
 
 # huggingface_hub versions whose private cache layout _remove_stale_partials knows (checked against 2.4):
@@ -165,14 +182,14 @@ def _probe(spec: WeightSpec, manual: str, alternative: str) -> None:
         ) from None
 
 
-def _verify_download(path: Path, spec: WeightSpec) -> None:
-    """sha256 against the pinned digest, or the hub's own (LFS blobs are named by their sha256)."""
+def _verify_download(path: Path, spec: WeightSpec) -> str:
+    """The sha256, checked against the pinned digest or the hub's own (LFS blobs are named by it)."""
     blob = path.resolve()
     expected = spec.sha256
     if expected is None and len(blob.name) == 64 and all(c in "0123456789abcdef" for c in blob.name):
         expected = blob.name
     try:
-        verify_digest(path, expected, spec.name)
+        return verify_digest(path, expected, spec.name)
     except DigestMismatchError as e:
         blob.unlink(missing_ok=True)
         path.unlink(missing_ok=True)
@@ -182,9 +199,10 @@ def _verify_download(path: Path, spec: WeightSpec) -> None:
         ) from None
 
 
-def verify_digest(path: Path, expected: str | None, what: str) -> str:
-    """sha256 of ``path``; raises DigestMismatchError when ``expected`` is given and differs."""
-    digest = sha256_file(path)
+def verify_digest(path: Path, expected: str | None, what: str, digest: str | None = None) -> str:
+    """sha256 of ``path`` (``digest``: already taken, not hashed again); raises DigestMismatchError when
+    ``expected`` is given and differs."""
+    digest = sha256_file(path) if digest is None else digest.lower()
     if expected is not None and digest != expected.lower():
         raise DigestMismatchError(
             f"{path} has sha256 {digest[:16]}..., expected {expected[:16]}... for {what}; the file is not "
@@ -203,11 +221,14 @@ class Source:
         spec: the registry entry the file is read as (None: a bare file, its model is detected).
         cache: the converted-weights cache file of ``spec`` when ``path`` is that file, or the file
             ``path`` (a downloaded official checkpoint) is to be installed into first.
+        sha256: the sha256 of ``path`` when this stage took it (a fetched official checkpoint), for the
+            conversion to record; None otherwise.
     """
 
     path: Path | None
     spec: WeightSpec | None
     cache: Path | None = None
+    sha256: str | None = None
 
     @property
     def install(self) -> bool:
@@ -240,7 +261,8 @@ def resolve(name_or_path: str | Path, weights: str | Path | None = None) -> Sour
     if check_file_slot(target):
         return Source(target, spec, target)
     alternative = ", or pass the file itself (--weights FILE, or weights= in ovss.load)"
-    return Source(fetch_source(spec, alternative), spec, target)
+    fetched = fetch_source(spec, alternative)
+    return Source(fetched.path, spec, target, fetched.sha256)
 
 
 def _exists(path: Path) -> bool:

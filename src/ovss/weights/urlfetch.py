@@ -47,8 +47,9 @@ def _stream(url: str, dest: Path) -> None:
             f.write(chunk)
 
 
-def fetch_url(name: str, url: str, sha256: str | None = None) -> Path:
-    """The file at ``url`` for registry entry ``name``, from the cache or downloaded, its digest checked.
+def fetch_url(name: str, url: str, sha256: str | None = None) -> tuple[Path, str]:
+    """The file at ``url`` for registry entry ``name``, from the cache or downloaded, and its sha256
+    (checked; taken once, here).
 
     Raises:
         WeightsNotFoundError: offline and not cached, or the download failed (the message gives the URL).
@@ -85,4 +86,4 @@ def fetch_url(name: str, url: str, sha256: str | None = None) -> Path:
         )
     if not record.is_file():
         atomic_write_text(record, digest + "\n")  # later uses check the full digest of the first download
-    return path
+    return path, digest
