@@ -238,6 +238,23 @@ def test_toy_inference_modes_pass_through_the_cli(toy_family_with_modes, tmp_pat
     assert "ovss: error: --inference is a CAT-Seg and ToySeg option;" in capsys.readouterr().err
 
 
+def test_the_inference_option_parser_reads_the_family_descriptor(toy_family_with_modes):
+    """SegmentationModel's inference= parser (SAN's and CAT-Seg's) takes a family's title and modes
+    from its descriptor: the toy's own modes pass, others are refused naming them."""
+    from ovss.errors import ConfigError
+
+    model = ToyModel(ToyConfig())
+    assert model.label == "ToySeg" and model.inference_modes == TOY_MODES
+    options = {"inference": "coarse"}
+    assert model._mode(options) == "coarse" and options == {}
+    with pytest.raises(ConfigError) as err:
+        model._mode({"inference": "whole"})
+    assert str(err.value) == "ToySeg inference='whole' is not one of ['fine', 'coarse']"
+    with pytest.raises(ConfigError) as err:
+        model._mode({"inference": "fine", "tiles": 2})
+    assert str(err.value) == "unknown ToySeg option(s) ['tiles']; the only one is inference= (fine or coarse)"
+
+
 def test_toy_family_trains_and_serves_in_the_demo(toy_family, tmp_path):
     from ovss.demo.backend import DemoBackend
     from ovss.demo.catalogue import inference_modes, option_visibility

@@ -15,7 +15,6 @@ from ovss.config import check_positive_ints
 from ovss.errors import ConfigError
 from ovss.models.base import SegmentationModel
 from ovss.models.catseg_aggregator import AggregatorDims
-from ovss.models.family import family_for_config
 from ovss.towers.clip import CLIP
 
 
@@ -92,22 +91,11 @@ def slide_views(valid: torch.Tensor, size: int, crop: int, corners: list[tuple[i
 
 class CostAggregationModel(SegmentationModel):
     """What CAT-Seg and CAT-Seg v1 share: (P, K, L) tokens -> (K, P, E) text embeddings L2-normalised
-    per template, the (K, P, E) text check and the ``inference=`` option parser (both by ``label``
-    and ``inference_modes``, read from the model's family descriptor)."""
+    per template and the (K, P, E) text check (the ``inference=`` option parser, ``label`` and
+    ``inference_modes`` are :class:`SegmentationModel`'s, read from the family descriptor)."""
 
     config: Any  # CATSegConfig or CATSegV1Config (each subclass narrows it)
     clip: CLIP
-
-    @property
-    def label(self) -> str:
-        """The family's title, in error messages."""
-        return family_for_config(self.config).title
-
-    @property
-    def inference_modes(self) -> tuple[str, ...]:
-        """The ``inference=`` modes of the family."""
-        option = family_for_config(self.config).inference
-        return option.modes if option is not None else ()
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Normalised text embeddings.
@@ -135,11 +123,3 @@ class CostAggregationModel(SegmentationModel):
         expanded to (B, K, P, E) (the aggregator's layout)."""
         self._check_text(text)
         return text.to(image.dtype).unsqueeze(0).expand(image.shape[0], *text.shape)
-
-    def _mode(self, options: dict[str, Any]) -> str:
-        mode = options.pop("inference", None) or self.config.inference
-        if options:
-            raise ConfigError(f"unknown {self.label} option(s) {sorted(options)}; the only one is inference=")
-        if mode not in self.inference_modes:
-            raise ConfigError(f"{self.label} inference={mode!r} is not one of {list(self.inference_modes)}")
-        return mode
