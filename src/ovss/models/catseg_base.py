@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ovss.config import check_positive_ints
 from ovss.errors import ConfigError
+from ovss.layers.resize import bilinear_resize
 from ovss.models.base import SegmentationModel
 from ovss.models.catseg_aggregator import AggregatorDims
 from ovss.towers.clip import CLIP
@@ -61,14 +62,6 @@ def aggregator_dims(config: Any, guidance_dims: tuple[int, int]) -> AggregatorDi
         window=config.window_size,
         attention=config.attention,
     )
-
-
-def bilinear_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(..., H, W) -> (..., size): ``F.interpolate`` bilinear (align_corners=False); ``x`` itself when
-    it has that size already."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 def slide_views(valid: torch.Tensor, size: int, crop: int, corners: list[tuple[int, int]]) -> torch.Tensor:
