@@ -255,6 +255,32 @@ def test_the_inference_option_parser_reads_the_family_descriptor(toy_family_with
     assert str(err.value) == "unknown ToySeg option(s) ['tiles']; the only one is inference= (fine or coarse)"
 
 
+def test_a_family_format_is_detected_through_its_descriptor_alone(monkeypatch):
+    """A format named only by a family descriptor (no registry entry) is detected, converted and said
+    to belong to that family."""
+    from ovss.errors import CheckpointMismatchError
+    from ovss.models import family as family_mod
+    from ovss.weights import detect
+
+    family_mod.families()  # the built-ins first
+    monkeypatch.setattr(family_mod, "_REGISTRY", dict(family_mod._REGISTRY))
+    family_mod.register_family(family_mod.Family(
+        name="toyseg", title="ToySeg", config_class=ToyConfig, model_class=ToyModel,
+        formats={OFFICIAL: __name__},
+    ))
+    torch.manual_seed(0)
+    ovss_layout = ToyModel(ToyConfig()).state_dict()
+    official = {f"net.{k}": v for k, v in ovss_layout.items()}
+    assert detect.model_formats()[OFFICIAL] == "toyseg"
+    assert detect.identify(official) == detect.detect_format(official, family="toyseg") == OFFICIAL
+    assert detect.convert_state_dict(OFFICIAL, official).keys() == ovss_layout.keys()
+    with pytest.raises(CheckpointMismatchError) as err:
+        detect.detect_format(official, family="san", what="toy.pth")
+    assert str(err.value) == (
+        f"toy.pth is {OFFICIAL} checkpoint (a ToySeg model), not a SAN checkpoint; pass a matching model name"
+    )
+
+
 def test_toy_family_trains_and_serves_in_the_demo(toy_family, tmp_path):
     from ovss.demo.backend import DemoBackend
     from ovss.demo.catalogue import inference_modes, option_visibility

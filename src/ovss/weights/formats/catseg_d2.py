@@ -43,6 +43,7 @@ from ovss.weights.formats import (
 )
 
 AGG_PREFIX = "sem_seg_head.predictor.transformer."
+TITLE = "an official CAT-Seg CVPR 2024"  # in messages: "FILE is TITLE checkpoint"
 _SENTINELS = (
     AGG_PREFIX + "conv1.weight",
     AGG_PREFIX + "layers.0.attention.padding_tokens",

@@ -51,6 +51,7 @@ from ovss.weights.formats import (
 )
 
 DROPPED = ("criterion.empty_weight", "ov_classifier.attn_mask")
+TITLE = "an official SAN (detectron2)"  # in messages: "FILE is TITLE checkpoint"
 _SENTINELS = (
     "side_adapter_network.vit_model.pos_embed",
     "side_adapter_network.query_embed",

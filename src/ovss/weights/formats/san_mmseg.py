@@ -48,6 +48,7 @@ from ovss.weights.formats import missing_keys, rename_entries, require_keys, san
 
 _SAN = "decode_head.side_adapter_network."
 _REC = "decode_head.rec_with_attnbias."
+TITLE = "an mmsegmentation SAN"  # in messages: "FILE is TITLE checkpoint"
 _SENTINELS = (
     _SAN + "pos_embed",
     _SAN + "query_embed",

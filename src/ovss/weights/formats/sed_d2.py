@@ -33,6 +33,7 @@ from ovss.weights.formats import (
 )
 
 DECODER_PREFIX = "sem_seg_head.predictor.transformer."
+TITLE = "an official SED"  # in messages: "FILE is TITLE checkpoint"
 _SENTINELS = (
     DECODER_PREFIX + "decoder1.cnext.dwconv.weight",
     DECODER_PREFIX + "decoder_corr_guidance_projection.0.0.weight",
