@@ -30,13 +30,19 @@ def test_series_group_loss_terms_lr_and_eval():
     assert s["eval"] == {"mIoU": [(2, 12.5)], "pACC": [(2, 40.0)]}
 
 
+def _tiny_run(tmp_path, iterations: int, eval_period: int, images: int, size: int):
+    """A tiny-sed training config on ``images`` synthetic shapes, one checkpoint at the end."""
+    classes = make_shapes(tmp_path / "data", count=images, size=size)
+    return load_config("tiny-sed").override(
+        f"data.root={json.dumps(str(tmp_path / 'data'))}", f"data.classes={json.dumps(str(classes))}",
+        f"solver.iterations={iterations}", f"eval.period={eval_period}", f"checkpoint_period={iterations}",
+        "log_period=1", "workers=0",
+    )
+
+
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs 'ovss[plots]'")
 def test_training_writes_curves_at_each_evaluation_and_at_the_end(tmp_path, monkeypatch):
-    classes = make_shapes(tmp_path / "data", count=4, size=64)
-    cfg = load_config("tiny-sed").override(
-        f"data.root={json.dumps(str(tmp_path / 'data'))}", f"data.classes={json.dumps(str(classes))}",
-        "solver.iterations=4", "eval.period=2", "checkpoint_period=4", "log_period=1", "workers=0",
-    )
+    cfg = _tiny_run(tmp_path, iterations=4, eval_period=2, images=4, size=64)
     drawn = []
     original = curves.plot_curves
 
@@ -59,13 +65,8 @@ def test_training_writes_curves_at_each_evaluation_and_at_the_end(tmp_path, monk
     assert red > 50 and blue > 50
 
 
-@pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs 'ovss[plots]'")
 def test_a_run_without_evaluation_draws_its_curves_once_at_the_end(tmp_path, monkeypatch):
-    classes = make_shapes(tmp_path / "data", count=2, size=32)
-    cfg = load_config("tiny-sed").override(
-        f"data.root={json.dumps(str(tmp_path / 'data'))}", f"data.classes={json.dumps(str(classes))}",
-        "solver.iterations=2", "eval.period=0", "checkpoint_period=2", "log_period=1", "workers=0",
-    )
+    cfg = _tiny_run(tmp_path, iterations=2, eval_period=0, images=2, size=32)
     drawn = []
     monkeypatch.setattr(curves, "plot_curves", lambda metrics_path, path: drawn.append(path))
     train(cfg, tmp_path / "run")
