@@ -43,7 +43,6 @@ from ovss.weights.formats import (
 )
 
 AGG_PREFIX = "sem_seg_head.predictor.transformer."
-TITLE = "an official CAT-Seg CVPR 2024"  # in messages: "FILE is TITLE checkpoint"
 _SENTINELS = (
     AGG_PREFIX + "conv1.weight",
     AGG_PREFIX + "layers.0.attention.padding_tokens",
@@ -76,6 +75,9 @@ _AGG_RULES: tuple[Rule, ...] = (
      lambda m: f"decoder.{int(m[1]) - 1}.{_FUSE[m[2]]}.{m[3]}"),
     (re.compile(rf"head\.{_WB}"), lambda m: f"head.{m[1]}"),
 )
+
+
+TITLE = "an official CAT-Seg CVPR 2024"  # in messages: "FILE is TITLE checkpoint"
 
 
 def detect(state_dict: Mapping[str, object]) -> bool:

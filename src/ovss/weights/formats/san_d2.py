@@ -51,7 +51,6 @@ from ovss.weights.formats import (
 )
 
 DROPPED = ("criterion.empty_weight", "ov_classifier.attn_mask")
-TITLE = "an official SAN (detectron2)"  # in messages: "FILE is TITLE checkpoint"
 _SENTINELS = (
     "side_adapter_network.vit_model.pos_embed",
     "side_adapter_network.query_embed",
@@ -74,6 +73,9 @@ _RE_FUSION = re.compile(
 _RE_DECODER = re.compile(
     r"side_adapter_network\.mask_decoder\.((?:query|pix|attn)_mlp\.layers\.\d+|bias_scaling)\.(weight|bias)"
 )
+
+
+TITLE = "an official SAN (detectron2)"  # in messages: "FILE is TITLE checkpoint"
 
 
 def detect(state_dict: Mapping[str, object]) -> bool:

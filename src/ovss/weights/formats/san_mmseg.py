@@ -48,7 +48,6 @@ from ovss.weights.formats import missing_keys, rename_entries, require_keys, san
 
 _SAN = "decode_head.side_adapter_network."
 _REC = "decode_head.rec_with_attnbias."
-TITLE = "an mmsegmentation SAN"  # in messages: "FILE is TITLE checkpoint"
 _SENTINELS = (
     _SAN + "pos_embed",
     _SAN + "query_embed",
@@ -83,6 +82,9 @@ _TEXT_ROOTS = ("token_embedding.", "positional_embedding", "ln_final.", "text_pr
 
 DROPPED_EXTRAS = ("criterion.empty_weight", "text_encoder.attn_mask")  # in the model-zoo files, unused
 _CONTAINERS = ("state_dict", "model")  # mmseg / detectron2-style checkpoint wrappers
+
+
+TITLE = "an mmsegmentation SAN"  # in messages: "FILE is TITLE checkpoint"
 
 
 def detect(state_dict: Mapping[str, object]) -> bool:

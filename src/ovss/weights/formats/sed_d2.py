@@ -33,7 +33,6 @@ from ovss.weights.formats import (
 )
 
 DECODER_PREFIX = "sem_seg_head.predictor.transformer."
-TITLE = "an official SED"  # in messages: "FILE is TITLE checkpoint"
 _SENTINELS = (
     DECODER_PREFIX + "decoder1.cnext.dwconv.weight",
     DECODER_PREFIX + "decoder_corr_guidance_projection.0.0.weight",
@@ -85,6 +84,9 @@ _DECODER_RULES: tuple[Rule, ...] = (
     (re.compile(r"head([012])\.(weight|bias)"), lambda m: f"cer_heads.{m[1]}.{m[2]}"),
     (re.compile(r"head\.(weight|bias)"), lambda m: f"head.{m[1]}"),
 )
+
+
+TITLE = "an official SED"  # in messages: "FILE is TITLE checkpoint"
 
 
 def detect(state_dict: Mapping[str, object]) -> bool:
