@@ -20,6 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from bench.common import matmul_peak
+
 # name: (batch, heads, tokens, head_dim, mask shape or None, calls per image)
 SHAPES: dict[str, tuple[int, int, int, int, tuple[int, ...] | None, int]] = {
     "san-clip": (1, 12, 541, 64, None, 9),
@@ -42,20 +44,6 @@ def make_inputs(shape: str, dtype: torch.dtype, logit_std: float, seed: int = 0)
         mask[..., : n // 8, : n // 8] = -100.0  # blocked entries, as SAN's -100 SOS mask
     q, k, v = qkv.to(dtype).permute(2, 0, 3, 1, 4).unbind(0)
     return q, k, v, (None if mask is None else mask.to(dtype))
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeat: int = 3) -> float:
-    """Best n^3 matmul GFLOP/s of ``dtype``."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = min(_time(lambda: a @ b) for _ in range(repeat))
-    return 2 * n**3 / best / 1e9
-
-
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def forms(blocks: list[int]) -> dict[str, object]:

@@ -18,19 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-
-def _timed(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
-    """Best seconds of ``fn()`` over ``repeat`` calls (GPU work waited for)."""
-    best = float("inf")
-    for _ in range(max(1, repeat)):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+from bench.common import device_sync, timeit
 
 
 def _difference(out: dict, ref: dict) -> float:
@@ -79,7 +67,7 @@ def main() -> None:
     print(f"{args.model} on {device} ({dtype}), input {args.size[0]}x{args.size[1]}, K={args.classes}")
     with torch.inference_mode():
         ref = model(images, text)
-        eager = _timed(lambda: model(images, text), device, args.repeat)
+        eager = timeit(lambda: model(images, text), args.repeat, warmup=0, sync=device_sync(device))
         print(f"eager: {eager * 1e3:.1f} ms")
         compile_trial = lambda: _compiled(model, images, text, args.backend)  # noqa: E731
         _trial("torch.compile", compile_trial, ref, device, args.repeat)
@@ -101,7 +89,7 @@ def _trial(name: str, build, ref: dict, device: torch.device, repeat: int) -> No
     try:
         setup, fn = build()
         diff = _difference(fn(), ref)
-        best = _timed(fn, device, repeat)
+        best = timeit(fn, repeat, warmup=0, sync=device_sync(device))
     except Exception as exc:  # a failed trial is a result: report it in one line and go on
         print(f"{name}: failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         return

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.common import print_table, setup_threads
+from bench.common import print_table, setup_threads, timed
 from ovss.models.sed import SED, sed_convnext_b, valid_region
 
 PHOTO = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "quokka.jpg"
@@ -60,16 +60,6 @@ def text_embeddings(k: int, p: int, e: int, spread: float) -> torch.Tensor:
     base = F.normalize(torch.randn(k, 1, e, generator=g), dim=-1)
     noise = torch.randn(k, p, e, generator=g) / e**0.5
     return F.normalize(base + spread * noise, dim=-1)
-
-
-def timed(fn, repeat: int) -> tuple[float, object]:
-    """Best wall time over ``repeat`` runs (seconds) and the last result."""
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
 
 
 def main() -> None:
@@ -110,7 +100,9 @@ def main() -> None:
         few = text[: min(16, args.classes)]  # warm-up: kernels and allocator, both paths
         model.decoder(dense, few, skips, aux=False)
         model.decoder.forward_fast(dense, few, skips, args.topk[0])
-        full_s, logits = timed(lambda: model.decoder(dense, text, skips, aux=False)[0].sigmoid(), args.repeat)
+        full_s, logits = timed(
+            lambda: model.decoder(dense, text, skips, aux=False)[0].sigmoid(), args.repeat, warmup=0
+        )
         full = _postprocess(logits, tuple(image.shape[-2:]), (h, w)).argmax(1)
         del logits
         rows = [
@@ -125,7 +117,7 @@ def main() -> None:
         ]
         for k in args.topk:
             fast_s, (probs, kept) = timed(
-                lambda k=k: model.decoder.forward_fast(dense, text, skips, k), args.repeat
+                lambda k=k: model.decoder.forward_fast(dense, text, skips, k), args.repeat, warmup=0
             )
             fast = _postprocess(probs, tuple(image.shape[-2:]), (h, w)).argmax(1)
             rows.append(

@@ -57,29 +57,6 @@ def parse_run(spec: str) -> tuple[str, dict[str, object]]:
     return name, options
 
 
-def matmul_peak(dtype, n: int = 2048, repeat: int = 3, device: str = "cpu") -> float:
-    """Best n^3 matmul throughput in GFLOP/s for ``dtype`` with the current threads (or on the GPU)."""
-    import torch
-
-    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
-    a @ b
-    best = float("inf")
-    for _ in range(repeat):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
 def profile_once(fn, top: int) -> str:
     """Table of the ``top`` ops by self CPU time over one call of ``fn``."""
     from torch.profiler import ProfilerActivity, profile
@@ -108,6 +85,7 @@ def child(spec: str, classes: int, dtype: str, args: argparse.Namespace) -> dict
     from bench.common import (
         count_flops,
         cpu_info,
+        matmul_peak,
         random_model,
         random_photo,
         set_random_vocabulary,

@@ -10,22 +10,52 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 
-def timeit(fn: Callable[[], object], repeat: int = 3, warmup: int = 1) -> float:
-    """Best wall time of ``fn()`` over ``repeat`` runs, in seconds."""
+def timeit(
+    fn: Callable[[], object], repeat: int = 3, warmup: int = 1, sync: Callable[[], object] | None = None
+) -> float:
+    """Best wall time of ``fn()`` over ``repeat`` runs (at least one), in seconds, after ``warmup``
+    untimed runs. ``sync`` (e.g. ``torch.cuda.synchronize``) is called before each timed run and
+    before its clock stops, so that queued GPU work is counted where it belongs."""
+    return timed(fn, repeat, warmup, sync)[0]
+
+
+def timed(
+    fn: Callable[[], T], repeat: int = 3, warmup: int = 1, sync: Callable[[], object] | None = None
+) -> tuple[float, T]:
+    """(:func:`timeit`'s best seconds, the result of the last timed run)."""
     for _ in range(warmup):
         fn()
     best = float("inf")
-    for _ in range(repeat):
+    for _ in range(max(1, repeat)):
+        if sync is not None:
+            sync()
         start = time.perf_counter()
-        fn()
+        out = fn()
+        if sync is not None:
+            sync()
         best = min(best, time.perf_counter() - start)
-    return best
+    return best, out
+
+
+def device_sync(device: str | torch.device) -> Callable[[], object] | None:
+    """The ``sync`` of :func:`timeit` for ``device``: CUDA's synchronize, None on the CPU."""
+    if torch.device(device).type != "cuda":
+        return None
+    return lambda: torch.cuda.synchronize(device)
+
+
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeat: int = 3, device: str = "cpu") -> float:
+    """Best n^3 matmul throughput in GFLOP/s for ``dtype`` with the current threads (or on the GPU)."""
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
+    return 2 * n**3 / timeit(lambda: a @ b, repeat, sync=device_sync(device)) / 1e9
 
 
 def _sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:

@@ -1,14 +1,24 @@
-"""atomic_write: files get the permissions the umask allows (not mkstemp's 0600); temp names are ours."""
+"""atomic_write: files get the permissions the umask allows (not mkstemp's 0600); temp names are ours.
+check_regular_file: one line per refusal, the problem and the fix."""
 
 from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
 
-from ovss.utils import atomic_write, atomic_write_text, is_stale_temp_file, remove_stale_temp_files
+from ovss.errors import OvssError
+from ovss.utils import (
+    atomic_write,
+    atomic_write_text,
+    check_regular_file,
+    is_stale_temp_file,
+    remove_stale_temp_files,
+    short_path,
+)
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
@@ -60,3 +70,48 @@ def test_atomic_write_keeps_the_umask_mode_when_the_writer_recreates_the_file(tm
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert os.listdir(tmp_path) == ["w.st"]
+
+
+class _MissingError(OvssError):
+    pass
+
+
+class _RefusedError(OvssError):
+    pass
+
+
+def test_check_regular_file_names_the_problem_and_the_fix_in_one_line(tmp_path, monkeypatch):
+    """The one regular-file check (weights, images, class files): each refusal is one line with what
+    the file is, the problem and a fix (the caller's, or one per problem); a FIFO is refused without
+    opening it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("x")
+    os.mkfifo(tmp_path / "pipe")
+    assert check_regular_file(Path("a.txt"), "class file", _MissingError, _RefusedError) == Path("a.txt")
+    pipe = "pipe is not a regular file (a named pipe); pass a file (save the stream to a file first)"
+    here = f"(relative to {tmp_path})"
+    nul = "cannot read class file a\\x00b (embedded null byte); pass a real file name"
+    cases = [
+        ("b.txt", _MissingError, f"b.txt does not exist; check the path {here}"),
+        (str(tmp_path / "b.txt"), _MissingError, f"{tmp_path}/b.txt does not exist; check the path"),
+        ("a.txt/b", _MissingError, f"a.txt/b does not exist; check the path {here}"),
+        (".", _RefusedError, ". is a folder, expected a file; pass the file inside it"),
+        ("pipe", _RefusedError, pipe),
+        ("/dev/null", _RefusedError, "/dev/null is not a regular file (a device or socket); pass a file"),
+        ("a\x00b", _RefusedError, nul),
+    ]
+    for path, error, message in cases:
+        with pytest.raises(error) as info:
+            check_regular_file(Path(path), "class file", _MissingError, _RefusedError)
+        expected = message if message.startswith("cannot") else f"class file {message}"
+        assert type(info.value) is error and str(info.value) == expected
+    with pytest.raises(_RefusedError) as info:
+        check_regular_file(Path("pipe"), "class file", _MissingError, _RefusedError, "pass a .txt file")
+    assert str(info.value) == "class file pipe is not a regular file (a named pipe); pass a .txt file"
+
+
+def test_short_path_keeps_the_start_and_the_name_of_a_long_path():
+    long = Path("/data/" + "x" * 300 + "/classes.txt")
+    shown = short_path(long)
+    assert len(shown) == 119 and shown.startswith("/data/xx") and shown.endswith("x/classes.txt")
+    assert "..." in shown and short_path(Path("/data/a.txt")) == "/data/a.txt"

@@ -159,23 +159,44 @@ def path_kind(path: Path, missing: tuple[type[OSError], ...] = _MISSING) -> str:
 
 
 def check_regular_file(
-    path: Path, what: str, missing_error: type[OvssError], error: type[OvssError]
+    path: Path, what: str, missing_error: type[OvssError], error: type[OvssError], fix: str = ""
 ) -> Path:
-    """Refuse a missing path, a folder or a special file (a FIFO would block ``open`` forever).
+    """Refuse a missing path, a folder or a special file (a FIFO would block ``open`` forever), in one
+    line: ``what`` and the path, the problem, then ``fix`` (by default one per problem: check the
+    path, its permissions, pass the file inside the folder, pass a file).
 
     Raises:
-        missing_error: the path does not exist.
-        error: it cannot be inspected, is a folder or is not a regular file.
+        missing_error: the path does not exist (or a part of it is not a folder).
+        error: it cannot be inspected (permissions, a name too long, a NUL byte), is a folder or is
+            not a regular file.
     """
     path = Path(path)
     try:
         kind = path_kind(path)
-    except OSError as e:
-        raise error(f"cannot read {what} {path} ({e.strerror}); check its permissions") from None
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or e
+        fixed = fix or ("pass a real file name" if isinstance(e, ValueError) else "check its permissions")
+        raise error(f"cannot read {what} {short_path(path)} ({reason}); {fixed}") from None
     if kind == "missing":
-        raise missing_error(f"{what} {path} does not exist; check the path")
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise missing_error(f"{what} {short_path(path)} does not exist; {fix or 'check the path' + where}")
     if kind == "folder":
-        raise error(f"{what} {path} is a folder, expected a file; pass the file inside it")
+        raise error(f"{what} {path} is a folder, expected a file; {fix or 'pass the file inside it'}")
+    if kind == "fifo":
+        default = "pass a file (save the stream to a file first)"
+        raise error(f"{what} {path} is not a regular file (a named pipe); {fix or default}")
     if kind != "file":
-        raise error(f"{what} {path} is not a regular file (a pipe or device); pass a file")
+        raise error(f"{what} {path} is not a regular file (a device or socket); {fix or 'pass a file'}")
     return path
+
+
+def short_path(path: Path, limit: int = 120) -> str:
+    """``path`` for a message line: control characters escaped (a NUL byte shows as ``\\x00``),
+    shortened in the middle beyond ``limit`` characters (the start and the name stay)."""
+    text = str(path)
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    if len(text) <= limit:
+        return text
+    keep = (limit - 3) // 2
+    return f"{text[:keep]}...{text[-keep:]}"

@@ -131,11 +131,11 @@ def test_not_an_image_and_missing(tmp_path):
     with pytest.raises(ImageReadError, match=r"notes\.jpg") as info:
         read_image(fake)
     assert "\n" not in str(info.value)
-    with pytest.raises(ImageReadError, match=r"not found: .*missing\.png"):
+    with pytest.raises(ImageReadError, match=r"^image file .*missing\.png does not exist; check the path$"):
         read_image(tmp_path / "missing.png")
-    with pytest.raises(ImageReadError, match="directory"):
+    with pytest.raises(ImageReadError, match="is a folder, expected a file; pass the file inside it"):
         read_image(tmp_path)
-    with pytest.raises(ImageReadError, match="not found"):
+    with pytest.raises(ImageReadError, match="does not exist"):
         read_label(tmp_path / "missing.png")
 
 
@@ -248,5 +248,6 @@ def test_voc_palette_known_colours():
 
 
 def test_a_path_with_a_nul_byte_is_one_line():
-    with pytest.raises(ImageReadError, match=r"contains a NUL byte; pass a real file name$"):
+    with pytest.raises(ImageReadError) as info:
         read_image("a\x00b.jpg")
+    assert str(info.value) == "cannot read image file a\\x00b.jpg (embedded null byte); pass a real file name"

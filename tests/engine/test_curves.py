@@ -30,13 +30,19 @@ def test_series_group_loss_terms_lr_and_eval():
     assert s["eval"] == {"mIoU": [(2, 12.5)], "pACC": [(2, 40.0)]}
 
 
+def _tiny_run(tmp_path, iterations: int, eval_period: int, images: int, size: int):
+    """A tiny-sed training config on ``images`` synthetic shapes, one checkpoint at the end."""
+    classes = make_shapes(tmp_path / "data", count=images, size=size)
+    return load_config("tiny-sed").override(
+        f"data.root={json.dumps(str(tmp_path / 'data'))}", f"data.classes={json.dumps(str(classes))}",
+        f"solver.iterations={iterations}", f"eval.period={eval_period}", f"checkpoint_period={iterations}",
+        "log_period=1", "workers=0",
+    )
+
+
 @pytest.mark.skipif(importlib.util.find_spec("matplotlib") is None, reason="needs 'ovss[plots]'")
 def test_training_writes_curves_at_each_evaluation_and_at_the_end(tmp_path, monkeypatch):
-    classes = make_shapes(tmp_path / "data", count=4, size=64)
-    cfg = load_config("tiny-sed").override(
-        f"data.root={json.dumps(str(tmp_path / 'data'))}", f"data.classes={json.dumps(str(classes))}",
-        "solver.iterations=4", "eval.period=2", "checkpoint_period=4", "log_period=1", "workers=0",
-    )
+    cfg = _tiny_run(tmp_path, iterations=4, eval_period=2, images=4, size=64)
     drawn = []
     original = curves.plot_curves
 
@@ -47,7 +53,9 @@ def test_training_writes_curves_at_each_evaluation_and_at_the_end(tmp_path, monk
 
     monkeypatch.setattr(curves, "plot_curves", spy)
     train(cfg, tmp_path / "run")
-    assert drawn == [1, 2, 2]  # after the evaluations at 2 and 4, then at the end
+    # after the evaluations at 2 and 4; the one at 4 (the last iteration) holds every point, so the end
+    # does not draw the same figure again (it used to: [1, 2, 2])
+    assert drawn == [1, 2]
     png = tmp_path / "run" / "curves.png"
     image = np.asarray(Image.open(png).convert("RGB")).astype(int)
     assert image.shape == (800, 800, 3)
@@ -55,6 +63,14 @@ def test_training_writes_curves_at_each_evaluation_and_at_the_end(tmp_path, monk
     red = (np.abs(image - [0xD0, 0x56, 0x3B]).max(axis=-1) <= 4).sum()  # the eval mIoU line
     blue = (np.abs(image - [0x2A, 0x7A, 0xB0]).max(axis=-1) <= 4).sum()  # the learning rate
     assert red > 50 and blue > 50
+
+
+def test_a_run_without_evaluation_draws_its_curves_once_at_the_end(tmp_path, monkeypatch):
+    cfg = _tiny_run(tmp_path, iterations=2, eval_period=0, images=2, size=32)
+    drawn = []
+    monkeypatch.setattr(curves, "plot_curves", lambda metrics_path, path: drawn.append(path))
+    train(cfg, tmp_path / "run")
+    assert drawn == [tmp_path / "run" / "curves.png"]
 
 
 def test_curves_without_matplotlib_are_skipped_in_one_line(tmp_path, monkeypatch, caplog):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
+from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix, bilinear_resize
 
 
 @pytest.mark.parametrize(("n_in", "n_out"), [(5, 5), (4, 13), (13, 4), (40, 640), (853, 640), (7, 8)])
@@ -78,3 +78,12 @@ def test_bf16_input_is_resized_in_float32() -> None:
     out = resize(x.bfloat16())
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, resize(x.bfloat16().float()))
+
+
+def test_bilinear_resize_is_f_interpolate_and_keeps_a_tensor_of_that_size() -> None:
+    """CAT-Seg's views and SED's input resize: F.interpolate bilinear (align_corners=False), bit for
+    bit; a tensor already of the size is returned itself (no copy)."""
+    x = torch.randn(2, 3, 20, 30)
+    expected = F.interpolate(x, size=(13, 41), mode="bilinear", align_corners=False)
+    assert torch.equal(bilinear_resize(x, (13, 41)), expected)
+    assert bilinear_resize(x, (20, 30)) is x

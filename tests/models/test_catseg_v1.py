@@ -106,13 +106,15 @@ def test_option_and_text_errors_name_each_model() -> None:
     from ovss.models.catseg import CATSeg, catseg_tiny
 
     cases = (
-        (_small(), "CAT-Seg v1", "['whole', 'slide', 'mmseg']", "P=80", "'imagenet'"),
-        (CATSeg(catseg_tiny()), "CAT-Seg", "['whole', 'slide']", "P=1", "'catseg'"),
+        (_small(), "CAT-Seg v1", "['whole', 'slide', 'mmseg']", "whole, slide or mmseg", "P=80",
+         "'imagenet'"),
+        (CATSeg(catseg_tiny()), "CAT-Seg", "['whole', 'slide']", "whole or slide", "P=1", "'catseg'"),
     )
-    for model, label, modes, p, templates in cases:
+    for model, label, modes, choices, p, templates in cases:
         with pytest.raises(ConfigError) as err:
             model.preprocess_size(64, 64, tiles=2)
-        assert str(err.value) == f"unknown {label} option(s) ['tiles']; the only one is inference="
+        expected = f"unknown {label} option(s) ['tiles']; the only one is inference= ({choices})"
+        assert str(err.value) == expected
         with pytest.raises(ConfigError) as err:
             model.preprocess_size(64, 64, inference="tiles")
         assert str(err.value) == f"{label} inference='tiles' is not one of {modes}"

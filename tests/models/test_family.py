@@ -238,6 +238,49 @@ def test_toy_inference_modes_pass_through_the_cli(toy_family_with_modes, tmp_pat
     assert "ovss: error: --inference is a CAT-Seg and ToySeg option;" in capsys.readouterr().err
 
 
+def test_the_inference_option_parser_reads_the_family_descriptor(toy_family_with_modes):
+    """SegmentationModel's inference= parser (SAN's and CAT-Seg's) takes a family's title and modes
+    from its descriptor: the toy's own modes pass, others are refused naming them."""
+    from ovss.errors import ConfigError
+
+    model = ToyModel(ToyConfig())
+    assert model.label == "ToySeg" and model.inference_modes == TOY_MODES
+    options = {"inference": "coarse"}
+    assert model._mode(options) == "coarse" and options == {}
+    with pytest.raises(ConfigError) as err:
+        model._mode({"inference": "whole"})
+    assert str(err.value) == "ToySeg inference='whole' is not one of ['fine', 'coarse']"
+    with pytest.raises(ConfigError) as err:
+        model._mode({"inference": "fine", "tiles": 2})
+    assert str(err.value) == "unknown ToySeg option(s) ['tiles']; the only one is inference= (fine or coarse)"
+
+
+def test_a_family_format_is_detected_through_its_descriptor_alone(monkeypatch):
+    """A format named only by a family descriptor (no registry entry) is detected, converted and said
+    to belong to that family."""
+    from ovss.errors import CheckpointMismatchError
+    from ovss.models import family as family_mod
+    from ovss.weights import detect
+
+    family_mod.families()  # the built-ins first
+    monkeypatch.setattr(family_mod, "_REGISTRY", dict(family_mod._REGISTRY))
+    family_mod.register_family(family_mod.Family(
+        name="toyseg", title="ToySeg", config_class=ToyConfig, model_class=ToyModel,
+        formats={OFFICIAL: __name__},
+    ))
+    torch.manual_seed(0)
+    ovss_layout = ToyModel(ToyConfig()).state_dict()
+    official = {f"net.{k}": v for k, v in ovss_layout.items()}
+    assert detect.model_formats()[OFFICIAL] == "toyseg"
+    assert detect.identify(official) == detect.detect_format(official, family="toyseg") == OFFICIAL
+    assert detect.convert_state_dict(OFFICIAL, official).keys() == ovss_layout.keys()
+    with pytest.raises(CheckpointMismatchError) as err:
+        detect.detect_format(official, family="san", what="toy.pth")
+    assert str(err.value) == (
+        f"toy.pth is {OFFICIAL} checkpoint (a ToySeg model), not a SAN checkpoint; pass a matching model name"
+    )
+
+
 def test_toy_family_trains_and_serves_in_the_demo(toy_family, tmp_path):
     from ovss.demo.backend import DemoBackend
     from ovss.demo.catalogue import inference_modes, option_visibility

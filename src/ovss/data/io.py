@@ -45,7 +45,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ovss.data.png import PngMode, row_bands, save_png
 from ovss.data.remote import fetch, url_scheme
 from ovss.errors import ConfigError, ImageReadError, ImageTooLargeError
-from ovss.utils import path_kind
+from ovss.utils import check_regular_file
 
 ImageInput = str | Path | Image.Image | np.ndarray
 
@@ -228,21 +228,7 @@ def voc_palette(n: int = 256) -> np.ndarray:
 
 def _open(path: Path, max_pixels: int | None = None) -> Image.Image:
     """Open and fully decode ``path``; every failure becomes one ``ImageReadError`` line."""
-    if "\x00" in str(path):
-        raise ImageReadError(f"image path {str(path)!r} contains a NUL byte; pass a real file name")
-    try:
-        kind = path_kind(path, missing=(FileNotFoundError,))
-    except OSError as exc:
-        raise ImageReadError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if kind == "missing":
-        raise ImageReadError(
-            f"image file not found: {path}; check the path (relative to {Path.cwd()})"
-        ) from None
-    if kind == "folder":
-        raise ImageReadError(f"expected an image file but {path} is a directory; pass a file inside it")
-    if kind != "file":
-        shown = "a named pipe (FIFO)" if kind == "fifo" else "not a regular file"
-        raise ImageReadError(f"{path} is {shown}; pass an image file (save the stream to a file first)")
+    check_regular_file(path, "image file", ImageReadError, ImageReadError)
     return _decode(path, str(path), max_pixels)
 
 

@@ -376,7 +376,7 @@ def _train_loop(
             logger.log(done, metrics, progress=f"{done}/{cfg.solver.iterations}", suffix=f"eta {_eta(eta)}")
         if done % cfg.checkpoint_period == 0 or done == cfg.solver.iterations:
             _save_checkpoint(cfg, run, ckpt_dir, done, dist)
-        if cfg.eval.period and (done % cfg.eval.period == 0 or done == cfg.solver.iterations):
+        if _evaluates(cfg, done):
             last_eval = evaluate(run.model, eval_pairs, eval_vocab, dist.device, eval_data.ignore_index,
                                  dist.rank, dist.world_size, run.precision, cfg.eval.convention,
                                  cfg.eval.options)
@@ -386,9 +386,16 @@ def _train_loop(
     return done, metrics, last_eval
 
 
+def _evaluates(cfg: TrainConfig, done: int) -> bool:
+    """Whether the run evaluates (and redraws its curves) after iteration ``done``: every
+    ``eval.period`` iterations and after the last one."""
+    return bool(cfg.eval.period) and (done % cfg.eval.period == 0 or done == cfg.solver.iterations)
+
+
 def _write_final_model(cfg: TrainConfig, run: _Run, out_dir: Path, done: int, dist: Any) -> Path:
     """Rank 0 writes ``model_final.safetensors`` (the trained model, ``done`` iterations) and the
-    final curves; every rank gets the file's path."""
+    final curves, unless the evaluation after the last iteration has just drawn them (each set of
+    new points is drawn once); every rank gets the file's path."""
     final = out_dir / "model_final.safetensors"
     if dist.is_main:
         from ovss.weights.modelfile import save_model_file
@@ -396,7 +403,8 @@ def _write_final_model(cfg: TrainConfig, run: _Run, out_dir: Path, done: int, di
         save_model_file(final, run.model.state_dict(), run.model.config, run.family,
                         name=cfg.name or run.family, source_format="ovss_train", iteration=str(done))
         _log.info("wrote %s", final)
-        write_curves(out_dir)
+        if not _evaluates(cfg, done):
+            write_curves(out_dir)
     return final
 
 

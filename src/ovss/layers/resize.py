@@ -38,6 +38,14 @@ def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
     return cols[0, :, :, 0].numpy().T.astype(np.float64)
 
 
+def bilinear_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(..., H, W) -> (..., size): ``F.interpolate`` bilinear (align_corners=False); ``x`` itself when
+    it has that size already."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
 class BandedResize:
     """A separable linear resize of (B, C, h, w) maps to (B, C, H, W), computed in bands of output rows.
 

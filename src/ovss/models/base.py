@@ -16,6 +16,7 @@ from torch import nn
 
 from ovss.config import Config
 from ovss.errors import ConfigError
+from ovss.models.family import family_for_config
 
 CLIP_MEAN_255 = (122.7709383, 116.7460125, 104.09373615)
 CLIP_STD_255 = (68.5005327, 66.6321579, 70.32316305)
@@ -93,6 +94,36 @@ class SegmentationModel(nn.Module):
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """(name, parameter) pairs the family trains (by :meth:`is_trainable`), in module order."""
         return [(n, p) for n, p in self.named_parameters() if self.is_trainable(n)]
+
+    # ---------------------------------------------------------------------------------- options
+    @property
+    def label(self) -> str:
+        """The family's title (``"CAT-Seg v1"``), in error messages."""
+        return family_for_config(self.config).title
+
+    @property
+    def inference_modes(self) -> tuple[str, ...]:
+        """The ``inference=`` modes of the family (its descriptor's); () for a family without them."""
+        option = family_for_config(self.config).inference
+        return option.modes if option is not None else ()
+
+    def _mode(self, options: dict[str, Any]) -> str:
+        """The ``inference=`` option of ``options`` (default ``config.inference``), checked against
+        :attr:`inference_modes`; ``options`` holds no other option. Pops it from ``options``.
+
+        Raises:
+            ConfigError: another option, or a mode the family does not have.
+        """
+        mode = options.pop("inference", None) or getattr(self.config, "inference", None)
+        modes = self.inference_modes
+        if options:
+            choices = " or ".join(filter(None, (", ".join(modes[:-1]), *modes[-1:])))
+            raise ConfigError(
+                f"unknown {self.label} option(s) {sorted(options)}; the only one is inference= ({choices})"
+            )
+        if mode not in modes:
+            raise ConfigError(f"{self.label} inference={mode!r} is not one of {list(modes)}")
+        return mode
 
     def preprocess_size(self, height: int, width: int, **options: Any) -> tuple[int, int]:
         """Size the predictor resizes an original ``height`` x ``width`` image to."""

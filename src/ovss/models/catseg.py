@@ -27,14 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovss.errors import ConfigError
-from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
+from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix, bilinear_resize
 from ovss.layers.transformer import ResidualAttentionBlock
 from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, check_stage_mode
 from ovss.models.catseg_aggregator import Aggregator
 from ovss.models.catseg_base import (
     CostAggregationModel,
     aggregator_dims,
-    bilinear_resize,
     check_aggregator_fields,
     slide_views,
 )

@@ -13,9 +13,9 @@ import torch.nn.functional as F
 
 from ovss.config import check_positive_ints
 from ovss.errors import ConfigError
+from ovss.layers.resize import bilinear_resize
 from ovss.models.base import SegmentationModel
 from ovss.models.catseg_aggregator import AggregatorDims
-from ovss.models.family import family_for_config
 from ovss.towers.clip import CLIP
 
 
@@ -64,14 +64,6 @@ def aggregator_dims(config: Any, guidance_dims: tuple[int, int]) -> AggregatorDi
     )
 
 
-def bilinear_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(..., H, W) -> (..., size): ``F.interpolate`` bilinear (align_corners=False); ``x`` itself when
-    it has that size already."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
 def slide_views(valid: torch.Tensor, size: int, crop: int, corners: list[tuple[int, int]]) -> torch.Tensor:
     """The views of the official slide protocol (both CAT-Seg versions), image-major.
 
@@ -92,22 +84,11 @@ def slide_views(valid: torch.Tensor, size: int, crop: int, corners: list[tuple[i
 
 class CostAggregationModel(SegmentationModel):
     """What CAT-Seg and CAT-Seg v1 share: (P, K, L) tokens -> (K, P, E) text embeddings L2-normalised
-    per template, the (K, P, E) text check and the ``inference=`` option parser (both by ``label``
-    and ``inference_modes``, read from the model's family descriptor)."""
+    per template and the (K, P, E) text check (the ``inference=`` option parser, ``label`` and
+    ``inference_modes`` are :class:`SegmentationModel`'s, read from the family descriptor)."""
 
     config: Any  # CATSegConfig or CATSegV1Config (each subclass narrows it)
     clip: CLIP
-
-    @property
-    def label(self) -> str:
-        """The family's title, in error messages."""
-        return family_for_config(self.config).title
-
-    @property
-    def inference_modes(self) -> tuple[str, ...]:
-        """The ``inference=`` modes of the family."""
-        option = family_for_config(self.config).inference
-        return option.modes if option is not None else ()
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """Normalised text embeddings.
@@ -135,11 +116,3 @@ class CostAggregationModel(SegmentationModel):
         expanded to (B, K, P, E) (the aggregator's layout)."""
         self._check_text(text)
         return text.to(image.dtype).unsqueeze(0).expand(image.shape[0], *text.shape)
-
-    def _mode(self, options: dict[str, Any]) -> str:
-        mode = options.pop("inference", None) or self.config.inference
-        if options:
-            raise ConfigError(f"unknown {self.label} option(s) {sorted(options)}; the only one is inference=")
-        if mode not in self.inference_modes:
-            raise ConfigError(f"{self.label} inference={mode!r} is not one of {list(self.inference_modes)}")
-        return mode

@@ -33,6 +33,7 @@ from torch import nn
 
 from ovss.errors import ConfigError
 from ovss.layers.cv2_resize import cv2_resize_linear, mmcv_rescale_size
+from ovss.layers.resize import bilinear_resize
 from ovss.layers.transformer import ResidualAttentionBlock
 from ovss.models.base import (
     BLOCK_ELEMENTS,
@@ -46,7 +47,6 @@ from ovss.models.catseg import INFERENCE_LABELS
 from ovss.models.catseg_base import (
     CostAggregationModel,
     aggregator_dims,
-    bilinear_resize,
     check_aggregator_fields,
     slide_views,
 )

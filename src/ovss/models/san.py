@@ -288,17 +288,6 @@ class SAN(SegmentationModel):
         return {**results[-1], "aux_outputs": results[:-1]}
 
     # ---------------------------------------------------------------------------------- protocols
-    def _mode(self, options: dict[str, Any]) -> str:
-        """The ``inference=`` option (default ``config.inference``); no other option exists."""
-        mode = options.pop("inference", None) or self.config.inference
-        if options:
-            raise ConfigError(
-                f"unknown SAN option(s) {sorted(options)}; the only one is inference= (d2 or mmseg)"
-            )
-        if mode not in SAN_PROTOCOLS:
-            raise ConfigError(f"SAN inference={mode!r} is not one of {list(SAN_PROTOCOLS)}")
-        return mode
-
     def preprocess_size(self, height: int, width: int, **options: Any) -> tuple[int, int]:
         """Test size: short side ``test_resize.size`` (640), long side <= ``max_size`` (2560), rounded
         as detectron2 (d2) or as mmseg's ``ResizeShortestEdge`` + mmcv ``imrescale`` (mmseg)."""

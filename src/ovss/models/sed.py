@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ovss.errors import ConfigError
-from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix
+from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix, bilinear_resize
 from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, SegmentationModel, check_stage_mode
 from ovss.models.family import Family, register_family
 from ovss.models.sed_decoder import SEDDecoder
@@ -195,10 +195,7 @@ class SED(SegmentationModel):
         return visual.dense_embedding(feats[-1]), feats
 
     def _resize(self, images: torch.Tensor) -> torch.Tensor:
-        size = (self.config.image_size, self.config.image_size)
-        if tuple(images.shape[-2:]) == size:
-            return images
-        return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        return bilinear_resize(images, (self.config.image_size, self.config.image_size))
 
     def image_features(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """What the decoder consumes: images resized to S, dense embedding and detached skips.

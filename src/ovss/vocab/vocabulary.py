@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ovss.errors import VocabularyError
-from ovss.utils import path_kind
+from ovss.utils import check_regular_file, short_path
 
 CONTEXT_LENGTH = 77  # CLIP text context
 MAX_TEMPLATE_TOKENS = 9  # the longest prompt template without its class (ImageNet "a photo of the small {}.")
@@ -215,24 +215,12 @@ def _decode(path: Path, data: bytes) -> str:
 
 
 def _read_file(path: Path) -> Vocabulary:
+    fix = 'pass an existing .txt/.json file (or class names separated by ";")'
     try:
         path = path.expanduser()
-        kind = path_kind(path)
-    except (OSError, ValueError, RuntimeError) as e:  # name too long, loop, NUL byte, unknown ~user
-        reason = getattr(e, "strerror", None) or e
-        raise VocabularyError(
-            f"cannot read class file {_shown(path)} ({reason}); pass an existing .txt/.json file (or class "
-            'names separated by ";")'
-        ) from None
-    if kind == "missing":
-        raise VocabularyError(
-            f"class file {_shown(path)} does not exist; pass an existing .txt/.json file (or class names "
-            'separated by ";")'
-        )
-    if kind == "folder":
-        raise VocabularyError(f"class file {path} is a folder; pass a .txt (one class per line) or .json")
-    if kind != "file":
-        raise VocabularyError(f"class file {path} is not a regular file; pass a .txt or .json file")
+    except RuntimeError as e:  # an unknown ~user
+        raise VocabularyError(f"cannot read class file {short_path(path)} ({e}); {fix}") from None
+    check_regular_file(path, "class file", VocabularyError, VocabularyError, fix)
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -243,11 +231,6 @@ def _read_file(path: Path) -> Vocabulary:
         return Vocabulary.from_names(_load_json_list(text, str(path)), unique=True)
     lines = [line.strip() for line in text.splitlines()]
     return Vocabulary.from_names([line for line in lines if line and not line.startswith("#")], unique=True)
-
-
-def _shown(path: Path) -> str:
-    text = str(path)
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def _load_json_list(text: str, where: str) -> list:

@@ -1,11 +1,11 @@
 """Convert stage of the weights pipeline: which checkpoint format a state dict is in, which registered
 model it fits, and its conversion into the ovss layout (``to_ovss``).
 
-Model formats are the ``source_format`` values of the registry (``ovss.weights.registry.WEIGHTS``):
-each has a converter module ``ovss.weights.formats.<name>`` with ``detect(sd)`` and ``convert(sd)``, and
-belongs to the family of its registry entries. A registry entry with a new source format (and its
-module) is picked up here without further edits. CLIP formats are recognised too, to say that a CLIP
-file is not a segmentation model.
+Model formats are those of the registered family descriptors (``Family.formats``: format -> converter
+module with ``detect(sd)``, ``convert(sd)`` and its message title ``TITLE``), each belonging to its
+family; a new family's formats are picked up here from its descriptor alone. Registry entries name
+one of their family's formats as ``source_format`` (or ``"random"``). CLIP formats are recognised too,
+to say that a CLIP file is not a segmentation model.
 """
 
 from __future__ import annotations
@@ -26,12 +26,9 @@ from ovss.weights.registry import WEIGHTS, WeightSpec
 if TYPE_CHECKING:
     from ovss.models.base import ModelConfig
 
-# Human names for messages (a converter module may define TITLE instead).
+# Human names in messages of the formats no family descriptor lists (a model format's converter module
+# defines its own ``TITLE``).
 _TITLES = {
-    "san_d2": "an official SAN (detectron2)",
-    "san_mmseg": "an mmsegmentation SAN",
-    "catseg_d2": "an official CAT-Seg CVPR 2024",
-    "sed_d2": "an official SED",
     "openai_clip": "an OpenAI CLIP",
     "open_clip": "an open_clip CLIP",
     "hf_clip": "a transformers CLIP",
@@ -40,16 +37,10 @@ _TITLES = {
 
 
 def model_formats() -> dict[str, str]:
-    """Model checkpoint format -> family: the registry's, in registry order, then those of the family
-    descriptors (``Family.formats``) that no registry entry uses."""
-    formats: dict[str, str] = {}
-    for spec in WEIGHTS:
-        if spec.source_format != "random":
-            formats.setdefault(spec.source_format, spec.family)
-    for family in families():
-        for name in family.formats:
-            formats.setdefault(name, family.name)
-    return formats
+    """Model checkpoint format -> family, from the family descriptors (``Family.formats``) in
+    :func:`~ovss.models.family.families` order (the detection order; no two formats accept the same
+    checkpoint)."""
+    return {name: family.name for family in families() for name in family.formats}
 
 
 def _module(name: str) -> ModuleType:
@@ -126,10 +117,10 @@ def other_family_error(
     """'FILE is an official SAN checkpoint, not CAT-Seg ...; use --model san-vit-b16'."""
     fits = names_for_format(found)
     target = f" for {name}" if name else ""
-    hint = f"the model name that fits it: {' or '.join(fits)}" if fits else "pass a matching model name"
+    hint = f"use the model name that fits it: {' or '.join(fits)}" if fits else "pass a matching model name"
     return CheckpointMismatchError(
         f"{what} is {format_title(found)} checkpoint (a {family_title(model_formats()[found])} model), not a "
-        f"{family_title(wanted)} checkpoint{target}; use {hint}"
+        f"{family_title(wanted)} checkpoint{target}; {hint}"
     )
 
 

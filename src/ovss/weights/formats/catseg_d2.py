@@ -77,6 +77,9 @@ _AGG_RULES: tuple[Rule, ...] = (
 )
 
 
+TITLE = "an official CAT-Seg CVPR 2024"  # in messages: "FILE is TITLE checkpoint"
+
+
 def detect(state_dict: Mapping[str, object]) -> bool:
     """True if ``state_dict`` (bare or ``{"model": sd}``) is an official CAT-Seg CVPR checkpoint."""
     sd = unwrap_checkpoint(state_dict)

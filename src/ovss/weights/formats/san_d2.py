@@ -75,6 +75,9 @@ _RE_DECODER = re.compile(
 )
 
 
+TITLE = "an official SAN (detectron2)"  # in messages: "FILE is TITLE checkpoint"
+
+
 def detect(state_dict: Mapping[str, object]) -> bool:
     """True if ``state_dict`` (bare or ``{"model": sd}``) is an official SAN checkpoint."""
     return not missing_keys(unwrap_checkpoint(state_dict), _SENTINELS)

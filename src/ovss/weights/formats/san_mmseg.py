@@ -84,6 +84,9 @@ DROPPED_EXTRAS = ("criterion.empty_weight", "text_encoder.attn_mask")  # in the 
 _CONTAINERS = ("state_dict", "model")  # mmseg / detectron2-style checkpoint wrappers
 
 
+TITLE = "an mmsegmentation SAN"  # in messages: "FILE is TITLE checkpoint"
+
+
 def detect(state_dict: Mapping[str, object]) -> bool:
     """True if ``state_dict`` (bare or wrapped) is an mmsegmentation SAN checkpoint."""
     return not missing_keys(unwrap_checkpoint(state_dict, _CONTAINERS), _SENTINELS)

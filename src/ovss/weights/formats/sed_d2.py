@@ -86,6 +86,9 @@ _DECODER_RULES: tuple[Rule, ...] = (
 )
 
 
+TITLE = "an official SED"  # in messages: "FILE is TITLE checkpoint"
+
+
 def detect(state_dict: Mapping[str, object]) -> bool:
     """True if ``state_dict`` (bare or ``{"model": sd}``) is an official SED checkpoint."""
     sd = unwrap_checkpoint(state_dict)
