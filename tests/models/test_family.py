@@ -115,6 +115,8 @@ def toy_family_with_modes(monkeypatch):
 
 
 def _register_toy(monkeypatch, **descriptor_fields: Any):
+    import ovss.api.segmenter  # the modules that bind WEIGHTS, imported before it is patched
+    import ovss.cli.main  # noqa: F401  # (one imported during the patch would keep the toy entry)
     from ovss.models import family as family_mod
     from ovss.weights import registry
 
@@ -268,6 +270,8 @@ def test_a_family_format_is_detected_through_its_descriptor_alone(monkeypatch):
         name="toyseg", title="ToySeg", config_class=ToyConfig, model_class=ToyModel,
         formats={OFFICIAL: __name__},
     ))
+    # no registry entry of the toy family, whatever earlier tests of this process left behind
+    monkeypatch.setattr(detect, "WEIGHTS", tuple(s for s in detect.WEIGHTS if s.family != "toyseg"))
     torch.manual_seed(0)
     ovss_layout = ToyModel(ToyConfig()).state_dict()
     official = {f"net.{k}": v for k, v in ovss_layout.items()}

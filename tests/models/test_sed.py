@@ -337,14 +337,14 @@ def test_chunked_decoder_equals_whole_tensors(model: SED, fast: bool) -> None:
         dense, skips = model.image_features(images)
         calls = []
         hook = dec.stages[2].spatial.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
-        dec.chunk_elements = 3000
+        dec.chunk_bytes = 12000
         try:
             chunked = dec.forward_fast(dense, text, skips, topk=2) if fast else dec(dense, text, skips)
         finally:
-            dec.chunk_elements = 0
+            dec.chunk_bytes = 0
             hook.remove()
         whole = dec.forward_fast(dense, text, skips, topk=2) if fast else dec(dense, text, skips)
-        dec.chunk_elements = SED(sed_tiny()).decoder.chunk_elements
+        dec.chunk_bytes = SED(sed_tiny()).decoder.chunk_bytes
     assert len(calls) > 1  # really ran in chunks
     if fast:
         assert [s.tolist() for s in chunked[1]] == [s.tolist() for s in whole[1]]

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ovss.layers.upconv import bias_map, fold_up_conv, graph_constants, up_conv
+
 
 class ConvNeXtBlock(nn.Module):
     """SED's decoder ConvNeXt block: dw conv, LayerNorm, MLP (4x, GELU), layer scale, residual.
@@ -268,28 +270,16 @@ class FusionStage(nn.Module):
             two guidances; ``bias`` (d, 1, 3, 3): ``conv1[:, :C-g]`` applied to the up-conv bias (used
             on a map of ones, so it is exact at the borders where the padding hides some taps).
         """
-        if torch.jit.is_tracing():  # ONNX export: fold them into constants (the exporter needs kernels
-            state = torch._C._get_tracing_state()  # of static shape; traced computed kernels have none)
-            torch._C._set_tracing_state(None)  # type: ignore[attr-defined]  # private, not in the stubs
-            try:
-                up, image, cost, bias = (w.detach().clone() for w in self.split_weights())
-                return up, image, cost, bias
-            finally:
-                torch._C._set_tracing_state(state)  # type: ignore[attr-defined]  # as above
+        if torch.jit.is_tracing():  # ONNX export: the kernels are constants of the graph
+            return graph_constants(self.split_weights)
         w1, cu = self.fuse.conv1.weight, self.up.out_channels
-        g, dtype = (w1.shape[1] - cu) // 2, w1.dtype
-        wide = torch.promote_types(dtype, torch.float32)  # bf16/fp16 weights are composed in float32
-        w_up = w1[:, :cu].to(wide)
-        # full 2-D convolution of the 2x2 up kernel with the 3x3 kernel, summed over the C-g channels
-        up = F.conv2d(F.pad(self.up.weight.to(wide), (2, 2, 2, 2)), w_up)
-        assert self.up.bias is not None
-        bias = (w_up * self.up.bias.to(wide).view(1, -1, 1, 1)).sum(1, keepdim=True)
-        return up.to(dtype), w1[:, cu : cu + g], w1[:, cu + g :], bias.to(dtype)
+        g = (w1.shape[1] - cu) // 2
+        up, bias = fold_up_conv(self.up, w1[:, :cu])
+        return up, w1[:, cu : cu + g], w1[:, cu + g :], bias
 
     def image_term(self, image_guide: torch.Tensor, weights: Sequence[torch.Tensor]) -> torch.Tensor:
         """Class-independent part of the first fusion conv: (B, g, H, W) -> (B, d, H, W)."""
-        ones = image_guide.new_ones(1, 1, *image_guide.shape[-2:])
-        return F.conv2d(image_guide, weights[1], padding=1) + F.conv2d(ones, weights[3], padding=1)
+        return F.conv2d(image_guide, weights[1], padding=1) + bias_map(weights[3], image_guide)
 
     def fuse_split(
         self,
@@ -309,9 +299,7 @@ class FusionStage(nn.Module):
         Returns:
             (n*K', d, 2h, 2w).
         """
-        z = F.conv_transpose2d(x, weights[0], stride=2, padding=1) + F.conv2d(
-            cost_guide, weights[2], padding=1
-        )
+        z = up_conv(x, weights[0]) + F.conv2d(cost_guide, weights[2], padding=1)
         n, d, hh, ww = image_term.shape
         z = (z.view(n, -1, d, hh, ww) + image_term.unsqueeze(1)).flatten(0, 1)
         return self.fuse.tail(z)

@@ -81,11 +81,11 @@ class SEDDecoder(nn.Module):
         kernel_sizes: ConvNeXt depthwise kernel per stage ((9, 9, 9)).
         heads: class-attention heads (4).
         pool_train, pool_test: class-attention pooling in training / eval ((2, 2) / (1, 1)).
-        chunk_elements: inference without autograd runs the per-class work in chunks of classes and the
-            class attention in chunks of pixels, each with about this many elements in its largest
+        chunk_bytes: inference without autograd runs the per-class work in chunks of classes and the
+            class attention in chunks of pixels, each with about this many bytes in its largest
             temporary; 0 = whole tensors (what training, tracing and recording use). The default,
-            16 MiB in float32, stays under glibc's 32 MiB ``mmap`` threshold, so these temporaries
-            reuse freed heap memory instead of faulting in fresh zeroed pages on every chunk.
+            16 MiB, stays under glibc's 32 MiB ``mmap`` threshold, so these temporaries reuse freed
+            heap memory instead of faulting in fresh zeroed pages on every chunk.
     """
 
     def __init__(
@@ -100,7 +100,7 @@ class SEDDecoder(nn.Module):
         heads: int,
         pool_train: tuple[int, int],
         pool_test: tuple[int, int],
-        chunk_elements: int = 1 << 22,
+        chunk_bytes: int = 1 << 24,
     ) -> None:
         super().__init__()
         stage_in = (hidden_dim, *decoder_dims[:-1])
@@ -118,7 +118,7 @@ class SEDDecoder(nn.Module):
         )
         self.cer_heads = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=3, padding=1) for c in stage_in)
         self.head = nn.Conv2d(decoder_dims[-1], 1, kernel_size=3, padding=1)
-        self.chunk_elements = chunk_elements
+        self.chunk_bytes = chunk_bytes
         self._widths = (*stage_in, decoder_dims[-1])  # channels of the input of stage 0..2 and of head
         self._record: dict[str, torch.Tensor] | None = None
 
@@ -257,7 +257,7 @@ class SEDDecoder(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Logits (B, K', 8h, 8w) of the K' final classes, CER head logits (if ``aux``), survivors (fast)."""
         batch, size = dense.shape[0], tuple(dense.shape[-2:])
-        chunked = self.chunk_elements > 0 and not (
+        chunked = self.chunk_bytes > 0 and not (
             torch.is_grad_enabled() or is_tracing() or self._record is not None
         )
         cost = self.cost_volume(dense, text).contiguous(memory_format=CL)  # (B*K, P, h, w)
@@ -302,9 +302,13 @@ class SEDDecoder(nn.Module):
                 keep, cost = keep[local], cost[local]
                 survivors.append(keep)
             x = self._keep(
-                f"stage{i}.class_attn", stages[i].class_attn(x, batch, self.chunk_elements * chunked)
+                f"stage{i}.class_attn", stages[i].class_attn(x, batch, self._chunk_elements() * chunked)
             )
         raise AssertionError("unreachable")
+
+    def _chunk_elements(self) -> int:
+        """``chunk_bytes`` in elements of the decoder's dtype."""
+        return max(1, self.chunk_bytes // self.head.weight.element_size())
 
     def _chunked_step(
         self,
@@ -323,11 +327,12 @@ class SEDDecoder(nn.Module):
         (i < 3), or the final head (i = 3). Returns the block output (B*n', C, H, W) or (B, n, H, W)
         logits."""
         width, pixels = self._widths[i], size[0] * size[1]
-        step = max(1, self.chunk_elements // (2 * width * pixels))
+        budget = self._chunk_elements()
+        step = max(1, budget // (2 * width * pixels))
         chunks = [
             (b, slice(b * n + k, b * n + min(k + step, n))) for b in range(batch) for k in range(0, n, step)
         ]
-        tile = max(1, self.chunk_elements // (4 * width))
+        tile = max(1, budget // (4 * width))
         like = self.head.weight
 
         def buffer(rows: int, channels: int) -> torch.Tensor:
