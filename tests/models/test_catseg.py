@@ -285,7 +285,8 @@ def test_class_and_pixel_chunks_do_not_change_the_logits(monkeypatch, name: str,
 
 
 def test_up_block_split_guidance_conv_equals_the_concatenation() -> None:
-    """conv1(cat[x, g]) computed as conv(x) + conv(g) once per image, channels-last or not."""
+    """conv1(cat[up(x), g]) computed as one folded transposed conv of x plus conv(g) and the up-conv
+    bias's part once per image, channels-last or not."""
     block = _randomize(UpBlock(16, 16, 6), seed=5)
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(2 * 3, 16, 5, 7, generator=gen)  # 2 images x 3 classes
