@@ -1,4 +1,5 @@
-"""Banded separable bilinear resizing against F.interpolate, and band-size independence."""
+"""Banded separable bilinear resizing against F.interpolate, and band-size independence; per-plane
+resize and sigmoid, whose values never depend on how many planes come along."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix, bilinear_resize
+from ovss.layers.resize import (
+    BandedResize,
+    bands_to_blocks,
+    bilinear_matrix,
+    bilinear_resize,
+    resize_planes,
+    sigmoid_planes,
+)
 
 
 @pytest.mark.parametrize(("n_in", "n_out"), [(5, 5), (4, 13), (13, 4), (40, 640), (853, 640), (7, 8)])
@@ -87,3 +95,30 @@ def test_bilinear_resize_is_f_interpolate_and_keeps_a_tensor_of_that_size() -> N
     expected = F.interpolate(x, size=(13, 41), mode="bilinear", align_corners=False)
     assert torch.equal(bilinear_resize(x, (13, 41)), expected)
     assert bilinear_resize(x, (20, 30)) is x
+
+
+@pytest.mark.parametrize("size", [(96, 96), (37, 53)])  # F.interpolate's two kernels (by H0 + W0)
+def test_resize_planes_never_depends_on_the_number_of_planes(size: tuple[int, int]) -> None:
+    x = torch.randn(2, 7, 24, 24, generator=torch.Generator().manual_seed(0))
+    full = resize_planes(x, size)
+    # the values of F.interpolate on a whole channels-first map of more than three channels
+    assert full.shape == (2, 7, *size) and torch.equal(full, F.interpolate(x, size=size, mode="bilinear"))
+    for k in range(1, 8):  # three planes included (F.interpolate's own kernel for C == 3)
+        assert torch.equal(resize_planes(x[:, :k], size), full[:, :k]), k
+        assert torch.equal(resize_planes(x[1:, 2 : 2 + k], size), full[1:, 2 : 2 + k]), k
+    assert resize_planes(x, (24, 24)) is x
+
+
+def test_sigmoid_planes_never_depends_on_the_number_of_planes() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = 4 * torch.randn(2, 16, 30, 40, generator=gen)  # 1200 elements a plane: not a whole number of vectors
+    before = x.clone()
+    full = sigmoid_planes(x)
+    assert full.dtype == torch.float32 and full.is_contiguous() and torch.equal(x, before)
+    torch.testing.assert_close(full, x.sigmoid(), rtol=0, atol=2e-7)
+    cropped = sigmoid_planes(x[..., :25, :33])  # non-contiguous planes are made contiguous first
+    for k in range(1, 17):
+        assert torch.equal(sigmoid_planes(x[:, :k]), full[:, :k]), k
+        assert torch.equal(sigmoid_planes(x[1:, k - 1 :]), full[1:, k - 1 :]), k
+        assert torch.equal(sigmoid_planes(x[:, :k, :25, :33]), cropped[:, :k]), k
+    assert torch.equal(sigmoid_planes(x.bfloat16()), sigmoid_planes(x.bfloat16().float()))

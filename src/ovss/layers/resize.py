@@ -46,6 +46,42 @@ def bilinear_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def resize_planes(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """:func:`bilinear_resize` of every (h, w) plane on its own: (..., h, w) -> (..., size).
+
+    ``F.interpolate`` picks its CPU kernel by the channel count (three channels on one thread, or more
+    than three channels-last, take another kernel than the rest) and the kernels round differently, so
+    resizing a chunk of k class maps at once would make a class's values depend on k. As
+    (N, 1, h, w) every plane takes the same kernel whatever the chunk (the kernel only depends on the
+    output size then); the values are those of a whole channels-first map with more than three
+    channels. Export (tracing): one plain call.
+    """
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if is_tracing():
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    planes = x.reshape(-1, 1, *x.shape[-2:])
+    return F.interpolate(planes, size=size, mode="bilinear", align_corners=False).view(*x.shape[:-2], *size)
+
+
+def sigmoid_planes(x: torch.Tensor) -> torch.Tensor:
+    """Sigmoid of every (h, w) plane of ``x`` on its own, into a new contiguous float32 tensor.
+
+    Vectorised kernels round the tail of a run differently from its body, so one sigmoid over a chunk
+    of k class maps would make a class's values depend on where the chunk ends; each plane (always the
+    same size, contiguous) gets the same run whatever the chunk. Export (tracing): one plain call.
+    """
+    x = x.float()
+    if is_tracing():
+        return x.sigmoid()
+    x = x.contiguous()
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    h, w = x.shape[-2:]
+    for src, dst in zip(x.view(-1, h, w), out.view(-1, h, w)):
+        torch.sigmoid(src, out=dst)
+    return out
+
+
 class BandedResize:
     """A separable linear resize of (B, C, h, w) maps to (B, C, H, W), computed in bands of output rows.
 

@@ -33,7 +33,7 @@ from torch import nn
 
 from ovss.errors import ConfigError
 from ovss.layers.cv2_resize import cv2_resize_linear, mmcv_rescale_size
-from ovss.layers.resize import bilinear_resize
+from ovss.layers.resize import bilinear_resize, resize_planes, sigmoid_planes
 from ovss.layers.transformer import ResidualAttentionBlock
 from ovss.models.base import (
     BLOCK_ELEMENTS,
@@ -350,7 +350,9 @@ class CATSegV1(CostAggregationModel):
         step = max(1, int(max_elements) // max(per_class, 1))
         run = {"whole": self._whole, "slide": self._slide, "mmseg": self._mmseg}[mode]
         k, finish = run(features, text, image_size)
-        for start in range(0, k, step):  # post-processing per chunk of classes: bounded memory, exact
+        # post-processing per chunk of classes (bounded memory); resizes and sigmoids per class plane
+        # (resize_planes, sigmoid_planes), so a class's values never depend on the chunk
+        for start in range(0, k, step):
             yield start, 0, finish(slice(start, min(start + step, k)), (output_size[0], output_size[1]))
 
     def _whole(
@@ -362,7 +364,7 @@ class CATSegV1(CostAggregationModel):
         logits = logits[..., : image_size[0], : image_size[1]]
 
         def finish(classes: slice, size: tuple[int, int]) -> torch.Tensor:
-            return bilinear_resize(logits[:, classes].float().sigmoid(), size)
+            return resize_planes(sigmoid_planes(logits[:, classes]), size)
 
         return logits.shape[1], finish
 
@@ -393,12 +395,12 @@ class CATSegV1(CostAggregationModel):
             count[..., y : y + crop, x : x + crop] += 1
 
         def finish(classes: slice, out: tuple[int, int]) -> torch.Tensor:
-            probs = bilinear_resize(logits[:, classes].float(), (crop, crop)).sigmoid()
+            probs = sigmoid_planes(resize_planes(logits[:, classes].float(), (crop, crop)))
             probs = probs.unflatten(0, (b, n_views))
             total = probs.new_zeros(b, probs.shape[2], size, size)
             for i, (y, x) in enumerate(corners):
                 total[..., y : y + crop, x : x + crop] += probs[:, i]
-            return bilinear_resize((total / count + bilinear_resize(probs[:, -1], (size, size))) / 2.0, out)
+            return resize_planes((total / count + resize_planes(probs[:, -1], (size, size))) / 2.0, out)
 
         return logits.shape[1], finish
 
@@ -420,11 +422,11 @@ class CATSegV1(CostAggregationModel):
         def finish(classes: slice, out: tuple[int, int]) -> torch.Tensor:
             total: torch.Tensor | None = None
             for i, (y1, x1, y2, x2) in enumerate(boxes):
-                logit = bilinear_resize(views[i][:, classes].float(), (y2 - y1, x2 - x1))
+                logit = resize_planes(views[i][:, classes].float(), (y2 - y1, x2 - x1))
                 total = logit.new_zeros(b, logit.shape[1], hr, wr) if total is None else total
                 total[..., y1:y2, x1:x2] += logit
             assert total is not None  # at least one box
-            return bilinear_resize(total / count, out)
+            return resize_planes(total / count, out)
 
         return views[0].shape[1], finish
 
