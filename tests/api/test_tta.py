@@ -109,6 +109,38 @@ def test_mean_blocks_streams_in_lockstep():
     assert all(torch.equal(b, torch.full((1, 2, 2, 3), 1.0 + r0)) for r0, b in out)  # mean of r0+0,1,2
 
 
+def test_softmax_mean_never_depends_on_the_band_size():
+    """mmseg TTA's per-class softmax: bands of 8 rows (channels-first and channels-last views) give the
+    one band's numbers bit for bit (a softmax over a whole band rounds by where the band ends)."""
+    gen = torch.Generator().manual_seed(0)
+    maps = [torch.randn(2, 7, 24, 37, generator=gen) for _ in range(2)]  # 24 x 37: not whole vectors
+
+    def stream(m: torch.Tensor, rows: int, channels_last: bool):
+        for r0 in range(0, m.shape[2], rows):
+            band = m[:, :, r0 : r0 + rows]
+            last = band.permute(2, 0, 3, 1).contiguous().permute(1, 3, 0, 2)  # a channels-last view
+            yield 0, r0, last if channels_last else band.clone()
+
+    def mean(rows: int, channels_last: bool = False) -> torch.Tensor:
+        streams = [(i == 1, stream(m, rows, channels_last)) for i, m in enumerate(maps)]
+        return torch.cat([b for _, _, b in mean_blocks(streams, softmax=True)], dim=2)
+
+    whole = mean(24)
+    torch.testing.assert_close(whole, (maps[0].softmax(1) + maps[1].flip(-1).softmax(1)) / 2)
+    for rows, channels_last in ((8, False), (16, False), (8, True)):
+        assert torch.equal(mean(rows, channels_last), whole), (rows, channels_last)
+
+
+def test_mmseg_tta_never_depends_on_the_block_size():
+    image = np.random.default_rng(0).integers(0, 256, size=(61, 83, 3), dtype=np.uint8)  # W0 = 83: ragged
+    scores = []
+    for block_mb in (32, 0.01):
+        seg = ovss.Segmenter(ovss.load("test-san-tiny.mmseg").model, block_mb=block_mb)
+        seg.set_vocabulary("cat; grass; sky; road; tree")
+        scores.append(seg.predict(image, return_scores=True, tta=TTAConfig(scales=(0.75, 1.25))).scores)
+    np.testing.assert_array_equal(scores[0], scores[1])
+
+
 def test_mean_blocks_unflips():
     block = torch.arange(6.0).view(1, 1, 2, 3)
     ((_, _, out),) = mean_blocks([(True, iter([(0, 0, block)]))])

@@ -153,6 +153,21 @@ def check_pass_sizes(size: tuple[int, int], tta: TTAConfig) -> None:
             )
 
 
+def _class_softmax(block: torch.Tensor) -> torch.Tensor:
+    """Softmax over the classes of a (B, K, r, W) band, one output row at a time: float32 (B, K, r, W).
+
+    The softmax kernel vectorises over the positions after the class axis, so one call on a whole band
+    would round a row's values by where the band ends; each row, made contiguous (B, K, W), gets the
+    same run whatever the band (the TTA mean never depends on the block size).
+    """
+    import torch
+
+    out = torch.empty(block.shape, dtype=torch.float32, device=block.device)
+    for i in range(block.shape[2]):
+        out[:, :, i] = block[:, :, i].float().contiguous().softmax(dim=1)
+    return out
+
+
 def mean_blocks(
     streams: Sequence[tuple[bool, Iterator[tuple[int, int, torch.Tensor]]]],
     softmax: bool = False,
@@ -178,7 +193,7 @@ def mean_blocks(
             return block
         if k0:
             raise RuntimeError("softmax TTA needs blocks that hold every class (bands of rows)")
-        return block.float().softmax(dim=1)
+        return _class_softmax(block)
 
     if len(streams) == 1:
         flipped, blocks = streams[0]
