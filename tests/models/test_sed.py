@@ -150,16 +150,19 @@ def test_class_attention_matches_formula() -> None:
 @pytest.mark.parametrize("classes_first", [False, True])
 @pytest.mark.parametrize("heads", [1, 4])
 @pytest.mark.parametrize("classes", [3, 7, 8, 150])  # head width 32 or 8: both orders of the products
-def test_doubled_layer_equals_seq_plus_layer_in_float64(heads: int, classes: int, classes_first: bool) -> None:
+def test_doubled_layer_equals_seq_plus_layer_in_float64(
+    heads: int, classes: int, classes_first: bool
+) -> None:
     """The inference form (scores first when L < D, key-value products first otherwise; pixels or
     classes outer) is the layer."""
     torch.manual_seed(heads)
     attn = ClassAttention(32, heads).double().eval()
     seq = torch.randn(7, classes, 32, dtype=torch.float64)
     with torch.no_grad():
-        got = attn.doubled_layer(seq.transpose(0, 1).contiguous(), True).transpose(0, 1) if classes_first else (
-            attn.doubled_layer(seq)
-        )
+        if classes_first:  # (L, N, C) in and out
+            got = attn.doubled_layer(seq.transpose(0, 1).contiguous(), classes_first=True).transpose(0, 1)
+        else:
+            got = attn.doubled_layer(seq)
         torch.testing.assert_close(got, seq + attn.layer(seq), rtol=1e-12, atol=1e-12)
 
 
