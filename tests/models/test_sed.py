@@ -16,7 +16,7 @@ from ovss.models.sed import (
     sed_tiny,
     valid_region,
 )
-from ovss.models.sed_blocks import ClassAttention, FusionStage
+from ovss.models.sed_blocks import ClassAttention, FusionStage, elu_plus_one_
 from ovss.models.sed_decoder import cer_survivors
 from ovss.towers.clip import vit_b_16
 from tests.conftest import parity_params
@@ -147,15 +147,33 @@ def test_class_attention_matches_formula() -> None:
         torch.testing.assert_close(attn(x, batch=2), reference(x, 2), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("classes_first", [False, True])
 @pytest.mark.parametrize("heads", [1, 4])
 @pytest.mark.parametrize("classes", [3, 7, 8, 150])  # head width 32 or 8: both orders of the products
-def test_doubled_layer_equals_seq_plus_layer_in_float64(heads: int, classes: int) -> None:
-    """The inference form (scores first when L < D, key-value products first otherwise) is the layer."""
+def test_doubled_layer_equals_seq_plus_layer_in_float64(
+    heads: int, classes: int, classes_first: bool
+) -> None:
+    """The inference form (scores first when L < D, key-value products first otherwise; pixels or
+    classes outer) is the layer."""
     torch.manual_seed(heads)
     attn = ClassAttention(32, heads).double().eval()
     seq = torch.randn(7, classes, 32, dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(attn.doubled_layer(seq), seq + attn.layer(seq), rtol=1e-12, atol=1e-12)
+        if classes_first:  # (L, N, C) in and out
+            got = attn.doubled_layer(seq.transpose(0, 1).contiguous(), classes_first=True).transpose(0, 1)
+        else:
+            got = attn.doubled_layer(seq)
+        torch.testing.assert_close(got, seq + attn.layer(seq), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("exp_form", [False, True])
+def test_elu_plus_one_in_place_is_the_feature_map(exp_form: bool) -> None:
+    """Both forms of the linear-attention feature map are elu(x) + 1, in place on a strided view."""
+    x = torch.linspace(-30, 5, 301, dtype=torch.float64).view(7, 43)
+    expected = F.elu(x[:, :20]) + 1
+    elu_plus_one_(x[:, :20], exp_form)
+    torch.testing.assert_close(x[:, :20], expected, rtol=1e-15, atol=1e-15)  # elu(x) + 1 cancels below -1
+    assert x[0, 20] == torch.linspace(-30, 5, 301, dtype=torch.float64)[20]
 
 
 def test_fast_keeps_every_class_when_topk_covers_all(model: SED) -> None:
