@@ -57,6 +57,12 @@ FAMILIES = {
     # pad_len=4: K = 1, 3 below the class budget, 4 at it, 7 above it (top-4 per image, -100 logits else)
     "catseg-whole": (lambda: _catseg(pad_len=4), {"inference": "whole"}, (1, 3, 4, 7)),
     "catseg-slide": (lambda: _catseg(pad_len=4), {"inference": "slide"}, (1, 3, 7)),
+    # CAT-Seg v1, every protocol its descriptor exports; K = 20 is above its decoder's class chunk (16)
+    "catseg-v1-whole": (lambda: ovss.load("test-catseg-v1-tiny").model, {"inference": "whole"}, (1, 3, 20)),
+    "catseg-v1-slide": (lambda: ovss.load("test-catseg-v1-tiny").model, {"inference": "slide"}, (1, 3, 20)),
+    "catseg-v1-mmseg": (
+        lambda: ovss.load("test-catseg-v1-tiny.mmseg").model, {"inference": "mmseg"}, (1, 3, 20)
+    ),
 }
 
 
@@ -69,7 +75,11 @@ def test_one_file_runs_every_vocabulary_size(family, tmp_path):
         warnings.simplefilter("error")  # the expected tracer/exporter warnings are silenced, no others
         report = export_onnx(model, text, tmp_path / "m.onnx", size=SIZE, check_classes=ks, **options)
     assert report["classes"] == list(ks) and report["rel_err"] < 1e-4, report
-    images = torch.randn(1, 3, *SIZE, generator=torch.Generator().manual_seed(1))  # another image too
+    # another image too: random RGB 0..255 normalised as the predictor does (CAT-Seg v1 normalises
+    # itself, pixel_mean 0 / pixel_std 1: its input stays on the 0..255 scale)
+    rgb = torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(1)) * 255
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (model.config.pixel_mean, model.config.pixel_std))
+    images = (rgb - mean) / std
     for k in (2, 9):
         t = random_text(text, k, seed=10 + k)
         out = _run(tmp_path / "m.onnx", images, t)

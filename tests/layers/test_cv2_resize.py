@@ -25,3 +25,15 @@ def test_mmcv_sizes():
     assert mmcv_shortest_edge_size(101, 500) == (517, 2559)  # capped: imrescale rounds again
     assert mmcv_scale_factor_size(480, 640, 0.75) == (360, 480)
     assert mmcv_scale_factor_size(427, 640, 1.75) == (747, 1120)
+
+
+def test_float_input_is_saturated_like_uint8():
+    """Float values outside 0..255 are rounded and saturated as a uint8 image's would be (the
+    integer shifts then never see a negative number: an ONNX export divides there, rounding toward
+    zero, where torch's shift rounds down)."""
+    x = torch.randn(2, 3, 7, 9, generator=torch.Generator().manual_seed(0)) * 300
+    saturated = x.round().clamp(0, 255).to(torch.uint8)
+    out = cv2_resize_linear(x, (11, 5))
+    assert torch.equal(out, cv2_resize_linear(saturated, (11, 5)))
+    assert 0 <= out.min() and out.max() <= 255
+    assert torch.equal(cv2_resize_linear(x, (7, 9)), saturated.float())  # same size: saturated too

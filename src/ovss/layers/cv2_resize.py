@@ -40,7 +40,10 @@ def cv2_resize_linear(image: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     """Bilinear resize of uint8-valued images exactly as ``cv2.resize(img, (w, h), INTER_LINEAR)``.
 
     Args:
-        image: (..., H, W) integer-valued tensor (uint8 or float holding 0..255 integers).
+        image: (..., H, W) integer-valued tensor (uint8 or float holding 0..255 integers); float values
+            are rounded and saturated to 0..255 as a uint8 image's are (the shifts below then only see
+            non-negative numbers, which an ONNX export computes the same way: its right shift of a
+            signed integer is a division, rounding toward zero).
         size: (h, w) output size.
 
     Returns:
@@ -49,7 +52,7 @@ def cv2_resize_linear(image: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     h, w = size
     # int32 is enough (at most (255 * 2048 >> 4) * 2048 < 2**31); a uint8 image is indexed as it is,
     # so a large photo is never held in a wide integer type (only its (..., H, w) horizontal pass)
-    src = image.round().to(torch.int32) if image.is_floating_point() else image
+    src = image.round().clamp(0, 255).to(torch.int32) if image.is_floating_point() else image
     sh, sw = src.shape[-2:]
     if (sh, sw) == (h, w):
         return src.float()

@@ -57,6 +57,7 @@ from ovss.towers.resnet import ResNet, ResNetConfig, resnet101_d2
 from ovss.towers.swin import SwinConfig, SwinTransformer, swin_b_384
 from ovss.towers.text import TextConfig
 from ovss.towers.vit import VisionConfig, VisionTransformer
+from ovss.utils import is_tracing
 
 IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
 IMAGENET_STD_255 = (58.395, 57.12, 57.375)
@@ -174,6 +175,20 @@ def _normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...])
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s
+
+
+def paste_sum(
+    parts: list[torch.Tensor], boxes: list[tuple[int, int, int, int]], canvas: tuple[int, int]
+) -> torch.Tensor:
+    """Out-of-place sum of (..., y2 - y1, x2 - x1) maps placed at their boxes ``(y1, x1, y2, x2)`` on a
+    zero (..., H, W) canvas, in box order (the export form of the protocols' in-place accumulation:
+    a traced ``new_zeros`` sized by the class count, or an in-place update of a view, freezes K)."""
+    total: torch.Tensor | None = None
+    for part, (y1, x1, y2, x2) in zip(parts, boxes):
+        placed = F.pad(part, (x1, canvas[1] - x2, y1, canvas[0] - y2))
+        total = placed if total is None else total + placed
+    assert total is not None  # at least one box
+    return total
 
 
 class CATSegV1(CostAggregationModel):
@@ -350,6 +365,9 @@ class CATSegV1(CostAggregationModel):
         step = max(1, int(max_elements) // max(per_class, 1))
         run = {"whole": self._whole, "slide": self._slide, "mmseg": self._mmseg}[mode]
         k, finish = run(features, text, image_size)
+        if is_tracing():  # export: every class in one block (a chunk bound from K would freeze K)
+            yield 0, 0, finish(slice(None), (output_size[0], output_size[1]))
+            return
         # post-processing per chunk of classes (bounded memory); resizes and sigmoids per class plane
         # (resize_planes, sigmoid_planes), so a class's values never depend on the chunk
         for start in range(0, k, step):
@@ -389,6 +407,7 @@ class CATSegV1(CostAggregationModel):
         size, crop = c.slide_size, c.slide_crop
         corners = self.slide_corners(size, size, crop, c.slide_stride)
         n_views = len(corners) + 1
+        boxes = [(y, x, y + crop, x + crop) for y, x in corners]
         logits = self.aggregate(features["nets"][0], text, c.pooling_test)  # (B * V, K, h, w)
         count = logits.new_zeros(1, 1, size, size, dtype=torch.float32)
         for y, x in corners:
@@ -397,9 +416,12 @@ class CATSegV1(CostAggregationModel):
         def finish(classes: slice, out: tuple[int, int]) -> torch.Tensor:
             probs = sigmoid_planes(resize_planes(logits[:, classes].float(), (crop, crop)))
             probs = probs.unflatten(0, (b, n_views))
-            total = probs.new_zeros(b, probs.shape[2], size, size)
-            for i, (y, x) in enumerate(corners):
-                total[..., y : y + crop, x : x + crop] += probs[:, i]
+            if is_tracing():  # export: out of place (new_zeros would freeze the class count)
+                total = paste_sum([probs[:, i] for i in range(len(corners))], boxes, (size, size))
+            else:
+                total = probs.new_zeros(b, probs.shape[2], size, size)
+                for i, (y, x) in enumerate(corners):
+                    total[..., y : y + crop, x : x + crop] += probs[:, i]
             return resize_planes((total / count + resize_planes(probs[:, -1], (size, size))) / 2.0, out)
 
         return logits.shape[1], finish
@@ -420,6 +442,12 @@ class CATSegV1(CostAggregationModel):
             count[..., y1:y2, x1:x2] += 1
 
         def finish(classes: slice, out: tuple[int, int]) -> torch.Tensor:
+            if is_tracing():  # export: out of place (new_zeros would freeze the class count)
+                logits = [
+                    resize_planes(views[i][:, classes].float(), (y2 - y1, x2 - x1))
+                    for i, (y1, x1, y2, x2) in enumerate(boxes)
+                ]
+                return resize_planes(paste_sum(logits, boxes, (hr, wr)) / count, out)
             total: torch.Tensor | None = None
             for i, (y1, x1, y2, x2) in enumerate(boxes):
                 logit = resize_planes(views[i][:, classes].float(), (y2 - y1, x2 - x1))

@@ -28,6 +28,7 @@ from ovss.models.catseg_aggregator import (
     cost_volume,
     pooled_class_update,
 )
+from ovss.utils import is_tracing
 
 
 class ClassAggregationV1(ClassBlock):
@@ -98,4 +99,6 @@ class AggregatorV1(AggregatorBase):
             prepared = self.image_guidance(appearance, guidance)
         cost = self.embed_cost(cost_volume(image, text))  # (B, T, h, w, C)
         cost = self.aggregate(cost, prepared["appearance"], text, pool)
-        return self.decode(cost, prepared["decoder"], prepared["terms"], DECODER_CHUNK, channels_last=False)
+        # export: every class in one decoder pass (a chunk of DECODER_CHUNK classes would freeze K <= 16)
+        step = cost.shape[1] if is_tracing() else DECODER_CHUNK
+        return self.decode(cost, prepared["decoder"], prepared["terms"], step, channels_last=False)
