@@ -80,3 +80,38 @@ def test_another_familys_inference_mode_is_refused(tmp_path, capsys):
         "use whole or slide"
     )
     assert not out.exists()
+
+
+def test_catseg_v1_exports_whole_by_default(tmp_path, capsys):
+    """CAT-Seg v1 end to end: its descriptor's export default (whole) is baked in, K stays dynamic."""
+    import numpy as np
+
+    import ovss
+    from ovss.export.onnx import random_text
+
+    out = tmp_path / "v1.onnx"
+    argv = ["export", "--model", "test-catseg-v1-tiny", "--classes", "a; b; c", "--size", "64", "96"]
+    assert main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
+    assert "onnxruntime vs eager at K = 1, 3, 8" in capsys.readouterr().out
+    model = ovss.load("test-catseg-v1-tiny", dtype="fp32").model
+    assert model.config.inference == "whole"
+    images = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(1)) * 255  # RGB 0..255
+    text = random_text(torch.zeros(1, 80, 32), 5, seed=2)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (scores,) = session.run(None, {"images": images.numpy(), "text": text.numpy()})
+    with torch.no_grad():
+        ref = model.predict(images, text, (64, 96), (64, 96), inference="whole").numpy()
+        slide = model.predict(images, text, (64, 96), (64, 96), inference="slide").numpy()
+    assert scores.shape == (1, 5, 64, 96)
+    assert np.linalg.norm(scores - ref) / np.linalg.norm(ref) < 1e-4
+    assert np.abs(ref - slide).max() > 1e-3  # the protocols differ: the check above tells them apart
+
+
+def test_catseg_v1_refuses_a_mode_it_lacks_in_one_line(tmp_path, capsys):
+    """SAN's d2 protocol is no ``ovss export`` mode: refused by the option's choices, nothing written."""
+    out = tmp_path / "m.onnx"
+    with pytest.raises(SystemExit):
+        main(["export", "--model", "test-catseg-v1-tiny", "--inference", "d2", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "invalid choice: 'd2'" in err[-1] and "mmseg" in err[-1]
+    assert not out.exists()

@@ -162,3 +162,14 @@ def test_bf16_model_is_refused_with_one_line(tmp_path):
     with pytest.raises(OvssError, match=r"a bfloat16 model cannot be exported to ONNX .*dtype='fp32'"):
         export_onnx(seg.model, seg.text_embeddings, tmp_path / "m.onnx", size=(64, 64))
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("options", [{"inference": "d2"}, {"fast": True}])
+def test_catseg_v1_refuses_what_it_cannot_export_in_one_line(options, tmp_path):
+    seg = ovss.load("test-catseg-v1-tiny")
+    seg.set_vocabulary(["a"])
+    refused = r"^(CAT-Seg v1 inference='d2' is not one of|unknown CAT-Seg v1 option)"
+    with pytest.raises(OvssError, match=refused) as e:
+        export_onnx(seg.model, seg.text_embeddings, tmp_path / "m.onnx", size=SIZE, **options)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "m.onnx").exists()

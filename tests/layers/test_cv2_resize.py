@@ -35,5 +35,5 @@ def test_float_input_is_saturated_like_uint8():
     saturated = x.round().clamp(0, 255).to(torch.uint8)
     out = cv2_resize_linear(x, (11, 5))
     assert torch.equal(out, cv2_resize_linear(saturated, (11, 5)))
-    assert 0 <= out.min() and out.max() <= 255
+    assert out.min() >= 0 and out.max() <= 255
     assert torch.equal(cv2_resize_linear(x, (7, 9)), saturated.float())  # same size: saturated too

@@ -1,5 +1,6 @@
 """Banded separable bilinear resizing against F.interpolate, and band-size independence; per-plane
-resize and sigmoid, whose values never depend on how many planes come along."""
+resize and sigmoid, whose values never depend on how many planes come along; crops summed on a
+canvas out of place."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from ovss.layers.resize import (
     bands_to_blocks,
     bilinear_matrix,
     bilinear_resize,
+    paste_sum,
     resize_planes,
     sigmoid_planes,
 )
@@ -122,3 +124,17 @@ def test_sigmoid_planes_never_depends_on_the_number_of_planes() -> None:
         assert torch.equal(sigmoid_planes(x[1:, k - 1 :]), full[1:, k - 1 :]), k
         assert torch.equal(sigmoid_planes(x[:, :k, :25, :33]), cropped[:, :k]), k
     assert torch.equal(sigmoid_planes(x.bfloat16()), sigmoid_planes(x.bfloat16().float()))
+
+
+def test_paste_sum_is_the_in_place_accumulation_bit_for_bit() -> None:
+    """Overlapping boxes and ones on the border (mmseg's last row / column): the same sums, in the same
+    order, as adding each crop into a zero canvas in place."""
+    gen = torch.Generator().manual_seed(0)
+    boxes = [(0, 0, 6, 7), (0, 3, 6, 10), (2, 0, 8, 7), (2, 3, 8, 10), (1, 1, 4, 4)]
+    parts = [torch.randn(2, 3, y2 - y1, x2 - x1, generator=gen) for y1, x1, y2, x2 in boxes]
+    expected = torch.zeros(2, 3, 8, 10)
+    for part, (y1, x1, y2, x2) in zip(parts, boxes):
+        expected[..., y1:y2, x1:x2] += part
+    out = paste_sum(parts, boxes, (8, 10))
+    assert out.shape == (2, 3, 8, 10) and torch.equal(out, expected)
+    assert torch.equal(paste_sum(parts[4:], boxes[4:], (8, 10))[..., 4:, :], torch.zeros(2, 3, 4, 10))

@@ -14,7 +14,8 @@ Export a model's score map to ONNX. The graph takes 'images' (1, 3, H, W), CLIP-
 embeddings from ovss (the text tower is not exported), and returns 'scores' (1, K, H, W); the label
 map is their argmax over K.
 The vocabulary size K is dynamic: any number of classes runs on the same file. CAT-Seg exports
-its whole-image mode unless --inference slide; SAN its model's protocol (mmseg for the .mmseg weights,
+its whole-image mode unless --inference slide (CAT-Seg v1 also mmseg; its graph takes RGB 0..255,
+the model normalises itself); SAN its model's protocol (mmseg for the .mmseg weights,
 else d2); SED exports its normal (all-class) inference.
 Unless --no-check, the file is run with onnxruntime against eager PyTorch at K = 1, the traced K
 and K + 5."""

@@ -11,8 +11,9 @@ chunks of classes) to bound memory; a traced graph would freeze those sizes, so 
 the whole map as one block (:data:`EXPORT_ELEMENTS`), and the models take their tracing branches
 (``torch.jit.is_tracing()``): CAT-Seg always selects its top-``min(K, 256)`` classes and pads the
 class attention by a traced count (0 at or above the budget), and runs its decoder on all classes at
-once. The numbers equal eager ``predict`` (to float32 rounding) for every K; :func:`check_onnx`
-verifies this at several K (below, at and above the traced one).
+once; CAT-Seg v1 decodes all classes at once and accumulates its slide / mmseg crops out of place.
+The numbers equal eager ``predict`` (to float32 rounding) for every K; :func:`check_onnx` verifies
+this at several K (below, at and above the traced one).
 """
 
 from __future__ import annotations

@@ -82,6 +82,22 @@ def sigmoid_planes(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def paste_sum(
+    parts: list[torch.Tensor], boxes: list[tuple[int, int, int, int]], canvas: tuple[int, int]
+) -> torch.Tensor:
+    """Out-of-place sum of (..., y2 - y1, x2 - x1) maps placed at their boxes ``(y1, x1, y2, x2)`` on a
+    zero (..., H, W) canvas (``canvas``), added in box order: the traceable form of accumulating crops
+    into a ``new_zeros`` canvas in place (under tracing such a canvas, sized by a class count, and the
+    in-place updates of its views would freeze that count into an exported graph). The same numbers
+    as the in-place form, bit for bit (each element adds the same values in the same order)."""
+    total: torch.Tensor | None = None
+    for part, (y1, x1, y2, x2) in zip(parts, boxes):
+        placed = F.pad(part, (x1, canvas[1] - x2, y1, canvas[0] - y2))
+        total = placed if total is None else total + placed
+    assert total is not None  # at least one box
+    return total
+
+
 class BandedResize:
     """A separable linear resize of (B, C, h, w) maps to (B, C, H, W), computed in bands of output rows.
 

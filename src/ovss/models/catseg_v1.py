@@ -33,7 +33,7 @@ from torch import nn
 
 from ovss.errors import ConfigError
 from ovss.layers.cv2_resize import cv2_resize_linear, mmcv_rescale_size
-from ovss.layers.resize import bilinear_resize, resize_planes, sigmoid_planes
+from ovss.layers.resize import bilinear_resize, paste_sum, resize_planes, sigmoid_planes
 from ovss.layers.transformer import ResidualAttentionBlock
 from ovss.models.base import (
     BLOCK_ELEMENTS,
@@ -175,20 +175,6 @@ def _normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...])
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s
-
-
-def paste_sum(
-    parts: list[torch.Tensor], boxes: list[tuple[int, int, int, int]], canvas: tuple[int, int]
-) -> torch.Tensor:
-    """Out-of-place sum of (..., y2 - y1, x2 - x1) maps placed at their boxes ``(y1, x1, y2, x2)`` on a
-    zero (..., H, W) canvas, in box order (the export form of the protocols' in-place accumulation:
-    a traced ``new_zeros`` sized by the class count, or an in-place update of a view, freezes K)."""
-    total: torch.Tensor | None = None
-    for part, (y1, x1, y2, x2) in zip(parts, boxes):
-        placed = F.pad(part, (x1, canvas[1] - x2, y1, canvas[0] - y2))
-        total = placed if total is None else total + placed
-    assert total is not None  # at least one box
-    return total
 
 
 class CATSegV1(CostAggregationModel):
