@@ -99,6 +99,6 @@ class AggregatorV1(AggregatorBase):
             prepared = self.image_guidance(appearance, guidance)
         cost = self.embed_cost(cost_volume(image, text))  # (B, T, h, w, C)
         cost = self.aggregate(cost, prepared["appearance"], text, pool)
-        # export: every class in one decoder pass (a chunk of DECODER_CHUNK classes would freeze K <= 16)
+        # export: every class in one decoder pass (chunks of DECODER_CHUNK would cap the graph at 16 classes)
         step = cost.shape[1] if is_tracing() else DECODER_CHUNK
         return self.decode(cost, prepared["decoder"], prepared["terms"], step, channels_last=False)
