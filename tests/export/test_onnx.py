@@ -15,7 +15,7 @@ import onnxruntime as ort
 import ovss
 from ovss.cli.main import main
 from ovss.errors import OvssError
-from ovss.export.onnx import export_onnx, random_text
+from ovss.export.onnx import example_images, export_onnx, random_text
 from ovss.models.build import build_model
 from ovss.models.catseg import catseg_tiny
 
@@ -75,16 +75,25 @@ def test_one_file_runs_every_vocabulary_size(family, tmp_path):
         warnings.simplefilter("error")  # the expected tracer/exporter warnings are silenced, no others
         report = export_onnx(model, text, tmp_path / "m.onnx", size=SIZE, check_classes=ks, **options)
     assert report["classes"] == list(ks) and report["rel_err"] < 1e-4, report
-    # another image too: random RGB 0..255 normalised as the predictor does (CAT-Seg v1 normalises
-    # itself, pixel_mean 0 / pixel_std 1: its input stays on the 0..255 scale)
-    rgb = torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(1)) * 255
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (model.config.pixel_mean, model.config.pixel_std))
-    images = (rgb - mean) / std
+    images = example_images(model, SIZE, seed=1)  # another image too (export traced and checked seed 0)
     for k in (2, 9):
         t = random_text(text, k, seed=10 + k)
         out = _run(tmp_path / "m.onnx", images, t)
         assert out.shape == (1, k, *SIZE)
         assert _rel(out, _eager(model, images, t, SIZE, **options)) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["test-san-tiny", "test-catseg-v1-tiny"])
+def test_export_checks_images_on_the_models_own_scale(name):
+    """The traced and checked input is an RGB image in 0..255 normalised as the predictor does: CLIP
+    mean/std for most models, the raw 0..255 scale for CAT-Seg v1 (it normalises inside)."""
+    model = ovss.load(name).model
+    images = example_images(model, (32, 48))
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (model.config.pixel_mean, model.config.pixel_std))
+    rgb = images * std + mean
+    assert images.shape == (1, 3, 32, 48)
+    assert rgb.min() >= -1e-3 and rgb.max() <= 255 + 1e-3 and rgb.std() > 50  # a full-range image
+    assert torch.equal(example_images(model, (32, 48)), images)  # reproducible
 
 
 def test_catseg_above_the_256_class_budget(tmp_path):

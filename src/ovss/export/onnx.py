@@ -206,7 +206,7 @@ def export_onnx(
         )
     size = (int(size[0]), int(size[1]))
     wrapper = _PredictWrapper(model.eval(), size, export_options(model, options)).eval()
-    images = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(dtype)
+    images = example_images(model, size).to(dtype)
     text = text.detach().to(dtype).cpu()
     path = Path(path)
     atomic_write(path, lambda tmp: _trace(wrapper, images, text, tmp, opset))
@@ -215,6 +215,15 @@ def export_onnx(
     k = text.shape[0]
     classes = list(check_classes) if check_classes is not None else sorted({1, k, k + 5})
     return check_onnx(wrapper, path, images, text, classes)
+
+
+def example_images(model: SegmentationModel, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """(1, 3, H, W) random RGB in 0..255 normalised with the model's ``pixel_mean`` / ``pixel_std``, as
+    the predictor feeds it: the input the export traces and checks, on the scale the model expects
+    (CAT-Seg v1 normalises inside the network: its input stays on the 0..255 scale)."""
+    rgb = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(seed)) * 255
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (model.config.pixel_mean, model.config.pixel_std))
+    return (rgb - mean) / std
 
 
 def random_text(like: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
