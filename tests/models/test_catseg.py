@@ -284,6 +284,25 @@ def test_class_and_pixel_chunks_do_not_change_the_logits(monkeypatch, name: str,
     torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
 
 
+def test_the_decoder_folds_each_up_block_once_per_pass_not_per_chunk(monkeypatch) -> None:
+    """The folded up-conv kernel (a convolution of the weights, a few ms at full size) is made once per
+    block and forward pass, however many chunks of classes the decoder runs."""
+    import ovss.models.catseg_aggregator as aggregator
+    import ovss.models.catseg_decoder as decoder
+
+    calls = []
+    fold = decoder.fold_up_kernel
+    monkeypatch.setattr(decoder, "fold_up_kernel", lambda *a: calls.append(1) or fold(*a))
+    monkeypatch.setattr(aggregator, "DECODER_CHUNK", 3)  # 2 images x 7 classes: 7 chunks of one class
+    agg = _aggregator(pad_len=0)
+    gen = torch.Generator().manual_seed(3)
+    text = F.normalize(torch.randn(2, 7, 1, 16, generator=gen), dim=-1)
+    guidance = (torch.randn(2, 12, 24, 24, generator=gen), torch.randn(2, 6, 48, 48, generator=gen))
+    with torch.no_grad():
+        agg(torch.randn(2, 16, 12, 12, generator=gen), text, guidance)
+    assert len(calls) == len(agg.up_blocks()) == 2
+
+
 def test_up_block_split_guidance_conv_equals_the_concatenation() -> None:
     """conv1(cat[up(x), g]) computed as one folded transposed conv of x plus conv(g) and the up-conv
     bias's part once per image, channels-last or not."""

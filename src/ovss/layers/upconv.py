@@ -38,27 +38,41 @@ def graph_constants(make: Callable[[], T]) -> T:
 
 
 def fold_up_conv(up: nn.ConvTranspose2d, conv_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The folded kernels of ``conv2d(up(x), conv_weight, padding=1)``.
+    """The folded kernels of ``conv2d(up(x), conv_weight, padding=1)``: (:func:`fold_up_kernel`,
+    :func:`fold_up_bias`).
 
     Args:
         up: ``ConvTranspose2d(C, Cu, kernel_size=2, stride=2)`` (padding 0).
         conv_weight: (d, Cu, 3, 3), the part of the 3x3 convolution that reads ``up``'s output.
+    """
+    return fold_up_kernel(up, conv_weight), fold_up_bias(up, conv_weight)
 
-    Returns:
-        ``kernel`` (C, d, 4, 4) for :func:`up_conv`, and ``bias`` (d, 1, 3, 3), the 3x3 kernel that
-        turns a map of ones into the up-conv bias's contribution (:func:`bias_map`). Composed in
-        float32 for bf16/fp16 weights; constants of the graph under ONNX tracing (:func:`graph_constants`).
+
+def fold_up_kernel(up: nn.ConvTranspose2d, conv_weight: torch.Tensor) -> torch.Tensor:
+    """``kernel`` (C, d, 4, 4) for :func:`up_conv`: ``conv2d(up(x) - up.bias, conv_weight, padding=1)``.
+
+    Composed in float32 for bf16/fp16 weights; a constant of the graph under ONNX tracing
+    (:func:`graph_constants`). Not free (a (C, Cu, 6, 6) x (d, Cu, 3, 3) convolution, a few ms for
+    CAT-Seg's first block): callers compute it once per forward pass, not per chunk of classes.
     """
     if torch.jit.is_tracing():
-        return graph_constants(lambda: fold_up_conv(up, conv_weight))
+        return graph_constants(lambda: (fold_up_kernel(up, conv_weight),))[0]
     dtype = conv_weight.dtype
     wide = torch.promote_types(dtype, torch.float32)
-    w = conv_weight.to(wide)
     # full 2-D convolution of the 2x2 up kernel with the 3x3 kernel, summed over the Cu channels
-    kernel = F.conv2d(F.pad(up.weight.to(wide), (2, 2, 2, 2)), w)
+    return F.conv2d(F.pad(up.weight.to(wide), (2, 2, 2, 2)), conv_weight.to(wide)).to(dtype)
+
+
+def fold_up_bias(up: nn.ConvTranspose2d, conv_weight: torch.Tensor) -> torch.Tensor:
+    """``bias`` (d, 1, 3, 3): the 3x3 kernel that turns a map of ones into the up-conv bias's
+    contribution (:func:`bias_map`). Composed in float32 for bf16/fp16 weights; a constant of the graph
+    under ONNX tracing."""
+    if torch.jit.is_tracing():
+        return graph_constants(lambda: (fold_up_bias(up, conv_weight),))[0]
+    dtype = conv_weight.dtype
+    wide = torch.promote_types(dtype, torch.float32)
     assert up.bias is not None
-    bias = (w * up.bias.to(wide).view(1, -1, 1, 1)).sum(1, keepdim=True)
-    return kernel.to(dtype), bias.to(dtype)
+    return (conv_weight.to(wide) * up.bias.to(wide).view(1, -1, 1, 1)).sum(1, keepdim=True).to(dtype)
 
 
 def up_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:

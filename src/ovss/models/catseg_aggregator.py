@@ -354,7 +354,7 @@ class AggregatorBase(nn.Module):
         self,
         cost: torch.Tensor,
         decoder_guidance: list[torch.Tensor],
-        terms: list[torch.Tensor] | list[None],
+        terms: list[torch.Tensor],
         step: int,
         channels_last: bool = True,
     ) -> torch.Tensor:
@@ -363,18 +363,20 @@ class AggregatorBase(nn.Module):
         The decoder is per class (convolutions and GroupNorm see one class slice at a time): run on
         chunks of classes its (B*t, C, 4h, 4w) activations stay small, channels-last (the cost is
         already channels-last: no permute copy, and the convolutions' native layout). ``terms``: each
-        block's :meth:`UpBlock.guidance_term` (None: computed per chunk). ``channels_last=False``:
-        each chunk is copied to the contiguous layout first (CAT-Seg v1: its numbers, bit for bit,
-        stay those of its own decoder loop; the layouts differ by float rounding only).
+        block's :meth:`UpBlock.guidance_term`; each block's folded kernel is made once for all chunks.
+        ``channels_last=False``: each chunk is copied to the contiguous layout first (CAT-Seg v1: its
+        numbers, bit for bit, stay those of its own decoder loop; the layouts differ by float rounding
+        only).
         """
         b, t = cost.shape[:2]
+        kernels = [block.folded_kernel() for block in self.up_blocks()]  # once for every chunk
         chunks = []
         for start in range(0, t, step):
             y = cost[:, start : start + step]
             y = y.reshape(-1, *y.shape[2:]).permute(0, 3, 1, 2)  # (B*t, C, h, w) channels-last, image outer
             y = y if channels_last else y.contiguous()
-            for block, g, term in zip(self.decoder, decoder_guidance, terms):
-                y = block(y, g, term)
+            for block, g, term, kernel in zip(self.up_blocks(), decoder_guidance, terms, kernels):
+                y = block(y, g, term, kernel)
             chunks.append(self.head(y).reshape(b, -1, *y.shape[-2:]))
         return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=1)
 

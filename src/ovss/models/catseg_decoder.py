@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ovss.layers.upconv import bias_map, fold_up_conv, up_conv
+from ovss.layers.upconv import bias_map, fold_up_bias, fold_up_kernel, up_conv
 
 DECODER_CHUNK = 16  # class slices per pass through the upsampling decoder (memory bound, exact)
 
@@ -48,21 +48,29 @@ class UpBlock(nn.Module):
         """(B, G, 2h, 2w) guidance -> (B, out_dim, 2h, 2w): its part of ``conv1`` plus the up-conv
         bias's part (once per image)."""
         c = self.up.out_channels
-        _, bias = fold_up_conv(self.up, self.conv1.weight[:, :c])
+        bias = fold_up_bias(self.up, self.conv1.weight[:, :c])
         return F.conv2d(guidance, self.conv1.weight[:, c:], padding=1) + bias_map(bias, guidance)
 
+    def folded_kernel(self) -> torch.Tensor:
+        """The up-conv and ``conv1``'s part on its output as one (in_dim, out_dim, 4, 4) transposed-conv
+        kernel (:func:`~ovss.layers.upconv.fold_up_kernel`; a few ms: once per pass, not per chunk)."""
+        return fold_up_kernel(self.up, self.conv1.weight[:, : self.up.out_channels])
+
     def forward(
-        self, x: torch.Tensor, guidance: torch.Tensor, guidance_term: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        guidance: torch.Tensor,
+        guidance_term: torch.Tensor | None = None,
+        kernel: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(B*T, in_dim, h, w) class slices (image outer), (B, G, 2h, 2w) guidance -> (B*T, out_dim, 2h, 2w).
 
-        ``guidance_term``: :meth:`guidance_term` of ``guidance`` when the caller reuses it over chunks
-        of classes. Channels-last inputs stay channels-last.
+        ``guidance_term`` and ``kernel``: :meth:`guidance_term` of ``guidance`` and :meth:`folded_kernel`
+        when the caller reuses them over chunks of classes. Channels-last inputs stay channels-last.
         """
         if guidance_term is None:
             guidance_term = self.guidance_term(guidance)
-        kernel, _ = fold_up_conv(self.up, self.conv1.weight[:, : self.up.out_channels])
-        y = up_conv(x, kernel)
+        y = up_conv(x, self.folded_kernel() if kernel is None else kernel)
         b = guidance.shape[0]
         if torch.jit.is_tracing():  # ONNX export: an in-place update of a view is lost in the graph
             y = (y.unflatten(0, (b, -1)) + guidance_term.unsqueeze(1)).flatten(0, 1)
