@@ -128,13 +128,25 @@ def test_sigmoid_planes_never_depends_on_the_number_of_planes() -> None:
 
 def test_paste_sum_is_the_in_place_accumulation_bit_for_bit() -> None:
     """Overlapping boxes and ones on the border (mmseg's last row / column): the same sums, in the same
-    order, as adding each crop into a zero canvas in place."""
+    order, as adding each crop into a zero canvas in place, eagerly and in the traced (export) form,
+    whose graph is not tied to the class count it was traced with."""
     gen = torch.Generator().manual_seed(0)
     boxes = [(0, 0, 6, 7), (0, 3, 6, 10), (2, 0, 8, 7), (2, 3, 8, 10), (1, 1, 4, 4)]
-    parts = [torch.randn(2, 3, y2 - y1, x2 - x1, generator=gen) for y1, x1, y2, x2 in boxes]
-    expected = torch.zeros(2, 3, 8, 10)
-    for part, (y1, x1, y2, x2) in zip(parts, boxes):
-        expected[..., y1:y2, x1:x2] += part
-    out = paste_sum(parts, boxes, (8, 10))
-    assert out.shape == (2, 3, 8, 10) and torch.equal(out, expected)
+
+    def crops(classes: int) -> list[torch.Tensor]:
+        return [torch.randn(2, classes, y2 - y1, x2 - x1, generator=gen) for y1, x1, y2, x2 in boxes]
+
+    def in_place(parts: list[torch.Tensor]) -> torch.Tensor:
+        expected = torch.zeros(2, parts[0].shape[1], 8, 10)
+        for part, (y1, x1, y2, x2) in zip(parts, boxes):
+            expected[..., y1:y2, x1:x2] += part
+        return expected
+
+    parts = crops(3)
+    out = paste_sum(iter(parts), boxes, (8, 10))  # a generator of crops is enough
+    assert out.shape == (2, 3, 8, 10) and torch.equal(out, in_place(parts))
     assert torch.equal(paste_sum(parts[4:], boxes[4:], (8, 10))[..., 4:, :], torch.zeros(2, 3, 4, 10))
+    traced = torch.jit.trace(lambda *p: paste_sum(p, boxes, (8, 10)), tuple(parts), check_trace=False)
+    assert torch.equal(traced(*parts), in_place(parts))
+    other = crops(5)  # another class count through the same graph
+    assert torch.equal(traced(*other), in_place(other))

@@ -12,7 +12,7 @@ agree with the chained ``F.interpolate`` calls to float32 rounding (relative err
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -83,17 +83,26 @@ def sigmoid_planes(x: torch.Tensor) -> torch.Tensor:
 
 
 def paste_sum(
-    parts: list[torch.Tensor], boxes: list[tuple[int, int, int, int]], canvas: tuple[int, int]
+    parts: Iterable[torch.Tensor], boxes: Sequence[tuple[int, int, int, int]], canvas: tuple[int, int]
 ) -> torch.Tensor:
-    """Out-of-place sum of (..., y2 - y1, x2 - x1) maps placed at their boxes ``(y1, x1, y2, x2)`` on a
-    zero (..., H, W) canvas (``canvas``), added in box order: the traceable form of accumulating crops
-    into a ``new_zeros`` canvas in place (under tracing such a canvas, sized by a class count, and the
-    in-place updates of its views would freeze that count into an exported graph). The same numbers
-    as the in-place form, bit for bit (each element adds the same values in the same order)."""
+    """The sum of (..., y2 - y1, x2 - x1) maps placed at their boxes ``(y1, x1, y2, x2)`` on a zero
+    (..., H, W) canvas (``canvas``), added in box order; ``parts`` is consumed one map at a time (a
+    generator keeps one crop in memory).
+
+    Eagerly the crops are added into a zero canvas in place. Under tracing (export) each is padded to
+    the canvas and summed out of place: a canvas made with ``new_zeros`` from a class count, and the
+    in-place updates of its views, would freeze that count into the graph. Both forms add the same
+    values in the same order, so they agree bit for bit.
+    """
+    tracing = is_tracing()
     total: torch.Tensor | None = None
     for part, (y1, x1, y2, x2) in zip(parts, boxes):
-        placed = F.pad(part, (x1, canvas[1] - x2, y1, canvas[0] - y2))
-        total = placed if total is None else total + placed
+        if tracing:
+            placed = F.pad(part, (x1, canvas[1] - x2, y1, canvas[0] - y2))
+            total = placed if total is None else total + placed
+        else:
+            total = part.new_zeros(*part.shape[:-2], *canvas) if total is None else total
+            total[..., y1:y2, x1:x2] += part
     assert total is not None  # at least one box
     return total
 

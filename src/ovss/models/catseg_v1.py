@@ -402,12 +402,7 @@ class CATSegV1(CostAggregationModel):
         def finish(classes: slice, out: tuple[int, int]) -> torch.Tensor:
             probs = sigmoid_planes(resize_planes(logits[:, classes].float(), (crop, crop)))
             probs = probs.unflatten(0, (b, n_views))
-            if is_tracing():  # export: out of place (new_zeros would freeze the class count)
-                total = paste_sum([probs[:, i] for i in range(len(corners))], boxes, (size, size))
-            else:
-                total = probs.new_zeros(b, probs.shape[2], size, size)
-                for i, (y, x) in enumerate(corners):
-                    total[..., y : y + crop, x : x + crop] += probs[:, i]
+            total = paste_sum((probs[:, i] for i in range(len(corners))), boxes, (size, size))
             return resize_planes((total / count + resize_planes(probs[:, -1], (size, size))) / 2.0, out)
 
         return logits.shape[1], finish
@@ -428,19 +423,11 @@ class CATSegV1(CostAggregationModel):
             count[..., y1:y2, x1:x2] += 1
 
         def finish(classes: slice, out: tuple[int, int]) -> torch.Tensor:
-            if is_tracing():  # export: out of place (new_zeros would freeze the class count)
-                logits = [
-                    resize_planes(views[i][:, classes].float(), (y2 - y1, x2 - x1))
-                    for i, (y1, x1, y2, x2) in enumerate(boxes)
-                ]
-                return resize_planes(paste_sum(logits, boxes, (hr, wr)) / count, out)
-            total: torch.Tensor | None = None
-            for i, (y1, x1, y2, x2) in enumerate(boxes):
-                logit = resize_planes(views[i][:, classes].float(), (y2 - y1, x2 - x1))
-                total = logit.new_zeros(b, logit.shape[1], hr, wr) if total is None else total
-                total[..., y1:y2, x1:x2] += logit
-            assert total is not None  # at least one box
-            return resize_planes(total / count, out)
+            logits = (
+                resize_planes(views[i][:, classes].float(), (y2 - y1, x2 - x1))
+                for i, (y1, x1, y2, x2) in enumerate(boxes)
+            )
+            return resize_planes(paste_sum(logits, boxes, (hr, wr)) / count, out)
 
         return views[0].shape[1], finish
 
