@@ -108,6 +108,10 @@ def test_check_regular_file_names_the_problem_and_the_fix_in_one_line(tmp_path, 
     with pytest.raises(_RefusedError) as info:
         check_regular_file(Path("pipe"), "class file", _MissingError, _RefusedError, "pass a .txt file")
     assert str(info.value) == "class file pipe is not a regular file (a named pipe); pass a .txt file"
+    (tmp_path / "two\nlines").mkdir()  # a folder whose name breaks the line: still one line
+    with pytest.raises(_RefusedError) as info:
+        check_regular_file(Path("two\nlines"), "class file", _MissingError, _RefusedError)
+    assert str(info.value) == "class file two\\nlines is a folder, expected a file; pass the file inside it"
 
 
 def test_short_path_keeps_the_start_and_the_name_of_a_long_path():

@@ -177,16 +177,17 @@ def check_regular_file(
         reason = getattr(e, "strerror", None) or e
         fixed = fix or ("pass a real file name" if isinstance(e, ValueError) else "check its permissions")
         raise error(f"cannot read {what} {short_path(path)} ({reason}); {fixed}") from None
+    shown = short_path(path)
     if kind == "missing":
         where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
-        raise missing_error(f"{what} {short_path(path)} does not exist; {fix or 'check the path' + where}")
+        raise missing_error(f"{what} {shown} does not exist; {fix or 'check the path' + where}")
     if kind == "folder":
-        raise error(f"{what} {path} is a folder, expected a file; {fix or 'pass the file inside it'}")
+        raise error(f"{what} {shown} is a folder, expected a file; {fix or 'pass the file inside it'}")
     if kind == "fifo":
         default = "pass a file (save the stream to a file first)"
-        raise error(f"{what} {path} is not a regular file (a named pipe); {fix or default}")
+        raise error(f"{what} {shown} is not a regular file (a named pipe); {fix or default}")
     if kind != "file":
-        raise error(f"{what} {path} is not a regular file (a device or socket); {fix or 'pass a file'}")
+        raise error(f"{what} {shown} is not a regular file (a device or socket); {fix or 'pass a file'}")
     return path
 
 
