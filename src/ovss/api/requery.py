@@ -187,7 +187,6 @@ class ImageCache:
         while len(self._items) > 1 and (self._bytes > self.max_bytes or len(self._items) > limit):
             self._bytes -= self._items.popitem(last=False)[1].nbytes
 
-
     def clear(self) -> None:
         """Drop every handle."""
         self._items.clear()
