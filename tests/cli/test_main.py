@@ -36,3 +36,24 @@ def test_an_error_naming_a_path_with_a_line_break_is_still_one_line(tmp_path, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("ovss: error: raw data folder ")
     assert f"{tmp_path}/raw\\ndata does not exist" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem", "command"),
+    [
+        (["segment", "x.jpg", "--classes", "a", "--inference", "no"], "invalid choice: 'no'", "ovss segment"),
+        (["export", "--model", "m", "--out", "o", "--inference", "no"], "choice: 'no'", "ovss export"),
+        (["segment"], "the following arguments are required", "ovss segment"),
+        (["no-such-command"], "invalid choice: 'no-such-command'", "ovss"),
+        (["models", "x", "--no-such-flag", "a\nb"], "unrecognized arguments: --no-such-flag a\\nb", "ovss"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_problem_and_the_help(argv, problem, command, capsys):
+    """argparse's own error prints the whole usage block above the message; ovss prints one line."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"{command}: error: ") and problem in err
+    assert err.endswith(f"; see {command} --help\n")

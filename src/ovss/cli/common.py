@@ -7,7 +7,7 @@ import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from ovss.api.segmenter import Segmenter
@@ -51,6 +51,12 @@ class Parser(argparse.ArgumentParser):
         elif formatter is argparse.RawDescriptionHelpFormatter:
             kwargs["formatter_class"] = RawDescriptionDefaultsFormatter
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        """A usage error as one line, the problem then where the usage is (argparse's own prints the
+        whole usage block above it); exit status 2 as argparse's."""
+        flat = message.replace("\n", "\\n")  # a value with a line break stays on the line
+        self.exit(2, f"{self.prog}: error: {flat}; see {self.prog} --help\n")
 
 
 def warn(message: str) -> None:

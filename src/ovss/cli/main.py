@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The root parser with every subcommand registered."""
     import importlib
 
-    parser = argparse.ArgumentParser(
+    from ovss.cli.common import Parser
+
+    parser = Parser(
         prog="ovss",
         description="Open-vocabulary semantic segmentation: SAN, CAT-Seg and SED.",
         epilog=_EPILOG,
@@ -49,8 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ovss {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    from ovss.cli.common import Parser
-
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name in _COMMANDS:
         try:
