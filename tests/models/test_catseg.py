@@ -20,7 +20,6 @@ from ovss.models.catseg import (
     catseg_tiny,
     catseg_vit_b16,
     catseg_vit_l14,
-    dense_last_block,
 )
 from ovss.models.catseg_aggregator import (
     Aggregator,
@@ -336,22 +335,6 @@ def test_padding_below_the_budget_changes_the_result() -> None:
         for layer in agg.layers:
             layer.classes.pad_len = 0
         assert relative_error(agg(*args), padded) > 1e-3
-
-
-# -------------------------------------------------------------------------------------- dense CLIP
-def test_dense_last_block_mixes_no_tokens_and_adds_the_class_stream() -> None:
-    model = _randomize(CATSeg(_small()))
-    block = model.clip.visual.transformer.resblocks[-1]
-    x = torch.randn(2, 10, 64)
-    with torch.no_grad():
-        base = dense_last_block(block, x)
-        y = x.clone()
-        y[:, 4] += 1.0  # a patch token changes only its own output
-        changed = (dense_last_block(block, y) - base).abs().amax(dim=(0, 2)) > 0
-        assert changed.tolist() == [i == 4 for i in range(10)]
-        y = x.clone()
-        y[:, 0] += 1.0  # the class token's stream is every token's residual
-        assert ((dense_last_block(block, y) - base).abs().amax(dim=(0, 2)) > 0).all()
 
 
 def test_encode_text_layout_and_norm() -> None:

@@ -28,13 +28,13 @@ from torch import nn
 
 from ovss.errors import ConfigError
 from ovss.layers.resize import BandedResize, bands_to_blocks, bilinear_matrix, bilinear_resize
-from ovss.layers.transformer import ResidualAttentionBlock
 from ovss.models.base import BLOCK_ELEMENTS, ModelConfig, check_stage_mode
 from ovss.models.catseg_aggregator import Aggregator
 from ovss.models.catseg_base import (
     CostAggregationModel,
     aggregator_dims,
     check_aggregator_fields,
+    dense_last_block,
     slide_views,
 )
 from ovss.models.family import Family, InferenceOption, register_family
@@ -135,27 +135,6 @@ class CATSegConfig(ModelConfig):
     def slide_stride(self) -> int:
         """Stride between slide crops, ``int(crop * (1 - overlap))`` as officially computed."""
         return int(self.slide_crop * (1 - self.slide_overlap))
-
-
-def dense_last_block(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
-    """CAT-Seg's last CLIP block: value path plus the class token's residual stream, no token mixing.
-
-    ``v_i = out_proj(W_v ln_1(x_i) + b_v) + x_cls``, then ``v_i + mlp(ln_2(v_i))`` (model_vpt.py,
-    ``ResidualAttentionBlock.forward_dense``; v1 added ``x_i`` instead of ``x_cls``).
-
-    Args:
-        block: a CLIP residual attention block.
-        x: (B, 1 + L, D) tokens, class token first.
-
-    Returns:
-        (B, 1 + L, D).
-    """
-    attn = block.attn
-    d = x.shape[-1]
-    weight = attn.v_proj_weight if attn.split_qkv else attn.in_proj_weight[2 * d :]
-    v = F.linear(block.ln_1(x), weight, attn.in_proj_bias[2 * d :])
-    v = attn.out_proj(v) + x[:, :1]
-    return v + block.mlp(block.ln_2(v))
 
 
 class CATSeg(CostAggregationModel):

@@ -1,12 +1,13 @@
 """What CAT-Seg (CVPR 2024) and CAT-Seg v1 share: the model base, the config checks, the aggregator's
-dimensions and the views of the official slide protocol.
+dimensions, the views of the official slide protocol and the dense last CLIP block (the versions
+differ only in its residual).
 
 Used by :mod:`ovss.models.catseg` and :mod:`ovss.models.catseg_v1`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from ovss.config import check_positive_ints
 from ovss.errors import ConfigError
 from ovss.layers.resize import bilinear_resize
+from ovss.layers.transformer import ResidualAttentionBlock
 from ovss.models.base import SegmentationModel
 from ovss.models.catseg_aggregator import AggregatorDims
 from ovss.towers.clip import CLIP
@@ -62,6 +64,31 @@ def aggregator_dims(config: Any, guidance_dims: tuple[int, int]) -> AggregatorDi
         window=config.window_size,
         attention=config.attention,
     )
+
+
+def dense_last_block(
+    block: ResidualAttentionBlock, x: torch.Tensor, residual: Literal["class", "token"] = "class"
+) -> torch.Tensor:
+    """CAT-Seg's last CLIP block for dense features: the value path, no token mixing.
+
+    ``v_i = out_proj(W_v ln_1(x_i) + b_v) + r_i``, then ``v_i + mlp(ln_2(v_i))``, where the residual
+    ``r_i`` is the class token's stream ``x_cls`` (``"class"``: the CVPR code, model_vpt.py
+    ``ResidualAttentionBlock.forward_dense``) or the token's own ``x_i`` (``"token"``: v1).
+
+    Args:
+        block: a CLIP residual attention block (packed or split in-projection).
+        x: (B, 1 + L, D) tokens, class token first.
+        residual: ``"class"`` or ``"token"``.
+
+    Returns:
+        (B, 1 + L, D).
+    """
+    attn = block.attn
+    d = x.shape[-1]
+    weight = attn.v_proj_weight if attn.split_qkv else attn.in_proj_weight[2 * d :]
+    v = attn.out_proj(F.linear(block.ln_1(x), weight, attn.in_proj_bias[2 * d :]))
+    v = v + (x[:, :1] if residual == "class" else x)
+    return v + block.mlp(block.ln_2(v))
 
 
 def slide_views(valid: torch.Tensor, size: int, crop: int, corners: list[tuple[int, int]]) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """CAT-Seg v1 (arXiv 2303.11797 v1; official code before the 2024-04-04 "CVPR version") and its
 mmsegmentation port (``projects/CAT-Seg``).
 
-Reads: config -> dense v1 CLIP block -> model (encoders, logits, inference protocols) -> builders.
+Reads: config -> model (encoders, logits, inference protocols) -> builders. The dense last CLIP
+block (its v1 form: a per-token residual) is :func:`ovss.models.catseg_base.dense_last_block`.
 The aggregator is :mod:`ovss.models.catseg_v1_aggregator`; the guidance backbones are
 :mod:`ovss.towers.resnet` (R-101, with ViT-B/16) and :mod:`ovss.towers.swin` (Swin-B, with ViT-L/14).
 
@@ -28,13 +29,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ovss.errors import ConfigError
 from ovss.layers.cv2_resize import cv2_resize_linear, mmcv_rescale_size
 from ovss.layers.resize import bilinear_resize, paste_sum, resize_planes, sigmoid_planes
-from ovss.layers.transformer import ResidualAttentionBlock
 from ovss.models.base import (
     BLOCK_ELEMENTS,
     CLIP_MEAN_255,
@@ -48,6 +47,7 @@ from ovss.models.catseg_base import (
     CostAggregationModel,
     aggregator_dims,
     check_aggregator_fields,
+    dense_last_block,
     slide_views,
 )
 from ovss.models.catseg_v1_aggregator import AggregatorV1
@@ -151,26 +151,6 @@ class CATSegV1Config(ModelConfig):
         return self.swin.channels
 
 
-def dense_last_block_v1(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
-    """CAT-Seg v1's last CLIP block: value path plus a per-token residual, no token mixing.
-
-    ``v_i = out_proj(W_v ln_1(x_i) + b_v) + x_i``, then ``v_i + mlp(ln_2(v_i))`` (v1 model_vpt.py;
-    the CVPR code adds the class token's stream instead).
-
-    Args:
-        block: a CLIP residual attention block (packed or split in-projection).
-        x: (B, 1 + L, D) tokens.
-
-    Returns:
-        (B, 1 + L, D).
-    """
-    attn = block.attn
-    d = x.shape[-1]
-    weight = attn.v_proj_weight if attn.split_qkv else attn.in_proj_weight[2 * d :]
-    v = attn.out_proj(F.linear(block.ln_1(x), weight, attn.in_proj_bias[2 * d :])) + x
-    return v + block.mlp(block.ln_2(v))
-
-
 def _normalise(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
@@ -217,7 +197,7 @@ class CATSegV1(CostAggregationModel):
         x, grid = visual.embed(images)
         blocks = visual.transformer.blocks()
         x = visual.run_blocks(x, 0, len(blocks) - 1)
-        x = dense_last_block_v1(blocks[-1], x)
+        x = dense_last_block(blocks[-1], x, residual="token")
         return visual.head(x), grid
 
     def inputs(
