@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU run of ovss, at most 8 minutes on one GPU (each step has its own time limit):
+#   0. deps:    ovss's own Python dependencies, installed from the carried .wheels/ where the image lacks
+#               them (bench/gpu_deps.py; prepare with `python -m bench.gpu_deps --fetch` where pip works)
 #   1. device: torch, the GPU's name, bf16 support, the CPU (bench/common.py device_header)
 #   2. tests:   tests/api/test_segmenter_device.py on the device (tiny models of every family, CUDA against
 #               the CPU in float32 within 1e-5, TF32 off)
@@ -27,7 +29,7 @@ done
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root" || exit 2
 export PYTHONPATH="$root/src:$root${PYTHONPATH:+:$PYTHONPATH}"
-python=${PYTHON:-python}
+python=${PYTHON:-$(command -v python3 || command -v python || echo python3)}  # the GPU image has python3 only
 mkdir -p "$out"
 failed=0
 
@@ -56,6 +58,16 @@ else
   limits=(20 60 270 130)  # 8 minutes in all
 fi
 rm -f "$out/segment.jsonl"
+
+# ovss's own dependencies: the GPU image lacks ftfy and wcwidth; bench/gpu_deps.py installs them for this
+# run from .wheels/ (fetched beforehand with `python -m bench.gpu_deps --fetch`, carried with the tree)
+echo "== deps: $python -m bench.gpu_deps"
+if site=$("$python" -m bench.gpu_deps --target "${TMPDIR:-/tmp}/ovss_gpu_site"); then
+  [ -z "$site" ] || export PYTHONPATH="$site:$PYTHONPATH"
+  echo "== deps: ok${site:+ (installed into $site)}"
+else
+  failed=$((failed + 1))
+fi
 
 step device "${limits[0]}" "$python" -c "
 import sys, torch

@@ -29,6 +29,7 @@ def test_dry_run_on_the_cpu_runs_every_step(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "gpu_check: 0 failed step(s)" in proc.stdout
+    assert "== deps: ok\n" in proc.stdout  # every dependency imports here: nothing installed
     assert "kind:" in (tmp_path / "device.log").read_text()
     assert " passed" in (tmp_path / "tests.log").read_text()
     rows = [json.loads(line) for line in (tmp_path / "segment.jsonl").read_text().splitlines()]
