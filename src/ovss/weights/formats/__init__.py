@@ -18,6 +18,7 @@ import torch
 
 from ovss.errors import CheckpointMismatchError
 from ovss.layers.attention import pack_in_proj, split_in_proj
+from ovss.utils import short_list
 
 CLIP_FORMAT_NAMES = ("hf_clip", "openai_clip", "open_clip")  # detection order: most specific first
 
@@ -133,8 +134,7 @@ def rename_entries(
         else:
             out[mapped[0]] = mapped[1]
     if unknown:
-        shown = ", ".join(unknown[:20]) + (f" ... (+{len(unknown) - 20} more)" if len(unknown) > 20 else "")
-        count = len(unknown)
+        count, shown = len(unknown), short_list(unknown, 20)
         raise CheckpointMismatchError(f"{count} key(s) are not part of the {layout} layout: {shown}; {fix}")
     return out
 
