@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from ovss.models.base import ModelConfig
 
 _WRAPPER_KEYS = ("model", "state_dict")
+
+
 @dataclasses.dataclass
 class CheckedModelFile:
     """An ovss model file whose header and metadata (family, config) were checked; ``tensors()`` checks
@@ -176,5 +178,3 @@ def _unpickler_reason(error: Exception) -> str:
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
     return " ".join(text.split())[:200] or type(error).__name__
-
-
